@@ -429,6 +429,7 @@ def render(result, out):
 
 def _register_modules():
     # commands that live in their own modules of this package
+    from cnnviz_cli.featvis import register as register_featvis
     from cnnviz_cli.filters import register as register_filters
     from cnnviz_cli.rf import register as register_rf
     from cnnviz_cli.topk import register as register_topk
@@ -436,6 +437,7 @@ def _register_modules():
     register_filters(cli)
     register_rf(cli)
     register_topk(cli)
+    register_featvis(cli)
 
 
 _register_modules()

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .engines import featvis
 from .engines.occlusion import occlusion
 from .errors import CnnvizError
 from .images import load_image
@@ -17,6 +18,6 @@ def render(result, path=None, **options):
     return _render(result, path, **options)
 
 
-__all__ = ["__version__", "occlusion", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers",
+__all__ = ["__version__", "featvis", "occlusion", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers",
            "DEFAULT_MODEL", "LoadedModel", "Preprocessing", "available_models", "load_model", "OcclusionResult",
            "Result", "load_result", "render"]

@@ -203,3 +203,29 @@ class SanityResult(Result):
     methods: np.ndarray = None
     spearman: np.ndarray = None
     maps: np.ndarray = None
+
+
+@dataclasses.dataclass
+class FeatvisResult(Result):
+    """Images optimized by feature visualization, DeepDream or inversion (`cnnviz.engines.featvis`).
+
+    params["mode"]: "units" (one image per unit of params["layer"]), "class" (class models),
+      "dream" (one image, from `start`), "invert" (one reconstruction of `start` per layer in
+      params["layers"]) or "custom".
+    images: uint8 B x H x W x 3. labels: str B, what each image is for.
+    objective: float32 B, the objective of each final image, untransformed.
+    score: float32 B, what the figure prints under each image (params["score_label"]: the mean
+      activation, the class probability, the relative feature distance...).
+    history: float32 S x B, the objective at the logged steps `history_steps` (int32 S; step 0 is
+      the starting image), as seen through that step's random transforms.
+    start: uint8 image the optimization started from or reconstructs (0 x 0 x 3 when none).
+    """
+
+    kind: ClassVar[str] = "featvis"
+    images: np.ndarray = None
+    labels: np.ndarray = None
+    objective: np.ndarray = None
+    score: np.ndarray = None
+    history: np.ndarray = None
+    history_steps: np.ndarray = None
+    start: np.ndarray = None

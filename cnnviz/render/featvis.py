@@ -1,0 +1,1 @@
+"""Figures for feature visualization results (placeholder, being written)."""
