@@ -624,8 +624,9 @@ def _optimize(lm: LoadedModel, objective: Objective, *, batch: int, size: tuple[
               init: torch.Tensor | None, seed: int, log_every: int, device, amp: bool | None, progress,
               decay: float = 1.0, desc: str = "featvis"):
     """Gradient ascent with Adam on `objective`. Returns images (B x 3 x H x W in [0, 1], CPU), the
-    logged steps, the objective per image at each logged step (as seen through that step's random
-    transforms; step 0 is the starting image) and the objective of the final image untransformed."""
+    logged steps, the objective per image at each logged step (step 0, the starting image, and the
+    last step, the final image, untransformed; the steps between as seen through that step's random
+    transforms) and the objective of the final image untransformed."""
     if steps < 1:
         raise ParameterError(f"steps {steps!r} must be at least 1")
     if lr <= 0:
@@ -656,6 +657,9 @@ def _optimize(lm: LoadedModel, objective: Objective, *, batch: int, size: tuple[
                 img = image_param.image()
                 x = transforms.apply(img, gen)
                 values = runner(model, x, img)
+                if step and step % log_every == 0:  # the image after `step` updates
+                    logged_steps.append(step)
+                    history.append(values.detach().float().cpu())
                 loss = -values.sum()
                 grads = torch.autograd.grad(loss, image_param.parameters())
                 for p, g in zip(image_param.parameters(), grads):
@@ -665,13 +669,12 @@ def _optimize(lm: LoadedModel, objective: Objective, *, batch: int, size: tuple[
                 if regularizers.active:
                     regularizers.apply(image_param.p, step)
                     image_param.project()
-                if (step + 1) % log_every == 0 or step + 1 == steps:
-                    logged_steps.append(step + 1)
-                    history.append(values.detach().float().cpu())
                 bar.update(1)
         with torch.no_grad():
             final_img = image_param.image().detach()
             final = runner(model, final_img, final_img).detach().float().cpu()
+        logged_steps.append(steps)
+        history.append(final)
     for p in image_param.parameters():
         p.grad = None
     return (final_img.float().cpu(), np.array(logged_steps, np.int32),
@@ -764,9 +767,16 @@ def visualize(lm: LoadedModel, objective: Objective, *, batch: int = 1, size=Non
                          history_steps=logged, start=np.zeros((0, 0, 3), np.uint8))
 
 
+def _no_override(options: dict) -> None:
+    for key in ("labels", "mode", "batch"):
+        if key in options:
+            raise ParameterError(f"{key}= is set by this function; call featvis.visualize for a custom {key}")
+
+
 def visualize_units(lm: LoadedModel, layer: str, units="0:8", *, neuron_centre: bool = False, **options) -> FeatvisResult:
     """One image per unit of `layer`, all optimized in one batch: the mean of each unit's feature
     map (or, with `neuron_centre`, its activation at the centre of the map). Options as `visualize`."""
+    _no_override(options)
     hw = _size_arg(lm, options.get("size"))
     info = _unit_layer(lm, layer, hw)
     units = parse_units(units, info.shape[0])
@@ -783,6 +793,7 @@ def visualize_classes(lm: LoadedModel, targets, *, prob: bool = False, **options
     """Class models (Simonyan et al. 2014): one image per class maximizing its logit (or, with
     `prob`, its softmax probability). `targets`: class indices or names. The result's score is the
     probability the model gives each image for its class."""
+    _no_override(options)
     if isinstance(targets, (str, int, np.integer)):
         targets = [targets]
     classes = [lm.class_index(t) for t in targets]
@@ -868,16 +879,18 @@ def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, o
                     xs = torch.roll(x, (dy, dx), (2, 3)).detach().requires_grad_(True)
                     value = runner(model, xs, xs)
                     (g,) = torch.autograd.grad(value.sum(), xs)
+                    logged.append(total)  # the image after `total` steps (jittered)
+                    history.append(value.detach().float().cpu())
                     g = torch.roll(g, (-dy, -dx), (2, 3))
                     x = (x + step_size * g / g.abs().mean().clamp_min(1e-12)).clamp(0, 1).detach()
                     total += 1
-                    logged.append(total)
-                    history.append(value.detach().float().cpu())
                     bar.update(1)
                 detail = x - octave_base
         with torch.no_grad():
             start_value = runner(model, base.to(dev), base.to(dev)).float().cpu()
             final = runner(model, x, x).float().cpu()
+        logged.append(total)
+        history.append(final)
     params = _common_params(mode="dream", layer=info.address, objective=objective.description, size=[h, w],
                             octaves=octaves, octave_scale=octave_scale, steps=steps, step_size=step_size,
                             jitter=jitter, seed=seed, amp=bool(amp and dev.type == "cuda"),
@@ -891,14 +904,17 @@ def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, o
 
 def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 300, priors: str = "full",
            param: str | None = None, decorrelate: bool | None = None, transforms: str | Transforms | None = None,
-           lr: float | None = None, tv: float = 0.5, beta: float = 2.0, alpha: float = 6.0, alpha_weight: float = 0.1,
+           lr: float | None = None, tv: float = 2.0, beta: float = 2.0, alpha: float = 6.0, alpha_weight: float = 0.1,
            seed: int = 0, log_every: int = 8, device: str = "auto", amp: bool | None = None,
            progress: bool | None = None) -> FeatvisResult:
     """Reconstruct `image` (its input crop) from its representation at each of `layers`
     (Mahendran & Vedaldi 2015): one image per layer, all in one batch, each minimizing its layer's
     relative squared distance to the original's, plus `tv` x total variation (power `beta`) and
-    `alpha_weight` x alpha-norm (power `alpha`). Starts from seeded noise. priors: "full" (pixels,
-    small jitter, TV and alpha-norm) or "none" (pixels, no jitter, no TV, no alpha-norm).
+    `alpha_weight` x alpha-norm (power `alpha`). Starts from seeded noise. priors: "full" (Fourier
+    parameterization with decorrelated colour, jitter of 4 pixels, TV and alpha-norm) or "none"
+    (plain pixels, no jitter, no TV, no alpha-norm). On efficientnet_lite0 the full priors reach
+    lower feature distances from deep layers than plain pixels with TV (0.17 against 0.34-0.50 from
+    _blocks.15 after 150 steps) with a fraction of the high-frequency noise.
 
     The result's score is the relative feature distance of each reconstruction (0: identical);
     params["start_distance"] has the starting noise's."""
@@ -912,9 +928,9 @@ def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 
     if tv < 0 or alpha_weight < 0:
         raise ParameterError("tv and alpha_weight must be >= 0")
     full = priors == "full"
-    param = param or "pixel"
-    decorrelate = bool(decorrelate) if decorrelate is not None else False
-    tf = Transforms.parse(transforms if transforms is not None else ("pad=0,jitter=2" if full else "none"))
+    param = param or ("fourier" if full else "pixel")
+    decorrelate = (full and param == "fourier") if decorrelate is None else bool(decorrelate)
+    tf = Transforms.parse(transforms if transforms is not None else ("pad=0,jitter=4" if full else "none"))
     if lr is None:
         lr = 0.02 if param == "pixel" else 0.05
     pixels, x0 = lm.prepare(image)

@@ -37,7 +37,8 @@ def bare(ax):
 def save_figure(fig, path: Path) -> None:
     """Write the figure atomically; the format comes from the extension."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."), bbox_inches="tight")
+        fig.savefig(tmp, format=path.suffix.lower().lstrip("."), bbox_inches="tight",
+                    dpi=max(fig.dpi, RC["savefig.dpi"]))
 
 
 def short(name: str, n: int = 22) -> str:
