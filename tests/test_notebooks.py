@@ -56,6 +56,7 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch):
     # Keep the notebook's figures out of any window, and its files out of the repository.
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("CNNVIZ_QUICK", "1")  # notebooks that optimize images use few steps and small sizes
     client = nbclient.NotebookClient(
         nb, km=_kernel_manager(tmp_path), timeout=CELL_TIMEOUT, allow_errors=False,
         resources={"metadata": {"path": str(NOTEBOOKS)}},  # the notebook's working directory
