@@ -165,9 +165,9 @@ def register(cli):
         seconds = time.perf_counter() - t0
         p = result.params
         s = result.score
-        summary = (f"{p['layer']}, {_range_text(p['units'])}: {p['score_label']} {_sig(s.min())} to "
-                   f"{_sig(s.max())} after {p['steps']} steps (priors {p['priors']}, {p['param']}) "
-                   f"in {seconds:.1f} s on {result.provenance['device']}")
+        reached = _sig(s[0]) if len(s) == 1 else f"{_sig(s.min())} to {_sig(s.max())}"
+        summary = (f"{p['layer']}, {_range_text(p['units'])}: {p['score_label']} {reached} after {p['steps']} steps "
+                   f"(priors {p['priors']}, {p['param']}) in {seconds:.1f} s on {result.provenance['device']}")
         _finish(result, out, o["save"], o["columns"], o["history"], summary)
 
     @cli.command(short_help="Class models: images scored as a class (Simonyan et al. 2014).")

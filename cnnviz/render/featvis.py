@@ -168,7 +168,7 @@ class _Layout:
         legend_w = 0.0
         if plot and legend:
             legend_w = 0.5 + 0.062 * max(len(s) for s in legend)
-        min_w = PLOT_LEFT + 2.6 + legend_w + MARGIN if plot else 2.4
+        min_w = PLOT_LEFT + 2.6 + legend_w + MARGIN if plot else 4.2  # room for the heading
         W = max(grid_w + 2 * MARGIN, min_w)
         self.head = textwrap.fill(head, _chars(W - 0.1, HEAD_PT))
         self.detail = textwrap.fill(detail, _chars(W - 0.1, DETAIL_PT)) if detail else ""
