@@ -56,7 +56,7 @@ class StepClock:
         self.dev = dev
         self.stamps: list[float] = []
 
-    def __call__(self, total, desc, enabled):  # the progress_bar(total, desc, enabled) signature
+    def __call__(self, total, desc, enabled, unit=None):  # the progress_bar signature
         self.stamps = []
         return self
 

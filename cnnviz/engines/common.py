@@ -61,7 +61,7 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def progress_bar(total: int, desc: str, enabled: bool | None):
+def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "pos"):
     """A tqdm bar on stderr that appears only if the work lasts more than a moment
     (`enabled=None`), always (`True`) or never (`False`)."""
     if enabled is False:
@@ -74,7 +74,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None):
         warnings.simplefilter("ignore")
         from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="pos", delay=0 if enabled else 1.0, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, delay=0 if enabled else 1.0, leave=False, dynamic_ncols=True)
 
 
 def default_batch_size(device: torch.device) -> int:

@@ -652,7 +652,7 @@ def _optimize(lm: LoadedModel, objective: Objective, *, batch: int, size: tuple[
             img0 = image_param.image()
             logged_steps.append(0)
             history.append(runner(model, img0, img0).detach().float().cpu())
-        with progress_bar(steps, desc, progress) as bar:
+        with progress_bar(steps, desc, progress, unit="step") as bar:
             for step in range(steps):
                 img = image_param.image()
                 x = transforms.apply(img, gen)
@@ -868,7 +868,7 @@ def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, o
     with torch.inference_mode(False), torch.enable_grad(), model_on_device(lm.model, dev) as model:
         runner.setup_memory_format(model, base.to(dev))
         detail = torch.zeros_like(pyramid[-1]).to(dev)
-        with progress_bar(octaves * steps, "dream", progress) as bar:
+        with progress_bar(octaves * steps, "dream", progress, unit="step") as bar:
             for level in reversed(range(octaves)):
                 octave_base = pyramid[level].to(dev)
                 if detail.shape[-2:] != octave_base.shape[-2:]:
