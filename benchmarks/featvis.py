@@ -15,7 +15,7 @@ All in one process, on the same model, batch, image size and device:
       input, channels_last like the engine, float16 autocast on CUDA like the engine): through the
       whole network, and through the network up to the layer (the engine stops the forward there
       for a layer objective). The engine's network input is the image plus the standard transforms'
-      margin (size + pad, e.g. 240 for 224), so that is the size of the fair limit; the whole
+      margin (size + pad: the size itself with the default transforms, which have no margin), so that is the size of the fair limit; the whole
       network at the bare image size is shown for reference;
   (c) the ratios cnnviz steps/s / limit passes/s (the issue's bar: at least 0.8), against the fair
       limit: up to the layer for the layer objective, the whole network for class logits;
@@ -199,7 +199,9 @@ def main(argv=None) -> int:
     B_WHOLE = f"(b) fwd+bwd whole network, {fed}px"
     B_WHOLE_IMG = f"(b) fwd+bwd whole network, {size}px"
     contenders = {A_UNITS: cnnviz_units, A_CLASS: cnnviz_classes, B_LAYER: limit(x_fed, True),
-                  B_WHOLE: limit(x_fed, False), B_WHOLE_IMG: limit(x_img, False)}
+                  B_WHOLE: limit(x_fed, False)}
+    if fed != size:  # transforms with a margin: also the bare image size, for reference
+        contenders[B_WHOLE_IMG] = limit(x_img, False)
     per_step = {k: [] for k in contenders}  # seconds per step / per pass
     per_call = {k: [] for k in (A_UNITS, A_CLASS)}  # whole call, setup included
     for fn in contenders.values():
@@ -232,6 +234,7 @@ def main(argv=None) -> int:
              ("units vs whole network", A_UNITS, B_WHOLE),
              ("class logits vs whole network (fair)", A_CLASS, B_WHOLE),
              (f"class logits vs whole network at {size}px (no margin)", A_CLASS, B_WHOLE_IMG)]
+    pairs = [pr for pr in pairs if pr[2] in med]
     for text, a, b in pairs:
         print(f"  {text:<58}{med[b] / med[a]:>6.2f}")
 

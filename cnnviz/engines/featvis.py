@@ -468,7 +468,10 @@ class Transforms:
         return F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
 
 
-STANDARD_TRANSFORMS = Transforms(pad=16, jitter=8, scale=(0.9, 1.1), rotate=10)
+# No margin by default: the network sees the image's own size, so a step costs what a forward and
+# backward pass of the image costs. On efficientnet_lite0 a 16-pixel margin (lucid's choice is
+# similar) gave the same objectives and equally smooth images, at 1.5x the time per step.
+STANDARD_TRANSFORMS = Transforms(pad=0, jitter=8, scale=(0.9, 1.1), rotate=10)
 
 
 # --------------------------------------------------------------------------------------------------
