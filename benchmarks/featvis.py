@@ -234,7 +234,7 @@ def main(argv=None) -> int:
              ("units vs whole network", A_UNITS, B_WHOLE),
              ("class logits vs whole network (fair)", A_CLASS, B_WHOLE),
              (f"class logits vs whole network at {size}px (no margin)", A_CLASS, B_WHOLE_IMG)]
-    pairs = [pr for pr in pairs if pr[2] in med]
+    pairs = pairs if fed != size else pairs[:3]
     for text, a, b in pairs:
         print(f"  {text:<58}{med[b] / med[a]:>6.2f}")
 
