@@ -61,6 +61,7 @@ def cli():
     Start here:
       cnnviz predict photo.jpg                   top-5 classes (checks model + preprocessing)
       cnnviz occlusion photo.jpg                 occlusion sensitivity figure (Zeiler & Fergus)
+      cnnviz featvis --layer _blocks.10          images that drive 8 units of a layer
       cnnviz layers --model alexnet              layer names to pass as --layer
       cnnviz models                              models that can be loaded here
 
