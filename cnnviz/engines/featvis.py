@@ -16,8 +16,9 @@ from the network's activations:
 - DeepDream (`deep_dream`): octaves, random jitter, gradient steps normalized by their mean size;
 - inversion (`invert`): reconstruct an image from its representation at one or more layers.
 
-All randomness comes from one seeded generator, so a seed gives the same image (on the same device
-and library versions). The model is left exactly as it was: no gradients accumulate in its
+All randomness comes from one seeded generator, so a seed gives the same image, bit for bit, on
+the same device, number of CPU threads and library versions (a different thread count changes the
+rounding of the convolutions: images then differ by a grey level here and there). The model is left exactly as it was: no gradients accumulate in its
 parameters, its hooks are removed, its training flags and device are restored, also on error.
 """
 
