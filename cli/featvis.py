@@ -89,6 +89,9 @@ def optimization_options(f):
                      help="Yosinski: reset pixels whose colour norm is below this percentile (0: off; pixels only)."),
         click.option("--seed", default=0, show_default=True, type=int,
                      help="Seed of the starting noise and transforms."),
+        click.option("--batch-size", "-b", default=None, type=click.IntRange(min=1), metavar="N",
+                     help="Optimize at most N images at once (less memory); batch k is seeded with --seed + k "
+                          "[default: all images in one batch]."),
         click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda."),
         click.option("--amp/--no-amp", default=None, help="float16 mixed precision on CUDA [default: on with CUDA]."),
         click.option("--columns", default=None, type=click.IntRange(min=1), metavar="N",
@@ -123,7 +126,8 @@ def _check_optimization(o: dict) -> None:
 def _engine_options(o: dict) -> dict:
     return dict(steps=o["steps"], size=o["size"], priors=o["priors"], param=o["param"], transforms=o["transforms"],
                 lr=o["lr"], l2_decay=o["l2_decay"], blur_every=o["blur_every"], blur_sigma=o["blur_sigma"],
-                clip_percentile=o["clip_percentile"], seed=o["seed"], device=o["device"], amp=o["amp"],
+                clip_percentile=o["clip_percentile"], seed=o["seed"], batch_size=o["batch_size"],
+                device=o["device"], amp=o["amp"],
                 progress=False if o["quiet"] else None)
 
 

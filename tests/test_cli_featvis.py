@@ -87,13 +87,14 @@ def check_files(out: Path, fig: str, save: str, res) -> FeatvisResult:
 
 def test_featvis_units(out, cached_model):
     res = ok(invoke("featvis", "--layer", "_blocks.4", "--units", "0:2", "--steps", "3", "--size", "64",
-                    "--priors", "none", "--lr", "0.1", "--seed", "3", "--history", "--quiet",
+                    "--priors", "none", "--lr", "0.1", "--seed", "3", "--history", "--quiet", "--batch-size", "1",
                     "-o", "units.png", "--save", "units.npz"))
     r = check_files(out, "units.png", "units.npz", res)
     p = r.params
     assert p["mode"] == "units" and p["layer"] == "_blocks.4" and p["units"] == [0, 1]
     assert p["steps"] == 3 and p["size"] == [64, 64] and p["priors"] == "none" and p["param"] == "pixel"
     assert p["lr"] == 0.1 and p["seed"] == 3 and p["transforms"] == "none" and p["unit_kind"] == "channel"
+    assert p["batch_size"] == 1 and p["seeds"] == [3, 4]
     assert r.images.shape == (2, 64, 64, 3) and list(r.labels) == ["unit 0", "unit 1"]
     assert res.stdout.startswith("_blocks.4, units 0-1: mean activation ")
     with Image.open(out / "units.png") as im:  # two 64 px panels enlarged x3, the objective plot below
@@ -155,6 +156,7 @@ BAD = {
     "negative steps": (["featvis", "--layer", "_blocks.4", "--steps", "-3"], ["--steps", "-3"]),
     "tiny size": (FV + ["--size", "8"], ["--size", "8"]),
     "zero lr": (FV + ["--lr", "0"], ["--lr 0 must be positive"]),
+    "zero batch size": (FV + ["--batch-size", "0"], ["--batch-size", "0"]),
     "fourier with l2 decay": (FV + ["--param", "fourier", "--l2-decay", "0.01"], ["plain pixels", "--param pixel"]),
     "full priors with blur": (FV + ["--blur-every", "4"], ["plain pixels", "--param pixel"]),
     "bad l2 decay": (FV + ["--param", "pixel", "--l2-decay", "1.5"], ["l2_decay 1.5"]),

@@ -383,3 +383,22 @@ def test_bad_input_is_one_clear_error(lite0, call, error, words):
         call(lite0)
     msg = str(e.value)
     assert words in msg and "\n" not in msg
+
+
+def test_batches_of_units_equal_separate_runs_with_consecutive_seeds(lite0):
+    kw = dict(steps=5, size=48, log_every=2, progress=False)
+    whole = fv.visualize_units(lite0, "_blocks.4", "0:3", batch_size=2, seed=7, **kw)
+    first = fv.visualize_units(lite0, "_blocks.4", "0:2", seed=7, **kw)
+    second = fv.visualize_units(lite0, "_blocks.4", "2", seed=8, **kw)
+    assert np.array_equal(whole.images, np.concatenate([first.images, second.images]))
+    assert np.array_equal(whole.history, np.concatenate([first.history, second.history], axis=1))
+    assert list(whole.labels) == ["unit 0", "unit 1", "unit 2"] and whole.objective.shape == (3,)
+    p = whole.params
+    assert (p["batch"], p["batch_size"], p["seed"], p["seeds"], p["units"]) == (3, 2, 7, [7, 8], [0, 1, 2])
+    assert p["objective"] == "channel(_blocks.4, 0..2)"
+    classes = fv.visualize_classes(lite0, ["goldfinch", "daisy"], batch_size=1, steps=2, size=48, progress=False)
+    alone = fv.visualize_classes(lite0, "daisy", seed=1, steps=2, size=48, progress=False)
+    assert np.array_equal(classes.images[1], alone.images[0])
+    assert np.allclose(classes.score[1], alone.score[0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ParameterError, match="batch_size"):
+        fv.visualize_units(lite0, "_blocks.4", "0:3", batch_size=0, steps=1, size=32)

@@ -777,38 +777,78 @@ def _no_override(options: dict) -> None:
             raise ParameterError(f"{key}= is set by this function; call featvis.visualize for a custom {key}")
 
 
-def visualize_units(lm: LoadedModel, layer: str, units="0:8", *, neuron_centre: bool = False, **options) -> FeatvisResult:
-    """One image per unit of `layer`, all optimized in one batch: the mean of each unit's feature
-    map (or, with `neuron_centre`, its activation at the centre of the map). Options as `visualize`."""
+def _in_batches(n: int, batch_size: int | None, seed: int, run) -> FeatvisResult:
+    """Call run(start, stop, seed) for consecutive slices of at most `batch_size` images (chunk k
+    seeded with seed + k) and join the results into one."""
+    if batch_size is None:
+        batch_size = n
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ParameterError(f"batch_size {batch_size!r} must be a positive whole number of images")
+    parts = [run(start, min(n, start + batch_size), seed + k) for k, start in enumerate(range(0, n, batch_size))]
+    res = parts[0]
+    if len(parts) > 1:
+        res.images = np.concatenate([r.images for r in parts])
+        res.labels = np.concatenate([r.labels for r in parts])
+        res.objective = np.concatenate([r.objective for r in parts])
+        res.score = np.concatenate([r.score for r in parts])
+        res.history = np.concatenate([r.history for r in parts], axis=1)
+    res.params.update(batch=n, batch_size=int(batch_size), seed=seed,
+                      seeds=[seed + k for k in range(len(parts))])
+    return res
+
+
+def visualize_units(lm: LoadedModel, layer: str, units="0:8", *, neuron_centre: bool = False,
+                    batch_size: int | None = None, **options) -> FeatvisResult:
+    """One image per unit of `layer`, optimized together in one batch (or in batches of at most
+    `batch_size` images, the k-th seeded with seed + k): the mean of each unit's feature map (or,
+    with `neuron_centre`, its activation at the centre of the map). Options as `visualize`."""
     _no_override(options)
     hw = _size_arg(lm, options.get("size"))
     info = _unit_layer(lm, layer, hw)
     units = parse_units(units, info.shape[0])
     if neuron_centre and len(info.shape) != 3:
         raise ParameterError(f"layer {layer!r} has no spatial maps; drop the neuron option")
-    obj = neuron(info.address, units) if neuron_centre else channel(info.address, units)
-    res = visualize(lm, obj, batch=len(units), labels=[f"unit {u}" for u in units], mode="units", **options)
-    res.params.update(layer=info.address, units=units, unit_kind="neuron" if neuron_centre else "channel",
+    make = neuron if neuron_centre else channel
+    seed = options.pop("seed", 0)
+
+    def run(a, b, chunk_seed):
+        part = units[a:b]
+        return visualize(lm, make(info.address, part), batch=len(part), labels=[f"unit {u}" for u in part],
+                         mode="units", seed=chunk_seed, **options)
+
+    res = _in_batches(len(units), batch_size, seed, run)
+    res.params.update(objective=make(info.address, units).description, layer=info.address, units=units, unit_kind="neuron" if neuron_centre else "channel",
                       score_label="centre activation" if neuron_centre else "mean activation")
     return res
 
 
-def visualize_classes(lm: LoadedModel, targets, *, prob: bool = False, **options) -> FeatvisResult:
+def visualize_classes(lm: LoadedModel, targets, *, prob: bool = False, batch_size: int | None = None,
+                      **options) -> FeatvisResult:
     """Class models (Simonyan et al. 2014): one image per class maximizing its logit (or, with
     `prob`, its softmax probability). `targets`: class indices or names. The result's score is the
-    probability the model gives each image for its class."""
+    probability the model gives each image for its class. `batch_size` as in `visualize_units`."""
     _no_override(options)
     if isinstance(targets, (str, int, np.integer)):
         targets = [targets]
     classes = [lm.class_index(t) for t in targets]
     if not classes:
         raise ParameterError("no classes given")
-    obj = class_prob(classes) if prob else class_logit(classes)
-    res = visualize(lm, obj, batch=len(classes), labels=[lm.class_name(c) for c in classes], mode="class", **options)
+    make = class_prob if prob else class_logit
+    seed = options.pop("seed", 0)
+
+    def run(a, b, chunk_seed):
+        part = classes[a:b]
+        return visualize(lm, make(part), batch=len(part), labels=[lm.class_name(c) for c in part], mode="class",
+                         seed=chunk_seed, **options)
+
+    res = _in_batches(len(classes), batch_size, seed, run)
+    res.params["objective"] = make(classes).description
     x = lm.preprocessing.normalize(res.images)
     dev = resolve_device(options.get("device", "auto"))
+    step = batch_size or len(classes)
     with torch.inference_mode(), model_on_device(lm.model, dev) as m:
-        probs = torch.softmax(m(x.to(dev)).float(), 1).cpu()
+        probs = torch.cat([torch.softmax(m(x[i:i + step].to(dev)).float(), 1).cpu()
+                           for i in range(0, len(x), step)])
     res.score = probs[torch.arange(len(classes)), torch.tensor(classes)].numpy().astype(np.float32)
     res.params.update(classes=classes, score_label="probability", objective_kind="prob" if prob else "logit",
                       top1=[int(i) for i in probs.argmax(1)])
