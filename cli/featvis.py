@@ -46,11 +46,6 @@ def _finish(result, out: str, save: str | None, columns, history, summary: str) 
     click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
 
 
-def _sig(v) -> str:
-    """Three significant digits, trailing zeros kept (as the figures print them)."""
-    return format(float(v), "#.3g").rstrip(".")
-
-
 def _split(values) -> list[str]:
     return [s.strip() for v in values for s in str(v).split(",") if s.strip()]
 
@@ -156,6 +151,7 @@ def register(cli):
           cnnviz featvis --layer _blocks.6 --units 0:8 --steps 256 --out units.pdf --save units.npz
         """
         from cnnviz.engines.featvis import parse_units, visualize_units
+        from cnnviz.render.featvis import sig
 
         _require(layer, "--layer", f"name the layer whose units to draw, e.g. --layer _blocks.6; "
                                    f"`cnnviz layers --model {model_spec['name']}` lists every layer")
@@ -169,7 +165,7 @@ def register(cli):
         seconds = time.perf_counter() - t0
         p = result.params
         s = result.score
-        reached = _sig(s[0]) if len(s) == 1 else f"{_sig(s.min())} to {_sig(s.max())}"
+        reached = sig(s[0]) if len(s) == 1 else f"{sig(s.min())} to {sig(s.max())}"
         summary = (f"{p['layer']}, {_range_text(p['units'])}: {p['score_label']} {reached} after {p['steps']} steps "
                    f"(priors {p['priors']}, {p['param']}) in {seconds:.1f} s on {result.provenance['device']}")
         _finish(result, out, o["save"], o["columns"], o["history"], summary)
@@ -258,6 +254,7 @@ def register(cli):
           cnnviz dream assets/rocket.jpg --layer _blocks.8 --octaves 4 --steps 10 --out dream.png
         """
         from cnnviz.engines.featvis import deep_dream
+        from cnnviz.render.featvis import sig
         from cnnviz.errors import ParameterError
         from cnnviz.images import load_image
 
@@ -279,8 +276,8 @@ def register(cli):
         result.params["image_file"] = str(image)
         p = result.params
         h, w = p["size"]
-        summary = (f"dream at {p['layer']}: {p['score_label']} {_sig(p['start_objective'])} -> "
-                   f"{_sig(result.score[0])} ({octaves} octaves x {steps} steps, {h}x{w} px) in {seconds:.1f} s "
+        summary = (f"dream at {p['layer']}: {p['score_label']} {sig(p['start_objective'])} -> "
+                   f"{sig(result.score[0])} ({octaves} octaves x {steps} steps, {h}x{w} px) in {seconds:.1f} s "
                    f"on {result.provenance['device']}")
         _finish(result, out, save, None, history, summary)
 

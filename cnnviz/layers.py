@@ -217,6 +217,48 @@ def capture(model: nn.Module, layer: LayerInfo,
         yield cap
 
 
+class StopForward(Exception):
+    """Raised inside a forward pass by `record(..., stop=True)` once every recorded layer has run;
+    the caller catches it (nothing above those layers is computed)."""
+
+
+@contextlib.contextmanager
+def record(model: nn.Module, layers: list[LayerInfo], stop: bool = False) -> Iterator[dict]:
+    """Record the outputs of `layers` (LayerInfos from `resolve_layer`), with their autograd graph,
+    into the yielded dict (address -> tensor), anew at each forward pass. The network continues with
+    a copy of each recorded output, so that an in-place operation after the layer cannot change what
+    was recorded. With `stop`, the forward pass raises `StopForward` once the last of them has run."""
+    modules = dict(model.named_modules())
+    store: dict = {}
+    calls: dict = {}
+    wanted: dict = {}
+    for info in layers:
+        wanted.setdefault(info.name, {})[info.call or 0] = info.address
+
+    def reset(mod, inp):
+        calls.clear()
+        store.clear()
+
+    def make_hook(name):
+        def hook(mod, inp, out):
+            k = calls.get(name, 0)
+            calls[name] = k + 1
+            address = wanted[name].get(k)
+            if address is None:
+                return None
+            store[address] = _tensor_of(out)
+            if stop and len(store) == len(layers):
+                raise StopForward
+            return out.clone() if isinstance(out, torch.Tensor) else None
+        return hook
+
+    handles = [model.register_forward_pre_hook(reset)]
+    with _hooks(handles):
+        for name in wanted:
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
+        yield store
+
+
 def format_layers(infos: list[LayerInfo]) -> str:
     """A table of layers: address, type, output shape."""
     w = max([len(i.address) for i in infos] + [5])

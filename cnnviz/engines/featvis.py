@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LayerError, ParameterError
-from ..layers import LayerInfo, resolve_layer
+from ..layers import LayerInfo, StopForward, record, resolve_layer
 from ..models import LoadedModel
 from ..results import FeatvisResult, provenance
 from .common import autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
@@ -320,8 +320,7 @@ class PixelImage:
             if decorrelate:
                 p = _color(p, inverse=True)
         else:
-            p = torch.randn(shape, generator=generator).to(device) * (sd if not decorrelate else 1.0) * (
-                1.0 if not decorrelate else 0.01)
+            p = torch.randn(shape, generator=generator).to(device) * sd
         self.p = p.detach().clone().requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -529,50 +528,6 @@ class Regularizers:
 # --------------------------------------------------------------------------------------------------
 # Running the model with recorded layers
 
-class _Stop(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _recorder(model, infos: list[LayerInfo], stop: bool):
-    """Record the outputs of `infos` (with their graph) into the yielded dict at each forward. The
-    network continues with a copy, so that in-place operations after a layer cannot change what was
-    recorded. With `stop`, the forward ends once the last of them has run."""
-    modules = dict(model.named_modules())
-    store: dict = {}
-    calls: dict = {}
-    wanted: dict = {}
-    for info in infos:
-        wanted.setdefault(info.name, {})[info.call or 0] = info.address
-
-    def reset(mod, inp):
-        calls.clear()
-        store.clear()
-
-    def make_hook(name):
-        def hook(mod, inp, out):
-            k = calls.get(name, 0)
-            calls[name] = k + 1
-            address = wanted[name].get(k)
-            if address is None:
-                return None
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            store[address] = t
-            if stop and len(store) == len(infos):
-                raise _Stop
-            return out.clone() if isinstance(out, torch.Tensor) else None
-        return hook
-
-    handles = [model.register_forward_pre_hook(reset)]
-    try:
-        for name in wanted:
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
 class _Runner:
     """Evaluates an objective on a batch of images in [0, 1]."""
 
@@ -581,7 +536,7 @@ class _Runner:
         self.objective = objective
         self.device = device
         self.amp = amp
-        self.infos = [_layer(lm, a, example) for a in objective.layers]
+        self.infos = [resolve_layer(lm.model, a, example) for a in objective.layers]
         self.needs_logits = objective.logits
         p = lm.preprocessing
         self.mean = torch.tensor(p.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -594,20 +549,15 @@ class _Runner:
     def __call__(self, model, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         inp = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
         logits = None
-        with _recorder(model, self.infos, stop=not self.needs_logits) as store, autocast(self.device, self.amp):
+        with record(model, self.infos, stop=not self.needs_logits) as store, autocast(self.device, self.amp):
             try:
                 out = model(inp)
                 if self.needs_logits:
                     logits = out if isinstance(out, torch.Tensor) else out[0]
-            except _Stop:
+            except StopForward:
                 pass
             acts = dict(store)
         return self.objective(Context(acts, logits, image))
-
-
-def _layer(lm: LoadedModel, address: str, example: torch.Tensor) -> LayerInfo:
-    info = resolve_layer(lm.model, address, example)
-    return info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -729,7 +679,7 @@ def _common_params(**kw) -> dict:
 
 def _unit_layer(lm: LoadedModel, layer: str, size) -> LayerInfo:
     example = lm.preprocessing.normalize(np.full((*size, 3), 128, np.uint8))
-    info = _layer(lm, layer, example)
+    info = resolve_layer(lm.model, layer, example)
     if info.shape is None or len(info.shape) not in (1, 3):
         raise LayerError(f"layer {layer!r} outputs {info.shape}; feature visualization needs CxHxW maps or a vector")
     return info
@@ -984,8 +934,8 @@ def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 
     # target representations
     names = [i.address for i in infos]
     with torch.inference_mode(), model_on_device(lm.model, dev) as model:
-        with _recorder(model, infos, stop=True) as store:
-            with contextlib.suppress(_Stop):
+        with record(model, infos, stop=True) as store:
+            with contextlib.suppress(StopForward):
                 model(x0.to(dev))
             targets = {k: v.detach().float().clone() for k, v in store.items()}
     objective = sum(match(name, targets[name], batch=i) for i, name in enumerate(names))
@@ -1017,13 +967,13 @@ def feature_distances(lm: LoadedModel, images: torch.Tensor, names: list[str], t
     """Relative squared distance ||phi(x_i) - phi0||^2 / ||phi0||^2 of image i at layer names[i]."""
     h, w = images.shape[-2:]
     example = lm.preprocessing.normalize(np.full((h, w, 3), 128, np.uint8))
-    infos = [_layer(lm, n, example) for n in dict.fromkeys(names)]
+    infos = [resolve_layer(lm.model, n, example) for n in dict.fromkeys(names)]
     p = lm.preprocessing
     x = (images.float() - torch.tensor(p.mean).view(1, 3, 1, 1)) / torch.tensor(p.std).view(1, 3, 1, 1)
     dev = resolve_device(device)
     with torch.inference_mode(), model_on_device(lm.model, dev) as model:
-        with _recorder(model, infos, stop=True) as store:
-            with contextlib.suppress(_Stop):
+        with record(model, infos, stop=True) as store:
+            with contextlib.suppress(StopForward):
                 model(x.to(dev))
             acts = {k: v.float() for k, v in store.items()}
         out = []

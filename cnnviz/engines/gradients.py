@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
-from ..layers import LayerInfo, default_feature_layer, resolve_layer
+from ..layers import LayerInfo, StopForward, default_feature_layer, record, resolve_layer
 from ..models import LoadedModel
 from ..results import GradientResult, provenance
 from ..rules import BackwardRule
@@ -68,40 +68,6 @@ class Unit:
         return f"channel {self.channel} {where}"
 
 
-class _StopForward(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _layer_output(model, info: LayerInfo, stop: bool):
-    """Record the output of `info` with its graph. The network gets a copy, so that an in-place
-    operation downstream cannot change the recorded tensor; with `stop`, the forward pass ends
-    there (a unit target needs nothing above its layer)."""
-    module = dict(model.named_modules())[info.name]
-    want = info.call or 0
-    state = {"calls": 0, "out": None}
-
-    def reset(mod, inp):
-        state["calls"] = 0
-
-    def hook(mod, inp, out):
-        k = state["calls"]
-        state["calls"] += 1
-        if k == want:
-            state["out"] = out
-            if stop:
-                raise _StopForward
-            return out.clone()
-        return None
-
-    handles = [model.register_forward_pre_hook(reset), module.register_forward_hook(hook)]
-    try:
-        yield state
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _unit_seed(act: torch.Tensor, unit: Unit) -> torch.Tensor:
     """The signal sent down from a layer for a unit: its activation(s), zero everywhere else."""
     c = unit.channel
@@ -138,10 +104,10 @@ def _input_signal(model, x, rule, targets, layer, unit):
     mode = BackwardRule(rule) if rule != "gradient" else contextlib.nullcontext()
     with torch.enable_grad(), mode:
         if unit is not None:
-            with _layer_output(model, layer, stop=True) as state:
-                with contextlib.suppress(_StopForward):
+            with record(model, [layer], stop=True) as store:
+                with contextlib.suppress(StopForward):
                     model(x)
-            act = state["out"]
+            act = store[layer.address]
             (g,) = torch.autograd.grad(act, x, grad_outputs=_unit_seed(act, unit))
             return g.detach(), None
         out = model(x)
@@ -161,9 +127,9 @@ def grad_cam(model, x: torch.Tensor, targets: torch.Tensor, layer: LayerInfo) ->
 
 def _grad_cam(model, x, targets, layer):
     x = x.detach()
-    with torch.enable_grad(), _layer_output(model, layer, stop=False) as state:
+    with torch.enable_grad(), record(model, [layer]) as store:
         out = model(x.requires_grad_(False))
-        act = state["out"]
+        act = store[layer.address]
         top1 = out.detach().argmax(1)
         targets = top1 if targets is None else targets
         seed = torch.zeros_like(out)

@@ -52,12 +52,12 @@ def score_text(label: str | None, value: float) -> str:
         return f"{SCORE_WORDS.get(label, label or 'score')} n/a"
     if label == "probability":
         return f"p={v:.2f}" if v >= 0.01 else f"p={v:.2g}"
-    return f"{SCORE_WORDS.get(label, label or 'score')} {_sig(v)}"
+    return f"{SCORE_WORDS.get(label, label or 'score')} {sig(v)}"
 
 
-def _sig(v: float) -> str:
+def sig(v: float) -> str:
     """Three significant digits, trailing zeros kept: 1.00, 0.830, 22.5, 123."""
-    return format(v, "#.3g").rstrip(".")
+    return format(float(v), "#.3g").rstrip(".")
 
 
 def _chars(width_in: float, pt: float) -> int:
