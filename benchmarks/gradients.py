@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from machine import sample_images  # benchmarks/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample" / "images"
+SAMPLE = sample_images()
 
 
 def main(argv=None) -> int:

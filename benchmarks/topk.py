@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+from machine import cpu_model, sample_images  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "imagenet-sample" / "images"
+DATA = sample_images()
 
 
 def rss_now_mib() -> float:

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import torch
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+def _find_sample() -> Path:
+    """The 500-photo ImageNet sample: $CNNVIZ_IMAGENET_SAMPLE if set, else beside the checkout
+    (<checkout>/../shared/data/imagenet-sample), else the workplace's /work/shared (for a checkout
+    cloned elsewhere, e.g. into /tmp)."""
+    candidates = [Path(os.environ["CNNVIZ_IMAGENET_SAMPLE"])] if os.environ.get("CNNVIZ_IMAGENET_SAMPLE") else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample",
+                   Path("/work/shared/data/imagenet-sample")]
+    return next((c for c in candidates if (c / "labels.csv").is_file()), candidates[0])
+
+
+SAMPLE = _find_sample()
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 

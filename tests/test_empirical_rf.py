@@ -6,13 +6,14 @@ centre, the crop shortcut gives the full-image answer, and `cnnviz rf --layer` w
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-IMAGES = Path("/work/shared/data/imagenet-sample/images")
+from helpers import SAMPLE
+
+IMAGES = SAMPLE / "images"
 LAYER = "_blocks.2"  # RF 19 px, stride 4
 
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason="ImageNet sample images not present")
