@@ -262,54 +262,94 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
 
 
 def _gradient_command(method: str, short: str, summary: str):
-    """One CLI command per backprop method; they differ only in the method name and its help."""
+    """One CLI command per backprop method. Each lists only the options its method uses: --layer
+    and --unit where a unit can be projected (Grad-CAM: --layer alone), the SmoothGrad options
+    where copies can be averaged; a combination the method cannot use is a one-line error before
+    the model loads."""
+    engine = "saliency" if method == "smoothgrad" else method
+    units = engine in ("saliency", "guided", "deconv")
+    layers = units or engine == "gradcam"
+    smooths = engine in ("saliency", "guided", "deconv", "ig")
+    always_smooth = method == "smoothgrad"
 
-    @click.argument("images", nargs=-1, required=True, type=click.Path())
-    @model_options
-    @click.option("--target", "-t", default=None, metavar="CLASS",
-                  help="Class index or name [default: each image's top-1 class].")
-    @click.option("--layer", "-l", default=None, metavar="NAME",
-                  help="Layer of --unit, or Grad-CAM's layer [default: last convolutional block]. See `cnnviz layers`.")
-    @click.option("--unit", "-u", default=None, metavar="C[:max|:map|:Y,X]",
-                  help="Project a unit of --layer instead of a class: channel C at its strongest activation "
-                       "(C or C:max), the whole map (C:map) or one position (C:Y,X).")
-    @click.option("--samples", default=0, show_default=True, type=click.IntRange(min=0),
-                  help="SmoothGrad: average over this many noisy copies (0: off).")
-    @click.option("--noise", default=0.15, show_default=True, type=float,
-                  help="SmoothGrad noise std, as a fraction of the input's range.")
-    @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the SmoothGrad noise.")
-    @click.option("--shared-scale", is_flag=True, help="One colour scale for all images.")
-    @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help=f"Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_{method}.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
-    def command(images, model_spec, target, layer, unit, samples, noise, seed, shared_scale, device, out, save):
-        from cnnviz.engines.gradients import attribute
+    def command(images, model_spec, target, device, out, save, shared_scale, layer=None, unit=None, samples=None,
+                noise=None, seed=None, smooth=None):
+        from cnnviz.engines.gradients import attribute, check_options
         from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import load_image
 
-        name = "saliency" if method == "smoothgrad" else method
-        smooth = samples or (25 if method == "smoothgrad" else 0)
+        check_options(engine, target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise, seed=seed,
+                      smooth_mode=smooth)
         out = out or f"{Path(images[0]).stem}_{method}.png"
         check_output(out, FIGURE_SUFFIXES)
         if save:
             check_output(save, (".npz",))
         pics = [load_image(p) for p in images]
         lm = _load(model_spec)
-        result = attribute(lm, pics, name, target=target, layer=layer, unit=unit, smooth=smooth, noise=noise,
-                           seed=seed, device=device)
+        result = attribute(lm, pics, engine, target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise,
+                           seed=seed, smooth_mode=smooth, device=device)
         result.params["image_files"] = [str(p) for p in images]
         fig = result.render(out, shared_scale=shared_scale)
         if save:
             result.save(save)
         for f, t in zip(images, result.target_names):
             click.echo(f"{f}: {method} for {t}")
+        if result.params.get("uninformative"):
+            click.echo(f"note: uninformative map: {result.params['uninformative_reason']}")
         click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
         import matplotlib.pyplot as plt
 
         plt.close(fig)
 
+    options = [
+        click.argument("images", nargs=-1, required=True, type=click.Path()),
+        model_options,
+        click.option("--target", "-t", default=None, metavar="CLASS",
+                     help="Class index or name [default: each image's top-1 class]."
+                          + (" Not with --unit." if units else "")),
+    ]
+    if units:
+        options += [
+            click.option("--layer", "-l", default=None, metavar="NAME",
+                         help="The layer of --unit (needed with --unit, refused without). See `cnnviz layers`."),
+            click.option("--unit", "-u", default=None, metavar="C[:max|:map|:Y,X]",
+                         help="Project a unit of --layer instead of a class: channel C at its strongest activation "
+                              "(C or C:max), the whole map (C:map) or one position (C:Y,X)."),
+        ]
+    elif layers:
+        options.append(click.option("--layer", "-l", default=None, metavar="NAME",
+                                    help="Grad-CAM's layer [default: last convolutional block]. See `cnnviz layers`."))
+    if smooths:
+        if always_smooth:
+            options.append(click.option("--samples", default=25, show_default=True, type=click.IntRange(min=1),
+                                        help="Noisy copies of each image to average over."))
+        else:
+            options.append(click.option("--samples", default=None, type=click.IntRange(min=1), metavar="N",
+                                        help="SmoothGrad: average over N noisy copies of each image [default: off]."))
+        options += [
+            click.option("--noise", default=None, type=float, metavar="STD",
+                         help="SmoothGrad noise std, as a fraction of the input's range [default: 0.15]"
+                              + ("" if always_smooth else "; needs --samples") + "."),
+            click.option("--seed", default=None, type=int,
+                         help="Seed of the SmoothGrad noise [default: 0]" + ("" if always_smooth else "; needs --samples")
+                              + "."),
+        ]
+        if engine not in ("ig",):
+            options.append(click.option(
+                "--smooth", default=None, type=click.Choice(["mean", "mean-abs"]),
+                help="How the copies are averaged: mean = signed signals averaged, |.| taken for the map (Smilkov "
+                     "et al. 2017, Eq. 3) [default]; mean-abs = |signal| averaged (captum's NoiseTunnel; steadier "
+                     "from seed to seed)" + ("" if always_smooth else "; needs --samples") + "."))
+    options += [
+        click.option("--shared-scale", is_flag=True, help="One colour scale for all images."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda."),
+        click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
+                     help=f"Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_{method}.png here]."),
+        click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
+                     help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`."),
+    ]
+    for decorate in reversed(options):
+        command = decorate(command)
     command.__doc__ = summary
     return cli.command(name=method, short_help=short)(command)
 
@@ -319,9 +359,12 @@ _gradient_command("saliency", "Saliency map: gradient of the class score w.r.t. 
 _gradient_command("guided", "Guided backprop map.", """Guided backprop (Springenberg et al. 2015): the gradient with only positive
     signals passed through each rectifier (ReLU, ReLU6, LeakyReLU, Hardtanh, also F.relu).""")
 _gradient_command("deconv", "Zeiler-Fergus deconvnet projection of a class or a unit.", """Zeiler & Fergus deconvnet: project a class score or a unit (--layer L --unit C)
-    back to pixels through rectification, unpooling with switches and transposed filters.""")
+    back to pixels through rectification, unpooling with switches and transposed filters. Only the
+    max-pool switches carry the image into it: on a model without max pooling (EfficientNet-Lite)
+    every image gets the same map, and the output and the figure say so.""")
 _gradient_command("smoothgrad", "Saliency averaged over noisy copies of the image.", """SmoothGrad (Smilkov et al. 2017): the saliency map averaged over noisy copies
-    of the image (--samples, default 25; --noise).""")
+    of the image (--samples, default 25; --noise; --smooth mean, the paper's signed average, or
+    mean-abs, captum's average of magnitudes).""")
 _gradient_command("gradcam", "Grad-CAM heat map of a class.", """Grad-CAM (Selvaraju et al. 2017): feature maps of --layer weighted by the
     mean gradient of the class score, rectified and upsampled to the image.""")
 _gradient_command("ig", "Integrated Gradients (signed map).", """Integrated Gradients (Sundararajan et al. 2017, via captum) from a black image:
@@ -336,6 +379,9 @@ def _methods(text: str) -> list[str]:
     if bad or not names:
         raise click.BadParameter(f"{', '.join(bad) or text!r} not known; choose from {', '.join(METHODS)}",
                                  param_hint="--methods")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise click.BadParameter(f"{', '.join(twice)} given twice", param_hint="--methods")
     return names
 
 
@@ -358,14 +404,22 @@ def compare(image, model_spec, methods, target, layer, shared_scale, device, out
     from cnnviz.render.gradients import compare_figure
     from cnnviz.render.style import save_figure
 
+    from cnnviz.engines.gradients import CAM
+
     names = _methods(methods)
+    if layer is not None and not any(m in CAM for m in names):
+        raise click.BadParameter(f"{layer!r} is Grad-CAM's layer, but --methods has no gradcam or guided_gradcam; "
+                                 "drop --layer", param_hint="--layer")
     out = check_output(out or f"{Path(image).stem}_compare.png", FIGURE_SUFFIXES)
     pic = load_image(image)
     lm = _load(model_spec)
-    results = [attribute(lm, pic, m, target=target, layer=layer if "gradcam" in m else None, device=device)
+    results = [attribute(lm, pic, m, target=target, layer=layer if m in CAM else None, device=device)
                for m in names]
     fig = compare_figure(results, shared_scale=shared_scale)
     save_figure(fig, out)
+    for r in results:
+        if r.params.get("uninformative"):
+            click.echo(f"note: uninformative {r.params['method']} map: {r.params['uninformative_reason']}")
     click.echo(f"wrote {out}")
     import matplotlib.pyplot as plt
 
@@ -379,15 +433,22 @@ def compare(image, model_spec, methods, target, layer, shared_scale, device, out
               help="Comma-separated methods to check.")
 @click.option("--steps", default=8, show_default=True, type=click.IntRange(min=1),
               help="Cumulative randomization steps, from the top layer down.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random weights.")
+@click.option("--classes", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Class randomization: compare the top-1 map with the maps for this many other classes "
+                   "(the runner-up, then random ones); 0: off.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random weights and classes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
               help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_sanity.png here].")
 @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz", help="Also save the result.")
-def sanity(image, model_spec, methods, steps, seed, device, out, save):
+def sanity(image, model_spec, methods, steps, classes, seed, device, out, save):
     """Randomize the model's layers cumulatively from the top (on a copy) and report, per step and
     method, the Spearman rank correlation between the original map and the randomized model's map
-    (Adebayo et al. 2018). A method whose correlation stays high shows the image, not the model."""
+    (Adebayo et al. 2018). A method whose correlation stays high shows the image, not the model.
+
+    Then the class-randomization test: each method's map for the top-1 class against its maps for
+    other classes (Spearman ρ and Pearson r). A method whose maps stay the same for every class
+    does not explain the class decision."""
     from cnnviz.engines.sanity import sanity as run_sanity
     from cnnviz.files import FIGURE_SUFFIXES, check_output
     from cnnviz.images import load_image
@@ -399,7 +460,7 @@ def sanity(image, model_spec, methods, steps, seed, device, out, save):
         check_output(save, (".npz",))
     pic = load_image(image)
     lm = _load(model_spec)
-    result = run_sanity(lm, pic, methods=tuple(names), seed=seed, device=device, steps=steps)
+    result = run_sanity(lm, pic, methods=tuple(names), seed=seed, device=device, steps=steps, classes=classes)
     fig = result.render(out)
     if save:
         result.save(save)
@@ -408,6 +469,16 @@ def sanity(image, model_spec, methods, steps, seed, device, out, save):
     for j, step in enumerate(result.steps):
         click.echo(f"{str(step):<{w}}  " + "  ".join(f"{result.spearman[i, j]:>9.3f}"
                                                     for i in range(len(result.methods))))
+    if len(result.class_targets):
+        labels = [f"{n} ({int(c)})" for n, c in zip(result.class_names, result.class_targets)]
+        w = max([len(s) for s in labels] + [18])
+        click.echo(f"\nclass randomization: map for top-1 '{result.params['target_name']}' vs other classes "
+                   "(Spearman ρ / Pearson r)")
+        click.echo(f"{'other class':<{w}}  " + "  ".join(f"{m:>15}" for m in result.methods))
+        for k, label in enumerate(labels):
+            click.echo(f"{label:<{w}}  " + "  ".join(
+                f"{result.class_spearman[i, k]:>7.3f}/{result.class_pearson[i, k]:<7.3f}"
+                for i in range(len(result.methods))))
     click.echo(f"wrote {out}" + (f" and {save}" if save else ""))
     import matplotlib.pyplot as plt
 

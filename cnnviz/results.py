@@ -172,7 +172,12 @@ class GradientResult(Result):
     attribution: float32 N x C x H x W, the signal at the input (C = 3), or the upsampled Grad-CAM
       map (C = 1).
     map: float32 N x H x W, what the figure shows: max |signal| over colour channels (Simonyan),
-      the signed channel sum for Integrated Gradients, the Grad-CAM heat map.
+      the signed channel sum for Integrated Gradients, the Grad-CAM heat map. With SmoothGrad,
+      params["smooth_mode"] says how copies were averaged ("mean": signed signals, "mean-abs":
+      |signal| per channel).
+    A deconvnet result has params["uninformative"] (bool), ["uninformative_reason"] (str or
+    None), ["gray_image_r"] (per image, Pearson r of its map with a uniform gray image's map sent
+    back from the same signal) and ["max_pool_switches"] (max-pool calls on the path).
     targets: int32 N, the class followed per image (-1 for a unit target); target_names its name.
     top1: int32 N, each image's top-1 class.
     """
@@ -195,6 +200,10 @@ class SanityResult(Result):
     methods: str M.
     spearman: float32 M x S, rank correlation of each step's map with the original map.
     maps: float32 M x S x H x W, the maps themselves.
+    Class randomization (original model): class_targets int64 K, the other classes (the runner-up,
+    then random ones); class_names str K; class_spearman / class_pearson float32 M x K, each
+    method's top-1 map against its map for each other class (near 1: the map ignores the class);
+    class_maps float32 M x K x H x W.
     """
 
     kind: ClassVar[str] = "sanity"
@@ -203,6 +212,11 @@ class SanityResult(Result):
     methods: np.ndarray = None
     spearman: np.ndarray = None
     maps: np.ndarray = None
+    class_targets: np.ndarray = None
+    class_names: np.ndarray = None
+    class_spearman: np.ndarray = None
+    class_pearson: np.ndarray = None
+    class_maps: np.ndarray = None
 
 
 @dataclasses.dataclass

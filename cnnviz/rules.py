@@ -14,7 +14,10 @@ The rules, for y = clip(x, lo, hi) with slope a below lo (a = 0 except LeakyReLU
   Hardtanh with lo = 0; a*g for g < 0 with LeakyReLU. The upper clip of ReLU6 is not applied
   to the signal: the deconvnet rectifies, it does not reproduce saturation.
 Max pooling needs no rule: its backward already sends each value to the position of the maximum
-recorded in the forward pass, which is exactly the deconvnet's unpooling with switches.
+recorded in the forward pass, which is exactly the deconvnet's unpooling with switches. The mode
+counts those max-pool calls (`switches`): under the deconv rule they are the only place where the
+image enters the backward pass of a network of convolutions, rectifiers, normalization and
+average pooling, so a network without them gives every image the same deconvnet map.
 """
 
 from __future__ import annotations
@@ -94,9 +97,24 @@ for _name in ("relu6",):
         _TABLE[_f] = _relu6
 
 
+# max pooling as modules and functions call it (F.max_pool2d dispatches on return_indices, so the
+# mode sees the inner functions)
+_MAX_POOLS = {f for f in (getattr(F, n, None) for n in (
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+    "max_pool3d_with_indices", "_max_pool1d", "_max_pool2d", "_max_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
+    "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices", "_adaptive_max_pool1d",
+    "_adaptive_max_pool2d", "_adaptive_max_pool3d", "fractional_max_pool2d", "fractional_max_pool3d"))
+    if f is not None}
+_MAX_POOLS |= {f for f in (getattr(torch, n, None) for n in ("max_pool1d", "max_pool2d", "max_pool3d",
+                                                             "max_pool1d_with_indices", "adaptive_max_pool1d"))
+               if f is not None}
+
+
 class BackwardRule(TorchFunctionMode):
     """`with BackwardRule("guided"): ...` makes every rectifier called in the block use that rule
-    in its backward pass. Forward values are unchanged. Counts the rectifier calls it replaced."""
+    in its backward pass. Forward values are unchanged. Counts the rectifier calls it replaced
+    (`replaced`) and the max-pool calls whose switches the backward pass follows (`switches`)."""
 
     def __init__(self, rule: str):
         super().__init__()
@@ -104,11 +122,15 @@ class BackwardRule(TorchFunctionMode):
             raise ValueError(f"unknown rule {rule!r}; one of {RULES}")
         self.rule = rule
         self.replaced = 0
+        self.switches = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         spec = _TABLE.get(func)
         if spec is None or not args or not isinstance(args[0], torch.Tensor):
+            if (args and isinstance(args[0], torch.Tensor) and args[0].requires_grad and torch.is_grad_enabled()
+                    and func in _MAX_POOLS):
+                self.switches += 1
             return func(*args, **kwargs)
         x = args[0]
         if not (x.requires_grad and torch.is_grad_enabled()):

@@ -4,7 +4,14 @@
   input; the map is the maximum of |gradient| over colour channels;
 - guided backprop (Springenberg et al. 2015) and the Zeiler-Fergus deconvnet (2014): the same
   backward pass with the rectifier rules of `cnnviz.rules`;
-- SmoothGrad (Smilkov et al. 2017) over any of these: the mean over noisy copies of the input;
+- SmoothGrad (Smilkov et al. 2017) over any of these: the mean over noisy copies of the input, in
+  one of two ways (`smooth_mode`): "mean" (the default) averages the signed signals and takes |.|
+  for the map afterwards, which is the paper's definition (Eq. 3 averages the sensitivity maps
+  M_c = dS_c/dx, the gradient itself; the absolute value is their visualization step);
+  "mean-abs" averages |signal| per colour channel, as captum's NoiseTunnel over Saliency (abs=True)
+  does. Averaging magnitudes cannot cancel, so "mean-abs" is more stable from seed to seed and
+  brighter on the object's texture; "mean" keeps only what has a consistent sign under the noise
+  (`benchmarks/gradients.py --stability` measures both);
 - Grad-CAM (Selvaraju et al. 2017) and guided Grad-CAM;
 - Integrated Gradients (Sundararajan et al. 2017), through captum.
 
@@ -13,6 +20,16 @@ feature map, one position of it, or the strongest activation of the map. For a u
 activation of the layer is set to zero before projecting down, as Zeiler & Fergus do: the signal
 sent back is the unit's own activation at its position(s), zero elsewhere.
 Several images go through one forward and one backward pass.
+
+The deconvnet's backward pass ignores the forward pass at every rectifier: in a network without max
+pooling (EfficientNet-Lite, MobileNets) nothing of the image reaches it, and its class map is the
+same for every image. Every deconvnet result is therefore compared with the map of a uniform gray
+image sent back from the same signal; when they agree (Pearson r >= 0.99) the result says so in
+params["uninformative"] and params["uninformative_reason"], and the figure and the CLI repeat it.
+
+A frozen model (`requires_grad_(False)` on every parameter) gives the same maps: the graph is
+recorded from the input, which always requires grad here, never from the parameters, and no
+parameter's `.grad` is written.
 """
 
 from __future__ import annotations
@@ -34,6 +51,11 @@ from .common import model_on_device, resolve_device
 METHODS = ("saliency", "guided", "deconv", "gradcam", "guided_gradcam", "ig")
 _RULE = {"saliency": "gradient", "guided": "guided", "deconv": "deconv"}
 SIGNED = {"ig"}
+CAM = ("gradcam", "guided_gradcam")
+SMOOTH_MODES = ("mean", "mean-abs")
+DEFAULT_NOISE = 0.15
+DEFAULT_IG_STEPS = 50
+UNINFORMATIVE_R = 0.99  # a deconvnet map this correlated with a gray image's map shows no image
 
 
 @dataclass(frozen=True)
@@ -126,9 +148,11 @@ def grad_cam(model, x: torch.Tensor, targets: torch.Tensor, layer: LayerInfo) ->
 
 
 def _grad_cam(model, x, targets, layer):
-    x = x.detach()
+    # the input requires grad so that the layer's output has a graph also when no parameter does
+    # (a frozen model); only the part of the graph above the layer is used
+    x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), record(model, [layer]) as store:
-        out = model(x.requires_grad_(False))
+        out = model(x)
         act = store[layer.address]
         top1 = out.detach().argmax(1)
         targets = top1 if targets is None else targets
@@ -139,40 +163,79 @@ def _grad_cam(model, x, targets, layer):
     return F.relu((weights * act.detach()).sum(1)), top1
 
 
-def _to_map(method: str, signal: torch.Tensor) -> torch.Tensor:
-    if method in SIGNED:
-        return signal.sum(1)
-    return signal.abs().amax(1)
+def check_options(method: str, *, target=None, layer: str | None = None, unit=None, smooth: int = 0,
+                  noise: float | None = None, seed: int | None = None, smooth_mode: str | None = None,
+                  ig_steps: int | None = None, baseline: str | None = None) -> None:
+    """Refuse, with one line naming the option and the fix, every option `method` would not use
+    and every impossible value; needs no model (the CLI calls it before loading one). Layer names
+    and channels are checked against the model by `attribute`, before anything is computed."""
+    if method not in METHODS:
+        raise ParameterError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    if unit is not None and method not in _RULE:
+        raise ParameterError(f"--unit works with saliency, guided and deconv, not {method}; "
+                             "give a class --target instead")
+    if unit is not None and target is not None:
+        raise ParameterError(f"--target {target!r} and --unit {unit!r} exclude each other: a unit is projected "
+                             "instead of a class; drop one")
+    if layer is not None and unit is None and method not in CAM:
+        raise ParameterError(f"--layer {layer!r} is used by {method} only with --unit (the unit's layer); "
+                             "add --unit C or drop --layer")
+    if not isinstance(smooth, (int, np.integer)) or isinstance(smooth, bool) or smooth < 0:
+        raise ParameterError(f"smooth={smooth!r}: SmoothGrad takes a whole number of noisy copies (0: off)")
+    if smooth and method not in ("saliency", "guided", "deconv", "ig"):
+        raise ParameterError(f"--samples {smooth}: SmoothGrad works with saliency, guided, deconv and ig, "
+                             f"not {method}; drop --samples")
+    for name, value in (("--noise", noise), ("--seed", seed), ("--smooth", smooth_mode)):
+        if value is not None and not smooth:
+            raise ParameterError(f"{name} {value!r} is used only by SmoothGrad; add --samples N or drop {name}")
+    if noise is not None and not 0 < noise < 1:
+        raise ParameterError(f"noise {noise!r} must be between 0 and 1 (a fraction of the input's range)")
+    if smooth_mode is not None and smooth_mode not in SMOOTH_MODES:
+        raise ParameterError(f"unknown SmoothGrad mode {smooth_mode!r}; one of {', '.join(SMOOTH_MODES)}")
+    if smooth_mode == "mean-abs" and method in SIGNED:
+        raise ParameterError(f"--smooth mean-abs would drop the sign of {method}'s map; use --smooth mean")
+    for name, value in (("ig_steps", ig_steps), ("baseline", baseline)):
+        if value is not None and method != "ig":
+            raise ParameterError(f"{name}={value!r} is used only by ig, not {method}; drop it")
+    if ig_steps is not None and (not isinstance(ig_steps, (int, np.integer)) or ig_steps < 1):
+        raise ParameterError(f"ig_steps {ig_steps!r} must be a positive whole number")
 
 
 def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> GradientResult:
     """Attribution maps of `lm` for `images` (a path, a PIL image, or a list of them).
 
     method: saliency, guided, deconv, gradcam, guided_gradcam or ig.
-    target: class index or name for every image (default: each image's top-1), or with `unit`
-      the unit of `layer` to project (saliency, guided, deconv only).
-    smooth: SmoothGrad with this many noisy copies (noise std = `noise` x the input's range).
-    ig_steps, baseline: Integrated Gradients' steps and baseline image ("black" or "mean").
-    Works also when called inside the caller's `torch.no_grad()` or `torch.inference_mode()`.
+    target: class index or name for every image (default: each image's top-1).
+    layer, unit: the unit of `layer` to project instead of a class (saliency, guided, deconv), or
+      Grad-CAM's layer (default: the last convolutional block). A layer is refused where it would
+      not be used.
+    smooth: SmoothGrad with this many noisy copies (0: off); noise: their std as a fraction of the
+      input's range (default 0.15); seed: the noise's seed (default 0); smooth_mode: "mean"
+      (default; the paper's definition: signed signals averaged, |.| taken for the map) or
+      "mean-abs" (|signal| averaged per channel, as captum's NoiseTunnel over Saliency). noise,
+      seed and smooth_mode are refused without smooth.
+    ig_steps, baseline: Integrated Gradients' steps (default 50) and baseline image ("black"
+      (default) or "mean"); refused for the other methods.
+    Works also when called inside the caller's `torch.no_grad()` or `torch.inference_mode()`, and on
+    a frozen model (no parameter requiring grad), which is left frozen with no `.grad` written.
+    A deconvnet result carries params["uninformative"] (see the module's docstring).
     """
     with torch.inference_mode(False), torch.enable_grad():
         return _attribute(lm, images, method, **options)
 
 
 def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None, layer: str | None = None,
-              unit: str | int | Unit | None = None, smooth: int = 0, noise: float = 0.15, seed: int = 0,
-              ig_steps: int = 50, baseline: str = "black", batch_size: int | None = None,
-              device: str = "auto") -> GradientResult:
-    if method not in METHODS:
-        raise ParameterError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
-    if unit is not None and method not in _RULE:
-        raise ParameterError(f"--unit works with saliency, guided and deconv, not {method}; "
-                             "give a class --target instead")
-    if smooth < 0 or (smooth and method not in ("saliency", "guided", "deconv", "ig")):
-        raise ParameterError(f"smooth={smooth!r}: SmoothGrad takes a positive count and works with "
-                             "saliency, guided, deconv and ig")
-    if not 0 < noise < 1:
-        raise ParameterError(f"noise {noise!r} must be between 0 and 1 (a fraction of the input's range)")
+               unit: str | int | Unit | None = None, smooth: int = 0, noise: float | None = None,
+               seed: int | None = None, smooth_mode: str | None = None, ig_steps: int | None = None,
+               baseline: str | None = None, batch_size: int | None = None,
+               device: str = "auto") -> GradientResult:
+    check_options(method, target=target, layer=layer, unit=unit, smooth=smooth, noise=noise, seed=seed,
+                  smooth_mode=smooth_mode, ig_steps=ig_steps, baseline=baseline)
+    noise = DEFAULT_NOISE if noise is None else noise
+    seed = 0 if seed is None else seed
+    smooth_mode = smooth_mode or "mean"
+    ig_steps = DEFAULT_IG_STEPS if ig_steps is None else ig_steps
+    baseline = baseline or "black"
     if isinstance(images, torch.Tensor):  # an already normalized batch N x 3 x H x W
         if images.ndim != 4 or images.shape[1] != 3:
             raise ParameterError(f"a tensor of images must be N x 3 x H x W, got {tuple(images.shape)}")
@@ -190,12 +253,12 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     dev = resolve_device(device)
     unit_obj = Unit.parse(unit) if unit is not None else None
     info = None
-    if unit_obj is not None or method in ("gradcam", "guided_gradcam"):
+    if unit_obj is not None or method in CAM:
         info = resolve_layer(lm.model, layer, x[:1]) if layer else (
-            default_feature_layer(lm.model, x[:1]) if method != "saliency" or unit_obj is None else None)
+            default_feature_layer(lm.model, x[:1]) if method in CAM else None)
         if info is None:
             raise ParameterError("a --unit needs a --layer")
-        if method in ("gradcam", "guided_gradcam") and len(info.shape) != 3:
+        if method in CAM and len(info.shape) != 3:
             raise ParameterError(f"Grad-CAM needs a layer with CxHxW feature maps; {info.address!r} outputs "
                                  f"{'x'.join(map(str, info.shape))}")
         if unit_obj is not None and not 0 <= unit_obj.channel < info.shape[0]:
@@ -207,7 +270,8 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
                 raise ParameterError(f"unit position ({y}, {xx}) is outside layer {info.address!r} of shape "
                                      f"{'x'.join(map(str, info.shape))}")
     gen = torch.Generator().manual_seed(seed)
-    fixed = None if target is None or unit_obj is not None else lm.class_index(target)
+    fixed = None if target is None else lm.class_index(target)
+    dependence = None
     with model_on_device(lm.model, dev) as model:
         x = x.to(dev)
         # the gradient pass of saliency, guided, deconv and Grad-CAM also gives the top-1 classes;
@@ -222,12 +286,15 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         else:
             targets = None
         signal = _run(model, x, method, targets, info, unit_obj, smooth, noise, gen, ig_steps,
-                      lm.preprocessing.fill_value(baseline).to(dev), batch_size or n)
+                      lm.preprocessing.fill_value(baseline).to(dev), batch_size or n, smooth_mode)
         if top1 is None:
             top1 = signal["top1"]
-            if targets is None:
+            if targets is None and unit_obj is None:
                 targets = top1
-    if method in ("gradcam", "guided_gradcam"):
+        if method == "deconv":
+            dependence = image_dependence(model, x, targets, info, unit_obj,
+                                          lm.preprocessing.fill_value("mean").to(dev), batch_size or n)
+    if method in CAM:
         cam = signal["cam"]
         heat = F.interpolate(cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
         if method == "guided_gradcam":
@@ -241,9 +308,12 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     names = [lm.class_name(int(t)) for t in targets] if targets is not None else [unit_obj.describe()] * n
     params = {"method": method, "rule": _RULE.get(method, "gradient"), "layer": info.address if info else None,
               "unit": unit_obj.describe() if unit_obj else None, "target_given": target is not None,
-              "smooth": smooth, "noise": noise if smooth else None, "seed": seed,
+              "smooth": smooth, "noise": noise if smooth else None, "seed": seed if smooth else None,
+              "smooth_mode": smooth_mode if smooth else None,
               "ig_steps": ig_steps if method == "ig" else None, "baseline": baseline if method == "ig" else None,
               "signed": method in SIGNED}
+    if dependence is not None:
+        params.update(_uninformative(lm.name, *dependence, unit=unit_obj is not None))
     return GradientResult(
         params=params, provenance=provenance(lm.identity(), str(dev)), image=pixels,
         attribution=attr.float().cpu().numpy(), map=amap.float().cpu().numpy(),
@@ -252,8 +322,72 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         top1=top1.cpu().numpy().astype(np.int32))
 
 
-def _run(model, x, method, targets, info, unit, smooth, noise, gen, ig_steps, baseline, batch):
-    if method in ("gradcam", "guided_gradcam"):
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    d = float(a.norm() * b.norm())
+    return float((a @ b) / d) if d > 0 else (1.0 if float((a - b).abs().max()) == 0 else 0.0)
+
+
+def image_dependence(model, x, targets, layer, unit, fill, batch) -> tuple[list[float], int]:
+    """How much of the image reaches the deconvnet map: per image the Pearson correlation of its
+    map with the map of a uniform image (`fill`, 3 x 1 x 1 normalized: the dataset mean, gray) sent
+    back from the same signal (the same class; for a unit, the image's own seed at the unit's
+    layer), and the number of max-pool calls whose switches the backward pass followed."""
+    rs, switches = [], 0
+    for i in range(0, len(x), batch):
+        xi = x[i:i + batch].detach()
+        k = len(xi)
+        both = torch.cat([xi, fill.expand_as(xi)]).clone().requires_grad_(True)
+        with torch.enable_grad(), BackwardRule("deconv") as mode:
+            if unit is None:
+                out = model(both)
+                t = targets[i:i + batch]
+                seed = torch.zeros_like(out)
+                rows = torch.arange(k, device=out.device)
+                seed[rows, t] = 1.0
+                seed[rows + k, t] = 1.0
+                (g,) = torch.autograd.grad(out, both, grad_outputs=seed)
+            else:
+                with record(model, [layer], stop=True) as store:
+                    with contextlib.suppress(StopForward):
+                        model(both)
+                act = store[layer.address]
+                s = _unit_seed(act[:k], unit)
+                (g,) = torch.autograd.grad(act, both, grad_outputs=torch.cat([s, s]))
+        switches = max(switches, mode.switches)
+        maps = _to_map("deconv", g.detach())
+        rs += [_pearson(maps[j], maps[k + j]) for j in range(k)]
+    return rs, switches
+
+
+def _uninformative(model_name: str, rs: list[float], switches: int, unit: bool) -> dict:
+    """params entries for a deconvnet result: the correlations with the gray image's map, and
+    whether (and why) the map shows no image."""
+    low = min(rs)
+    flag = low >= UNINFORMATIVE_R
+    reason = None
+    if flag:
+        why = (f"{model_name} has no max-pool switches on the path, and the deconvnet's rectifiers ignore the "
+               "forward pass" if switches == 0 else
+               f"the {switches} max-pool switch(es) on the path change it by little")
+        what = ("the unit's fixed pattern, placed at its position and scaled by its activation" if unit
+                else "the class's fixed pattern")
+        reason = (f"the deconvnet map does not depend on the image: it equals the map of a uniform gray image "
+                  f"sent back from the same signal (Pearson r >= {low:.3f}); {why}, so it shows {what}, "
+                  "not this image")
+    return {"uninformative": bool(flag), "uninformative_reason": reason,
+            "gray_image_r": [round(float(r), 6) for r in rs], "max_pool_switches": int(switches)}
+
+
+def _to_map(method: str, signal: torch.Tensor) -> torch.Tensor:
+    if method in SIGNED:
+        return signal.sum(1)
+    return signal.abs().amax(1)
+
+
+def _run(model, x, method, targets, info, unit, smooth, noise, gen, ig_steps, baseline, batch, smooth_mode):
+    if method in CAM:
         parts = [_grad_cam(model, x[i:i + batch], None if targets is None else targets[i:i + batch], info)
                  for i in range(0, len(x), batch)]
         out = {"cam": torch.cat([c for c, _ in parts]), "top1": torch.cat([t for _, t in parts])}
@@ -273,7 +407,8 @@ def _run(model, x, method, targets, info, unit, smooth, noise, gen, ig_steps, ba
         sigma = noise * float(xi.max() - xi.min())
         noisy = xi + sigma * torch.randn((smooth, *xi.shape[1:]), generator=gen).to(x.device)
         t = targets[i:i + 1].expand(smooth) if targets is not None else None
-        acc[i] = input_signal(model, noisy, rule, t, info, unit).mean(0)
+        g = input_signal(model, noisy, rule, t, info, unit)
+        acc[i] = (g if smooth_mode == "mean" else g.abs()).mean(0)
     return {"input": acc}
 
 

@@ -8,6 +8,9 @@ colormap; a signed map (Integrated Gradients) uses a diverging colormap centred 
 vmin = -vmax. The top of a scale is the `clip` percentile of the magnitudes (99.5 by default:
 gradient maps are peaked, and a few pixels would otherwise take the whole scale); the colorbar
 shows an arrow where values go beyond it. Each row has its own scale unless `shared_scale`.
+
+A deconvnet map that does not depend on the image (params["uninformative"]: the map of a uniform
+gray image is the same) carries a red note on its panel, so that no one reads it as the image's.
 """
 
 from __future__ import annotations
@@ -32,8 +35,25 @@ RGB_METHODS = ("guided", "deconv", "guided_gradcam")
 def method_label(params: dict) -> str:
     name = NAMES.get(params.get("method"), str(params.get("method")))
     if params.get("smooth"):
-        name = f"SmoothGrad {name} (n={params['smooth']})"
+        mode = params.get("smooth_mode") or "mean"
+        name = f"SmoothGrad {name} (n={params['smooth']}, {mode})"
     return name
+
+
+UNINFORMATIVE_NOTE = "UNINFORMATIVE: the same map\nfor a uniform gray image"
+
+
+def note_uninformative(ax, params: dict) -> None:
+    """A visible note on a map panel whose map does not depend on the image."""
+    if not params.get("uninformative"):
+        return
+    r = params.get("gray_image_r") or []
+    text = UNINFORMATIVE_NOTE + (f" (r = {min(r):.3f})" if r else "")
+    if params.get("max_pool_switches") == 0:
+        text += "\nno max-pool switches in the model"
+    ax.text(0.5, 0.03, text, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="white",
+            fontweight="bold", bbox=dict(boxstyle="round,pad=0.3", fc="#b2182b", ec="none", alpha=0.9),
+            gid="uninformative-note")
 
 
 def _signed(result) -> bool:
@@ -140,6 +160,7 @@ def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float
             im.set_gid("map")
             b.set_title(f"{method_label(p)}" + (f"\n{_where(p)}" if _where(p) else ""))
             colorbar_extended(fig, b, im, _map_label(p), _extend(maps[i], norm))
+            note_uninformative(b, p)
             bare(b)
             col = 2
             if overlay:
@@ -224,6 +245,7 @@ def compare_figure(results: list, shared_scale: bool = False, index: int = 0, ov
             where = _where(r.params)
             b.set_title(method_label(r.params) + (f"\n{where}" if where else "\n"))
             colorbar_extended(fig, b, im, _map_label(r.params), _extend(m, norm))
+            note_uninformative(b, r.params)
             bare(b)
             if overlay:
                 c = axes[1, j]

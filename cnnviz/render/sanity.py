@@ -1,6 +1,8 @@
 """The model-randomization sanity check figure (Adebayo et al. 2018, Figs. 2 and 4): the Spearman
 rank correlation of each method's map with its original map as the layers are randomized from the
-top down, and under it one row of maps per method across the same steps, column for column."""
+top down, and under it one row of maps per method across the same steps, column for column; then
+the class-randomization test: per method the top-1 map beside its maps for other classes, each
+labelled with its Spearman and Pearson correlation with the top-1 map."""
 
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ def figure(result, clip: float | None = 99.5):
     steps = [str(s) for s in result.steps]
     rho = np.asarray(result.spearman, dtype=np.float64)
     m_count, s_count = rho.shape
+    k_count = _class_count(result)
     cell = 1.0 if s_count > 8 else 1.3
     width = 1.3 + cell * s_count + 0.6
+    class_h = (cell * m_count + 0.5) if k_count else 0.0
     with plt.rc_context(RC):
-        fig = plt.figure(figsize=(width, 2.9 + 0.35 + cell * m_count + 0.5))
-        outer = GridSpec(2, 1, figure=fig, height_ratios=[2.9, cell * m_count], hspace=0.4,
-                         left=0.02, right=0.96, top=0.93, bottom=0.03)
+        fig = plt.figure(figsize=(width, 2.9 + 0.35 + cell * m_count + 0.5 + class_h))
+        outer = GridSpec(3 if k_count else 2, 1, figure=fig,
+                         height_ratios=[2.9, cell * m_count] + ([cell * m_count] if k_count else []),
+                         hspace=0.4, left=0.02, right=0.96, top=0.93 if not k_count else 0.95, bottom=0.03)
         ratios = [1.3 / cell] + [1.0] * s_count
         top = outer[0].subgridspec(1, s_count + 1, width_ratios=ratios, wspace=0.08)
         grid = outer[1].subgridspec(m_count, s_count + 1, width_ratios=ratios, wspace=0.08, hspace=0.12)
@@ -75,6 +80,8 @@ def figure(result, clip: float | None = 99.5):
                 r = rho[i, s]
                 b.set_xlabel("ρ n/a (constant)" if not np.isfinite(r) else f"ρ = {r:.2f}", fontsize=7, labelpad=1.5)
         _align(fig, ax, grid, s_count)
+        if k_count:
+            _class_rows(fig, result, outer[2], methods, colors, ratios, s_count, clip)
         cax = fig.add_axes([0.965, outer[1].get_position(fig).y0, 0.008, outer[1].get_position(fig).height])
         cb = fig.colorbar(images[0], cax=cax, extend="max" if clip is not None else "neither")
         pct = f"{clip:g}th percentile" if clip is not None else "maximum"
@@ -86,6 +93,52 @@ def figure(result, clip: float | None = 99.5):
                      f"{p.get('num_layers', '?')} layers with parameters in {s_count - 1} steps, seed {p.get('seed')}"
                      f"{layer}", fontsize=9.5, y=0.995)
     return fig
+
+
+def _class_count(result) -> int:
+    t = getattr(result, "class_targets", None)
+    return 0 if t is None else int(np.asarray(t).size)
+
+
+def _class_rows(fig, result, spec, methods, colors, ratios, s_count, clip):
+    """The class-randomization test: per method the top-1 map (column 1) and its maps for the other
+    classes, each with its Spearman ρ and Pearson r against the top-1 map."""
+    k_count = _class_count(result)
+    cols = max(s_count, k_count + 1)
+    grid = spec.subgridspec(len(methods), cols + 1, width_ratios=[ratios[0]] + [1.0] * cols, wspace=0.08,
+                            hspace=0.12)
+    names = [str(n) for n in result.class_names]
+    top_name = str(result.params.get("target_name", ""))
+    for i, m in enumerate(methods):
+        label = fig.add_subplot(grid[i, 0])
+        label.axis("off")
+        label.text(0.95, 0.5, NAMES.get(m, m), color=colors[i], ha="right", va="center", fontsize=9,
+                   fontweight="bold", transform=label.transAxes, wrap=True)
+        panels = [(result.maps[i, 0], f"top-1 '{short(top_name, 14)}'", None)]
+        panels += [(result.class_maps[i, k], f"'{short(names[k], 14)}'",
+                    (result.class_spearman[i, k], result.class_pearson[i, k])) for k in range(k_count)]
+        for j, (values, title, corr) in enumerate(panels):
+            b = fig.add_subplot(grid[i, j + 1])
+            values = np.abs(values)
+            t = float(np.percentile(values, clip)) if clip is not None else float(values.max())
+            t = t if t > 0 else (float(values.max()) or 1.0)
+            b.imshow(values / t, cmap=SEQUENTIAL, norm=Normalize(0.0, 1.0), interpolation="nearest").set_gid("class-map")
+            b.set_xticks([])
+            b.set_yticks([])
+            if i == 0:
+                b.set_title(title, fontsize=7.5)
+            if corr is None:
+                b.set_xlabel("reference", fontsize=7, labelpad=1.5)
+            else:
+                rho, r = (float(v) for v in corr)
+                text = "n/a (constant)" if not np.isfinite(rho) else f"ρ = {rho:.2f}, r = {r:.2f}"
+                same = np.isfinite(r) and r >= 0.95
+                b.set_xlabel(text + ("\nclass-insensitive" if same else ""), fontsize=7, labelpad=1.5,
+                             color="#b2182b" if same else "black")
+    first = grid[0, 1].get_position(fig)
+    fig.text(first.x0, first.y1 + 0.03 * 6 / fig.get_figheight(),
+             "class randomization (original model): the top-1 map against maps for other classes (runner-up, "
+             "then random); ρ, r near 1 = the map ignores the class", fontsize=8.5, va="bottom")
 
 
 def _align(fig, ax, grid, s_count):
