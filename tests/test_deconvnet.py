@@ -3,6 +3,7 @@ layer-by-layer Zeiler-Fergus deconvnet (switches, relu of the signal, transposed
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -10,10 +11,10 @@ from PIL import Image
 from torch import nn
 
 from cnnviz.engines.deconvnet import features_of, project_sequential
-from cnnviz.engines.gradients import Unit, input_signal
+from cnnviz.engines.gradients import Unit, attribute, input_signal
 from cnnviz.errors import ParameterError
 from cnnviz.layers import resolve_layer
-from cnnviz.models import Preprocessing
+from cnnviz.models import LoadedModel, Preprocessing
 
 from helpers import sample_image
 
@@ -134,3 +135,68 @@ def test_unsupported_module_is_a_one_line_parameter_error():
         project_sequential(stack, x, 3, Unit(0))
     with pytest.raises(ParameterError, match="has no `features`"):
         features_of(nn.Linear(2, 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Does the deconvnet map depend on the image? Only the max-pool switches carry the image into it.
+
+def _pearson(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _gray_and_noise(size: int):
+    gray = Image.new("RGB", (size, size), (124, 116, 104))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return gray, noise
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    import cnnviz
+
+    return cnnviz.load_model()
+
+
+def test_lite0_deconv_is_flagged_uninformative_and_really_is_the_same_map_for_every_image(lite0):
+    photos = [sample_image(10), sample_image(388)]
+    r = attribute(lite0, photos, "deconv", target=11)
+    assert r.params["uninformative"] is True
+    assert r.params["max_pool_switches"] == 0
+    assert "does not depend on the image" in r.params["uninformative_reason"]
+    # the oracle: the maps of two photos, a gray image and noise, computed separately, are one map
+    others = [attribute(lite0, im, "deconv", target=11).map[0] for im in _gray_and_noise(224)]
+    for m in [r.map[1]] + others:
+        assert _pearson(r.map[0], m) > 0.999
+    # a unit of a layer: also flagged (the same pattern, wherever the unit's maximum falls)
+    u = attribute(lite0, photos, "deconv", layer="_blocks.10", unit="5:max")
+    assert u.params["uninformative"] is True
+    # guided backprop on the same model is not a deconvnet: no flag
+    assert "uninformative" not in attribute(lite0, photos[0], "guided").params
+
+
+def _random_lm(name: str, size: int):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    pre = Preprocessing(crop=(size, size), resize=round(size * 256 / 224))
+    return LoadedModel(model, name, "random", pre, [str(i) for i in range(1000)])
+
+
+@pytest.mark.parametrize("name, size, layer", [("alexnet", 160, "features.7"), ("vgg11", 64, "features.10")])
+def test_max_pool_switches_make_the_deconvnet_depend_on_the_image_and_it_is_not_flagged(name, size, layer):
+    lm = _random_lm(name, size)
+    photos = [sample_image(10), sample_image(388)]
+    r = attribute(lm, photos, "deconv", target=7)
+    assert r.params["uninformative"] is False and r.params["uninformative_reason"] is None
+    assert r.params["max_pool_switches"] > 0
+    # the oracle: the maps really differ between photos, and from a gray image's and noise's maps
+    gray, noise = (attribute(lm, im, "deconv", target=7).map[0] for im in _gray_and_noise(size))
+    assert _pearson(r.map[0], r.map[1]) < 0.9
+    for m in r.map:
+        assert _pearson(m, gray) < 0.95 and _pearson(m, noise) < 0.95
+    # the correlation stored per image is the one with the map of the dataset-mean image
+    mean = lm.preprocessing.fill_value("mean").expand(1, 3, size, size).clone()
+    exact_gray = attribute(lm, mean, "deconv", target=7).map[0]
+    np.testing.assert_allclose(r.params["gray_image_r"], [_pearson(m, exact_gray) for m in r.map], atol=1e-4)
+    u = attribute(lm, photos, "deconv", layer=layer, unit="3:map")
+    assert u.params["uninformative"] is False
