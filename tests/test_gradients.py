@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from cnnviz.engines.gradients import attribute
-from cnnviz.errors import ParameterError
+from cnnviz.errors import CnnvizError, ParameterError
 from cnnviz.models import LoadedModel, Preprocessing, load_model
 
 from helpers import SAMPLE, assert_untouched, paste, sample_image, sample_rows, snapshot
@@ -674,3 +674,64 @@ def test_grad_cam_peak_falls_on_the_pasted_object(lite0):
         top, left = boxes[i]
         hits += (top <= y < top + box) and (left <= xx < left + box)
     assert hits / len(kept) >= 0.7, f"Grad-CAM peak on the object in only {hits}/{len(kept)} cases"
+
+
+@pytest.mark.parametrize("mode", ["mean", "mean-abs"])
+@pytest.mark.parametrize("method", ["saliency", "deconv"])
+def test_smoothgrad_both_ways_equal_a_direct_loop_over_the_same_noise(method, mode):
+    """mean: the signed signals averaged, |.| (max over RGB) taken for the map (Smilkov et al.
+    2017, Eq. 3); mean-abs: |signal| averaged per channel (captum's NoiseTunnel over Saliency).
+    The reference draws the same noise from its own generator and runs one copy at a time
+    through the reference rules."""
+    torch.manual_seed(21)
+    model = _FunctionalNet()
+    lm = _lm(model, "functional", SMALL, TEN)
+    x = _inputs(lm)
+    n, noise, seed, target = 5, 0.1, 4, 3
+    kw = {} if mode == "mean" else {"smooth_mode": mode}
+    r = attribute(lm, IMAGES, method, target=target, smooth=n, noise=noise, seed=seed, **kw)
+    assert r.params["smooth_mode"] == mode
+    ref = copy.deepcopy(model)
+    ref.act = _ref_fn(0.0, INF, 0.0, "deconv" if method == "deconv" else "gradient")
+    gen = torch.Generator().manual_seed(seed)
+    expected = []
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        sigma = noise * float(xi.max() - xi.min())
+        copies = xi + sigma * torch.randn((n, *xi.shape[1:]), generator=gen)
+        grads = torch.cat([_plain_gradient(ref, copies[j:j + 1], target) for j in range(n)])
+        expected.append(grads.mean(0) if mode == "mean" else grads.abs().mean(0))
+    expected = torch.stack(expected).numpy()
+    _close(r.attribution, expected, rtol=1e-5)
+    _close(r.map, np.abs(expected).max(1), rtol=1e-5)
+    other = attribute(lm, IMAGES, method, target=target, smooth=n, noise=noise, seed=seed,
+                      smooth_mode="mean-abs" if mode == "mean" else "mean")
+    assert _rel_diff(other.map, r.map) > 0.05, "the two modes should differ"
+
+
+@pytest.mark.parametrize("kwargs, fragments", [
+    ({"method": "saliency", "layer": "nosuch"}, ["--layer 'nosuch'", "--unit"]),
+    ({"method": "guided", "layer": "c2"}, ["--layer 'c2'", "only with --unit"]),
+    ({"method": "ig", "layer": "c2"}, ["--layer"]),
+    ({"method": "gradcam", "unit": "3"}, ["--unit", "gradcam"]),
+    ({"method": "ig", "unit": "3", "layer": "c2"}, ["--unit", "ig"]),
+    ({"method": "deconv", "unit": "3", "layer": "c2", "target": 2}, ["--target", "--unit"]),
+    ({"method": "gradcam", "smooth": 3}, ["--samples 3", "gradcam"]),
+    ({"method": "saliency", "noise": 0.2}, ["--noise", "--samples"]),
+    ({"method": "saliency", "seed": 4}, ["--seed", "--samples"]),
+    ({"method": "saliency", "smooth_mode": "mean-abs"}, ["--smooth", "--samples"]),
+    ({"method": "saliency", "smooth": 2, "smooth_mode": "median"}, ["median", "mean-abs"]),
+    ({"method": "ig", "smooth": 2, "smooth_mode": "mean-abs"}, ["mean-abs", "sign"]),
+    ({"method": "guided", "ig_steps": 8}, ["ig_steps", "guided"]),
+    ({"method": "saliency", "baseline": "mean"}, ["baseline"]),
+    ({"method": "saliency", "layer": "nosuch", "unit": "3"}, ["unknown layer 'nosuch'"]),
+])
+def test_every_option_the_method_does_not_use_is_refused(kwargs, fragments):
+    torch.manual_seed(22)
+    lm = _lm(_FunctionalNet(), "functional", SMALL, TEN)
+    with pytest.raises(CnnvizError) as e:
+        attribute(lm, IMAGES[:1], **kwargs)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for f in fragments:
+        assert f in msg, (f, msg)
