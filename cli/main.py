@@ -261,6 +261,18 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     plt.close(fig)
 
 
+class _MethodCommand(click.Command):
+    """A backprop command: an option it does not list is refused naming the command, since the
+    same option may exist on a sibling (`gradcam --unit` vs `deconv --unit`)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            raise click.UsageError(f"{self.name} does not take {e.option_name}; its options: "
+                                   f"`cnnviz {self.name} --help`", ctx=ctx) from None
+
+
 def _gradient_command(method: str, short: str, summary: str):
     """One CLI command per backprop method. Each lists only the options its method uses: --layer
     and --unit where a unit can be projected (Grad-CAM: --layer alone), the SmoothGrad options
@@ -351,7 +363,7 @@ def _gradient_command(method: str, short: str, summary: str):
     for decorate in reversed(options):
         command = decorate(command)
     command.__doc__ = summary
-    return cli.command(name=method, short_help=short)(command)
+    return cli.command(name=method, short_help=short, cls=_MethodCommand)(command)
 
 
 _gradient_command("saliency", "Saliency map: gradient of the class score w.r.t. the pixels.", """Gradient of the class score w.r.t. the pixels (Simonyan et al. 2014): the map is

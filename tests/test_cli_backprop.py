@@ -263,3 +263,134 @@ def test_unknown_class_name(out, cached_model):
 def test_noise_outside_zero_one(out, cached_model):
     one_line_error(run_bad(out, "smoothgrad", ROCKET, "--samples", "2", "--noise", "2"), "noise", "between 0 and 1")
     assert_empty(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Options a method does not use are errors, before the model loads; names are checked
+
+@pytest.mark.parametrize("command", ["saliency", "guided"])
+def test_layer_without_unit_is_refused_before_the_model_loads(command, out, monkeypatch):
+    monkeypatch.setattr(climain, "_load", lambda *a, **k: pytest.fail("the model was loaded"))
+    one_line_error(run_bad(out, command, ROCKET, "--layer", "nosuch"), "--layer 'nosuch'", "--unit")
+    assert_empty(out)
+
+
+@pytest.mark.parametrize("command", ["saliency", "guided", "deconv"])
+def test_unknown_layer_with_a_unit_is_named(command, out, cached_model):
+    one_line_error(run_bad(out, command, ROCKET, "--layer", "nosuch", "--unit", "3"), "'nosuch'", "cnnviz layers")
+    assert_empty(out)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["gradcam", "--unit", "3"], ["gradcam", "--unit"]),
+    (["gradcam", "--samples", "3"], ["gradcam", "--samples"]),
+    (["gradcam", "--seed", "3"], ["gradcam", "--seed"]),
+    (["ig", "--layer", "_blocks.10"], ["ig", "--layer"]),
+    (["ig", "--unit", "3"], ["ig", "--unit"]),
+    (["ig", "--smooth", "mean"], ["ig", "--smooth"]),
+    (["saliency", "--noise", "0.2"], ["--noise", "--samples"]),
+    (["guided", "--seed", "3"], ["--seed", "--samples"]),
+    (["deconv", "--smooth", "mean-abs"], ["--smooth", "--samples"]),
+    (["ig", "--noise", "0.1"], ["--noise", "--samples"]),
+    (["saliency", "--samples", "0"], ["--samples", "0"]),
+    (["smoothgrad", "--samples", "0"], ["--samples", "0"]),
+    (["smoothgrad", "--smooth", "median"], ["--smooth", "median"]),
+    (["deconv", "--layer", "_blocks.10", "--unit", "3", "--target", "5"], ["--target", "--unit"]),
+    (["compare", "--methods", "saliency,guided", "--layer", "_blocks.10"], ["--layer", "gradcam"]),
+    (["compare", "--methods", "saliency,saliency"], ["--methods", "saliency", "twice"]),
+])
+def test_an_option_the_method_does_not_use_is_refused_before_the_model_loads(args, fragments, out, monkeypatch):
+    monkeypatch.setattr(climain, "_load", lambda *a, **k: pytest.fail("the model was loaded"))
+    one_line_error(run_bad(out, args[0], ROCKET, *args[1:]), *fragments)
+    assert_empty(out)
+
+
+def test_smoothgrad_help_states_the_default_that_runs():
+    text = " ".join(ok(invoke("smoothgrad", "--help")).stdout.split())
+    samples = text.split("--samples INTEGER RANGE", 1)[1].split(" --noise", 1)[0]
+    assert "[default: 25; x>=1]" in samples, samples
+    assert "(0: off)" not in text
+
+
+@pytest.mark.slow
+def test_smoothgrad_runs_25_copies_by_default_and_states_its_mode(out, cached_model):
+    ok(invoke("smoothgrad", ROCKET, "--out", out / "f.png", "--save", out / "r.npz"))
+    r = cnnviz.load_result(out / "r.npz")
+    assert r.params["smooth"] == 25 and r.params["smooth_mode"] == "mean"
+    assert r.params["noise"] == 0.15 and r.params["seed"] == 0
+
+
+def _help_options(command: str) -> set[str]:
+    """The long option names `cnnviz COMMAND --help` lists."""
+    import re
+
+    text = ok(invoke(command, "--help")).stdout
+    section = text.split("Options:", 1)[1]
+    return {m for m in re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z-]*)", section, flags=re.M)} - {"--help"}
+
+
+def _valid_runs(command: str, tmp: Path, checkpoint: Path, labels: Path) -> list[list[str]]:
+    """Valid combinations of `command`'s options that together use every option it lists."""
+    model = ["--model", "resnet18", "--weights", "none"]
+    own = ["--model", "resnet18", "--weights-file", checkpoint, "--labels", labels, "--trust-checkpoint"]
+    common = ["--target", "11", "--shared-scale", "--device", "cpu", "--save", tmp / "r.npz"]
+    smooth = ["--samples", "2", "--noise", "0.1", "--seed", "3"]
+    runs = {
+        "saliency": [common + smooth + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3:map"]],
+        "guided": [common + smooth + ["--smooth", "mean"], ["--layer", "_blocks.10", "--unit", "3"]],
+        "deconv": [common + smooth + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3:2,2"]],
+        "smoothgrad": [common + smooth + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3"]],
+        "gradcam": [common + ["--layer", "_blocks.15"]],
+        "ig": [common + smooth],
+    }[command]
+    return [r + ["--samples", "2"] if command == "smoothgrad" and "--samples" not in r else r for r in runs] + [
+        model, own]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", METHODS)
+def test_every_option_in_the_help_is_accepted_in_a_valid_combination(command, tmp_path, cached_model, monkeypatch):
+    import torch
+    import torchvision
+
+    monkeypatch.setattr("cnnviz.engines.gradients.DEFAULT_IG_STEPS", 4)  # ig's 50 steps would take a while
+    checkpoint, labels = tmp_path / "resnet18.pt", tmp_path / "labels.txt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
+    labels.write_text("".join(f"class {i}\n" for i in range(1000)))
+    runs = _valid_runs(command, tmp_path, checkpoint, labels)
+    used = {a for run in runs for a in run if isinstance(a, str) and a.startswith("--")}
+    assert used | {"--out"} == _help_options(command), "the runs below must cover the options --help lists"
+    for run in runs:
+        if "--samples" not in run and command == "smoothgrad":
+            run = run + ["--samples", "2"]
+        ok(invoke(command, ROCKET, *run, "--out", tmp_path / "f.png"))
+        assert (tmp_path / "f.png").read_bytes().startswith(PNG)
+
+
+def test_deconv_on_lite0_says_its_map_is_uninformative(out, cached_model):
+    res = ok(invoke("deconv", ROCKET, "--out", out / "f.png", "--save", out / "r.npz"))
+    notes = [ln for ln in res.stdout.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == 1 and "does not depend on the image" in notes[0] and "max-pool" in notes[0], res.stdout
+    assert cnnviz.load_result(out / "r.npz").params["uninformative"] is True
+    res = ok(invoke("guided", ROCKET, "--out", out / "g.png"))
+    assert "note:" not in res.stdout
+
+
+@pytest.mark.slow
+def test_sanity_prints_the_class_randomization_table(out, cached_model):
+    res = ok(invoke("sanity", ROCKET, "--steps", "1", "--methods", "guided,gradcam", "--classes", "2",
+                    "--out", out / "s.png", "--save", out / "s.npz"))
+    lines = res.stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("class randomization"))
+    assert "'missile'" in lines[start]
+    rows = lines[start + 2:start + 4]
+    r = cnnviz.load_result(out / "s.npz")
+    assert r.class_spearman.shape == r.class_pearson.shape == (2, 2)
+    for k, row in enumerate(rows):
+        assert row.startswith(f"{r.class_names[k]} ({r.class_targets[k]})")
+        cells = row.split()[-2:]
+        for i, cell in enumerate(cells):
+            rho, pr = (float(v) for v in cell.split("/"))
+            assert rho == pytest.approx(float(r.class_spearman[i, k]), abs=1e-3)
+            assert pr == pytest.approx(float(r.class_pearson[i, k]), abs=1e-3)
