@@ -124,3 +124,55 @@ def test_result_saves_and_renders(tmp_path):
         fig.savefig(tmp_path / f"s.{ext}")
     maps = [im for axis in fig.axes for im in axis.images if im.get_gid() == "map"]
     assert len(maps) == 2 * 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Class randomization: the top-1 map against the maps for other classes
+
+@pytest.mark.slow
+def test_guided_backprop_is_class_insensitive_on_lite0_and_saliency_is_not(lite0):
+    from scipy.stats import spearmanr
+
+    from cnnviz.engines.gradients import attribute
+
+    photo = ROCKET
+    r = sanity(lite0, photo, methods=("guided", "saliency"), steps=1, classes=3, seed=2)
+    x = lite0.prepare(photo)[1]
+    with torch.no_grad():
+        logits = lite0.model.eval()(x)[0]
+    top2 = [int(c) for c in logits.argsort(descending=True)[:2]]
+    assert r.params["target"] == top2[0]
+    assert int(r.class_targets[0]) == top2[1]  # the runner-up first
+    assert len(set(int(c) for c in r.class_targets) | {top2[0]}) == 4  # distinct, none the top-1
+    for i, method in enumerate(("guided", "saliency")):
+        for k, c in enumerate(r.class_targets):
+            # the oracle: the engine called directly for that class, and scipy / numpy correlations
+            direct = attribute(lite0, photo, method, target=int(c)).map[0]
+            np.testing.assert_allclose(r.class_maps[i, k], direct, rtol=1e-5, atol=1e-6 * np.abs(direct).max())
+            a, b = np.abs(r.maps[i, 0]).ravel(), np.abs(direct).ravel()
+            assert r.class_spearman[i, k] == pytest.approx(spearmanr(a, b)[0], abs=1e-5)
+            assert r.class_pearson[i, k] == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-5)
+    assert (r.class_pearson[0] > 0.99).all(), r.class_pearson  # guided: the same map for every class
+    assert (r.class_pearson[1] < 0.95).all(), r.class_pearson  # saliency changes with the class
+
+
+def test_class_test_is_seeded_can_be_turned_off_and_options_reach_only_their_methods(tmp_path):
+    from cnnviz.render.sanity import figure
+
+    lm = _tiny()
+    a = sanity(lm, ROCKET, methods=("saliency", "ig"), steps=1, classes=3, seed=1, ig_steps=3)
+    b = sanity(lm, ROCKET, methods=("saliency", "ig"), steps=1, classes=3, seed=1, ig_steps=3)
+    np.testing.assert_array_equal(a.class_targets, b.class_targets)
+    np.testing.assert_array_equal(a.class_maps, b.class_maps)
+    assert a.class_maps.shape == (2, 3, 48, 48) and a.params["target"] not in a.class_targets
+    fig = figure(a)
+    assert len([im for ax in fig.axes for im in ax.images if im.get_gid() == "class-map"]) == 2 * 4
+    off = sanity(lm, ROCKET, methods=("saliency",), steps=1, classes=0)
+    assert off.class_targets.shape == (0,) and off.class_spearman.shape == (1, 0)
+    figure(off).savefig(tmp_path / "off.png")
+    with pytest.raises(ParameterError, match="classes"):
+        sanity(lm, ROCKET, classes=-1)
+    with pytest.raises(ParameterError, match="Grad-CAM"):
+        sanity(lm, ROCKET, methods=("saliency",), layer="0")
+    with pytest.raises(ParameterError, match="ig_steps"):
+        sanity(lm, ROCKET, methods=("saliency",), ig_steps=3)

@@ -106,7 +106,7 @@ def _class_rows(fig, result, spec, methods, colors, ratios, s_count, clip):
     k_count = _class_count(result)
     cols = max(s_count, k_count + 1)
     grid = spec.subgridspec(len(methods), cols + 1, width_ratios=[ratios[0]] + [1.0] * cols, wspace=0.08,
-                            hspace=0.12)
+                            hspace=0.4)
     names = [str(n) for n in result.class_names]
     top_name = str(result.params.get("target_name", ""))
     for i, m in enumerate(methods):
@@ -133,12 +133,13 @@ def _class_rows(fig, result, spec, methods, colors, ratios, s_count, clip):
                 rho, r = (float(v) for v in corr)
                 text = "n/a (constant)" if not np.isfinite(rho) else f"ρ = {rho:.2f}, r = {r:.2f}"
                 same = np.isfinite(r) and r >= 0.95
-                b.set_xlabel(text + ("\nclass-insensitive" if same else ""), fontsize=7, labelpad=1.5,
+                b.set_xlabel(text + ("\n≈ the same map" if same else ""), fontsize=7, labelpad=1.5,
                              color="#b2182b" if same else "black")
     first = grid[0, 1].get_position(fig)
     fig.text(first.x0, first.y1 + 0.03 * 6 / fig.get_figheight(),
-             "class randomization (original model): the top-1 map against maps for other classes (runner-up, "
-             "then random); ρ, r near 1 = the map ignores the class", fontsize=8.5, va="bottom")
+             "class randomization (original model): the top-1 map against the maps for other classes\n"
+             "(the runner-up, then random ones); ρ, r near 1 for every class = the map ignores the class",
+             fontsize=8.5, va="bottom")
 
 
 def _align(fig, ax, grid, s_count):
