@@ -90,3 +90,35 @@ def _other_image(r):
     import dataclasses
 
     return dataclasses.replace(r, image=r.image[::-1].copy())
+
+
+def _notes(fig):
+    return [t for ax in fig.axes for t in ax.texts if t.get_gid() == "uninformative-note"]
+
+
+def test_an_uninformative_deconvnet_map_carries_a_visible_note(tmp_path):
+    import torch
+    import torchvision
+
+    from cnnviz.models import LoadedModel, Preprocessing
+
+    lm = cnnviz.load_model()
+    r = attribute(lm, [ASSETS / "rocket.jpg", sample_image(10)], "deconv")
+    assert r.params["uninformative"]
+    fig = figure(r)
+    notes = _notes(fig)
+    assert len(notes) == 2 and all("UNINFORMATIVE" in t.get_text() and t.get_visible() for t in notes)
+    fig.savefig(tmp_path / "d.png")
+    assert len(_notes(compare_figure([attribute(lm, ASSETS / "rocket.jpg", m) for m in ("saliency", "deconv")]))) == 1
+    torch.manual_seed(0)
+    alex = LoadedModel(torchvision.models.alexnet().eval(), "alexnet", "random", Preprocessing(crop=(128, 128), resize=146),
+                       [str(i) for i in range(1000)])
+    informative = attribute(alex, ASSETS / "rocket.jpg", "deconv", target=3)
+    assert informative.params["uninformative"] is False and _notes(figure(informative)) == []
+
+
+def test_smoothgrad_panel_names_its_mode():
+    lm = cnnviz.load_model()
+    r = attribute(lm, ASSETS / "rocket.jpg", "saliency", smooth=2, smooth_mode="mean-abs")
+    titles = [ax.get_title() for ax in figure(r).axes]
+    assert any("SmoothGrad Saliency (n=2, mean-abs)" in t for t in titles), titles
