@@ -2,6 +2,7 @@
 device, in one process.
 
     python benchmarks/gradients.py [--model efficientnet_lite0] [--images 8] [--repeats 3] [--device auto]
+    python benchmarks/gradients.py --stability [--images 8] [--samples 16] [--seeds 3]
 
 Both sides get the same normalized batch of N real photos in one call (captum with the top-1
 classes given, cnnviz finding them itself). Rounds are interleaved so that a slow
@@ -9,6 +10,11 @@ spell of a shared machine hits every contender alike; the table shows medians pe
 ratio cnnviz / captum (the issue's bar: at most 1.2). Note that on models with ReLU6 (such as
 EfficientNet-Lite) captum's GuidedBackprop and Deconvolution silently compute the plain gradient,
 so their timing there is that of a cheaper, wrong computation.
+
+With --stability: SmoothGrad's seed-to-seed stability instead of speed, for both ways of averaging
+(`smooth_mode` mean: signed signals averaged, the paper's definition, and mean-abs: |signal|
+averaged, captum's NoiseTunnel over Saliency): per image, the Pearson correlation between the maps
+of every pair of seeds; the table shows their median and minimum over images and pairs.
 """
 
 from __future__ import annotations
@@ -38,7 +44,11 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=16, help="SmoothGrad samples")
     ap.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
     ap.add_argument("--methods", default="", help="comma-separated subset (prefixes of the table's names)")
+    ap.add_argument("--stability", action="store_true", help="SmoothGrad seed-to-seed stability, both modes")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds compared pairwise with --stability")
     args = ap.parse_args(argv)
+    if args.stability:
+        return stability(args)
 
     import captum
     from captum.attr import (Deconvolution, GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam,
@@ -116,6 +126,31 @@ def main(argv=None) -> int:
         worst = max(worst, a / b)
         print(f"{k:<16}{a:>15.1f}{b:>15.1f}{a / b:>8.2f}")
     print(f"\nworst ratio cnnviz / captum = {worst:.2f} (bar: 1.2)")
+    return 0
+
+
+def stability(args) -> int:
+    """Seed-to-seed Pearson r of SmoothGrad maps (saliency and guided), mean vs mean-abs."""
+    import itertools
+
+    import numpy as np
+
+    import cnnviz
+    from cnnviz.engines.gradients import attribute
+
+    lm = cnnviz.load_model(args.model, weights=args.weights)
+    files = sorted(SAMPLE.glob("*.jpg"))[: args.images] if SAMPLE.is_dir() else [ROOT / "assets" / "rocket.jpg"]
+    pics = [cnnviz.load_image(f) for f in files]
+    print(f"model {lm.name}; {len(pics)} photos; {args.samples} noisy copies; noise 0.15; seeds 0..{args.seeds - 1}",
+          flush=True)
+    print(f"\n{'method':<10}{'mode':<10}{'median r':>10}{'min r':>8}")
+    for method in ("saliency", "guided"):
+        for mode in ("mean", "mean-abs"):
+            maps = [attribute(lm, pics, method, smooth=args.samples, seed=s, smooth_mode=mode, device=args.device).map
+                    for s in range(args.seeds)]
+            rs = [float(np.corrcoef(a[i].ravel(), b[i].ravel())[0, 1])
+                  for a, b in itertools.combinations(maps, 2) for i in range(len(pics))]
+            print(f"{method:<10}{mode:<10}{np.median(rs):>10.3f}{min(rs):>8.3f}", flush=True)
     return 0
 
 
