@@ -445,6 +445,12 @@ _register_modules()
 
 
 def main():
+    import signal
+
+    def terminate(signum, frame):  # kill / a scheduler's SIGTERM ends like Ctrl-C: cleanups run, exit 130
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
     cli(prog_name="cnnviz")
 
 
