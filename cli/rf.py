@@ -125,7 +125,10 @@ def register(cli):
             else:
                 raise ImageError(f"image or folder not found: {str(p)!r}")
         lm = _load(model_spec)
-        x, names, channel = select_images(lm, layer, files, channel, max_images, device)
+        skipped = []
+        x, names, channel = select_images(lm, layer, files, channel, max_images, device, skipped=skipped)
+        for _, why in skipped:  # unreadable files are skipped; none readable is an error
+            click.echo(f"skipped: {why}")
         names = [Path(n).name for n in names]
         emp = eff = None
         if measure in ("empirical", "both"):
