@@ -55,6 +55,23 @@ def folder(tmp_path_factory):
     return d
 
 
+@pytest.fixture
+def cached_model(monkeypatch, lite0):
+    """The CLI's default model is this module's small-input copy. (conftest's fixture patches
+    cnnviz_cli.main._load, which the commands registered from their own modules, topk and rf,
+    bound at import; the loader they call looks up cnnviz.models.load_model each time.)"""
+    import cnnviz.models
+
+    real = cnnviz.models.load_model
+
+    def load(name="efficientnet_lite0", weights=None, weights_file=None, **kw):
+        if name == "efficientnet_lite0" and weights is None and weights_file is None:
+            return lite0
+        return real(name, weights=weights, weights_file=weights_file, **kw)
+
+    monkeypatch.setattr(cnnviz.models, "load_model", load)
+
+
 def unreadable_files(d: Path) -> Path:
     """A folder of files that all look like images and none of which is: empty, text, a truncated
     JPEG, random bytes."""
@@ -168,12 +185,12 @@ def test_rf_images_skips_unreadable_files(cached_model, folder, tmp_path):
 @pytest.fixture
 def no_model(monkeypatch):
     """Loading the model counts as starting the work: these runs must stop before it."""
-    import cnnviz_cli.main as climain
+    import cnnviz.models
 
     def load(*a, **kw):
         raise AssertionError("the model was loaded: the work started before the output check")
 
-    monkeypatch.setattr(climain, "_load", load)
+    monkeypatch.setattr(cnnviz.models, "load_model", load)
 
 
 @pytest.mark.parametrize("blocker, fragment", [("r.json", "sidecar"), ("r.npz.partial", "r.npz.partial")])
@@ -229,7 +246,8 @@ class Run:
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         self.err: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stderr:
@@ -247,8 +265,9 @@ class Run:
                 return
 
     def finish(self, timeout: float = 300) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        time.sleep(0.05)
+        out = self.proc.stdout.read()  # stderr belongs to the reader thread
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=timeout)
         return self.proc.returncode, out, "".join(self.err)
 
 
@@ -256,9 +275,9 @@ def temporaries(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 
 
-def complete(out: Path, reference, *more: str) -> str:
+def complete(out: Path, reference, *extra, more: tuple[str, ...] = ()) -> str:
     """Run to the end; the result must equal the uninterrupted one and nothing else be left."""
-    rc, stdout, err = Run(reference["folder"], out).finish()
+    rc, stdout, err = Run(reference["folder"], out, *extra).finish()
     assert rc == 0, err[-2000:]
     r = load_result(out / "r.npz")
     for name in ("values", "image_index", "position", "units", "files", "skipped"):
@@ -342,7 +361,7 @@ def test_sigterm_during_figure_write(reference, tmp_path):
     assert rc == 130 and "Aborted." in err, err[-2000:]
     assert temporaries(tmp_path) == [] and not (tmp_path / "f.png").exists()
     assert (tmp_path / "r.npz.partial").exists()  # progress stays until the figure is written too
-    stdout = complete(tmp_path, reference, "f.png")
+    stdout = complete(tmp_path, reference, "--figure", tmp_path / "f.png", "--no-project", more=("f.png",))
     assert f"resumed at batch {NUM_BATCHES}" in stdout
 
 
