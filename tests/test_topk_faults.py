@@ -228,6 +228,31 @@ def test_scan_checks_progress_path_before_work(lite0, folder, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # A. kills at any moment, in real processes
 
+def test_stale_temporaries_of_the_targets_are_removed_on_start(cached_model, folder, tmp_path):
+    """What a kill -9 inside a write leaves (atomic_path's `.STEM.XXXXXXXX.SUFFIX`, made here with
+    the same tempfile call) goes when the next run that writes the same files starts; other files
+    that merely look alike stay."""
+    import tempfile
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [Path(tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=out)[1])
+             for prefix, suffix in ((".r.", ".npz"), (".r.", ".json"), (".r.npz.", ".partial"), (".f.", ".png"))]
+    keep = [out / ".r.mine.npz", out / ".r.abcdefghi.npz", out / ".rr.abcdefgh.npz", out / ".f.abcdefgh.pdf",
+            out / "r.abcdefgh.npz"]
+    for f in keep:
+        f.write_text("not a temporary of this run")
+    d = tmp_path / "few"
+    d.mkdir()
+    for p in sorted(folder.iterdir())[:2]:
+        shutil.copy(p, d / p.name)
+    res = run_cli(["topk", d, "--layer", "_blocks.0", "--units", "0:2", "-k", "1", "--save", out / "r.npz",
+                   "--figure", out / "f.png", "--no-project", "-q"])
+    assert res.exit_code == 0, res.output
+    assert not any(f.exists() for f in stale)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["r.npz", "r.json", "f.png", *(f.name for f in keep)])
+
+
 TOPK = ["--layer", "_blocks.4", "--units", "0:8", "-k", "3", "-b", "4", "--checkpoint-every", "1", "-q"]
 NUM_BATCHES = 6  # 24 images, 4 per batch
 
