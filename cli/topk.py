@@ -50,8 +50,8 @@ def register(cli) -> None:
         import os
 
         from cnnviz.engines.topk import check_units, list_files, remove_stale_temporaries, scan
-        from cnnviz.errors import OutputError, ParameterError
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
+        from cnnviz.errors import ParameterError
+        from cnnviz.files import check_output, check_outputs, sidecar_of
 
         if k <= 0:
             raise ParameterError(f"-k must be a positive whole number, got {k}")
@@ -59,22 +59,15 @@ def register(cli) -> None:
             raise ParameterError(f"--batch-size must be a positive whole number, got {batch_size}")
         if units is not None:
             check_units(units)  # syntax errors before the model loads
-        # every file this run may write is checked before any work: the result, its sidecar, the
-        # progress file beside them, the figure
+        # every file this run may write is checked before any work: the figure, the result and its
+        # sidecar, the progress file beside them
+        check_outputs(figure_path, save)
         checkpoint = None
-        outputs = []
+        outputs = [Path(figure_path)] if figure_path else []
         if save:
-            check_output(save, (".npz",))
-            sidecar = Path(save).with_suffix(".json")
-            if sidecar.is_dir():
-                raise OutputError(f"cannot save {save!r}: its sidecar {str(sidecar)!r} is a directory; remove it or "
-                                  "choose another name")
             checkpoint = Path(f"{save}.partial")
             check_output(checkpoint, (".partial",))
-            outputs += [Path(save), sidecar]
-        if figure_path:
-            check_output(figure_path, FIGURE_SUFFIXES)
-            outputs.append(Path(figure_path))
+            outputs += [Path(save), sidecar_of(save)]
         list_files(data)  # an empty folder fails before the model loads
         rank0 = int(os.environ.get("RANK", "0")) == 0
         if rank0:
@@ -83,6 +76,10 @@ def register(cli) -> None:
         lm = _load(model_spec)
 
         def write(result):  # on rank 0, before the progress file goes: see scan()
+            import matplotlib.pyplot as plt
+
+            from cnnviz.results import save_outputs
+
             p = result.params
             resumed = f", resumed at batch {p['resumed_from_batch']}" if p["resumed_from_batch"] else ""
             click.echo(f"{p['num_scanned']} of {p['num_files']} images scanned at {p['layer']} ({p['num_units']} "
@@ -96,14 +93,20 @@ def register(cli) -> None:
                 click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
                 for why in p["skipped_reasons"]:
                     click.echo(f"  {why}")
-            if save:
-                result.save(save)
-                click.echo(f"wrote {save} (+ {Path(save).with_suffix('.json').name})")
+            fig = None
             if figure_path:
                 from cnnviz.engines.patches import unit_patches
 
                 patches = unit_patches(lm, result, project=project, device=device)
-                patches.render(figure_path, columns=figure_columns)
+                fig = patches.render(None, columns=figure_columns)
+            try:  # the figure and the result land together, or neither does
+                save_outputs(result if save else None, save, fig, figure_path)
+            finally:
+                if fig is not None:
+                    plt.close(fig)
+            if save:
+                click.echo(f"wrote {save} (+ {sidecar_of(save).name})")
+            if figure_path:
                 click.echo(f"wrote {figure_path} ({len(patches.units)} units, "
                            f"{'projections and patches' if project else 'patches'}, "
                            f"RF {patches.params['rf'][0]} px)")
