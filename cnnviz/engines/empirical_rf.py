@@ -120,7 +120,7 @@ def _as_inputs(lm, images, skipped: list | None = None):
         names.append(name)
     if bad:
         if not xs:
-            reasons = "; ".join(why for _, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+            reasons = " | ".join(why for _, why in bad[:3]) + (f" | and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise ImageError(f"no image could be read: all {len(bad)} file(s) are unreadable ({reasons}); check the "
                              "files or point to another folder")
         if skipped is not None:

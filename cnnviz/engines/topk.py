@@ -486,7 +486,7 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
 def _nothing_read(source, root: Path, skipped: list[tuple[str, str]]) -> str:
     """The one-line error for a data set of which no image could be read, with the first reasons."""
     where = "the list given" if isinstance(source, (list, tuple)) else repr(str(source))
-    reasons = "; ".join(" ".join(why.split()) for _, why in skipped[:3])
-    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    reasons = " | ".join(" ".join(why.split()) for _, why in skipped[:3])
+    more = f" | and {len(skipped) - 3} more" if len(skipped) > 3 else ""
     return (f"no image could be read from {where}: all {len(skipped)} file(s) are unreadable ({reasons}{more}); "
             "check the files or point to another folder")
