@@ -3,13 +3,29 @@ and render; every library error becomes a one-line message and a non-zero exit."
 
 from __future__ import annotations
 
-import functools
-import json
 import os
+import signal
 import sys
-from pathlib import Path
 
-import click
+
+def _abort_while_starting(signum, frame):
+    """Ctrl-C while the command is still importing: `Aborted.` and exit status 130, as later on,
+    instead of a traceback from whatever module was loading."""
+    sys.stderr.write("Aborted.\n")
+    sys.stderr.flush()
+    raise SystemExit(130)
+
+
+# Until this module has finished importing (restored at its end, so that importing it from Python
+# changes nothing); from then on CnnvizGroup.invoke and main() turn KeyboardInterrupt into the same.
+_sigint_before = signal.signal(signal.SIGINT, _abort_while_starting) \
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+
+import functools  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL = 3
@@ -19,8 +35,11 @@ class CnnvizGroup(click.Group):
     """Turns library errors into `Error: ...` on one line, never a traceback."""
 
     def invoke(self, ctx):
-        from cnnviz.errors import CnnvizError
-
+        try:
+            from cnnviz.errors import CnnvizError  # imports torch: seconds in which Ctrl-C is likely
+        except KeyboardInterrupt:
+            click.echo("Aborted.", err=True)
+            ctx.exit(130)
         try:
             return super().invoke(ctx)
         except CnnvizError as e:
@@ -47,13 +66,28 @@ class CnnvizGroup(click.Group):
 
 
 def _version() -> str:
-    from cnnviz import __version__
+    """The installed package's version, read from its metadata: importing cnnviz (and torch) just
+    for `--version` would cost seconds at every start. A checkout that is not installed falls
+    back to cnnviz.__version__."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("cnnviz")
+    except PackageNotFoundError:
+        from cnnviz import __version__
+
+        return __version__
+
+
+def _print_version(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(f"cnnviz, version {_version()}")
+        ctx.exit()
 
 
 @click.group(cls=CnnvizGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(version=_version(), prog_name="cnnviz")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def cli():
     """See what a convolutional network reacts to.
 
@@ -72,8 +106,11 @@ def cli():
 def model_options(f):
     """--model, --weights, --weights-file, --labels, --trust-checkpoint."""
     @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, metavar="NAME",
-                  help="A torchvision model (alexnet, vgg16, resnet50, ...), efficientnet_lite0/1/2, or "
-                       "package.module:factory for your own model (with --weights-file).")
+                  help="A torchvision model (alexnet, vgg16, resnet50, ...), efficientnet_lite0/1/2, or your "
+                       "own model as package.module:factory (importable from the installed packages; the "
+                       "working directory is not searched) or path/to/file.py:factory, with --weights-file. "
+                       "CAUTION: a factory is code that runs (the module is imported, the file executed); "
+                       "name only code you trust, as with --trust-checkpoint.")
     @click.option("--weights", default=None, metavar="ENTRY",
                   help="torchvision weights entry, e.g. IMAGENET1K_V1 [default: the model's DEFAULT]; "
                        "'none' for random weights.")
@@ -442,10 +479,16 @@ def _register_modules():
 
 
 _register_modules()
+if _sigint_before is not None:
+    signal.signal(signal.SIGINT, _sigint_before)
 
 
 def main():
-    cli(prog_name="cnnviz")
+    try:
+        cli(prog_name="cnnviz")
+    except KeyboardInterrupt:  # between the imports and the command (parsing): as within a command
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
