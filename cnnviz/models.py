@@ -528,7 +528,9 @@ def _socket_timeout(seconds: float):
 
 def _short(e: Exception) -> str:
     reason = getattr(e, "reason", None)
-    return str(reason or e).splitlines()[0] or type(e).__name__
+    text = str(reason or e).splitlines()[0] or type(e).__name__
+    code = getattr(e, "code", None)  # urllib's HTTPError: "HTTP 404 Not Found"
+    return f"HTTP {code} {text}" if isinstance(code, int) else text
 
 
 def _import_factory_module(spec: str, source: str):
