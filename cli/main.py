@@ -123,6 +123,9 @@ def model_options(f):
                        "arbitrary code when loaded; use only for files you made or fully trust.")
     @functools.wraps(f)
     def wrapper(*args, model, weights, weights_file, labels, trust_checkpoint, **kw):
+        from cnnviz.models import check_weights_options
+
+        check_weights_options(weights, weights_file, trust_checkpoint)  # before any work
         spec = dict(name=model, weights=weights, weights_file=weights_file, labels=labels,
                     trust_checkpoint=trust_checkpoint)
         return f(*args, model_spec=spec, **kw)
@@ -136,6 +139,57 @@ def _load(spec: dict, structure_only: bool = False):
     if structure_only and spec["weights_file"] is None:
         spec = {**spec, "weights": "none"}
     return load_model(**spec)
+
+
+def _given(*names: str) -> list[str]:
+    """Which of these parameters (python names) the user set (command line or environment), as
+    opposed to left at their defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [n for n in names if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE,
+                                                                 ParameterSource.ENVIRONMENT)]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _reject(names, why: str) -> None:
+    """A one-line error for options the command would silently ignore."""
+    from cnnviz.errors import ParameterError
+
+    if names:
+        given = ", ".join(_flag(n) for n in names)
+        raise ParameterError(f"{given} {'has' if len(names) == 1 else 'have'} no effect {why}; drop "
+                             f"{'it' if len(names) == 1 else 'them'}")
+
+
+def _architecture_only(spec: dict, command: str) -> None:
+    """Commands that read only the architecture: weights and labels options would be ignored."""
+    unused = [n for n, v in (("weights_file", spec["weights_file"]), ("labels", spec["labels"]),
+                             ("trust_checkpoint", spec["trust_checkpoint"])) if v]
+    if spec["weights"] is not None and spec["weights"].strip().lower() != "none":
+        unused.insert(0, "weights")
+    _reject(unused, f"on `cnnviz {command}`, which reads only the architecture (no weights, no class names)")
+
+
+def _no_labels(spec: dict, command: str) -> None:
+    if spec["labels"]:
+        _reject(["labels"], f"on `cnnviz {command}`, which shows no class names")
+
+
+def _check_amp(amp: bool | None, device: str) -> None:
+    """--amp is float16 autocast on CUDA; on another device it would be silently off."""
+    if amp:
+        from cnnviz.engines.common import resolve_device
+
+        dev = resolve_device(device)
+        if dev.type != "cuda":
+            from cnnviz.errors import ParameterError
+
+            raise ParameterError(f"--amp is float16 mixed precision on CUDA; this run is on {dev.type}: drop --amp "
+                                 "or use --device cuda")
 
 
 def _parse_pair(value: str, what: str):
@@ -175,6 +229,7 @@ def layers(model_spec):
 
     from cnnviz.layers import format_layers, trace_layers
 
+    _architecture_only(model_spec, "layers")
     lm = _load(model_spec, structure_only=True)
     h, w = lm.input_size
     click.echo(f"# {lm.name}, input 3x{h}x{w}")
@@ -206,7 +261,15 @@ def predict(images, model_spec, top, as_json, batch_size, device):
             files += found
         else:
             files.append(p)
+    from cnnviz.engines.common import resolve_device
+
+    resolve_device(device)  # a bad --device fails before the model loads
     lm = _load(model_spec)
+    if top > len(lm.categories):
+        from cnnviz.errors import ParameterError
+
+        raise ParameterError(f"--top {top} is more than the {len(lm.categories)} classes of {lm.name}; use "
+                             f"--top {len(lm.categories)} or less")
     skipped = 0
     for lo in range(0, len(files), batch_size):
         chunk, tensors = [], []
@@ -280,8 +343,13 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     if save:
         check_output(save, (".npz",))
     win, step = _parse_pair(window, "--window"), _parse_pair(stride, "--stride")
+    _check_amp(amp, device)
+    from cnnviz.models import Preprocessing
+
+    Preprocessing().fill_value(fill)  # the fill's syntax, before the model loads
     img = load_image(image)  # before the model: a bad file fails fast
     lm = _load(model_spec)
+    _check_stride(win, step, lm.input_size)
     result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer, channel=channel,
                               batch_size=batch_size, device=device, amp=amp, progress=False if quiet else None)
     result.params["image_file"] = str(image)
@@ -296,6 +364,21 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def _check_stride(window, stride, size) -> None:
+    """A stride longer than the room the occluder has to move would leave it one position on that
+    axis, and the rest of the image never occluded."""
+    from cnnviz.errors import ParameterError
+
+    window = window if isinstance(window, tuple) else (window, window)
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    for axis, wn, st, n in zip(("rows", "columns"), window, stride, size):
+        room = n - wn
+        if 0 < room < st:
+            raise ParameterError(f"--stride {st} is longer than the {room} px the {wn} px window can move over the "
+                                 f"{n} px {axis} of the input: the occluder would take one position there; use "
+                                 f"--stride {room} or less")
 
 
 def _gradient_command(method: str, short: str, summary: str):

@@ -269,10 +269,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
     if not isinstance(name, str) or not name.strip():
         raise ModelError("empty model name; run `cnnviz models` to list the models")
     name = name.strip()
-    if weights_file is not None and weights is not None and weights.strip().lower() == "none":
-        raise ModelError("--weights none (random weights) and --weights-file contradict each other; drop one")
-    if trust_checkpoint and weights_file is None:
-        raise ModelError("--trust-checkpoint only applies to a --weights-file checkpoint; drop it or give the file")
+    check_weights_options(weights, weights_file, trust_checkpoint)
     if ":" in name:
         lm = _load_factory(name, weights, weights_file, trust_checkpoint)
     elif name in _LITE:
@@ -297,6 +294,14 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
     if not lm.categories and n_out is not None:
         lm.categories = [f"class {i}" for i in range(n_out)]
     return lm
+
+
+def check_weights_options(weights: str | None, weights_file, trust_checkpoint: bool) -> None:
+    """Weights options that contradict each other, or one that would be ignored."""
+    if weights_file is not None and weights is not None and weights.strip().lower() == "none":
+        raise ModelError("--weights none (random weights) and --weights-file contradict each other; drop one")
+    if trust_checkpoint and weights_file is None:
+        raise ModelError("--trust-checkpoint only applies to a --weights-file checkpoint; drop it or give the file")
 
 
 def _num_outputs(model: torch.nn.Module) -> int | None:
