@@ -18,8 +18,11 @@ def _abort_while_starting(signum, frame):
 
 # Until this module has finished importing (restored at its end, so that importing it from Python
 # changes nothing); from then on CnnvizGroup.invoke and main() turn KeyboardInterrupt into the same.
-_sigint_before = signal.signal(signal.SIGINT, _abort_while_starting) \
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+try:
+    _sigint_before = signal.signal(signal.SIGINT, _abort_while_starting) \
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+except ValueError:  # imported from a thread other than the main one: signals are not ours to set
+    _sigint_before = None
 
 import functools  # noqa: E402
 import json  # noqa: E402

@@ -837,7 +837,7 @@ def test_bad_factory_file_specs(tmp_path, monkeypatch, spec, needle):
 
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(name="efficientnet_lite0", weights="IMAGENET1K_V1"), "DEFAULT, none"),
-    (dict(name=TINY, weights="IMAGENET1K_V1"), "--weights-file"),
+    (dict(name=TINY, weights="IMAGENET1K_V1", weights_file="x.pt"), "is for torchvision models"),
     (dict(name="resnet18", weights="none", weights_file="x.pt"), "--weights none"),
     (dict(name="resnet18", weights="none", trust_checkpoint=True), "--trust-checkpoint"),
 ])
