@@ -50,6 +50,17 @@ def _split(values) -> list[str]:
     return [s.strip() for v in values for s in str(v).split(",") if s.strip()]
 
 
+def _no_repeats(items, option: str, shown=str) -> None:
+    """The same unit, class or layer twice would only draw the same image twice."""
+    from cnnviz.errors import ParameterError
+
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise ParameterError(f"{option} names {shown(item)} twice; give each once")
+        seen.add(item)
+
+
 def _range_text(units: list[int]) -> str:
     if len(units) > 1 and units == list(range(units[0], units[-1] + 1)):
         return f"units {units[0]}-{units[-1]}"
@@ -163,7 +174,7 @@ def register(cli):
         _no_labels(model_spec, "featvis")
         out = out or f"{_model_stem(model_spec)}_featvis.png"
         _outputs(out, o["save"])
-        parse_units(units)  # syntax errors before the model loads
+        _no_repeats(parse_units(units), "--units", lambda u: f"unit {u}")  # syntax errors before the model loads
         _check_optimization(o)
         lm = _load(model_spec)
         t0 = time.perf_counter()
@@ -211,6 +222,7 @@ def register(cli):
         if not names:
             raise ParameterError("--target holds no class; give a class name or index")
         classes = [lm.class_index(t) for t in names]
+        _no_repeats(classes, "--target", lambda c: f"class {c} ({lm.class_name(c)})")
         t0 = time.perf_counter()
         result = visualize_classes(lm, classes, prob=prob, **_engine_options(o))
         seconds = time.perf_counter() - t0
@@ -341,6 +353,7 @@ def register(cli):
         names = _split(layers)
         _require(names, "--layer", f"name the layer(s) to invert, e.g. --layer _blocks.2,_blocks.6; "
                                    f"`cnnviz layers --model {model_spec['name']}` lists every layer")
+        _no_repeats(names, "--layer", lambda n: f"layer {n!r}")
         out = out or f"{Path(image).stem}_invert.png"
         _outputs(out, save)
         if transforms is not None:

@@ -656,6 +656,10 @@ UNUSED = [
     (["invert", "IMG", "--layer", "_blocks.3", "--tv", "0", "--beta", "3", "--out", "OUT/i.png"], ["--beta", "--tv 0"]),
     (["invert", "IMG", "--layer", "_blocks.3", "--alpha-weight", "0", "--alpha", "3", "--out", "OUT/i.png"],
      ["--alpha", "--alpha-weight 0"]),
+    # the same name twice would only draw the same picture twice
+    (["featvis", "--layer", "_blocks.3", "--units", "2:5,3", "--out", "OUT/v.png"], ["--units", "unit 3 twice"]),
+    (["classviz", "--target", "goldfish", "--target", "1", "--out", "OUT/c.png"], ["--target", "class 1 (goldfish)"]),
+    (["invert", "IMG", "--layer", "_blocks.3,_blocks.3", "--out", "OUT/i.png"], ["--layer", "'_blocks.3' twice"]),
 ]
 
 
