@@ -217,7 +217,8 @@ def models():
     for r in rows:
         star = " (default)" if r["default"] else ""
         click.echo(f"{r['name']:<{w}}  {r['source']:<22}  {r['weights']}{star}")
-    click.echo("\nAlso: package.module:factory --weights-file checkpoint.pt [--labels labels.txt] for your own model.")
+    click.echo("\nAlso, for your own model: package.module:factory or path/to/file.py:factory, with --weights-file "
+               "checkpoint.pt [--labels labels.txt]; the factory is code that runs, name only code you trust.")
 
 
 @cli.command()

@@ -281,7 +281,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
         close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ";"
         raise ModelError(f"unknown model {name!r}{hint} Run `cnnviz models` for the list, or pass "
-                         "package.module:factory with --weights-file for your own model")
+                         "package.module:factory or path/to/file.py:factory with --weights-file for your own model")
     if labels is not None:
         lm.categories = read_labels(labels)
     if preprocessing is not None:
