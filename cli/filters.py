@@ -9,7 +9,7 @@ import click
 
 
 def register(cli):
-    from cnnviz_cli.main import _load, model_options
+    from cnnviz_cli.main import _given, _load, _no_labels, model_options
 
     @cli.command(short_help="The first convolution's filters as images (Zeiler & Fergus Fig. 6).")
     @model_options
@@ -24,6 +24,7 @@ def register(cli):
         from cnnviz.engines.filters import first_layer_filters
         from cnnviz.files import FIGURE_SUFFIXES, check_output
 
+        _no_labels(model_spec, "filters")
         out = check_output(out or f"{Path(model_spec['name']).name.replace(':', '_')}_filters.png", FIGURE_SUFFIXES)
         if save:
             check_output(save, (".npz",))
@@ -61,8 +62,13 @@ def register(cli):
         out = check_output(out or f"{Path(image).stem}_activations.png", FIGURE_SUFFIXES)
         if save:
             check_output(save, (".npz",))
+        from cnnviz.engines.common import resolve_device
+
+        resolve_device(device)
         pic = load_image(image)
         lm = _load(model_spec)
+        if _given("top"):  # the default (32) is cut to the layer's channels
+            _check_top(lm, layer, top)
         result = feature_maps(lm, pic, layer=layer, top=top, device=device)
         result.params["image_file"] = str(image)
         fig = result.render(out, top=top)
@@ -77,3 +83,28 @@ def register(cli):
         plt.close(fig)
 
     return cli
+
+
+def _check_top(lm, layer: str | None, top: int) -> None:
+    """--top larger than the layer's channel count: an error before the maps are computed and drawn
+    (drawing a thousand maps takes minutes). The layer is resolved on a zero image of the input size."""
+    import torch
+
+    from cnnviz.errors import LayerError, ParameterError
+    from cnnviz.layers import default_feature_layer, resolve_layer
+
+    h, w = lm.input_size
+    example = torch.zeros(1, 3, h, w)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        info = default_feature_layer(lm.model, example) if layer is None else resolve_layer(lm.model, layer, example)
+    finally:
+        lm.model.train(was_training)
+    if info.shape is None or len(info.shape) != 3:
+        raise LayerError(f"layer {info.address!r} outputs {info.shape}, not CxHxW feature maps; choose a "
+                         "convolutional layer (see `cnnviz layers`)")
+    if top > info.shape[0]:
+        explicit = "" if layer is not None else " (the default layer)"
+        raise ParameterError(f"--top {top} is more than the {info.shape[0]} channels of {info.address!r}{explicit}; "
+                             f"use --top {info.shape[0]} or less")

@@ -6,7 +6,7 @@ import click
 
 
 def register(cli):
-    from .main import _load, _parse_pair, model_options
+    from .main import _architecture_only, _given, _load, _parse_pair, _reject, model_options
 
     @cli.command(short_help="Receptive field size, stride and padding of every layer (no weights needed).")
     @model_options
@@ -63,6 +63,9 @@ def register(cli):
             from cnnviz.errors import ParameterError
 
             raise ParameterError("--images, --figure, --channel, --occluder and --stride go with --layer")
+        _reject(_given("measure", "max_images", "device"), "on the theoretical table (it measures nothing): "
+                                                                  "--measure, --max-images and --device go with --layer")
+        _architecture_only(model_spec, "rf")
         from cnnviz.engines.receptive_field import format_table, receptive_field
         from cnnviz.files import FIGURE_SUFFIXES, check_output
 
@@ -75,7 +78,12 @@ def register(cli):
             size = _parse_pair(input_size, "--input-size")
             size = size if isinstance(size, tuple) else (size, size)
         lm = _load(model_spec, structure_only=True)
-        result = receptive_field(lm, size)
+        try:
+            result = receptive_field(lm, size)
+        except RuntimeError as e:  # an input too small for a kernel, or a size the model cannot take
+            if size is None:
+                raise
+            raise _size_error(lm, size, e) from None
         h, w = result.params["input_size"]
         click.echo(f"# {lm.name}, input 3x{h}x{w}; unit (i, j) covers rows i*S-P ... i*S-P+r-1")
         click.echo(format_table(result.infos()))
@@ -105,6 +113,9 @@ def register(cli):
                                  "--figure")
         if not images:
             raise ParameterError("--layer needs --images: a folder of images or image files")
+        if measure == "effective":
+            _reject(_given("occluder", "stride"), "with --measure effective (gradients, no occluder): "
+                                                  "--occluder and --stride set the empirical RF")
         for name, v in (("--max-images", max_images), ("--occluder", occluder), ("--stride", stride)):
             if v is not None and v <= 0:
                 raise ParameterError(f"{name} must be a positive whole number, got {v}")
@@ -167,3 +178,44 @@ def register(cli):
             click.echo(f"wrote {figure}")
 
     return rf
+
+
+def _runs(model, size: tuple[int, int]) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size))
+        return True
+    except RuntimeError:
+        return False
+
+
+def _size_error(lm, size: tuple[int, int], error: RuntimeError):
+    """The one-line error for an --input-size the model cannot run: the smallest square side it
+    runs at (found by bisection between 1 and its own input size), or, where sizes below its own
+    all fail, that it takes only its own size."""
+    from cnnviz.errors import ParameterError
+
+    h, w = size
+    why = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    own = max(lm.input_size)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        if not _runs(lm.model, (own, own)):
+            return ParameterError(f"--input-size {h}x{w} does not run through {lm.name} ({why})")
+        lo, hi = 1, own  # hi runs; find the smallest side that runs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _runs(lm.model, (mid, mid)):
+                hi = mid
+            else:
+                lo = mid + 1
+    finally:
+        lm.model.train(was_training)
+    if min(h, w) < lo:
+        return ParameterError(f"--input-size {h}x{w} is too small for {lm.name}: the smallest input it runs is "
+                              f"{lo}x{lo} px (below that a feature map shrinks smaller than a kernel: {why})")
+    return ParameterError(f"--input-size {h}x{w} does not run through {lm.name} ({why}); its own input size "
+                          f"{lm.input_size[0]}x{lm.input_size[1]} does")
