@@ -25,25 +25,18 @@ def _require(value, option: str, what: str):
 
 
 def _outputs(out: str, save: str | None):
-    from cnnviz.files import FIGURE_SUFFIXES, check_output
+    from cnnviz_cli.output import check
 
-    check_output(out, FIGURE_SUFFIXES)
-    if save:
-        check_output(save, (".npz",))
+    check(out, save)
 
 
 def _finish(result, out: str, save: str | None, columns, history, summary: str) -> None:
-    """Draw, save, and report."""
-    import matplotlib.pyplot as plt
+    """Draw, write the figure and the result together, and report."""
+    from cnnviz_cli.output import wrote, write
 
-    fig = result.render(out, columns=columns, history=history)
-    try:
-        if save:
-            result.save(save)
-    finally:
-        plt.close(fig)
+    write(result, out, save, echo=False, columns=columns, history=history)
     click.echo(summary)
-    click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
+    click.echo(wrote(out, save))
 
 
 def _split(values) -> list[str]:

@@ -22,23 +22,17 @@ def register(cli):
         image, each scaled to [0, 1] by its own min and max, as Krizhevsky et al. and Zeiler & Fergus
         show them; a model whose first layer does not take 3 channels shows input channel 0 in gray."""
         from cnnviz.engines.filters import first_layer_filters
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
+        from cnnviz_cli import output
 
         _no_labels(model_spec, "filters")
-        out = check_output(out or f"{Path(model_spec['name']).name.replace(':', '_')}_filters.png", FIGURE_SUFFIXES)
-        if save:
-            check_output(save, (".npz",))
+        out = out or f"{Path(model_spec['name']).name.replace(':', '_')}_filters.png"
+        output.check(out, save)
         lm = _load(model_spec)
         result = first_layer_filters(lm)
-        fig = result.render(out)
-        if save:
-            result.save(save)
+        output.write(result, out, save, echo=False)
         p = result.params
         click.echo(f"{p['layer']}: {p['out_channels']} filters of {p['in_channels']}x{p['kernel'][0]}x{p['kernel'][1]}")
-        click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        click.echo(output.wrote(out, save))
 
     @cli.command(short_help="A layer's feature maps for one image, strongest first.")
     @click.argument("image", type=click.Path())
@@ -56,12 +50,11 @@ def register(cli):
         """Draw the feature maps of --layer for IMAGE as a grid, strongest first (by each map's
         maximum activation, ties by the mean), after the input crop, on one shared colour scale."""
         from cnnviz.engines.filters import feature_maps
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import load_image
+        from cnnviz_cli import output
 
-        out = check_output(out or f"{Path(image).stem}_activations.png", FIGURE_SUFFIXES)
-        if save:
-            check_output(save, (".npz",))
+        out = out or f"{Path(image).stem}_activations.png"
+        output.check(out, save)
         from cnnviz.engines.common import resolve_device
 
         resolve_device(device)
@@ -71,16 +64,11 @@ def register(cli):
             _check_top(lm, layer, top)
         result = feature_maps(lm, pic, layer=layer, top=top, device=device)
         result.params["image_file"] = str(image)
-        fig = result.render(out, top=top)
-        if save:
-            result.save(save)
+        output.write(result, out, save, echo=False, top=top)
         p = result.params
         chans = ", ".join(f"{int(c)} ({float(s):.3g})" for c, s in zip(result.channels[:5], result.strength[:5]))
         click.echo(f"{p['layer']} ({'x'.join(map(str, p['layer_shape']))}): strongest channels {chans}")
-        click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        click.echo(output.wrote(out, save))
 
     return cli
 

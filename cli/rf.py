@@ -67,12 +67,9 @@ def register(cli):
                                                                   "--measure, --max-images and --device go with --layer")
         _architecture_only(model_spec, "rf")
         from cnnviz.engines.receptive_field import format_table, receptive_field
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
+        from cnnviz.files import check_outputs
 
-        if out:
-            check_output(out, FIGURE_SUFFIXES)
-        if save:
-            check_output(save, (".npz",))
+        check_outputs(out, save)
         size = None
         if input_size is not None:
             size = _parse_pair(input_size, "--input-size")
@@ -87,16 +84,16 @@ def register(cli):
         h, w = result.params["input_size"]
         click.echo(f"# {lm.name}, input 3x{h}x{w}; unit (i, j) covers rows i*S-P ... i*S-P+r-1")
         click.echo(format_table(result.infos()))
-        if save:
-            result.save(save)
-        if out:
-            from cnnviz.render.receptive_field import figure
-            from cnnviz.render.style import plt, save_figure
-
-            fig = figure(result)
-            save_figure(fig, check_output(out, FIGURE_SUFFIXES))
-            plt.close(fig)
         if out or save:
+            from cnnviz.render.style import plt
+            from cnnviz.results import save_outputs
+
+            fig = result.render() if out else None
+            try:  # the table's figure and result land together, or neither does
+                save_outputs(result if save else None, save, fig, out)
+            finally:
+                if fig is not None:
+                    plt.close(fig)
             click.echo("wrote " + " and ".join(p for p in (out, save) if p))
 
     def _measure(model_spec, layer, images, measure, channel, max_images, occluder, stride, device, figure,
