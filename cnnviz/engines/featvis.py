@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LayerError, ParameterError
+from ..geometry import params_of, stack_thumbnails
 from ..layers import LayerInfo, StopForward, record, resolve_layer
 from ..models import LoadedModel
 from ..results import FeatvisResult, provenance
@@ -927,7 +928,7 @@ def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 
     tf = Transforms.parse(transforms if transforms is not None else ("pad=0,jitter=4" if full else "none"))
     if lr is None:
         lr = 0.02 if param == "pixel" else 0.05
-    pixels, x0 = lm.prepare(image)
+    pixels, x0, geo = lm.prepare(image, geometry=True)
     hw = tuple(pixels.shape[:2])
     infos = [_unit_layer(lm, a, hw) for a in layers]
     dev = resolve_device(device)
@@ -957,10 +958,10 @@ def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 
                             steps=steps, priors=priors, param=param, decorrelate=decorrelate, transforms=tf, lr=lr,
                             tv=tv if full else 0.0, beta=beta, alpha=alpha, alpha_weight=alpha_weight if full else 0.0,
                             seed=seed, log_every=log_every, start_distance=[float(v) for v in start_d],
-                            score_label="relative feature distance")
+                            score_label="relative feature distance", geometry=params_of([geo]))
     return FeatvisResult(params=params, provenance=provenance(lm.identity(), str(dev)), images=_to_uint8(images),
                          labels=np.array(names), objective=final, score=distances, history=history,
-                         history_steps=logged, start=pixels)
+                         history_steps=logged, start=pixels, original=stack_thumbnails([geo]))
 
 
 def feature_distances(lm: LoadedModel, images: torch.Tensor, names: list[str], targets: dict, device) -> np.ndarray:
