@@ -222,9 +222,11 @@ def predict(images, model_spec, top, as_json, batch_size, device):
               help="Figure file; .png, .pdf or .svg [default: IMAGE-STEM_occlusion.png here].")
 @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
               help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+@click.option("--full-image", is_flag=True,
+              help="Draw on the whole original photo: the model's crop dashed, the rest hatched (not analysed).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def occlusion(image, model_spec, window, stride, fill, target, layer, channel, batch_size, device, amp, out, save,
-              quiet):
+              full_image, quiet):
     """Slide a gray square over IMAGE and re-run the network at every position (Zeiler & Fergus
     2014, Fig. 7). The figure shows the input with the occluder, the chosen feature map, its total
     activation per position, the target-class probability per position, and the most probable
@@ -248,7 +250,7 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer, channel=channel,
                               batch_size=batch_size, device=device, amp=amp, progress=False if quiet else None)
     result.params["image_file"] = str(image)
-    fig = result.render(out)
+    fig = result.render(out, full_image=full_image)
     if save:
         result.save(save)
     p = result.params
@@ -279,12 +281,15 @@ def _gradient_command(method: str, short: str, summary: str):
                   help="SmoothGrad noise std, as a fraction of the input's range.")
     @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the SmoothGrad noise.")
     @click.option("--shared-scale", is_flag=True, help="One colour scale for all images.")
+    @click.option("--full-image", is_flag=True,
+                  help="Draw on the whole original photos: the model's crop dashed, the rest hatched (not analysed).")
     @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help=f"Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_{method}.png here].")
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
-    def command(images, model_spec, target, layer, unit, samples, noise, seed, shared_scale, device, out, save):
+    def command(images, model_spec, target, layer, unit, samples, noise, seed, shared_scale, full_image, device, out,
+                save):
         from cnnviz.engines.gradients import attribute
         from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import load_image
@@ -300,7 +305,7 @@ def _gradient_command(method: str, short: str, summary: str):
         result = attribute(lm, pics, name, target=target, layer=layer, unit=unit, smooth=smooth, noise=noise,
                            seed=seed, device=device)
         result.params["image_files"] = [str(p) for p in images]
-        fig = result.render(out, shared_scale=shared_scale)
+        fig = result.render(out, shared_scale=shared_scale, full_image=full_image)
         if save:
             result.save(save)
         for f, t in zip(images, result.target_names):
@@ -417,11 +422,13 @@ def sanity(image, model_spec, methods, steps, seed, device, out, save):
 @cli.command()
 @click.argument("result", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), metavar="FIG", help="Figure file: .png, .pdf or .svg.")
-def render(result, out):
+@click.option("--full-image", is_flag=True,
+              help="Occlusion and backprop results: draw on the whole original photo (crop dashed, rest hatched).")
+def render(result, out, full_image):
     """Redraw a figure from a saved result (RESULT.npz + its .json sidecar) without recomputing."""
     from cnnviz.results import load_result
 
-    fig = load_result(result).render(out)
+    fig = load_result(result).render(out, **({"full_image": True} if full_image else {}))
     click.echo(f"wrote {out}")
     import matplotlib.pyplot as plt
 
