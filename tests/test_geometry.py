@@ -285,3 +285,26 @@ def test_strongest_occlusion_on_lite0_maps_onto_the_pasted_object_near_the_crop_
     back = load_result(r.save(tmp_path / "tench.npz"))
     fig = back.render(tmp_path / "tench_full.png", full_image=True)
     matplotlib.pyplot.close(fig)
+
+
+def test_every_engine_that_takes_a_photo_stores_a_mapping_that_finds_the_object_in_its_pixels():
+    """Sanity, activations, inversion and DeepDream (a resize without a crop) keep the geometry:
+    the object found in the pixels each result keeps lies where to_crop puts the pasted box."""
+    from cnnviz.engines import featvis
+    from cnnviz.engines.filters import feature_maps
+    from cnnviz.engines.sanity import sanity
+
+    lm = _tiny()
+    canvas_wh, box = CASES["landscape"]
+    canvas = _canvas(canvas_wh, box)
+    results = {
+        "sanity": (sanity(lm, canvas, methods=("saliency",), steps=1), "image"),
+        "activations": (feature_maps(lm, canvas), "image"),
+        "invert": (featvis.invert(lm, canvas, ["2"], steps=1, progress=False), "start"),
+        "dream": (featvis.deep_dream(lm, canvas, "2", size=100, octaves=1, steps=1, progress=False), "start"),
+    }
+    for name, (r, field) in results.items():
+        back = r.to_original(_found_box(getattr(r, field)))
+        assert np.abs(back - box).max() <= 1.0 / min(r.geometry().scale) + 1e-9, (name, back, box)
+        assert r.geometry().thumbnail.shape == (331, 512, 3), name
+    assert results["dream"][0].geometry().crop_size == (100, 154)  # the whole photo: 601 * 100 / 389 = 154.499
