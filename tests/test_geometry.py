@@ -260,9 +260,34 @@ def test_cli_full_image_flag_and_render_of_a_saved_result(tiny_results, tmp_path
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "full.png") as png:
         assert png.size[0] > 2000
-    for cmd in ("occlusion", "saliency", "gradcam"):
-        res = CliRunner().invoke(cli, [cmd, "--help"])
-        assert "--full-image" in res.stdout
+    res = CliRunner().invoke(cli, ["render", str(saved), "--full-image", "-o", str(tmp_path / "no.png")])
+    assert res.exit_code == 0
+    filters = tmp_path / "f.npz"
+    from cnnviz.engines.filters import first_layer_filters
+
+    first_layer_filters(_tiny()).save(filters)
+    res = CliRunner().invoke(cli, ["render", str(filters), "--full-image", "-o", str(tmp_path / "f.png")])
+    one_line_error(res, "full_image", "'filters'")
+    assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.slow
+def test_cli_occlusion_and_saliency_draw_on_the_whole_photo(cached_model, tmp_path):
+    canvas_wh, box = CASES["portrait"]
+    photo = tmp_path / "canvas.png"
+    _canvas(canvas_wh, box).save(photo)
+    # portrait photos make tall panels: the usual figures (square crops) are 0.22 (occlusion) and 0.37
+    # (saliency) as high as wide
+    for cmd, extra, aspect in (("occlusion", ["--window", "112", "--stride", "112", "-q"], 0.35),
+                               ("saliency", [], 0.6)):
+        out, save = tmp_path / f"{cmd}.png", tmp_path / f"{cmd}.npz"
+        res = CliRunner().invoke(cli, [cmd, str(photo), "--full-image", "-o", str(out), "--save", str(save), *extra])
+        assert res.exit_code == 0, res.output
+        with Image.open(out) as png:
+            w, h = png.size
+        assert h > aspect * w, (cmd, w, h)
+        back = load_result(save)
+        assert back.geometry().original_size == (577, 389) and back.original.shape[1:3] == (512, 345)
 
 
 # --------------------------------------------------------------------------------------------------
