@@ -426,9 +426,19 @@ def sanity(image, model_spec, methods, steps, seed, device, out, save):
               help="Occlusion and backprop results: draw on the whole original photo (crop dashed, rest hatched).")
 def render(result, out, full_image):
     """Redraw a figure from a saved result (RESULT.npz + its .json sidecar) without recomputing."""
+    from cnnviz.errors import CnnvizError, ResultError
+    from cnnviz.files import FIGURE_SUFFIXES, check_output
     from cnnviz.results import load_result
 
-    fig = load_result(result).render(out, **({"full_image": True} if full_image else {}))
+    check_output(out, FIGURE_SUFFIXES)
+    loaded = load_result(result)
+    try:
+        fig = loaded.render(out, **({"full_image": True} if full_image else {}))
+    except CnnvizError:
+        raise
+    except Exception as e:  # the schema passed but the values still do not fit together (an edited file)
+        raise ResultError(f"cannot draw {result!r}: its contents do not fit together ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); save the result again with --save") from None
     click.echo(f"wrote {out}")
     import matplotlib.pyplot as plt
 

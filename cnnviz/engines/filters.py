@@ -21,6 +21,7 @@ from ..errors import LayerError, ParameterError
 from ..geometry import params_of, stack_thumbnails
 from ..layers import capture, default_feature_layer, resolve_layer, trace_layers
 from ..models import LoadedModel
+from .. import schema as S
 from ..results import Result, provenance
 from .common import model_on_device, resolve_device
 
@@ -35,6 +36,8 @@ class FiltersResult(Result):
     """
 
     kind: ClassVar[str] = "filters"
+    param_schema: ClassVar[dict] = {"layer": S.TEXT, "kernel": S.PAIR, "in_channels": S.INT}
+    array_schema: ClassVar[dict] = {"weights": S.Arr("f", ("C", None, None, None)), "bias": S.Arr("f", ("C",))}
     weights: np.ndarray = None
     bias: np.ndarray = None
 
@@ -50,6 +53,10 @@ class ActivationsResult(Result):
     """
 
     kind: ClassVar[str] = "activations"
+    param_schema: ClassVar[dict] = {"layer": S.TEXT, "num_channels": S.INT}
+    array_schema: ClassVar[dict] = {
+        "image": S.Arr("u", (None, None, 3)), "maps": S.Arr("f", ("K", None, None)), "channels": S.Arr("iu", ("K",)),
+        "strength": S.Arr("f", ("K",)), "mean": S.Arr("f", ("K",))}
     image: np.ndarray = None
     maps: np.ndarray = None
     channels: np.ndarray = None
