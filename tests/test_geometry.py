@@ -176,6 +176,14 @@ def test_save_and_load_keep_the_mapping_and_old_results_say_they_predate_it(tiny
             boxes = np.array([[0, 0, 224, 224], [10.5, 20.25, 30, 40]])
             np.testing.assert_array_equal(back.to_original(boxes, index=i), r.to_original(boxes, index=i))
             np.testing.assert_array_equal(back.geometry(i).thumbnail, r.geometry(i).thumbnail)
+    # an edited sidecar: a one-line error, not a KeyError
+    edited = tmp_path / "edited.npz"
+    occ.save(edited)
+    meta = json.loads(edited.with_suffix(".json").read_text())
+    meta["params"]["geometry"] = [{"original_size": "big"}]
+    edited.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ResultError, match=r"params.geometry\[0\] is not a crop geometry"):
+        load_result(edited).to_original([1.0, 2.0])
     # an old result: no geometry in params, no original array
     old = tmp_path / "old.npz"
     occ.save(old)
