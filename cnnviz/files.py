@@ -23,7 +23,8 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...]) -> Path:
     if not parent.is_dir():
         raise OutputError(f"output directory {str(parent)!r} does not exist; create it first (mkdir -p {parent})")
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"output directory {str(parent)!r} is not writable")
+        raise OutputError(f"output directory {str(parent)!r} is not writable; choose another output path "
+                          f"(--out, --save) in a folder you can write, or make it writable (chmod u+w {parent})")
     if p.is_dir():
         raise OutputError(f"{str(p)!r} is a directory; give a file name")
     return p
