@@ -326,9 +326,11 @@ def predict(images, model_spec, top, as_json, batch_size, device):
               help="Figure file; .png, .pdf or .svg [default: IMAGE-STEM_occlusion.png here].")
 @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
               help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+@click.option("--full-image", is_flag=True,
+              help="Draw on the whole original photo: the model's crop dashed, the rest hatched (not analysed).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def occlusion(image, model_spec, window, stride, fill, target, layer, channel, batch_size, device, amp, out, save,
-              quiet):
+              full_image, quiet):
     """Slide a gray square over IMAGE and re-run the network at every position (Zeiler & Fergus
     2014, Fig. 7). The figure shows the input with the occluder, the chosen feature map, its total
     activation per position, the target-class probability per position, and the most probable
@@ -357,7 +359,7 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer, channel=channel,
                               batch_size=batch_size, device=device, amp=amp, progress=False if quiet else None)
     result.params["image_file"] = str(image)
-    fig = result.render(out)
+    fig = result.render(out, full_image=full_image)
     if save:
         result.save(save)
     p = result.params
@@ -408,8 +410,8 @@ def _gradient_command(method: str, short: str, summary: str):
     smooths = engine in ("saliency", "guided", "deconv", "ig")
     always_smooth = method == "smoothgrad"
 
-    def command(images, model_spec, target, device, out, save, shared_scale, layer=None, unit=None, samples=None,
-                noise=None, seed=None, smooth=None):
+    def command(images, model_spec, target, device, out, save, shared_scale, full_image, layer=None, unit=None,
+                samples=None, noise=None, seed=None, smooth=None):
         from cnnviz.engines.gradients import attribute, check_options
         from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import load_image
@@ -425,7 +427,7 @@ def _gradient_command(method: str, short: str, summary: str):
         result = attribute(lm, pics, engine, target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise,
                            seed=seed, smooth_mode=smooth, device=device)
         result.params["image_files"] = [str(p) for p in images]
-        fig = result.render(out, shared_scale=shared_scale)
+        fig = result.render(out, shared_scale=shared_scale, full_image=full_image)
         if save:
             result.save(save)
         for f, t in zip(images, result.target_names):
@@ -478,6 +480,8 @@ def _gradient_command(method: str, short: str, summary: str):
                      "from seed to seed)" + ("" if always_smooth else "; needs --samples") + "."))
     options += [
         click.option("--shared-scale", is_flag=True, help="One colour scale for all images."),
+        click.option("--full-image", is_flag=True,
+                     help="Draw on the whole original photos: the model's crop dashed, the rest hatched (not analysed)."),
         click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda."),
         click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                      help=f"Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_{method}.png here]."),
@@ -624,7 +628,9 @@ def sanity(image, model_spec, methods, steps, classes, seed, device, out, save):
 @cli.command()
 @click.argument("result", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), metavar="FIG", help="Figure file: .png, .pdf or .svg.")
-def render(result, out):
+@click.option("--full-image", is_flag=True,
+              help="Occlusion and backprop results: draw on the whole original photo (crop dashed, rest hatched).")
+def render(result, out, full_image):
     """Redraw a figure from a saved result (RESULT.npz + its .json sidecar) without recomputing."""
     from cnnviz.errors import CnnvizError, ResultError
     from cnnviz.files import FIGURE_SUFFIXES, check_output
@@ -633,7 +639,7 @@ def render(result, out):
     check_output(out, FIGURE_SUFFIXES)
     loaded = load_result(result)
     try:
-        fig = loaded.render(out)
+        fig = loaded.render(out, **({"full_image": True} if full_image else {}))
     except CnnvizError:
         raise
     except Exception as e:  # the schema passed but the values still do not fit together (an edited file)

@@ -59,10 +59,12 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
 
-    def crop_image(self, img: Image.Image) -> np.ndarray:
-        """The model's input crop of a PIL RGB image, as uint8 HxWx3."""
+    def crop_image(self, img: Image.Image, geometry: bool = False):
+        """The model's input crop of a PIL RGB image, as uint8 HxWx3. With `geometry`, also the
+        `CropGeometry` (photo size, resized size, crop offset and size) that maps the crop back."""
         resample = _INTERPOLATIONS[self.interpolation]
         ch, cw = self.crop
+        w0, h0 = img.size
         if self.resize is not None:
             w, h = img.size
             s = self.resize / min(w, h)
@@ -73,7 +75,12 @@ class Preprocessing:
             img = img.resize((max(cw, round(w * s)), max(ch, round(h * s))), resample)
             w, h = img.size
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        return np.asarray(img.crop((left, top, left + cw, top + ch)), dtype=np.uint8).copy()
+        pixels = np.asarray(img.crop((left, top, left + cw, top + ch)), dtype=np.uint8).copy()
+        if not geometry:
+            return pixels
+        from .geometry import CropGeometry
+
+        return pixels, CropGeometry((h0, w0), (h, w), (top, left), (ch, cw), "pil")
 
     def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 HxWx3 (or NxHxWx3) pixels to a normalized float tensor Nx3xHxW."""
@@ -146,23 +153,35 @@ class LoadedModel:
     def input_size(self) -> tuple[int, int]:
         return self.preprocessing.crop
 
-    def prepare(self, img: Image.Image | str | os.PathLike | np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    def prepare(self, img: Image.Image | str | os.PathLike | np.ndarray, geometry: bool = False):
         """An image (PIL, path, or uint8 HxWx3 pixels already of the input size) to its uint8 input
-        crop HxWx3 and the normalized 1x3xHxW tensor."""
+        crop HxWx3 and the normalized 1x3xHxW tensor. With `geometry`, a third item: the
+        `CropGeometry` from the photo to the crop (identity for pixel arrays), carrying a
+        downscaled copy of the photo (longest side <= 512) when it came from a file or PIL image."""
+        from .geometry import CropGeometry, thumbnail
+
         if isinstance(img, np.ndarray):
             h, w = self.input_size
             if img.dtype != np.uint8 or img.ndim != 3 or tuple(img.shape) != (h, w, 3):
                 raise ParameterError(f"pixel array must be uint8 {h}x{w}x3, got {img.dtype} "
                                      f"{'x'.join(map(str, img.shape))}")
-            return img, self.preprocessing.normalize(img)
+            out = img, self.preprocessing.normalize(img)
+            return (*out, CropGeometry.identity(h, w)) if geometry else out
+        source = "pil" if isinstance(img, Image.Image) else "file"
         if not isinstance(img, Image.Image):
             from .images import load_image
             img = load_image(img)
         else:
             from .images import to_rgb
             img = to_rgb(img)
-        pixels = self.preprocessing.crop_image(img)
-        return pixels, self.preprocessing.normalize(pixels)
+        if not geometry:
+            pixels = self.preprocessing.crop_image(img)
+            return pixels, self.preprocessing.normalize(pixels)
+        pixels, geo = self.preprocessing.crop_image(img, geometry=True)
+        import dataclasses
+
+        geo = dataclasses.replace(geo, source=source, thumbnail=thumbnail(img))
+        return pixels, self.preprocessing.normalize(pixels), geo
 
     def class_name(self, index: int) -> str:
         return self.categories[index] if 0 <= index < len(self.categories) else f"class {index}"

@@ -43,6 +43,10 @@ class Result:
     array_schema: ClassVar[dict] = {}
     params: dict
     provenance: dict
+    # uint8 N x H x W x 3: a downscaled copy of each photo (longest side <= 512, zero-padded to the
+    # largest; params["geometry"][i]["thumbnail_size"] says how much is photo), when computed from a
+    # file or PIL image. Absent otherwise and in results saved before it existed.
+    original: np.ndarray = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -69,6 +73,62 @@ class Result:
                 np.savez_compressed(f, **self.arrays())
 
         return {p: write_npz, sidecar_of(p): lambda tmp: tmp.write_text(text, encoding="utf-8")}
+
+    # ---------------------------------------------------------------------------------------------
+    # the way back to the photo (see cnnviz.geometry for the pixel convention)
+
+    def geometry(self, index: int = 0):
+        """The `CropGeometry` of image `index`: where the model's crop lies in the original photo."""
+        from .geometry import CropGeometry
+
+        geos = self.params.get("geometry")
+        if not geos:
+            raise ResultError(f"this {self.kind} result predates crop geometry (it stores no crop offset or scale); "
+                              "compute it again to map it to the original photo")
+        if not -len(geos) <= index < len(geos):
+            raise ResultError(f"image index {index} is out of range: the result holds {len(geos)} image(s)")
+        d = geos[index]
+        try:
+            geo = CropGeometry.from_dict(d)
+            ok = all(len(v) == 2 and min(v) > 0 for v in (geo.original_size, geo.resized_size, geo.crop_size))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise ResultError(f"params.geometry[{index}] is not a crop geometry ({str(d)[:60]}); compute the result "
+                              "again")
+        size = d.get("thumbnail_size")
+        if self.original is None or not size:
+            return geo
+        o = self.original
+        if (o.dtype != np.uint8 or o.ndim != 4 or o.shape[0] != len(geos) or o.shape[3] != 3
+                or not (0 < size[0] <= o.shape[1] and 0 < size[1] <= o.shape[2])):
+            raise ResultError(f"array 'original' ({o.dtype} {'x'.join(map(str, o.shape))}) does not hold the "
+                              f"{len(geos)} photo copies params.geometry describes; compute the result again")
+        return dataclasses.replace(geo, thumbnail=o[index % len(geos), : size[0], : size[1]])
+
+    def to_original(self, coords=None, *, map=None, index: int = 0, outside: float = np.nan, shape=None):
+        """Crop coordinates of image `index` to original-photo coordinates.
+
+        coords: an array ending in (x, y) for points or (x0, y0, x1, y1) for boxes, in continuous
+          crop coordinates with pixel corners at integers (pixel (r, c) covers [c, c+1) x [r, r+1),
+          its centre is (c + 0.5, r + 0.5)).
+        map: instead, a crop-sized map (... x H x W): returns it resampled onto the photo
+          (bilinear), with `outside` (default NaN: not analysed) where the photo lies outside the
+          crop; `shape` picks a coarser output grid over the same photo.
+        """
+        geo = self.geometry(index)
+        if (coords is None) == (map is None):
+            from .errors import ParameterError
+
+            raise ParameterError("to_original takes either coordinates or map=, not both or neither")
+        if map is not None:
+            return geo.map_to_original(map, outside=outside, shape=shape)
+        return geo.to_original(coords)
+
+    def to_crop(self, coords, *, index: int = 0):
+        """Original-photo coordinates (points (x, y) or boxes (x0, y0, x1, y1)) of image `index` to
+        the model's crop coordinates; the inverse of `to_original`."""
+        return self.geometry(index).to_crop(coords)
 
     def render(self, path: str | os.PathLike | None = None, **options):
         """Draw the figure; write it to `path` (.png, .pdf or .svg) when given. Returns the Figure."""
@@ -118,7 +178,7 @@ def load_result(path: str | os.PathLike) -> Result:
     except Exception as e:
         raise ResultError(f"cannot read {str(p)!r}: {e}") from None
     names = {f.name for f in dataclasses.fields(cls)}
-    missing = names - set(arrays) - {"params", "provenance"}
+    missing = names - set(arrays) - {"params", "provenance", "original"}  # original: optional
     if missing:
         raise ResultError(f"{str(p)!r} lacks arrays {sorted(missing)} for a {kind} result")
     S.check_arrays(arrays, cls.array_schema, repr(str(p)), kind)
@@ -187,6 +247,14 @@ class OcclusionResult(Result):
     positions_x: np.ndarray = None
     class_indices: np.ndarray = None
     class_names: np.ndarray = None
+
+    def occluder_boxes(self, original: bool = False) -> np.ndarray:
+        """Hp x Wp x 4: the occluder box (x0, y0, x1, y1) of each map cell, in crop pixels (pixel
+        corners), or with `original` in the original photo's coordinates."""
+        wy, wx = self.params["window"]
+        y, x = np.meshgrid(self.positions_y.astype(np.float64), self.positions_x.astype(np.float64), indexing="ij")
+        boxes = np.stack([x, y, x + wx, y + wy], axis=-1)
+        return self.to_original(boxes) if original else boxes
 
     @property
     def prob_drop(self) -> np.ndarray:

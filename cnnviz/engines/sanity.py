@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError
+from ..geometry import params_of, stack_thumbnails
 from ..layers import default_feature_layer, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import SanityResult, provenance
@@ -208,7 +209,7 @@ def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), se
     # `dev` for each map and back.
     work = copy.deepcopy(lm.model).cpu()
     work_lm = LoadedModel(work, lm.name, lm.weights, lm.preprocessing, list(lm.categories))
-    pixels, x = lm.prepare(image)
+    pixels, x, geo = lm.prepare(image, geometry=True)
     layers = parametrized_layers(work, x)
     if not layers:
         raise ParameterError(f"{lm.name} has no layers with parameters to randomize")
@@ -260,8 +261,9 @@ def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), se
               "correlation": "spearman of absolute values",
               "class_test": "original model; top-1 map vs the runner-up and random classes (seeded); "
                             "spearman and pearson of absolute values",
-              "options": {k: v for k, v in options.items()}}
+              "options": {k: v for k, v in options.items()}, "geometry": params_of([geo])}
     return SanityResult(params=params, provenance=provenance(lm.identity(), str(dev)), image=pixels,
+                        original=stack_thumbnails([geo]),
                         steps=np.array(step_names, dtype=str), methods=np.array(methods, dtype=str),
                         spearman=rho, maps=maps, class_targets=np.array(others, dtype=np.int64),
                         class_names=np.array([lm.class_name(c) for c in others], dtype=str),
