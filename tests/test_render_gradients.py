@@ -109,6 +109,7 @@ def test_an_uninformative_deconvnet_map_carries_a_visible_note(tmp_path):
     notes = _notes(fig)
     assert len(notes) == 2 and all("UNINFORMATIVE" in t.get_text() and t.get_visible() for t in notes)
     fig.savefig(tmp_path / "d.png")
+    assert len(_notes(figure(r, full_image=True))) == 2  # also on the whole photo
     assert len(_notes(compare_figure([attribute(lm, ASSETS / "rocket.jpg", m) for m in ("saliency", "deconv")]))) == 1
     torch.manual_seed(0)
     alex = LoadedModel(torchvision.models.alexnet().eval(), "alexnet", "random", Preprocessing(crop=(128, 128), resize=146),

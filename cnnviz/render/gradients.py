@@ -222,6 +222,7 @@ def full_image_figure(result, shared_scale: bool = False, clip: float | None = 9
             scale = plt.cm.ScalarMappable(norm=norm, cmap=_cmap(signed))
             colorbar_extended(fig, b, scale, _map_label(p), _extend(maps[i], norm))
             b.set_title(f"{method_label(p)} on the photo\n(opacity grows with |map|)")
+            note_uninformative(b, p)
             bare(b)
         fig.suptitle(_suptitle(result, shared_scale, clip) + f"\n{fullimage.OUTSIDE_LABEL}", fontsize=9.5, y=1.0)
         fig.tight_layout(rect=(0, 0, 1, 0.97))
