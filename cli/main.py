@@ -215,7 +215,8 @@ def predict(images, model_spec, top, as_json, batch_size, device):
 @click.option("--channel", "-c", default=None, type=int,
               help="Channel of --layer [default: the one with the strongest response to the unoccluded image].")
 @click.option("--batch-size", "-b", default=None, type=int,
-              help="Occluded images per forward pass [default: 2 per CPU thread on a CPU, 64 on a GPU].")
+              help="Occluded images per forward pass [default: chosen by timing the first positions at 4, 8, "
+                   "16... (16, 32... on a GPU), within free memory]. Results do not depend on it on a CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
 @click.option("--amp/--no-amp", default=None, help="float16 mixed precision on CUDA [default: on with CUDA].")
 @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
@@ -235,6 +236,7 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
       cnnviz occlusion assets/rocket.jpg --window 48 --stride 8 --out fig.pdf --save occ.npz
     """
     import cnnviz
+    from cnnviz.batching import summary as batch_summary
     from cnnviz.files import FIGURE_SUFFIXES, check_output
     from cnnviz.images import load_image
 
@@ -255,6 +257,7 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     click.echo(f"target '{p['target_name']}' (class {p['target']}): p = {p['baseline_prob']:.3f} unoccluded, "
                f"{float(result.true_class_prob.min()):.3f} at the strongest occlusion; {p['num_positions']} positions "
                f"in {p['seconds']:.1f} s on {result.provenance['device']}")
+    click.echo(batch_summary(p))
     click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
     import matplotlib.pyplot as plt
 

@@ -57,7 +57,8 @@ def check_batch_size(batch_size, what: str = "batch size") -> int | None:
 def pad(batch: torch.Tensor, group: int = GROUP) -> torch.Tensor:
     """`batch` with copies of its last item appended up to a multiple of `group`, so that every
     item is computed in a full group (outputs then do not depend on the batch size; drop the
-    extra rows of the output with `[:len(batch)]`)."""
+    extra rows of the output with `[:len(batch)]`). Set the memory layout after padding: the
+    result is in the plain layout, and a different layout means different kernels and digits."""
     extra = (-batch.shape[0]) % group
     if not extra:
         return batch

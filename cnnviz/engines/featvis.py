@@ -727,12 +727,27 @@ def _no_override(options: dict) -> None:
             raise ParameterError(f"{key}= is set by this function; call featvis.visualize for a custom {key}")
 
 
-def _in_batches(n: int, batch_size: int | None, seed: int, run) -> FeatvisResult:
+def _default_batch(lm: LoadedModel, n: int, options: dict) -> int:
+    """All `n` images in one batch, unless the device's free memory says fewer (cnnviz.batching).
+    Not chosen by timing: chunk k is seeded with seed + k, so the chunking is part of the result
+    and must be one size throughout; the size used is recorded and reproduces it."""
+    from ..batching import memory_limit
+    from ..layers import trace_layers
+
+    dev = resolve_device(options.get("device", "auto"))
+    hw = _size_arg(lm, options.get("size"))
+    example = torch.zeros(1, 3, *hw)
+    # forward activations, their gradients and the optimizer's copies: about 3x the layer outputs
+    per_image = 3 * 4 * sum(int(np.prod(i.shape)) for i in trace_layers(lm.model, example) if i.shape)
+    return memory_limit(dev, per_image, n)
+
+
+def _in_batches(n: int, batch_size: int | None, seed: int, run, default: int | None = None) -> FeatvisResult:
     """Call run(start, stop, seed) for consecutive slices of at most `batch_size` images (chunk k
-    seeded with seed + k) and join the results into one."""
+    seeded with seed + k) and join the results into one. `batch_size` None: `default` (or n)."""
     if batch_size is None:
-        batch_size = n
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        batch_size = default or n
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParameterError(f"batch_size {batch_size!r} must be a positive whole number of images")
     parts = [run(start, min(n, start + batch_size), seed + k) for k, start in enumerate(range(0, n, batch_size))]
     res = parts[0]
@@ -766,7 +781,8 @@ def visualize_units(lm: LoadedModel, layer: str, units="0:8", *, neuron_centre: 
         return visualize(lm, make(info.address, part), batch=len(part), labels=[f"unit {u}" for u in part],
                          mode="units", seed=chunk_seed, **options)
 
-    res = _in_batches(len(units), batch_size, seed, run)
+    res = _in_batches(len(units), batch_size, seed, run,
+                      None if batch_size is not None else _default_batch(lm, len(units), options))
     res.params.update(objective=make(info.address, units).description, layer=info.address, units=units, unit_kind="neuron" if neuron_centre else "channel",
                       score_label="centre activation" if neuron_centre else "mean activation")
     return res
@@ -791,11 +807,12 @@ def visualize_classes(lm: LoadedModel, targets, *, prob: bool = False, batch_siz
         return visualize(lm, make(part), batch=len(part), labels=[lm.class_name(c) for c in part], mode="class",
                          seed=chunk_seed, **options)
 
-    res = _in_batches(len(classes), batch_size, seed, run)
+    res = _in_batches(len(classes), batch_size, seed, run,
+                      None if batch_size is not None else _default_batch(lm, len(classes), options))
     res.params["objective"] = make(classes).description
     x = lm.preprocessing.normalize(res.images)
     dev = resolve_device(options.get("device", "auto"))
-    step = batch_size or len(classes)
+    step = res.params["batch_size"]
     with torch.inference_mode(), model_on_device(lm.model, dev) as m:
         probs = torch.cat([torch.softmax(m(x[i:i + step].to(dev)).float(), 1).cpu()
                            for i in range(0, len(x), step)])
