@@ -126,7 +126,7 @@ def test_a_convolution_output_used_elsewhere_too_is_not_folded():
 
 def test_occlusion_with_and_without_folding_agree(lite0):
     pixels = np.asarray(lite0.prepare(sample_image(10))[0])
-    kw = dict(window=56, stride=28, batch_size=8, progress=False)
+    kw = dict(window=56, stride=28, batch_size=8, device="cpu", progress=False)  # float32: no autocast
     a = occlusion(lite0, pixels, **kw)
     b = occlusion(lite0, pixels, fold=False, **kw)
     assert a.params["folded"] and a.params["folded_batch_norms"] > 40 and not b.params["folded"]
