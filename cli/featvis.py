@@ -25,29 +25,33 @@ def _require(value, option: str, what: str):
 
 
 def _outputs(out: str, save: str | None):
-    from cnnviz.files import FIGURE_SUFFIXES, check_output
+    from cnnviz_cli.output import check
 
-    check_output(out, FIGURE_SUFFIXES)
-    if save:
-        check_output(save, (".npz",))
+    check(out, save)
 
 
 def _finish(result, out: str, save: str | None, columns, history, summary: str) -> None:
-    """Draw, save, and report."""
-    import matplotlib.pyplot as plt
+    """Draw, write the figure and the result together, and report."""
+    from cnnviz_cli.output import wrote, write
 
-    fig = result.render(out, columns=columns, history=history)
-    try:
-        if save:
-            result.save(save)
-    finally:
-        plt.close(fig)
+    write(result, out, save, echo=False, columns=columns, history=history)
     click.echo(summary)
-    click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
+    click.echo(wrote(out, save))
 
 
 def _split(values) -> list[str]:
     return [s.strip() for v in values for s in str(v).split(",") if s.strip()]
+
+
+def _no_repeats(items, option: str, shown=str) -> None:
+    """The same unit, class or layer twice would only draw the same image twice."""
+    from cnnviz.errors import ParameterError
+
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise ParameterError(f"{option} names {shown(item)} twice; give each once")
+        seen.add(item)
 
 
 def _range_text(units: list[int]) -> str:
@@ -116,6 +120,11 @@ def _check_optimization(o: dict) -> None:
     if regs.active and param != "pixel":
         raise ParameterError("--l2-decay, --blur-every and --clip-percentile act on plain pixels, not on the "
                              f"{param} parameterization: add --param pixel")
+    from cnnviz_cli.main import _check_amp, _given, _reject
+
+    if not o["blur_every"]:
+        _reject(_given("blur_sigma"), "without --blur-every N (the blur is off)")
+    _check_amp(o["amp"], o["device"])
 
 
 def _engine_options(o: dict) -> dict:
@@ -127,7 +136,7 @@ def _engine_options(o: dict) -> dict:
 
 
 def register(cli):
-    from cnnviz_cli.main import _load, model_options
+    from cnnviz_cli.main import _check_amp, _given, _load, _no_labels, _reject, model_options
 
     @cli.command(short_help="Images that drive units of a layer (feature visualization).")
     @model_options
@@ -155,9 +164,10 @@ def register(cli):
 
         _require(layer, "--layer", f"name the layer whose units to draw, e.g. --layer _blocks.6; "
                                    f"`cnnviz layers --model {model_spec['name']}` lists every layer")
+        _no_labels(model_spec, "featvis")
         out = out or f"{_model_stem(model_spec)}_featvis.png"
         _outputs(out, o["save"])
-        parse_units(units)  # syntax errors before the model loads
+        _no_repeats(parse_units(units), "--units", lambda u: f"unit {u}")  # syntax errors before the model loads
         _check_optimization(o)
         lm = _load(model_spec)
         t0 = time.perf_counter()
@@ -205,6 +215,7 @@ def register(cli):
         if not names:
             raise ParameterError("--target holds no class; give a class name or index")
         classes = [lm.class_index(t) for t in names]
+        _no_repeats(classes, "--target", lambda c: f"class {c} ({lm.class_name(c)})")
         t0 = time.perf_counter()
         result = visualize_classes(lm, classes, prob=prob, **_engine_options(o))
         seconds = time.perf_counter() - t0
@@ -266,6 +277,10 @@ def register(cli):
             raise ParameterError(f"--octave-scale {octave_scale:g} must be larger than 1 (1.4 is usual)")
         if step_size <= 0:
             raise ParameterError(f"--step-size {step_size:g} must be positive (0.01 is usual)")
+        if octaves == 1:
+            _reject(_given("octave_scale"), "with --octaves 1 (one scale, no pyramid)")
+        _no_labels(model_spec, "dream")
+        _check_amp(amp, device)
         pic = load_image(image)  # before the model: a bad file fails fast
         lm = _load(model_spec)
         t0 = time.perf_counter()
@@ -331,6 +346,7 @@ def register(cli):
         names = _split(layers)
         _require(names, "--layer", f"name the layer(s) to invert, e.g. --layer _blocks.2,_blocks.6; "
                                    f"`cnnviz layers --model {model_spec['name']}` lists every layer")
+        _no_repeats(names, "--layer", lambda n: f"layer {n!r}")
         out = out or f"{Path(image).stem}_invert.png"
         _outputs(out, save)
         if transforms is not None:
@@ -340,6 +356,15 @@ def register(cli):
         for name, v in (("--beta", beta), ("--alpha", alpha)):
             if v <= 0:
                 raise ParameterError(f"{name} {v:g} must be positive (--beta 2 and --alpha 6 are usual)")
+        if priors == "none":
+            _reject(_given("tv", "beta", "alpha", "alpha_weight"),
+                    "with --priors none (no total variation, no alpha-norm)")
+        if tv == 0:
+            _reject(_given("beta"), "with --tv 0 (the total-variation prior is off)")
+        if alpha_weight == 0:
+            _reject(_given("alpha"), "with --alpha-weight 0 (the alpha-norm prior is off)")
+        _no_labels(model_spec, "invert")
+        _check_amp(amp, device)
         pic = load_image(image)  # before the model: a bad file fails fast
         lm = _load(model_spec)
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import click
 
 
 def register(cli):
-    from cnnviz_cli.main import _load, model_options
+    from cnnviz_cli.main import _given, _load, _no_labels, model_options
 
     @cli.command(short_help="The first convolution's filters as images (Zeiler & Fergus Fig. 6).")
     @model_options
@@ -22,22 +22,17 @@ def register(cli):
         image, each scaled to [0, 1] by its own min and max, as Krizhevsky et al. and Zeiler & Fergus
         show them; a model whose first layer does not take 3 channels shows input channel 0 in gray."""
         from cnnviz.engines.filters import first_layer_filters
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
+        from cnnviz_cli import output
 
-        out = check_output(out or f"{Path(model_spec['name']).name.replace(':', '_')}_filters.png", FIGURE_SUFFIXES)
-        if save:
-            check_output(save, (".npz",))
+        _no_labels(model_spec, "filters")
+        out = out or f"{Path(model_spec['name']).name.replace(':', '_')}_filters.png"
+        output.check(out, save)
         lm = _load(model_spec)
         result = first_layer_filters(lm)
-        fig = result.render(out)
-        if save:
-            result.save(save)
+        output.write(result, out, save, echo=False)
         p = result.params
         click.echo(f"{p['layer']}: {p['out_channels']} filters of {p['in_channels']}x{p['kernel'][0]}x{p['kernel'][1]}")
-        click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        click.echo(output.wrote(out, save))
 
     @cli.command(short_help="A layer's feature maps for one image, strongest first.")
     @click.argument("image", type=click.Path())
@@ -55,25 +50,49 @@ def register(cli):
         """Draw the feature maps of --layer for IMAGE as a grid, strongest first (by each map's
         maximum activation, ties by the mean), after the input crop, on one shared colour scale."""
         from cnnviz.engines.filters import feature_maps
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import load_image
+        from cnnviz_cli import output
 
-        out = check_output(out or f"{Path(image).stem}_activations.png", FIGURE_SUFFIXES)
-        if save:
-            check_output(save, (".npz",))
+        out = out or f"{Path(image).stem}_activations.png"
+        output.check(out, save)
+        from cnnviz.engines.common import resolve_device
+
+        resolve_device(device)
         pic = load_image(image)
         lm = _load(model_spec)
+        if _given("top"):  # the default (32) is cut to the layer's channels
+            _check_top(lm, layer, top)
         result = feature_maps(lm, pic, layer=layer, top=top, device=device)
         result.params["image_file"] = str(image)
-        fig = result.render(out, top=top)
-        if save:
-            result.save(save)
+        output.write(result, out, save, echo=False, top=top)
         p = result.params
         chans = ", ".join(f"{int(c)} ({float(s):.3g})" for c, s in zip(result.channels[:5], result.strength[:5]))
         click.echo(f"{p['layer']} ({'x'.join(map(str, p['layer_shape']))}): strongest channels {chans}")
-        click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        click.echo(output.wrote(out, save))
 
     return cli
+
+
+def _check_top(lm, layer: str | None, top: int) -> None:
+    """--top larger than the layer's channel count: an error before the maps are computed and drawn
+    (drawing a thousand maps takes minutes). The layer is resolved on a zero image of the input size."""
+    import torch
+
+    from cnnviz.errors import LayerError, ParameterError
+    from cnnviz.layers import default_feature_layer, resolve_layer
+
+    h, w = lm.input_size
+    example = torch.zeros(1, 3, h, w)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        info = default_feature_layer(lm.model, example) if layer is None else resolve_layer(lm.model, layer, example)
+    finally:
+        lm.model.train(was_training)
+    if info.shape is None or len(info.shape) != 3:
+        raise LayerError(f"layer {info.address!r} outputs {info.shape}, not CxHxW feature maps; choose a "
+                         "convolutional layer (see `cnnviz layers`)")
+    if top > info.shape[0]:
+        explicit = "" if layer is not None else " (the default layer)"
+        raise ParameterError(f"--top {top} is more than the {info.shape[0]} channels of {info.address!r}{explicit}; "
+                             f"use --top {info.shape[0]} or less")

@@ -3,13 +3,32 @@ and render; every library error becomes a one-line message and a non-zero exit."
 
 from __future__ import annotations
 
-import functools
-import json
 import os
+import signal
 import sys
-from pathlib import Path
 
-import click
+
+def _abort_while_starting(signum, frame):
+    """Ctrl-C while the command is still importing: `Aborted.` and exit status 130, as later on,
+    instead of a traceback from whatever module was loading."""
+    sys.stderr.write("Aborted.\n")
+    sys.stderr.flush()
+    raise SystemExit(130)
+
+
+# Until this module has finished importing (restored at its end, so that importing it from Python
+# changes nothing); from then on CnnvizGroup.invoke and main() turn KeyboardInterrupt into the same.
+try:
+    _sigint_before = signal.signal(signal.SIGINT, _abort_while_starting) \
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+except ValueError:  # imported from a thread other than the main one: signals are not ours to set
+    _sigint_before = None
+
+import functools  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL = 3
@@ -19,8 +38,11 @@ class CnnvizGroup(click.Group):
     """Turns library errors into `Error: ...` on one line, never a traceback."""
 
     def invoke(self, ctx):
-        from cnnviz.errors import CnnvizError
-
+        try:
+            from cnnviz.errors import CnnvizError  # imports torch: seconds in which Ctrl-C is likely
+        except KeyboardInterrupt:
+            click.echo("Aborted.", err=True)
+            ctx.exit(130)
         try:
             return super().invoke(ctx)
         except CnnvizError as e:
@@ -47,13 +69,28 @@ class CnnvizGroup(click.Group):
 
 
 def _version() -> str:
-    from cnnviz import __version__
+    """The installed package's version, read from its metadata: importing cnnviz (and torch) just
+    for `--version` would cost seconds at every start. A checkout that is not installed falls
+    back to cnnviz.__version__."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("cnnviz")
+    except PackageNotFoundError:
+        from cnnviz import __version__
+
+        return __version__
+
+
+def _print_version(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(f"cnnviz, version {_version()}")
+        ctx.exit()
 
 
 @click.group(cls=CnnvizGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(version=_version(), prog_name="cnnviz")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def cli():
     """See what a convolutional network reacts to.
 
@@ -72,8 +109,11 @@ def cli():
 def model_options(f):
     """--model, --weights, --weights-file, --labels, --trust-checkpoint."""
     @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, metavar="NAME",
-                  help="A torchvision model (alexnet, vgg16, resnet50, ...), efficientnet_lite0/1/2, or "
-                       "package.module:factory for your own model (with --weights-file).")
+                  help="A torchvision model (alexnet, vgg16, resnet50, ...), efficientnet_lite0/1/2, or your "
+                       "own model as package.module:factory (importable from the installed packages; the "
+                       "working directory is not searched) or path/to/file.py:factory, with --weights-file. "
+                       "CAUTION: a factory is code that runs (the module is imported, the file executed); "
+                       "name only code you trust, as with --trust-checkpoint.")
     @click.option("--weights", default=None, metavar="ENTRY",
                   help="torchvision weights entry, e.g. IMAGENET1K_V1 [default: the model's DEFAULT]; "
                        "'none' for random weights.")
@@ -86,6 +126,9 @@ def model_options(f):
                        "arbitrary code when loaded; use only for files you made or fully trust.")
     @functools.wraps(f)
     def wrapper(*args, model, weights, weights_file, labels, trust_checkpoint, **kw):
+        from cnnviz.models import check_weights_options
+
+        check_weights_options(weights, weights_file, trust_checkpoint)  # before any work
         spec = dict(name=model, weights=weights, weights_file=weights_file, labels=labels,
                     trust_checkpoint=trust_checkpoint)
         return f(*args, model_spec=spec, **kw)
@@ -99,6 +142,57 @@ def _load(spec: dict, structure_only: bool = False):
     if structure_only and spec["weights_file"] is None:
         spec = {**spec, "weights": "none"}
     return load_model(**spec)
+
+
+def _given(*names: str) -> list[str]:
+    """Which of these parameters (python names) the user set (command line or environment), as
+    opposed to left at their defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [n for n in names if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE,
+                                                                 ParameterSource.ENVIRONMENT)]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _reject(names, why: str) -> None:
+    """A one-line error for options the command would silently ignore."""
+    from cnnviz.errors import ParameterError
+
+    if names:
+        given = ", ".join(_flag(n) for n in names)
+        raise ParameterError(f"{given} {'has' if len(names) == 1 else 'have'} no effect {why}; drop "
+                             f"{'it' if len(names) == 1 else 'them'}")
+
+
+def _architecture_only(spec: dict, command: str) -> None:
+    """Commands that read only the architecture: weights and labels options would be ignored."""
+    unused = [n for n, v in (("weights_file", spec["weights_file"]), ("labels", spec["labels"]),
+                             ("trust_checkpoint", spec["trust_checkpoint"])) if v]
+    if spec["weights"] is not None and spec["weights"].strip().lower() != "none":
+        unused.insert(0, "weights")
+    _reject(unused, f"on `cnnviz {command}`, which reads only the architecture (no weights, no class names)")
+
+
+def _no_labels(spec: dict, command: str) -> None:
+    if spec["labels"]:
+        _reject(["labels"], f"on `cnnviz {command}`, which shows no class names")
+
+
+def _check_amp(amp: bool | None, device: str) -> None:
+    """--amp is float16 autocast on CUDA; on another device it would be silently off."""
+    if amp:
+        from cnnviz.engines.common import resolve_device
+
+        dev = resolve_device(device)
+        if dev.type != "cuda":
+            from cnnviz.errors import ParameterError
+
+            raise ParameterError(f"--amp is float16 mixed precision on CUDA; this run is on {dev.type}: drop --amp "
+                                 "or use --device cuda")
 
 
 def _parse_pair(value: str, what: str):
@@ -123,7 +217,8 @@ def models():
     for r in rows:
         star = " (default)" if r["default"] else ""
         click.echo(f"{r['name']:<{w}}  {r['source']:<22}  {r['weights']}{star}")
-    click.echo("\nAlso: package.module:factory --weights-file checkpoint.pt [--labels labels.txt] for your own model.")
+    click.echo("\nAlso, for your own model: package.module:factory or path/to/file.py:factory, with --weights-file "
+               "checkpoint.pt [--labels labels.txt]; the factory is code that runs, name only code you trust.")
 
 
 @cli.command()
@@ -138,6 +233,7 @@ def layers(model_spec):
 
     from cnnviz.layers import format_layers, trace_layers
 
+    _architecture_only(model_spec, "layers")
     lm = _load(model_spec, structure_only=True)
     h, w = lm.input_size
     click.echo(f"# {lm.name}, input 3x{h}x{w}")
@@ -169,7 +265,15 @@ def predict(images, model_spec, top, as_json, batch_size, device):
             files += found
         else:
             files.append(p)
+    from cnnviz.engines.common import resolve_device
+
+    resolve_device(device)  # a bad --device fails before the model loads
     lm = _load(model_spec)
+    if top > len(lm.categories) and _given("top"):  # the default (5) is cut to a small model's classes
+        from cnnviz.errors import ParameterError
+
+        raise ParameterError(f"--top {top} is more than the {len(lm.categories)} classes of {lm.name}; use "
+                             f"--top {len(lm.categories)} or less")
     skipped = 0
     for lo in range(0, len(files), batch_size):
         chunk, tensors = [], []
@@ -223,9 +327,11 @@ def predict(images, model_spec, top, as_json, batch_size, device):
               help="Figure file; .png, .pdf or .svg [default: IMAGE-STEM_occlusion.png here].")
 @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
               help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+@click.option("--full-image", is_flag=True,
+              help="Draw on the whole original photo: the model's crop dashed, the rest hatched (not analysed).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def occlusion(image, model_spec, window, stride, fill, target, layer, channel, batch_size, device, amp, out, save,
-              quiet):
+              full_image, quiet):
     """Slide a gray square over IMAGE and re-run the network at every position (Zeiler & Fergus
     2014, Fig. 7). The figure shows the input with the occluder, the chosen feature map, its total
     activation per position, the target-class probability per position, and the most probable
@@ -245,12 +351,17 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     if save:
         check_output(save, (".npz",))
     win, step = _parse_pair(window, "--window"), _parse_pair(stride, "--stride")
+    _check_amp(amp, device)
+    from cnnviz.models import Preprocessing
+
+    Preprocessing().fill_value(fill)  # the fill's syntax, before the model loads
     img = load_image(image)  # before the model: a bad file fails fast
     lm = _load(model_spec)
+    _check_stride(win, step, lm.input_size)
     result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer, channel=channel,
                               batch_size=batch_size, device=device, amp=amp, progress=False if quiet else None)
     result.params["image_file"] = str(image)
-    fig = result.render(out)
+    fig = result.render(out, full_image=full_image)
     if save:
         result.save(save)
     p = result.params
@@ -262,6 +373,21 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def _check_stride(window, stride, size) -> None:
+    """A stride longer than the room the occluder has to move would leave it one position on that
+    axis, and the rest of the image never occluded."""
+    from cnnviz.errors import ParameterError
+
+    window = window if isinstance(window, tuple) else (window, window)
+    stride = stride if isinstance(stride, tuple) else (stride, stride)
+    for axis, wn, st, n in zip(("rows", "columns"), window, stride, size):
+        room = n - wn
+        if 0 < room < st:
+            raise ParameterError(f"--stride {st} is longer than the {room} px the {wn} px window can move over the "
+                                 f"{n} px {axis} of the input: the occluder would take one position there; use "
+                                 f"--stride {room} or less")
 
 
 def _gradient_command(method: str, short: str, summary: str):
@@ -282,12 +408,15 @@ def _gradient_command(method: str, short: str, summary: str):
                   help="SmoothGrad noise std, as a fraction of the input's range.")
     @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the SmoothGrad noise.")
     @click.option("--shared-scale", is_flag=True, help="One colour scale for all images.")
+    @click.option("--full-image", is_flag=True,
+                  help="Draw on the whole original photos: the model's crop dashed, the rest hatched (not analysed).")
     @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help=f"Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_{method}.png here].")
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
-    def command(images, model_spec, target, layer, unit, samples, noise, seed, shared_scale, device, out, save):
+    def command(images, model_spec, target, layer, unit, samples, noise, seed, shared_scale, full_image, device, out,
+                save):
         from cnnviz.engines.gradients import attribute
         from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import load_image
@@ -303,7 +432,7 @@ def _gradient_command(method: str, short: str, summary: str):
         result = attribute(lm, pics, name, target=target, layer=layer, unit=unit, smooth=smooth, noise=noise,
                            seed=seed, device=device)
         result.params["image_files"] = [str(p) for p in images]
-        fig = result.render(out, shared_scale=shared_scale)
+        fig = result.render(out, shared_scale=shared_scale, full_image=full_image)
         if save:
             result.save(save)
         for f, t in zip(images, result.target_names):
@@ -420,11 +549,23 @@ def sanity(image, model_spec, methods, steps, seed, device, out, save):
 @cli.command()
 @click.argument("result", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), metavar="FIG", help="Figure file: .png, .pdf or .svg.")
-def render(result, out):
+@click.option("--full-image", is_flag=True,
+              help="Occlusion and backprop results: draw on the whole original photo (crop dashed, rest hatched).")
+def render(result, out, full_image):
     """Redraw a figure from a saved result (RESULT.npz + its .json sidecar) without recomputing."""
+    from cnnviz.errors import CnnvizError, ResultError
+    from cnnviz.files import FIGURE_SUFFIXES, check_output
     from cnnviz.results import load_result
 
-    fig = load_result(result).render(out)
+    check_output(out, FIGURE_SUFFIXES)
+    loaded = load_result(result)
+    try:
+        fig = loaded.render(out, **({"full_image": True} if full_image else {}))
+    except CnnvizError:
+        raise
+    except Exception as e:  # the schema passed but the values still do not fit together (an edited file)
+        raise ResultError(f"cannot draw {result!r}: its contents do not fit together ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); save the result again with --save") from None
     click.echo(f"wrote {out}")
     import matplotlib.pyplot as plt
 
@@ -445,10 +586,20 @@ def _register_modules():
 
 
 _register_modules()
+if _sigint_before is not None:
+    signal.signal(signal.SIGINT, _sigint_before)
 
 
 def main():
-    cli(prog_name="cnnviz")
+    def terminate(signum, frame):  # kill / a scheduler's SIGTERM ends like Ctrl-C: cleanups run, exit 130
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        cli(prog_name="cnnviz")
+    except KeyboardInterrupt:  # between the imports and the command (parsing): as within a command
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

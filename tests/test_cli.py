@@ -602,3 +602,123 @@ def test_failed_result_save_leaves_no_npz_json_or_temp_file(occ_run, out, monkey
     with pytest.raises(OSError):
         r.save(out / "res.npz")
     assert_empty(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Options a command would ignore, and values it would quietly cut: one-line errors before any
+# computation (the engines are replaced by tripwires)
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fails the test if any engine starts computing."""
+    import cnnviz.engines.empirical_rf as erf
+    import cnnviz.engines.featvis as fv
+    import cnnviz.engines.filters as fl
+    import cnnviz.engines.occlusion as occ
+    import cnnviz.engines.receptive_field as rfe
+    from cnnviz.models import LoadedModel
+
+    def boom(*a, **k):
+        raise RuntimeError("an engine started before the bad option was rejected")
+
+    for mod, names in ((fv, ["visualize_units", "visualize_classes", "deep_dream", "invert"]),
+                       (fl, ["feature_maps", "first_layer_filters"]),
+                       (rfe, ["receptive_field", "effective_receptive_field"]),
+                       (erf, ["select_images", "empirical_receptive_field"]), (occ, ["occluded_batch"])):
+        for name in names:
+            monkeypatch.setattr(mod, name, boom)
+    monkeypatch.setattr(LoadedModel, "predict", boom)
+
+
+UNUSED = [
+    (["layers", "--weights", "IMAGENET1K_V1"], ["--weights", "architecture"]),
+    (["layers", "--labels", "LABELS"], ["--labels", "layers"]),
+    (["layers", "--weights-file", "CKPT"], ["--weights-file"]),
+    (["rf", "--weights", "IMAGENET1K_V1"], ["--weights", "architecture"]),
+    (["rf", "--device", "cpu"], ["--device", "--layer"]),
+    (["rf", "--measure", "effective"], ["--measure", "--layer"]),
+    (["rf", "--max-images", "3"], ["--max-images", "--layer"]),
+    (["rf", "--layer", "_blocks.3", "--images", "IMG", "--measure", "effective", "--occluder", "5",
+      "--figure", "OUT/rf.png"], ["--occluder", "--measure effective"]),
+    (["filters", "--labels", "LABELS", "--out", "OUT/f.png"], ["--labels", "filters"]),
+    (["predict", "IMG", "--trust-checkpoint"], ["--trust-checkpoint", "--weights-file"]),
+    (["occlusion", "IMG", "--weights", "none", "--weights-file", "CKPT", "--out", "OUT/o.png"], ["--weights none"]),
+    (["occlusion", "IMG", "--device", "cpu", "--amp", "--out", "OUT/o.png"], ["--amp", "cpu"]),
+    (["featvis", "--layer", "_blocks.3", "--blur-sigma", "2", "--out", "OUT/v.png"], ["--blur-sigma", "--blur-every"]),
+    (["featvis", "--layer", "_blocks.3", "--labels", "LABELS", "--out", "OUT/v.png"], ["--labels"]),
+    (["featvis", "--layer", "_blocks.3", "--device", "cpu", "--amp", "--out", "OUT/v.png"], ["--amp"]),
+    (["classviz", "--target", "goldfish", "--blur-sigma", "2", "--out", "OUT/c.png"], ["--blur-sigma"]),
+    (["dream", "IMG", "--layer", "_blocks.3", "--octaves", "1", "--octave-scale", "2", "--out", "OUT/d.png"],
+     ["--octave-scale", "--octaves 1"]),
+    (["dream", "IMG", "--layer", "_blocks.3", "--device", "cpu", "--amp", "--out", "OUT/d.png"], ["--amp"]),
+    (["invert", "IMG", "--layer", "_blocks.3", "--priors", "none", "--tv", "3", "--out", "OUT/i.png"],
+     ["--tv", "--priors none"]),
+    (["invert", "IMG", "--layer", "_blocks.3", "--tv", "0", "--beta", "3", "--out", "OUT/i.png"], ["--beta", "--tv 0"]),
+    (["invert", "IMG", "--layer", "_blocks.3", "--alpha-weight", "0", "--alpha", "3", "--out", "OUT/i.png"],
+     ["--alpha", "--alpha-weight 0"]),
+    # the same name twice would only draw the same picture twice
+    (["featvis", "--layer", "_blocks.3", "--units", "2:5,3", "--out", "OUT/v.png"], ["--units", "unit 3 twice"]),
+    (["classviz", "--target", "goldfish", "--target", "1", "--out", "OUT/c.png"], ["--target", "class 1 (goldfish)"]),
+    (["invert", "IMG", "--layer", "_blocks.3,_blocks.3", "--out", "OUT/i.png"], ["--layer", "'_blocks.3' twice"]),
+]
+
+
+@pytest.mark.parametrize("args, words", UNUSED, ids=[" ".join(a[:1] + [w for w in a[1:] if w.startswith("--")])
+                                                      for a, _ in UNUSED])
+def test_an_option_the_command_would_ignore_is_an_error(args, words, tmp_path, out, no_compute, cached_model):
+    (tmp_path / "labels.txt").write_text("\n".join(f"c{i}" for i in range(1000)))
+    subst = {"IMG": str(tench()), "LABELS": str(tmp_path / "labels.txt"), "CKPT": str(tmp_path / "ckpt.pt")}
+    argv = [subst.get(a, a.replace("OUT", str(out))) for a in args]
+    one_line_error(invoke(*argv), *words)
+    assert_empty(out)
+
+
+def test_the_same_options_work_where_they_act(tmp_path, cached_model):
+    """The checks above reject only ignored options: with the option they depend on, they pass."""
+    assert invoke("layers", "--weights", "none").exit_code == 0
+    res = invoke("featvis", "--layer", "_blocks.1", "--units", "0", "--steps", "1", "--size", "32", "--param", "pixel",
+                 "--blur-every", "1", "--blur-sigma", "1", "--quiet", "--out", tmp_path / "v.png")
+    assert res.exit_code == 0, res.stderr
+    res = invoke("dream", tench(), "--layer", "_blocks.1", "--octaves", "2", "--octave-scale", "2", "--steps", "1",
+                 "--size", "32", "--quiet", "--out", tmp_path / "d.png")
+    assert res.exit_code == 0, res.stderr
+
+
+def test_predict_top_beyond_the_classes_is_an_error(no_compute, cached_model):
+    res = invoke("predict", tench(), "--top", "5000")
+    one_line_error(res, "--top 5000", "1000 classes")
+    assert res.stdout == ""
+
+
+@pytest.mark.parametrize("layer, channels", [(None, 1280), ("_blocks.3", 40)])
+def test_activations_top_beyond_the_channels_is_an_error(layer, channels, out, no_compute, cached_model):
+    """Before: cut silently to the layer's channels, then minutes drawing 1280 maps."""
+    extra = ["--layer", layer] if layer else []
+    one_line_error(invoke("activations", tench(), "--top", "5000", *extra, "--out", out / "a.png"),
+                   "--top 5000", f"{channels} channels")
+    assert_empty(out)
+
+
+def test_occlusion_stride_longer_than_the_room_of_the_window_is_an_error(out, no_sweep, cached_model):
+    """Window 32 on a 224 input moves over 192 px: a stride of 300 would leave it one position,
+    with the right and bottom of the image never occluded."""
+    one_line_error(invoke(*occ_args(out), "--window", "32", "--stride", "300"), "--stride 300", "192")
+    assert_empty(out)
+
+
+def test_rf_input_size_too_small_names_the_smallest_size_the_model_runs(lite0, cached_model):
+    import re
+
+    res = invoke("rf", "--input-size", "8")
+    line = one_line_error(res, "--input-size 8x8", "too small")
+    n = int(re.search(r"smallest input it runs is (\d+)x\1", line).group(1))
+
+    def runs(side):
+        try:
+            with torch.no_grad():
+                lite0.model.eval()(torch.zeros(1, 3, side, side))
+            return True
+        except RuntimeError:
+            return False
+
+    assert runs(n) and not runs(n - 1)  # the size named is the boundary, checked by running the model

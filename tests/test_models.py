@@ -260,6 +260,107 @@ def test_empty_cache_offline_is_weights_unavailable(empty_home):
     assert not expected.exists()  # no partial file left behind
 
 
+def test_missing_weights_offline_download_nothing_and_leave_no_directory(empty_home, capfd):
+    # torch.hub creates hub/checkpoints before it tries the download: a failed attempt must not
+    # leave directories behind, nor announce a download that never starts
+    with pytest.raises(WeightsUnavailable):
+        load_model("resnet18")
+    assert list(empty_home.parent.iterdir()) == [], "a failed download left a directory"
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err
+
+
+def test_missing_weights_fail_fast_when_the_network_hangs(tmp_path, monkeypatch):
+    """A black-holed network: connecting hangs (here 20 s; the system's TCP timeout is ~2 min).
+    The error must come after the short connect timeout, not after the hang."""
+    import time
+
+    import cnnviz.models as models
+
+    def hang(*args, **kwargs):
+        time.sleep(20)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    monkeypatch.setattr(models, "CONNECT_TIMEOUT", 1.0)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    hub = _use_torch_home(monkeypatch, tmp_path / "home")
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsUnavailable) as ei:
+        load_model("resnet18")
+    assert time.perf_counter() - t0 < 6
+    msg = _one_line(ei.value)
+    assert "download.pytorch.org" in msg and "1 s" in msg
+    assert str(_expected_cache_file(hub, ResNet18_Weights.IMAGENET1K_V1)) in msg
+    assert not (tmp_path / "home").exists()
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """A local HTTP server for the real download path (torchvision weights API + torch.hub):
+    serves tests' files from a folder; 404 for anything else."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "served"
+    root.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _local_entry(url: str):
+    """A torchvision weights entry (WeightsEnum member) whose url is `url`."""
+    from torchvision.models import Weights, WeightsEnum
+
+    class LocalWeights(WeightsEnum):
+        V1 = Weights(url=url, transforms=None, meta={})
+
+    return LocalWeights.V1
+
+
+def test_download_through_torch_hub_lands_in_its_cache(weights_server, tmp_path, monkeypatch):
+    from cnnviz.models import _fetch_torchvision_weights, torchvision_cache_path
+
+    root, base = weights_server
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    hub = _use_torch_home(monkeypatch, tmp_path / "home")
+    torch.manual_seed(5)
+    ref = torchvision.models.resnet18().state_dict()
+    blob = root / "blob.pth"
+    torch.save(ref, blob)
+    name = f"tinyres-{hashlib.sha256(blob.read_bytes()).hexdigest()[:8]}.pth"  # torch.hub checks this prefix
+    blob.rename(root / name)
+    entry = _local_entry(f"{base}/{name}")
+    got = _fetch_torchvision_weights("resnet18", entry)
+    _same_state(got, ref)
+    assert torchvision_cache_path(entry) == hub / "checkpoints" / name and (hub / "checkpoints" / name).is_file()
+    # a file the server does not have: one line, no directory left behind
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home2"))
+    missing = _local_entry(f"{base}/absent-0123abcd.pth")
+    with pytest.raises(WeightsUnavailable) as ei:
+        _fetch_torchvision_weights("resnet18", missing)
+    assert "404" in _one_line(ei.value) and "absent-0123abcd.pth" in str(ei.value)
+    assert not (tmp_path / "home2").exists()
+    # a corrupted download (hash prefix mismatch) is refused the same way
+    (root / "bad-00000000.pth").write_bytes((root / name).read_bytes())
+    with pytest.raises(WeightsUnavailable):
+        _fetch_torchvision_weights("resnet18", _local_entry(f"{base}/bad-00000000.pth"))
+    assert not (tmp_path / "home2").exists()
+
+
 def test_corrupt_cache_file_is_one_line_error(empty_home):
     path = _expected_cache_file(empty_home, ResNet18_Weights.IMAGENET1K_V1)
     path.parent.mkdir(parents=True)
@@ -329,9 +430,9 @@ def test_cli_errors_are_one_line(empty_home, photo):
     res = _run_cli(["predict", photo, "--model", "resnet18"], env=env)
     assert res.exit_code == 1
     assert res.stdout == "" and "Traceback" not in res.stderr
-    # torch.hub announces its download attempt ("Downloading: ..."); then one error line
+    # no "Downloading: ..." announcement for a download that cannot start: one error line
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(errors) == 1 and res.stderr.strip().splitlines()[-1] == errors[0], res.stderr
+    assert len(errors) == 1 and res.stderr.strip().splitlines() == errors, res.stderr
     assert str(_expected_cache_file(empty_home, ResNet18_Weights.IMAGENET1K_V1)) in errors[0]
     assert "--weights-file" in errors[0]
     res = _run_cli(["predict", photo, "--model", "resnet18", "--weights", "IMAGENET1K_V9"], env=env)
@@ -634,14 +735,11 @@ def test_factory_needs_weights_unless_structure_only(user_models):
     assert isinstance(lm.model, user_models.TinyNet) and "random" in lm.weights and len(lm.categories) == 3
 
 
-def test_factory_module_with_syntax_error_is_model_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "cnnviz_broken_syntax_mod.py").write_text("def build(:\n    pass\n")
-    try:
-        with pytest.raises(ModelError):
-            load_model("cnnviz_broken_syntax_mod:build", weights="none")
-    finally:
-        sys.modules.pop("cnnviz_broken_syntax_mod", None)
+def test_factory_file_with_syntax_error_is_model_error(tmp_path):
+    (tmp_path / "broken_syntax.py").write_text("def build(:\n    pass\n")
+    with pytest.raises(ModelError) as ei:
+        load_model(f"{tmp_path / 'broken_syntax.py'}:build", weights="none")
+    assert "SyntaxError" in _one_line(ei.value)
 
 
 _CWD_MODULE = '''
@@ -664,7 +762,7 @@ def build():
 '''
 
 
-def test_cli_factory_importable_from_working_directory(tmp_path, monkeypatch, photo):
+def test_cli_factory_from_a_file_in_the_working_directory(tmp_path, monkeypatch, photo):
     modname = f"cwdnet_{os.getpid()}"
     work = tmp_path / "proj"
     work.mkdir()
@@ -675,23 +773,78 @@ def test_cli_factory_importable_from_working_directory(tmp_path, monkeypatch, ph
     ref = ns["build"]().eval()
     torch.save(ref.state_dict(), work / "net.pt")
     (work / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
-    # the module must be found through cnnviz putting the working directory on sys.path
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(work))])
     monkeypatch.chdir(work)
+    args = ["--weights-file", "net.pt", "--labels", "labels.txt", "--json", "--top", "4"]
+    # a bare module name is looked up in the installed packages, never in the working directory;
+    # the error says how to name the file instead
+    res = _run_cli(["predict", photo, "--model", f"{modname}:build", *args])
+    assert res.exit_code == 1 and f"./{modname}.py:build" in res.stderr, res.output
     assert modname not in sys.modules
-    try:
-        res = _run_cli(["predict", photo, "--model", f"{modname}:build", "--weights-file", "net.pt",
-                        "--labels", "labels.txt", "--json", "--top", "4"])
-        assert res.exit_code == 0, res.output
-        row = json.loads(res.stdout)
-        probs = _reference_probs(ref, photo)
-        names = ["apple", "banana", "cherry", "date"]
-        assert [t["index"] for t in row["top"]] == probs.argsort(descending=True).tolist()
-        for t in row["top"]:
-            assert t["name"] == names[t["index"]] and t["prob"] == pytest.approx(float(probs[t["index"]]), abs=1e-5)
-        assert str(work) not in sys.path  # cnnviz cleaned up after itself
-    finally:
-        sys.modules.pop(modname, None)
+    # the explicit file path runs the file
+    res = _run_cli(["predict", photo, "--model", f"./{modname}.py:build", *args])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    probs = _reference_probs(ref, photo)
+    names = ["apple", "banana", "cherry", "date"]
+    assert [t["index"] for t in row["top"]] == probs.argsort(descending=True).tolist()
+    for t in row["top"]:
+        assert t["name"] == names[t["index"]] and t["prob"] == pytest.approx(float(probs[t["index"]]), abs=1e-5)
+    assert str(work) not in sys.path  # cnnviz cleaned up after itself
+    assert modname not in sys.modules  # the file is not registered under a name another import could pick up
+
+
+_SHADOW = '''
+import pathlib
+pathlib.Path(__file__).with_name("ran.txt").write_text("ran")
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+'''
+
+
+def test_factory_file_named_like_an_installed_package_does_not_replace_it(tmp_path, monkeypatch):
+    import captum
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "captum.py").write_text(_SHADOW)
+    monkeypatch.chdir(tmp_path)
+    # a relative path with folders, and an absolute path
+    for spec in ("sub/captum.py:build", f"{tmp_path / 'sub' / 'captum.py'}:build"):
+        (tmp_path / "sub" / "ran.txt").unlink(missing_ok=True)
+        lm = load_model(spec, weights="none")
+        assert (tmp_path / "sub" / "ran.txt").is_file()  # the file ran: it is code
+        assert isinstance(lm.model, torch.nn.Sequential) and lm.name == spec
+        assert sys.modules["captum"] is captum  # the installed package is still the one imported
+    import captum.attr  # noqa: F401  (still importable)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("missing_dir/net.py:build", "not found"),
+    ("./notes.txt:build", ".py"),
+    ("./good.py:nope", "nope"),
+])
+def test_bad_factory_file_specs(tmp_path, monkeypatch, spec, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "good.py").write_text("from torch import nn\n\ndef build():\n    return nn.Linear(2, 2)\n")
+    with pytest.raises(ModelError) as ei:
+        load_model(spec, weights="none")
+    assert needle in _one_line(ei.value)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(name="efficientnet_lite0", weights="IMAGENET1K_V1"), "DEFAULT, none"),
+    (dict(name=TINY, weights="IMAGENET1K_V1", weights_file="x.pt"), "is for torchvision models"),
+    (dict(name="resnet18", weights="none", weights_file="x.pt"), "--weights none"),
+    (dict(name="resnet18", weights="none", trust_checkpoint=True), "--trust-checkpoint"),
+])
+def test_weights_options_that_would_be_ignored_are_errors(user_models, empty_home, kwargs, needle):
+    with pytest.raises(ModelError) as ei:
+        load_model(**kwargs)
+    assert needle in _one_line(ei.value)
 
 
 def test_cli_trust_checkpoint_flag(user_models, tmp_path, photo):

@@ -18,6 +18,7 @@ The forward pass stops at the layer (nothing after it runs), so early layers are
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -89,33 +90,57 @@ def _forward_to(model, info, x, reduce):
     raise LayerError(f"layer {info.address!r} did not run in the forward pass")
 
 
-def _as_inputs(lm, images):
-    """(normalized N x 3 x H x W tensor, names) from a tensor, or a list of paths / PIL images."""
+def _as_inputs(lm, images, skipped: list | None = None):
+    """(normalized N x 3 x H x W tensor, names) from a tensor, or a list of paths / PIL images.
+
+    Of several images, an unreadable file is skipped and (name, reason) appended to `skipped` (a
+    warning lists them when no list is given); when none can be read, ImageError says so with the
+    first reasons. A single image that cannot be read raises its own error.
+    """
     if isinstance(images, torch.Tensor):
         x = images if images.ndim == 4 else images[None]
         if x.shape[1] != 3:
             raise ParameterError(f"image tensor must be N x 3 x H x W, got {tuple(images.shape)}")
         return x.float(), [f"image {k}" for k in range(len(x))]
-    if isinstance(images, (str, bytes)) or not hasattr(images, "__len__"):
+    if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
         images = [images]
     if len(images) == 0:
         raise ImageError("no images given")
-    xs, names = [], []
+    xs, names, bad = [], [], []
     for img in images:
-        _, x = lm.prepare(img)
+        name = str(img) if not hasattr(img, "size") or isinstance(img, (str, bytes)) else "PIL image"
+        try:
+            _, x = lm.prepare(img)
+        except ImageError as e:
+            if len(images) == 1:
+                raise
+            bad.append((name, " ".join(str(e).split())))
+            continue
         xs.append(x)
-        names.append(str(img) if not hasattr(img, "size") or isinstance(img, (str, bytes)) else "PIL image")
+        names.append(name)
+    if bad:
+        if not xs:
+            reasons = " | ".join(why for _, why in bad[:3]) + (f" | and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise ImageError(f"no image could be read: all {len(bad)} file(s) are unreadable ({reasons}); check the "
+                             "files or point to another folder")
+        if skipped is not None:
+            skipped.extend(bad)
+        else:
+            import warnings
+
+            warnings.warn(f"skipped {len(bad)} unreadable image(s): " + "; ".join(why for _, why in bad), stacklevel=3)
     return torch.cat(xs), names
 
 
 def select_images(lm, layer: str, images, channel: int | None = None, max_images: int | None = None,
-                  device: str = "auto", batch_size: int | None = None):
+                  device: str = "auto", batch_size: int | None = None, skipped: list | None = None):
     """(normalized tensor of the chosen images, their names, channel): the channel defaults to the
     one with the largest mean activation over all `images`; the images kept are the `max_images`
-    on which that channel's maximum is largest (all, ranked, when None)."""
+    on which that channel's maximum is largest (all, ranked, when None). Unreadable files among
+    several are skipped, (name, reason) appended to `skipped`; none readable raises ImageError."""
     dev = resolve_device(device)
     batch_size = int(batch_size or 2 * default_batch_size(dev))
-    x_all, names = _as_inputs(lm, images)
+    x_all, names = _as_inputs(lm, images, skipped)
     info = resolve_layer(lm.model, layer, x_all[:1])
     if info.shape is None or len(info.shape) != 3:
         raise LayerError(f"layer {info.address!r} has output {info.shape}, not a CxHxW feature map; choose a "

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LayerError, ParameterError
+from ..geometry import CropGeometry, params_of, stack_thumbnails, thumbnail
 from ..layers import LayerInfo, StopForward, record, resolve_layer
 from ..models import LoadedModel
 from ..results import FeatvisResult, provenance
@@ -822,9 +823,10 @@ def visualize_classes(lm: LoadedModel, targets, *, prob: bool = False, batch_siz
     return res
 
 
-def _load_pixels(lm: LoadedModel, image, size: int | None) -> np.ndarray:
+def _load_pixels(lm: LoadedModel, image, size: int | None, geometry: bool = False):
     """The whole image (not cropped) with its shorter side resized to `size` (default: the
-    model's input size), as uint8 H x W x 3."""
+    model's input size), as uint8 H x W x 3; with `geometry`, also its `CropGeometry` (a resize,
+    no crop) carrying a downscaled copy of the image."""
     from PIL import Image
 
     from ..images import load_image, to_rgb
@@ -842,8 +844,13 @@ def _load_pixels(lm: LoadedModel, image, size: int | None) -> np.ndarray:
         raise ParameterError(f"size {short!r} must be between 16 and 4096 pixels")
     w, h = img.size
     s = short / min(w, h)
-    img = img.resize((max(short, round(w * s)), max(short, round(h * s))), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8).copy()
+    resized = img.resize((max(short, round(w * s)), max(short, round(h * s))), Image.Resampling.BICUBIC)
+    pixels = np.asarray(resized, dtype=np.uint8).copy()
+    if not geometry:
+        return pixels
+    size_hw = tuple(pixels.shape[:2])
+    source = "pixels" if isinstance(image, np.ndarray) else "pil" if isinstance(image, Image.Image) else "file"
+    return pixels, CropGeometry((h, w), size_hw, (0, 0), size_hw, source, thumbnail(img))
 
 
 def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, octaves: int = 4,
@@ -857,7 +864,7 @@ def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, o
         raise ParameterError(f"octaves {octaves!r} must be >= 1 and octave_scale {octave_scale!r} > 1")
     if steps < 1 or step_size <= 0 or jitter < 0:
         raise ParameterError("steps must be >= 1, step_size > 0 and jitter >= 0")
-    pixels = _load_pixels(lm, image, size)
+    pixels, geo = _load_pixels(lm, image, size, geometry=True)
     dev = resolve_device(device)
     amp = dev.type == "cuda" if amp is None else amp
     base = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(255)
@@ -905,12 +912,13 @@ def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, o
     params = _common_params(mode="dream", layer=info.address, objective=objective.description, size=[h, w],
                             octaves=octaves, octave_scale=octave_scale, steps=steps, step_size=step_size,
                             jitter=jitter, seed=seed, amp=bool(amp and dev.type == "cuda"),
-                            start_objective=float(start_value[0]), score_label="mean squared activation")
+                            start_objective=float(start_value[0]), score_label="mean squared activation",
+                            geometry=params_of([geo]))
     final_np = final.numpy().astype(np.float32)
     return FeatvisResult(params=params, provenance=provenance(lm.identity(), str(dev)), images=_to_uint8(x.cpu()),
                          labels=np.array([f"dream({info.address})"]), objective=final_np, score=final_np.copy(),
                          history=torch.stack(history).numpy().astype(np.float32),
-                         history_steps=np.array(logged, np.int32), start=pixels)
+                         history_steps=np.array(logged, np.int32), start=pixels, original=stack_thumbnails([geo]))
 
 
 def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 300, priors: str = "full",
@@ -944,7 +952,7 @@ def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 
     tf = Transforms.parse(transforms if transforms is not None else ("pad=0,jitter=4" if full else "none"))
     if lr is None:
         lr = 0.02 if param == "pixel" else 0.05
-    pixels, x0 = lm.prepare(image)
+    pixels, x0, geo = lm.prepare(image, geometry=True)
     hw = tuple(pixels.shape[:2])
     infos = [_unit_layer(lm, a, hw) for a in layers]
     dev = resolve_device(device)
@@ -974,10 +982,10 @@ def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 
                             steps=steps, priors=priors, param=param, decorrelate=decorrelate, transforms=tf, lr=lr,
                             tv=tv if full else 0.0, beta=beta, alpha=alpha, alpha_weight=alpha_weight if full else 0.0,
                             seed=seed, log_every=log_every, start_distance=[float(v) for v in start_d],
-                            score_label="relative feature distance")
+                            score_label="relative feature distance", geometry=params_of([geo]))
     return FeatvisResult(params=params, provenance=provenance(lm.identity(), str(dev)), images=_to_uint8(images),
                          labels=np.array(names), objective=final, score=distances, history=history,
-                         history_steps=logged, start=pixels)
+                         history_steps=logged, start=pixels, original=stack_thumbnails([geo]))
 
 
 def feature_distances(lm: LoadedModel, images: torch.Tensor, names: list[str], targets: dict, device) -> np.ndarray:

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import LayerError, ParameterError
+from ..geometry import params_of, stack_thumbnails
 from ..layers import capture, default_feature_layer, resolve_layer, trace_layers
 from ..models import LoadedModel
+from .. import schema as S
 from ..results import Result, provenance
 from .common import model_on_device, resolve_device
 
@@ -34,6 +36,8 @@ class FiltersResult(Result):
     """
 
     kind: ClassVar[str] = "filters"
+    param_schema: ClassVar[dict] = {"layer": S.TEXT, "kernel": S.PAIR, "in_channels": S.INT}
+    array_schema: ClassVar[dict] = {"weights": S.Arr("f", ("C", None, None, None)), "bias": S.Arr("f", ("C",))}
     weights: np.ndarray = None
     bias: np.ndarray = None
 
@@ -49,6 +53,10 @@ class ActivationsResult(Result):
     """
 
     kind: ClassVar[str] = "activations"
+    param_schema: ClassVar[dict] = {"layer": S.TEXT, "num_channels": S.INT}
+    array_schema: ClassVar[dict] = {
+        "image": S.Arr("u", (None, None, 3)), "maps": S.Arr("f", ("K", None, None)), "channels": S.Arr("iu", ("K",)),
+        "strength": S.Arr("f", ("K",)), "mean": S.Arr("f", ("K",))}
     image: np.ndarray = None
     maps: np.ndarray = None
     channels: np.ndarray = None
@@ -88,7 +96,7 @@ def feature_maps(lm: LoadedModel, image, layer: str | None = None, top: int | No
     if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top <= 0):
         raise ParameterError(f"top must be a positive whole number, got {top!r}")
     dev = resolve_device(device)
-    pixels, x = lm.prepare(image)
+    pixels, x, geo = lm.prepare(image, geometry=True)
     start = time.perf_counter()
     with model_on_device(lm.model, dev) as model, torch.inference_mode():
         x = x.to(dev)
@@ -110,9 +118,10 @@ def feature_maps(lm: LoadedModel, image, layer: str | None = None, top: int | No
     top1 = int(logits.float().argmax(1)[0])
     params = {"layer": info.address, "layer_type": info.type, "layer_shape": list(info.shape),
               "num_channels": int(info.shape[0]), "top": None if top is None else int(top), "sort": "max",
-              "top_class": top1, "top_class_name": lm.class_name(top1), "seconds": round(elapsed, 3)}
+              "top_class": top1, "top_class_name": lm.class_name(top1), "seconds": round(elapsed, 3),
+              "geometry": params_of([geo])}
     return ActivationsResult(
         params=params, provenance=provenance(lm.identity(), str(dev)),
-        image=np.ascontiguousarray(pixels, dtype=np.uint8),
+        image=np.ascontiguousarray(pixels, dtype=np.uint8), original=stack_thumbnails([geo]),
         maps=fmap[order].numpy().astype(np.float32), channels=order.numpy().astype(np.int32),
         strength=strength[order].numpy().astype(np.float32), mean=mean[order].numpy().astype(np.float32))

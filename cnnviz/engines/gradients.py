@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ParameterError
+from ..geometry import CropGeometry, params_of, stack_thumbnails
 from ..layers import LayerInfo, StopForward, default_feature_layer, record, resolve_layer
 from ..models import LoadedModel
 from ..results import GradientResult, provenance
@@ -178,14 +179,16 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
             raise ParameterError(f"a tensor of images must be N x 3 x H x W, got {tuple(images.shape)}")
         x = images.detach().float().cpu()
         pixels = lm.preprocessing.denormalize(x)
+        geos = [CropGeometry.identity(*x.shape[2:], source="tensor")] * len(x)
     else:
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
             raise ParameterError("no images given")
-        prepared = [lm.prepare(im) for im in images]
-        pixels = np.stack([p for p, _ in prepared])
-        x = torch.cat([t for _, t in prepared])
+        prepared = [lm.prepare(im, geometry=True) for im in images]
+        pixels = np.stack([p for p, _, _ in prepared])
+        x = torch.cat([t for _, t, _ in prepared])
+        geos = [g for _, _, g in prepared]
     n = len(x)
     dev = resolve_device(device)
     unit_obj = Unit.parse(unit) if unit is not None else None
@@ -243,9 +246,9 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
               "unit": unit_obj.describe() if unit_obj else None, "target_given": target is not None,
               "smooth": smooth, "noise": noise if smooth else None, "seed": seed,
               "ig_steps": ig_steps if method == "ig" else None, "baseline": baseline if method == "ig" else None,
-              "signed": method in SIGNED}
+              "signed": method in SIGNED, "geometry": params_of(geos)}
     return GradientResult(
-        params=params, provenance=provenance(lm.identity(), str(dev)), image=pixels,
+        params=params, provenance=provenance(lm.identity(), str(dev)), image=pixels, original=stack_thumbnails(geos),
         attribution=attr.float().cpu().numpy(), map=amap.float().cpu().numpy(),
         targets=(targets.cpu().numpy() if targets is not None else np.full(n, -1)).astype(np.int32),
         target_names=np.array(names, dtype=str),

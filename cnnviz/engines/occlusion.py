@@ -15,6 +15,7 @@ import torch
 from ..batching import Batches, check_batch_size, pad
 from ..errors import LayerError, ParameterError
 from ..fold import folded
+from ..geometry import params_of, stack_thumbnails
 from ..layers import capture, default_feature_layer, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import OcclusionResult, provenance
@@ -75,7 +76,7 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     batch_size = check_batch_size(batch_size)
     dev = resolve_device(device)
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
-    pixels, x = lm.prepare(image)
+    pixels, x, geo = lm.prepare(image, geometry=True)
     ys, xs = occluder_positions(tuple(x.shape[2:]), window, stride)
     fill_value = lm.preprocessing.fill_value(fill)
     target_index = None if target is None else lm.class_index(target)
@@ -111,10 +112,11 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
         "baseline_prob": float(base_probs[target_index]), "baseline_top_class": int(base_probs.argmax()),
         "baseline_top_name": lm.class_name(int(base_probs.argmax())),
         "baseline_activation": float(base_map[channel].sum()), "seconds": round(elapsed, 3),
+        "geometry": params_of([geo]),
     }
     return OcclusionResult(
         params=params, provenance=provenance(lm.identity(), str(dev)),
-        image=np.ascontiguousarray(pixels, dtype=np.uint8),
+        image=np.ascontiguousarray(pixels, dtype=np.uint8), original=stack_thumbnails([geo]),
         true_class_prob=torch.cat(probs_t).numpy().astype(np.float32).reshape(shape),
         top_class=top_class,
         top_class_prob=torch.cat(top_p).numpy().astype(np.float32).reshape(shape),

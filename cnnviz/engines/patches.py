@@ -21,6 +21,7 @@ import torch
 from ..errors import LayerError, ParameterError
 from ..images import load_image
 from ..models import LoadedModel
+from .. import schema as S
 from ..results import Result, provenance
 from .common import resolve_device
 from .receptive_field import RFInfo, receptive_fields
@@ -45,6 +46,11 @@ class PatchesResult(Result):
     """
 
     kind: ClassVar[str] = "patches"
+    param_schema: ClassVar[dict] = {"layer": S.TEXT, "input_size": S.PAIR, "rf": S.PAIR}
+    array_schema: ClassVar[dict] = {
+        "patches": S.Arr("u", ("U", "K", None, None, 3)), "projections": S.Arr("u", [("U", "K", None, None, 3), (0,)]),
+        "inside": S.Arr("b", ("U", "K")), "boxes": S.Arr("iu", ("U", "K", 4)), "values": S.Arr("f", ("U", "K")),
+        "image_index": S.Arr("iu", ("U", "K")), "units": S.Arr("iu", ("U",)), "files": S.Arr("U", (None,))}
     patches: np.ndarray = None
     projections: np.ndarray = None
     inside: np.ndarray = None

@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import ModelError
 from ..layers import eval_mode, module_calls
+from .. import schema as S
 from ..results import Result, provenance
 
 
@@ -408,6 +409,9 @@ class ReceptiveFieldResult(Result):
     """
 
     kind: ClassVar[str] = "receptive_field"
+    array_schema: ClassVar[dict] = {
+        "layers": S.Arr("U", ("N",)), "types": S.Arr("U", ("N",)), "rf": S.Arr("iu", ("N", 2)),
+        "stride": S.Arr("iu", ("N", 2)), "padding": S.Arr("iu", ("N", 2))}
     layers: np.ndarray = None
     types: np.ndarray = None
     rf: np.ndarray = None

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError
+from ..geometry import params_of, stack_thumbnails
 from ..layers import default_feature_layer, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import SanityResult, provenance
@@ -167,7 +168,7 @@ def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), se
     # `dev` for each map and back.
     work = copy.deepcopy(lm.model).cpu()
     work_lm = LoadedModel(work, lm.name, lm.weights, lm.preprocessing, list(lm.categories))
-    pixels, x = lm.prepare(image)
+    pixels, x, geo = lm.prepare(image, geometry=True)
     layers = parametrized_layers(work, x)
     if not layers:
         raise ParameterError(f"{lm.name} has no layers with parameters to randomize")
@@ -206,7 +207,8 @@ def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), se
               "step_layers": [[]] + plan, "num_layers": len(layers), "cascade": "top-down, cumulative",
               "reinit": "reset_parameters (BatchNorm: affine and running statistics)",
               "correlation": "spearman of absolute values",
-              "options": {k: v for k, v in options.items()}}
+              "options": {k: v for k, v in options.items()}, "geometry": params_of([geo])}
     return SanityResult(params=params, provenance=provenance(lm.identity(), str(dev)), image=pixels,
+                        original=stack_thumbnails([geo]),
                         steps=np.array(step_names, dtype=str), methods=np.array(methods, dtype=str),
                         spearman=rho, maps=maps)

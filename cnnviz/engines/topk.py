@@ -7,20 +7,33 @@ whatever the size of the data set.
 
 Exactness: candidates are ordered by (value descending, image index ascending, position ascending)
 and batches always hold the same images (batch b is dataset items b*B .. b*B+B-1, an unreadable
-image keeping its slot), so a single-process run, a resumed run and a distributed run (under
-torchrun; rank r scans batches r, r+W, ...) compute the very same numbers and end with identical
-results.
+image keeping its slot), so the merge itself adds no rounding and does not depend on the order the
+batches come in. A single-process run, a resumed run and a distributed run (under torchrun; rank r
+scans batches r, r+W, ...) therefore end with identical results *when every process computes
+with the same number of threads on the same kind of device*. The convolutions' arithmetic depends
+on the thread count (the order of the sums changes), so, e.g., 2 processes of 1 thread against 1
+process of 2 threads give the same rankings with values equal only to float rounding (about 1e-6
+relative); two images whose values are that close may then swap places.
 
 Resume: with `checkpoint=PATH` the running top-k and the number of batches done are written
 atomically every `checkpoint_every` batches; a rerun with the same arguments continues from there.
+The progress file is removed only after `finish` (e.g. saving the result) has returned, so a kill
+at any moment loses at most `checkpoint_every` batches. Temporaries that a killed process left
+beside the progress file are removed when the next scan starts.
+
+A scan in which no image could be read is an error (ImageError), not an empty result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import operator
 import os
+import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import CnnvizError, ImageError, LayerError, ParameterError
-from ..files import atomic_path
+from ..files import atomic_path, check_output
 from ..images import IMAGE_SUFFIXES, find_images, load_image
 from ..layers import capture, resolve_layer
 from ..models import LoadedModel
@@ -177,45 +190,66 @@ def _spatial_max(units: torch.Tensor):
 # --------------------------------------------------------------------------------------------------
 # Units
 
+def check_units(text: str) -> list[tuple[int, int | None]]:
+    """The syntax of a units text ("0:64", "3", "1,5,9", "0:64,100", "100:" for 100 to the last
+    channel), checked without the layer: (start, stop) per comma-separated part, stop None for an
+    open range. Raises ParameterError, in one line naming the bad part, for anything else
+    (negative units, reversed or empty ranges, "a:b:c", empty parts, junk)."""
+    text = str(text).strip()
+    if not text:
+        raise ParameterError("--units is empty; give e.g. 0:64 or 3,7,9")
+    spans: list[tuple[int, int | None]] = []
+    for part in text.split(","):
+        part = part.strip()
+        bits = part.split(":")
+        try:
+            if len(bits) > 2:
+                raise ValueError
+            lo = int(bits[0]) if bits[0].strip() or len(bits) == 1 else 0
+            hi = lo + 1 if len(bits) == 1 else (int(bits[1]) if bits[1].strip() else None)
+        except ValueError:
+            raise ParameterError(f"units {text!r} is not understood (at {part!r}); write e.g. 0:64, 5 or "
+                                 "1,5,9") from None
+        if len(bits) == 1 and lo < 0:
+            raise ParameterError(f"unit {lo} in units {text!r} is negative; units are channels numbered from 0, "
+                                 "e.g. 5 or 0:64")
+        if lo < 0 or (hi is not None and hi <= lo):
+            raise ParameterError(f"units {part!r} is an empty or negative range; write START:STOP with "
+                                 "0 <= START < STOP, e.g. 0:64")
+        spans.append((lo, hi))
+    return spans
+
+
 def parse_units(units, num_channels: int | None = None) -> list[int] | None:
-    """None (all), an int, a range, a list, or text: "0:64", "3", "1,5,9", "0:64,100"."""
+    """None (all), an int, a range, a list, or text (see `check_units`). With `num_channels` the
+    units must lie in 0..num_channels-1 (LayerError otherwise)."""
+    last = f"0..{num_channels - 1}" if num_channels is not None else "0 and up"
     if units is None:
         return None if num_channels is None else list(range(num_channels))
     if isinstance(units, str):
         out: list[int] = []
-        text = units.strip()
-        if not text:
-            raise ParameterError("--units is empty; give e.g. 0:64 or 3,7,9")
-        for part in text.split(","):
-            part = part.strip()
-            try:
-                if ":" in part:
-                    a, b = part.split(":", 1)
-                    lo = int(a) if a.strip() else 0
-                    if not b.strip():
-                        if num_channels is None:
-                            raise ParameterError(f"units {units!r}: an open range needs the layer's channel count")
-                        hi = num_channels
-                    else:
-                        hi = int(b)
-                    if hi <= lo or lo < 0:
-                        raise ParameterError(f"units {part!r} is an empty or negative range; write START:STOP with "
-                                             "0 <= START < STOP, e.g. 0:64")
-                    out.extend(range(lo, hi))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise ParameterError(f"units {units!r} is not understood; write e.g. 0:64, 5 or 1,5,9") from None
-    elif isinstance(units, (int, np.integer)):
+        for lo, hi in check_units(units):
+            if hi is None:
+                if num_channels is None:
+                    raise ParameterError(f"units {units!r}: an open range needs the layer's channel count")
+                hi = max(num_channels, lo + 1)
+            if num_channels is not None and hi > num_channels:  # before expanding: "0:10**12" is no list
+                raise LayerError(f"units {units!r} out of range: the layer has channels {last}")
+            out.extend(range(lo, hi))
+    elif isinstance(units, (int, np.integer)) and not isinstance(units, bool):
         out = [int(units)]
     else:
-        out = [int(u) for u in units]
+        try:
+            out = [operator.index(u) for u in units]
+        except TypeError:
+            raise ParameterError(f"units {units!r} is not understood; give an int, a list of ints, a range or text "
+                                 "like '0:64'") from None
     if not out:
         raise ParameterError(f"units {units!r} selects no unit")
     if len(set(out)) != len(out):
         raise ParameterError(f"units {units!r} lists a unit twice")
     if min(out) < 0 or (num_channels is not None and max(out) >= num_channels):
-        raise LayerError(f"units {_units_str(out)} out of range: the layer has channels 0..{num_channels - 1}")
+        raise LayerError(f"units {_units_str(out)} out of range: the layer has channels {last}")
     return out
 
 
@@ -246,11 +280,44 @@ def _dist_setup() -> tuple[int, int, bool]:
 # --------------------------------------------------------------------------------------------------
 # Checkpoint
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that a killed writer of `path` left beside it, and return them.
+
+    `atomic_path` writes `.STEM.XXXXXXXX.SUFFIX` (mkstemp's 8 random characters) and renames it onto
+    `path`; on an exception or Ctrl-C/SIGTERM it removes it, but a kill -9 (or a power cut) in
+    between leaves it behind for good. A run that is about to write `path` calls this first, so
+    they do not pile up. (Two runs writing the same file at once would already clobber each other.)
+    """
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    pattern = re.compile(rf"\.{re.escape(p.stem)}\.[a-z0-9_]{{8}}{re.escape(p.suffix)}")
+    removed = []
+    if parent.is_dir():
+        for f in parent.iterdir():
+            if pattern.fullmatch(f.name) and f.is_file() and not f.is_symlink():
+                with contextlib.suppress(OSError):
+                    f.unlink()
+                    removed.append(f)
+    return removed
+
+
+def fault_pause(point: str) -> None:
+    """Test hook: with CNNVIZ_TEST_PAUSE=POINT:SECONDS, announce POINT on stderr and sleep there,
+    so that a fault test can kill the process at that moment deterministically. Points:
+    "progress-write" (a progress file is written to its temporary, not yet renamed) and
+    "finish" (the scan is done, the result not yet written)."""
+    name, _, seconds = os.environ.get("CNNVIZ_TEST_PAUSE", "").partition(":")
+    if name == point:
+        print(f"cnnviz test pause: {point}", file=sys.stderr, flush=True)
+        time.sleep(float(seconds or 5))
+
+
 def _save_checkpoint(path: Path, key: str, state: dict, batches_done: int, skipped: list[tuple[str, str]]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, version=np.int64(CHECKPOINT_VERSION), key=np.array(key), batches_done=np.int64(batches_done),
                      skipped=np.array(json.dumps(skipped)), **state)
+        fault_pause("progress-write")
 
 
 def _load_checkpoint(path: Path, key: str, num_units: int, k: int):
@@ -274,18 +341,23 @@ def _load_checkpoint(path: Path, key: str, num_units: int, k: int):
 def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size: int = 32, num_workers: int = 0,
          device: str = "auto", checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 10,
          progress: bool | None = None, amp: bool | None = None,
-         on_batch: Callable[[int, int], None] | None = None) -> TopkResult:
+         on_batch: Callable[[int, int], None] | None = None, resume: bool = True,
+         finish: Callable[[TopkResult], None] | None = None) -> TopkResult:
     """The `k` images that activate each unit of `layer` most (spatial maximum per image).
 
     source: a folder (class folders are searched recursively), a CSV with a `file`/`path` column,
       or a list of image paths.
     units: None (all channels), an int, a range/list, or text like "0:64".
     checkpoint: progress file; written every `checkpoint_every` batches, resumed from when it
-      exists and fits these arguments, removed when the scan completes. Under torchrun each rank
-      keeps its own (PATH.rankR).
+      exists and fits these arguments (unless resume=False: then it is discarded), removed when the
+      scan completes and `finish` has returned. Under torchrun each rank keeps its own (PATH.rankR).
     on_batch(batches_done, batches_total): called after each batch (and checkpoint).
+    finish(result): called (on rank 0 only) before the progress file is removed: write the result
+      there, so that a kill before it is written leaves the progress to resume from.
     Under torchrun (or with torch.distributed initialized) each rank scans every W-th batch and the
     ranks' top-k are merged exactly; every rank returns the merged result.
+    Raises ImageError, writing nothing, when no image could be read. The global torch random state
+    is left alone (the DataLoader gets its own generator).
     """
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
         raise ParameterError(f"k must be a positive whole number, got {k!r}")
@@ -320,6 +392,10 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
         ckpt = Path(checkpoint)
         if world > 1:
             ckpt = ckpt.with_name(f"{ckpt.name}.rank{rank}")
+        check_output(ckpt, (ckpt.suffix.lower(),))  # a directory or a read-only folder: fail before the work
+        remove_stale_temporaries(ckpt)
+        if not resume and ckpt.exists():
+            ckpt.unlink()
 
     U = len(unit_list)
     state, done, skipped = empty_state(U, k), 0, []
@@ -330,8 +406,9 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
 
     dataset = ImageListDataset(root, files, lm.preprocessing)
     todo = [list(range(b * batch_size, min((b + 1) * batch_size, len(files)))) for b in mine[done:]]
+    # its own generator: the DataLoader draws a base seed when iterated, from the global one otherwise
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=todo, num_workers=num_workers,
-                                         pin_memory=dev.type == "cuda")
+                                         pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(0))
     units_t = torch.as_tensor(unit_list, dtype=torch.long)
     start = time.perf_counter()
     with model_on_device(lm.model, dev) as model, torch.inference_mode():
@@ -369,12 +446,13 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
         for st, sk in gathered:
             state = merge(state, st["values"], st["image_index"], st["position"], k)
             skipped.extend(sk)
-        dist.barrier()
-        if owns_group:
-            dist.destroy_process_group()
     skipped.sort(key=lambda s: files.index(s[0]) if s[0] in files else len(files))
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
+    if len(skipped) >= len(files):  # every rank sees the merged list: all of them stop here
+        if world > 1 and owns_group:
+            dist.destroy_process_group()
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
+        raise ImageError(_nothing_read(source, root, skipped))
 
     empty = state["image_index"] == _NO_IMAGE
     image_index = np.where(empty, -1, state["image_index"])
@@ -386,7 +464,29 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
               "batch_size": batch_size, "num_workers": num_workers, "world_size": world, "amp": use_amp,
               "memory_format": str(layout).replace("torch.", ""), "resumed_from_batch": resumed_from,
               "seconds": round(elapsed, 3)}
-    return TopkResult(params=params, provenance=provenance(lm.identity(), str(dev)),
-                      values=state["values"], image_index=image_index, position=state["position"],
-                      units=np.asarray(unit_list, dtype=np.int64), files=np.asarray(files, dtype=str),
-                      skipped=np.asarray([f for f, _ in skipped], dtype=str))
+    result = TopkResult(params=params, provenance=provenance(lm.identity(), str(dev)),
+                        values=state["values"], image_index=image_index, position=state["position"],
+                        units=np.asarray(unit_list, dtype=np.int64), files=np.asarray(files, dtype=str),
+                        skipped=np.asarray([f for f, _ in skipped], dtype=str))
+    try:
+        if rank == 0:
+            fault_pause("finish")
+            if finish is not None:
+                finish(result)
+        if world > 1:
+            dist.barrier()  # rank 0 has written the result: now every rank may drop its progress
+    finally:
+        if world > 1 and owns_group:
+            dist.destroy_process_group()
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+    return result
+
+
+def _nothing_read(source, root: Path, skipped: list[tuple[str, str]]) -> str:
+    """The one-line error for a data set of which no image could be read, with the first reasons."""
+    where = "the list given" if isinstance(source, (list, tuple)) else repr(str(source))
+    reasons = " | ".join(" ".join(why.split()) for _, why in skipped[:3])
+    more = f" | and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return (f"no image could be read from {where}: all {len(skipped)} file(s) are unreadable ({reasons}{more}); "
+            "check the files or point to another folder")

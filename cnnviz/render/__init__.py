@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 
-from ..errors import ResultError
+from ..errors import ParameterError, ResultError
 from ..files import FIGURE_SUFFIXES, check_output
 from .style import save_figure
+
+FULL_IMAGE_KINDS = ("occlusion", "gradients")  # renderers that take full_image=True
 
 
 def render(result, path: str | os.PathLike | None = None, **options):
@@ -21,6 +23,10 @@ def render(result, path: str | os.PathLike | None = None, **options):
     draw = drawers.get(result.kind)
     if draw is None:
         raise ResultError(f"no renderer for {result.kind!r} results")
+    if "full_image" in options and result.kind not in FULL_IMAGE_KINDS:
+        if options.pop("full_image"):
+            raise ParameterError(f"full_image draws occlusion and backprop (gradients) results on the original photo, "
+                                 f"not {result.kind!r} results; leave out --full-image")
     target = check_output(path, FIGURE_SUFFIXES) if path is not None else None
     fig = draw(result, **options)
     if target is not None:

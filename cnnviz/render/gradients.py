@@ -112,11 +112,15 @@ def signal_rgb(attribution: np.ndarray, clip: float | None = 99.5, top: float | 
 # --------------------------------------------------------------------------------------------------
 # One method, one or more images
 
-def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float | None = 99.5):
+def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float | None = 99.5,
+           full_image: bool = False):
     """One row per image: the input crop, the map with its colorbar, the map over the image
     (`overlay`), and for guided backprop / deconvnet / guided Grad-CAM the RGB signal.
     `shared_scale`: every row on one colour scale. `clip`: the percentile of the magnitudes at the
-    top of a scale (None: the maximum)."""
+    top of a scale (None: the maximum). `full_image`: on the whole original photo instead
+    (`full_image_figure`)."""
+    if full_image:
+        return full_image_figure(result, shared_scale=shared_scale, clip=clip)
     p = result.params
     signed = _signed(result)
     maps = np.asarray(result.map)
@@ -156,6 +160,50 @@ def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float
                 bare(d)
         fig.suptitle(_suptitle(result, shared_scale, clip), fontsize=9.5, y=1.0)
         fig.tight_layout(rect=(0, 0, 1, 0.985))
+    return fig
+
+
+def full_image_figure(result, shared_scale: bool = False, clip: float | None = 99.5):
+    """One row per image, on the whole original photo: the photo with the model's crop dashed,
+    and the map carried onto the photo (bilinear; colour scale as in `figure`), over the photo.
+    Outside the crop is hatched: the model never saw it, so there is no map there."""
+    from . import fullimage
+
+    p = result.params
+    signed = _signed(result)
+    maps = np.asarray(result.map)
+    n = maps.shape[0]
+    shared_norm = map_norm(maps, signed, clip) if shared_scale else None
+    photos = [fullimage.photo(result, i) for i in range(n)]
+    panel_w = 3.6
+    heights = [min(max(panel_w * g.original_size[0] / g.original_size[1], 2.0), 5.5) for _, g in photos]
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(n, 2, figsize=(2 * panel_w + 1.2, sum(heights) + 0.7 * n + 0.5), squeeze=False,
+                                 gridspec_kw={"height_ratios": heights})
+        for i, (picture, geo) in enumerate(photos):
+            norm = shared_norm or map_norm(maps[i], signed, clip)
+            a, b = axes[i]
+            fullimage.draw_photo(a, picture, geo)
+            fullimage.mark_crop(a, geo)
+            a.set_title(_row_title(result, i) + "\n" + fullimage.describe(geo), fontsize=8)
+            bare(a)
+
+            on_photo = geo.map_to_original(maps[i], shape=picture.shape[:2])
+            b.imshow(gray_background(picture), extent=fullimage.extent(geo), interpolation="bilinear")
+            rgba = overlay_rgba(np.nan_to_num(on_photo), norm, signed)
+            rgba[np.isnan(on_photo), 3] = 0.0
+            im = b.imshow(rgba, extent=fullimage.extent(geo), interpolation="nearest")
+            im.set_gid("overlay")
+            h0, w0 = geo.original_size
+            b.set_xlim(0, w0)
+            b.set_ylim(h0, 0)
+            fullimage.mark_crop(b, geo)
+            scale = plt.cm.ScalarMappable(norm=norm, cmap=_cmap(signed))
+            colorbar_extended(fig, b, scale, _map_label(p), _extend(maps[i], norm))
+            b.set_title(f"{method_label(p)} on the photo\n(opacity grows with |map|)")
+            bare(b)
+        fig.suptitle(_suptitle(result, shared_scale, clip) + f"\n{fullimage.OUTSIDE_LABEL}", fontsize=9.5, y=1.0)
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
 

@@ -31,9 +31,12 @@ def _frame(ax, result):
     bare(ax)
 
 
-def figure(result, occluder: tuple[int, int] | None = None):
+def figure(result, occluder: tuple[int, int] | None = None, full_image: bool = False):
     """Draw the five panels. `occluder` = (row, col) of the map cell whose occluder is drawn on the
-    input (default: the position of the largest probability drop)."""
+    input (default: the position of the largest probability drop). `full_image`: draw on the whole
+    original photo instead (`full_image_figure`)."""
+    if full_image:
+        return full_image_figure(result, occluder)
     p = result.params
     prob, act, top = result.true_class_prob, result.feature_activation, result.top_class
     if occluder is None:
@@ -78,6 +81,65 @@ def figure(result, occluder: tuple[int, int] | None = None):
                      f"window {wy}×{wx}, stride {p['stride'][0]}, fill {p['fill']}; red line on colorbars = unoccluded",
                      fontsize=9.5, y=0.99)
         fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def full_image_figure(result, occluder: tuple[int, int] | None = None):
+    """Three panels on the whole original photo: the photo with the model's crop (dashed) and the
+    occluder of cell `occluder` (default: the largest probability drop), the target-class
+    probability per occluder centre, and the most probable class per occluder centre. Outside the
+    crop is hatched: the model never saw it."""
+    from . import fullimage
+
+    p = result.params
+    picture, geo = fullimage.photo(result)
+    prob, top = result.true_class_prob, result.top_class
+    if occluder is None:
+        occluder = np.unravel_index(int(np.argmin(prob)), prob.shape)
+    iy, ix = occluder
+    wy, wx = p["window"]
+    ext = fullimage.crop_extent(geo, _extent(result))
+    h0, w0 = geo.original_size
+    panel_w = 4.2
+    panel_h = min(max(panel_w * h0 / w0, 2.2), 6.0)
+    with plt.rc_context(RC):
+        fig, (a, d, e) = plt.subplots(1, 3, figsize=(3 * panel_w + 2.6, panel_h + 0.9))
+
+        fullimage.draw_photo(a, picture, geo)
+        bx0, by0, bx1, by1 = result.occluder_boxes(original=True)[iy, ix]
+        a.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, facecolor=_fill_rgb(result), edgecolor="white",
+                              lw=1.2, zorder=6, gid="occluder"))
+        fullimage.mark_crop(a, geo)
+        a.set_title(f"(a) original photo, model crop dashed\n{wy}×{wx} occluder where p drops most")
+        bare(a)
+
+        fullimage.draw_photo(d, picture, geo)
+        im = d.imshow(prob, cmap=SEQUENTIAL, extent=ext, vmin=0, vmax=max(float(prob.max()), p["baseline_prob"]),
+                      interpolation="nearest", alpha=0.85, zorder=2)
+        im.set_gid("map")
+        fullimage.mark_crop(d, geo)
+        d.set_xlim(0, w0)
+        d.set_ylim(h0, 0)
+        d.set_title(f"(b) p({short(p['target_name'], 20)})\nvs occluder centre")
+        cb = colorbar(fig, d, im, f"probability (unoccluded {p['baseline_prob']:.2f})")
+        cb.ax.axhline(p["baseline_prob"], color="red", lw=1.2)
+        bare(d)
+
+        fullimage.draw_photo(e, picture, geo)
+        _class_map(e, result, top, ext)
+        e.images[-1].set_alpha(0.85)
+        e.images[-1].set_zorder(2)
+        fullimage.mark_crop(e, geo)
+        e.set_xlim(0, w0)
+        e.set_ylim(h0, 0)
+        e.set_title("(c) most probable class\nvs occluder centre")
+        bare(e)
+
+        model = result.provenance.get("model", "model")
+        fig.suptitle(f"Occlusion sensitivity on the whole photo: {model}, target '{p['target_name']}' "
+                     f"(class {p['target']}); {fullimage.describe(geo)}; {fullimage.OUTSIDE_LABEL}",
+                     fontsize=9.5, y=0.99)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 

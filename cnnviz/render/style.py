@@ -37,8 +37,12 @@ def bare(ax):
 def save_figure(fig, path: Path) -> None:
     """Write the figure atomically; the format comes from the extension."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."), bbox_inches="tight",
-                    dpi=max(fig.dpi, RC["savefig.dpi"]))
+        write_figure(fig, tmp, Path(path).suffix)
+
+
+def write_figure(fig, file: Path, suffix: str) -> None:
+    """Write the figure to `file` in the format named by `suffix` (.png, .pdf, .svg)."""
+    fig.savefig(file, format=suffix.lower().lstrip("."), bbox_inches="tight", dpi=max(fig.dpi, RC["savefig.dpi"]))
 
 
 def short(name: str, n: int = 22) -> str:
