@@ -343,13 +343,11 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     """
     import cnnviz
     from cnnviz.batching import summary as batch_summary
-    from cnnviz.files import FIGURE_SUFFIXES, check_output
     from cnnviz.images import load_image
+    from cnnviz_cli import output
 
     out = out or f"{Path(image).stem}_occlusion.png"
-    check_output(out, FIGURE_SUFFIXES)
-    if save:
-        check_output(save, (".npz",))
+    output.check(out, save)
     win, step = _parse_pair(window, "--window"), _parse_pair(stride, "--stride")
     _check_amp(amp, device)
     from cnnviz.models import Preprocessing
@@ -361,18 +359,13 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer, channel=channel,
                               batch_size=batch_size, device=device, amp=amp, progress=False if quiet else None)
     result.params["image_file"] = str(image)
-    fig = result.render(out, full_image=full_image)
-    if save:
-        result.save(save)
+    output.write(result, out, save, echo=False, full_image=full_image)
     p = result.params
     click.echo(f"target '{p['target_name']}' (class {p['target']}): p = {p['baseline_prob']:.3f} unoccluded, "
                f"{float(result.true_class_prob.min()):.3f} at the strongest occlusion; {p['num_positions']} positions "
                f"in {p['seconds']:.1f} s on {result.provenance['device']}")
     click.echo(batch_summary(p))
-    click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    click.echo(output.wrote(out, save))
 
 
 def _check_stride(window, stride, size) -> None:
