@@ -73,7 +73,7 @@ class StepClock:
 
     def intervals(self) -> list[float]:
         if len(self.stamps) < 2:
-            raise SystemExit("the engine's loop no longer reports its steps through featvis.progress_bar; "
+            raise SystemExit("the engine's loop no longer reports its steps through featvis.loop's progress_bar; "
                              "update StepClock in benchmarks/featvis.py")
         return list(np.diff(self.stamps))
 
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     import cnnviz
     from cnnviz import featvis
-    from cnnviz.engines import featvis as engine
+    from cnnviz.engines.featvis import loop as engine
     from cnnviz.engines.common import resolve_device
 
     try:

@@ -1,31 +1,32 @@
-"""Occlusion speed: cnnviz against Captum and against the bare forward passes it cannot beat.
+"""Occlusion speed: cnnviz's default (batch size chosen by measuring) against every fixed batch size
+and against Captum's Occlusion at every perturbations_per_eval, on several models.
 
-All run in one process, on the same model, image, grid and device:
+For each model and stride (window 32 on the 224x224 input), in one process, on the same image and
+grid, these contenders run in interleaved rounds (round r runs each once, in a rotated order, so a
+slow spell of a shared machine hits all alike); the table gives medians and ratios:
 
-  (a) cnnviz.occlusion at its default batch size: one forward pass per occluder position, reading
-      three maps from it (target-class probability, most probable class, total activation of one
-      feature map);
-  (b) captum.attr.Occlusion on the model followed by a softmax (its attribution is then the
-      probability drop): sliding window (3, W, W), strides (3, S, S), baseline 0 in normalized
-      space (= cnnviz's gray "mean" fill), target = top-1. perturbations_per_eval is screened over
-      several values and the fastest is timed;
-  (c) the forward-pass limit: plain model(batch) under torch.inference_mode() at cnnviz's batch
-      size, in both memory layouts; limit = positions / the better throughput.
+  cnnviz auto     cnnviz.occlusion with no batch_size: the batch is chosen by timing the first
+                  positions (cnnviz.batching); the sizes it chose are listed;
+  cnnviz b=N      cnnviz.occlusion(batch_size=N) for each N of --batch-sizes;
+  captum ppe=P    captum.attr.Occlusion on the model followed by a softmax (its attribution is then
+                  the probability drop), baseline 0 in normalized space (= cnnviz's gray fill),
+                  target = top-1, perturbations_per_eval=P for each P of --perturbations.
 
-Default grid: 224x224 input, window 32, stride 8, so 25 x 25 = 625 positions.
+cnnviz computes three maps per pass (target probability, top class, one feature map's total),
+Captum one. Models other than EfficientNet-Lite0 use random weights (same structure and cost).
 
-    python benchmarks/occlusion.py [--model efficientnet_lite0] [--image assets/rocket.jpg]
-                                   [--batch-size N] [--repeats 5] [--device auto] [--amp]
+    python benchmarks/occlusion.py [--models efficientnet_lite0:8,efficientnet_lite0:16,alexnet:16,...]
+                                   [--budget 660] [--repeats 5] [--out table.md] [--quick]
 
-Timed runs of (a), (b) and (c) are interleaved round by round, so that a slow spell of a shared
-machine hits all of them alike; ratios use the medians.
+--budget (seconds) is shared equally by the model/stride rows: each runs rounds until its share is
+spent (at least 1, at most --repeats), so the whole run takes about that long. --quick: a smoke
+run (lite0 at stride 32, two batch sizes, one Captum setting, one round).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import statistics
 import sys
@@ -37,113 +38,149 @@ import torch
 from machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
+DEFAULT_MODELS = "efficientnet_lite0:8,efficientnet_lite0:16,alexnet:16,resnet18:16,vgg16:16"
 
 
-def timed(fn, dev: torch.device) -> float:
+def timed(fn, dev: torch.device):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
-    fn()
+    out = fn()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="efficientnet_lite0", help="any name cnnviz.load_model accepts")
-    ap.add_argument("--image", default=str(ROOT / "assets" / "rocket.jpg"))
-    ap.add_argument("--batch-size", type=int, default=None, help="cnnviz and (c) [default: cnnviz's default]")
-    ap.add_argument("--window", type=int, default=32)
-    ap.add_argument("--stride", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
-    ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
-    ap.add_argument("--perturbations", default="1,2,4,8,16,32,64", help="Captum perturbations_per_eval to screen")
-    ap.add_argument("--amp", action="store_true", help="float16 autocast on CUDA for all three")
-    args = ap.parse_args(argv)
+def load(name: str):
+    import cnnviz
 
-    import captum
+    if name.startswith("efficientnet_lite"):
+        return cnnviz.load_model(name)
+    torch.manual_seed(0)
+    return cnnviz.load_model(name, weights="none")
+
+
+def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dict:
+    """Every contender on one model and stride; returns times and the auto choices."""
     from captum.attr import Occlusion
 
     import cnnviz
-    from cnnviz.engines.common import default_batch_size, resolve_device
-    from cnnviz.engines.occlusion import occluder_positions
 
-    dev = resolve_device(args.device)
-    amp = bool(args.amp and dev.type == "cuda")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else contextlib.nullcontext
-    lm = cnnviz.load_model(args.model)
+    lm = load(name)
     model = lm.model.eval().to(dev)  # cnnviz then finds it on the device and leaves it there
     pixels, x = lm.prepare(args.image)
     x = x.to(dev)
-    ys, xs = occluder_positions(tuple(x.shape[2:]), (args.window,) * 2, (args.stride,) * 2)
-    n = len(ys) * len(xs)
-    bs = args.batch_size or default_batch_size(dev)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else contextlib.nullcontext
     with torch.inference_mode(), autocast():
         top1 = int(model(x).float().argmax(1))
-    gpu = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
-    print(f"model {lm.name}; image {Path(args.image).name}; window {args.window}, stride {args.stride}: "
-          f"{len(ys)}x{len(xs)} = {n} positions; batch {bs}; top-1 '{lm.class_name(top1)}'")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads; "
-          f"device {dev}{gpu}; {'float16 autocast' if amp else 'float32'}; torch {torch.__version__}, "
-          f"captum {captum.__version__}, cnnviz {cnnviz.__version__}", flush=True)
+    chosen: list[int] = []
 
-    def run_cnnviz():
-        r = cnnviz.occlusion(lm, pixels, window=args.window, stride=args.stride, batch_size=bs, device=str(dev),
-                             amp=amp, progress=False)
-        assert r.true_class_prob.shape == r.top_class.shape == r.feature_activation.shape == (len(ys), len(xs))
+    def run_cnnviz(bs):
+        def run():
+            r = cnnviz.occlusion(lm, pixels, window=args.window, stride=stride, batch_size=bs, device=str(dev),
+                                 amp=amp, progress=False)
+            if bs is None:
+                chosen.append(r.params["batch_size"])
+            return r.params["num_positions"]
+        return run
 
     occ = Occlusion(torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval())
 
     def run_captum(ppe):
-        with torch.no_grad(), autocast():
-            a = occ.attribute(x, sliding_window_shapes=(3, args.window, args.window),
-                              strides=(3, args.stride, args.stride), baselines=0.0, target=top1,
-                              perturbations_per_eval=ppe, show_progress=False)
-        assert a.shape == x.shape
+        def run():
+            with torch.no_grad(), autocast():
+                a = occ.attribute(x, sliding_window_shapes=(3, args.window, args.window), strides=(3, stride, stride),
+                                  baselines=0.0, target=top1, perturbations_per_eval=ppe, show_progress=False)
+            assert a.shape == x.shape
+        return run
 
-    def run_forward(layout):
-        batch = x.expand(bs, -1, -1, -1).contiguous(memory_format=LAYOUTS[layout])
-        with torch.inference_mode(), autocast():
-            for _ in range(math.ceil(n / bs)):
-                model(batch)
-
-    # screen Captum's perturbations_per_eval (one warm-up, one timed run each)
-    screen = {}
-    for ppe in [int(v) for v in args.perturbations.split(",")]:
-        timed(lambda: run_captum(ppe), dev)
-        screen[ppe] = timed(lambda: run_captum(ppe), dev)
-    best_ppe = min(screen, key=screen.get)
-    print("captum screening, seconds by perturbations_per_eval: " +
-          ", ".join(f"{k}: {v:.2f}" for k, v in screen.items()), flush=True)
-
-    contenders = {"(a) cnnviz.occlusion (3 maps)": run_cnnviz,
-                  f"(b) captum Occlusion, ppe={best_ppe}": lambda: run_captum(best_ppe)}
-    for layout in LAYOUTS:
-        contenders[f"(c) forward only, {layout}"] = lambda layout=layout: run_forward(layout)
+    contenders = {"cnnviz auto": run_cnnviz(None)}
+    contenders.update({f"cnnviz b={b}": run_cnnviz(b) for b in args.sizes})
+    contenders.update({f"captum ppe={p}": run_captum(p) for p in args.ppes})
     times = {k: [] for k in contenders}
-    for fn in contenders.values():
-        fn()  # warm-up
-    for _ in range(args.repeats):
-        for k, fn in contenders.items():
-            times[k].append(timed(fn, dev))
-    # forward passes cover ceil(n / bs) * bs images; scale to n positions
-    scale = n / (math.ceil(n / bs) * bs)
-    for k in times:
-        if k.startswith("(c)"):
-            times[k] = [t * scale for t in times[k]]
+    keys = list(contenders)
+    started = time.perf_counter()
+    n_pos = None
+    for r in range(args.repeats):
+        order = keys[r % len(keys):] + keys[: r % len(keys)]
+        t_round = time.perf_counter()
+        for k in order:
+            t, out = timed(contenders[k], dev)
+            times[k].append(t)
+            n_pos = out if isinstance(out, int) else n_pos
+        round_s = time.perf_counter() - t_round
+        if time.perf_counter() - started + round_s > share:
+            break
+    print(f"  {name} stride {stride}: {len(times['cnnviz auto'])} round(s) in {time.perf_counter() - started:.0f} s",
+          file=sys.stderr, flush=True)
+    return {"model": name, "stride": stride, "positions": n_pos, "times": times, "chosen": chosen}
 
-    w = max(map(len, times)) + 2
-    print(f"\n{'':<{w}}{'median s':>9}{'best s':>8}{'positions/s':>13}")
-    for k, ts in times.items():
-        print(f"{k:<{w}}{statistics.median(ts):>9.2f}{min(ts):>8.2f}{n / statistics.median(ts):>13.1f}")
-    med = {k: statistics.median(ts) for k, ts in times.items()}
-    a, b = med["(a) cnnviz.occlusion (3 maps)"], med[f"(b) captum Occlusion, ppe={best_ppe}"]
-    limit = min(v for k, v in med.items() if k.startswith("(c)"))
-    print(f"\nratio cnnviz / captum        = {a / b:.2f}  (below 1: cnnviz faster, computing 3 maps to captum's 1)")
-    print(f"ratio cnnviz / forward limit = {a / limit:.2f}  (1.00: nothing beyond the forward passes)")
-    print(f"ratio captum / forward limit = {b / limit:.2f}")
+
+def table(rows: list[dict]) -> str:
+    out = ["| model, stride | positions | contender | median s | min-max s | / best fixed cnnviz | / best captum |",
+           "|---|---|---|---|---|---|---|"]
+    summary = ["", "| model, stride | auto chose | auto / best fixed | auto / best captum | best fixed | best captum |",
+               "|---|---|---|---|---|---|"]
+    for row in rows:
+        med = {k: statistics.median(v) for k, v in row["times"].items()}
+        fixed = {k: v for k, v in med.items() if k.startswith("cnnviz b=")}
+        captum = {k: v for k, v in med.items() if k.startswith("captum")}
+        bf = min(fixed, key=fixed.get) if fixed else None
+        bc = min(captum, key=captum.get) if captum else None
+        label = f"{row['model']}, {row['stride']}"
+        for k, v in med.items():
+            ts = row["times"][k]
+            rf = f"{v / fixed[bf]:.2f}" if bf else "-"
+            rc = f"{v / captum[bc]:.2f}" if bc else "-"
+            out.append(f"| {label} | {row['positions']} | {k} | {v:.2f} | {min(ts):.2f}-{max(ts):.2f} | {rf} | {rc} |")
+        a = med["cnnviz auto"]
+        summary.append(f"| {label} | {', '.join(map(str, row['chosen']))} | {a / fixed[bf]:.2f} |"
+                       f" {a / captum[bc]:.2f} | {bf} | {bc} |" if bf and bc else f"| {label} | - | - | - | - | - |")
+    return "\n".join(out + summary)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=DEFAULT_MODELS,
+                    help="comma-separated MODEL:STRIDE (any name cnnviz.load_model accepts) [%(default)s]")
+    ap.add_argument("--image", default=str(ROOT / "assets" / "rocket.jpg"))
+    ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--batch-sizes", default="4,8,16,32,64", help="fixed cnnviz batch sizes [%(default)s]")
+    ap.add_argument("--perturbations", default="1,4,16,64", help="Captum perturbations_per_eval [%(default)s]")
+    ap.add_argument("--repeats", type=int, default=5, help="most interleaved rounds per model [%(default)s]")
+    ap.add_argument("--budget", type=float, default=660, help="seconds for the whole run, shared by the rows")
+    ap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    ap.add_argument("--amp", action="store_true", help="float16 autocast on CUDA for all")
+    ap.add_argument("--out", default=None, help="also write the Markdown table to this file")
+    ap.add_argument("--quick", action="store_true", help="smoke run: lite0 stride 32, b=4,16, ppe=16, one round")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.models = "efficientnet_lite0:32" if args.models == DEFAULT_MODELS else args.models
+        args.batch_sizes, args.perturbations, args.repeats = "4,16", "16", 1
+    args.sizes = [int(v) for v in args.batch_sizes.split(",") if v]
+    args.ppes = [int(v) for v in args.perturbations.split(",") if v]
+    specs = [(m.split(":")[0], int(m.split(":")[1]) if ":" in m else 16) for m in args.models.split(",") if m]
+
+    import captum
+
+    import cnnviz
+    from cnnviz.engines.common import resolve_device
+
+    dev = resolve_device(args.device)
+    amp = bool(args.amp and dev.type == "cuda")
+    gpu = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
+    load_avg = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    head = (f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
+            f"load {load_avg} at start; device {dev}{gpu}; {'float16 autocast' if amp else 'float32'}; "
+            f"torch {torch.__version__}, captum {captum.__version__}, cnnviz {cnnviz.__version__}; "
+            f"image {Path(args.image).name}, window {args.window}")
+    print(head, flush=True)
+    share = args.budget / len(specs)
+    rows = [bench_one(name, stride, args, dev, amp, share) for name, stride in specs]
+    md = table(rows)
+    print(md)
+    if args.out:
+        Path(args.out).write_text(f"{head}\n\n{md}\n", encoding="utf-8")
     return 0
 
 

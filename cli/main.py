@@ -319,7 +319,8 @@ def predict(images, model_spec, top, as_json, batch_size, device):
 @click.option("--channel", "-c", default=None, type=int,
               help="Channel of --layer [default: the one with the strongest response to the unoccluded image].")
 @click.option("--batch-size", "-b", default=None, type=int,
-              help="Occluded images per forward pass [default: 2 per CPU thread on a CPU, 64 on a GPU].")
+              help="Occluded images per forward pass [default: chosen by timing the first positions at 4, 8, "
+                   "16... (16, 32... on a GPU), within free memory]. Results do not depend on it on a CPU.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
 @click.option("--amp/--no-amp", default=None, help="float16 mixed precision on CUDA [default: on with CUDA].")
 @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
@@ -341,13 +342,12 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
       cnnviz occlusion assets/rocket.jpg --window 48 --stride 8 --out fig.pdf --save occ.npz
     """
     import cnnviz
-    from cnnviz.files import FIGURE_SUFFIXES, check_output
+    from cnnviz.batching import summary as batch_summary
     from cnnviz.images import load_image
+    from cnnviz_cli import output
 
     out = out or f"{Path(image).stem}_occlusion.png"
-    check_output(out, FIGURE_SUFFIXES)
-    if save:
-        check_output(save, (".npz",))
+    output.check(out, save)
     win, step = _parse_pair(window, "--window"), _parse_pair(stride, "--stride")
     _check_amp(amp, device)
     from cnnviz.models import Preprocessing
@@ -359,17 +359,13 @@ def occlusion(image, model_spec, window, stride, fill, target, layer, channel, b
     result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer, channel=channel,
                               batch_size=batch_size, device=device, amp=amp, progress=False if quiet else None)
     result.params["image_file"] = str(image)
-    fig = result.render(out, full_image=full_image)
-    if save:
-        result.save(save)
+    output.write(result, out, save, echo=False, full_image=full_image)
     p = result.params
     click.echo(f"target '{p['target_name']}' (class {p['target']}): p = {p['baseline_prob']:.3f} unoccluded, "
                f"{float(result.true_class_prob.min()):.3f} at the strongest occlusion; {p['num_positions']} positions "
                f"in {p['seconds']:.1f} s on {result.provenance['device']}")
-    click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    click.echo(batch_summary(p))
+    click.echo(output.wrote(out, save))
 
 
 def _check_stride(window, stride, size) -> None:

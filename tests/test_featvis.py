@@ -402,3 +402,45 @@ def test_batches_of_units_equal_separate_runs_with_consecutive_seeds(lite0):
     assert np.allclose(classes.score[1], alone.score[0], rtol=1e-4, atol=1e-6)
     with pytest.raises(ParameterError, match="batch_size"):
         fv.visualize_units(lite0, "_blocks.4", "0:3", batch_size=0, steps=1, size=32)
+
+
+# --------------------------------------------------------------------------------------------------
+# A parameterization of the user's own (the ImageParam protocol)
+
+class CoarseImage:
+    """An 8x8 image per batch entry, upsampled to the full size by nearest neighbour: every image it
+    draws is constant on 8x8-pixel blocks of an HxW image (H, W multiples of 8 here)."""
+
+    def __init__(self, shape, seed=0):
+        b, c, h, w = shape
+        self.size = (h, w)
+        g = torch.Generator().manual_seed(seed)
+        self.p = (torch.randn((b, c, 8, 8), generator=g) * 0.1).requires_grad_(True)
+
+    def parameters(self):
+        return [self.p]
+
+    def image(self):
+        return torch.sigmoid(torch.nn.functional.interpolate(self.p, size=self.size, mode="nearest"))
+
+    def project(self):
+        pass
+
+
+def test_a_user_parameterization_is_optimized_and_keeps_its_structure(lite0):
+    coarse = CoarseImage((2, 3, 64, 64))
+    start = _evaluate(lite0, fv.channel("_blocks.4", [3, 7]), coarse.image().detach())
+    res = fv.visualize(lite0, fv.channel("_blocks.4", [3, 7]), batch=2, size=64, steps=12, param=coarse,
+                       transforms="none", seed=0)
+    img = torch.from_numpy(res.images).permute(0, 3, 1, 2).float()
+    blocks = img.reshape(2, 3, 8, 8, 8, 8)  # (b, c, by, y-in-block, bx, x-in-block)
+    assert (blocks.amax(dim=(3, 5)) - blocks.amin(dim=(3, 5))).max() == 0, "not built from 8x8 blocks"
+    assert (res.objective > start.numpy() + 0.05).all(), (start, res.objective)
+    assert res.params["param"] == "CoarseImage"
+
+
+def test_a_parameterization_of_the_wrong_shape_or_kind_is_a_one_line_error(lite0):
+    with pytest.raises(ParameterError, match=r"shape \(1, 3, 64, 64\).*\(2, 3, 64, 64\)"):
+        fv.visualize(lite0, fv.channel("_blocks.4", [3, 7]), batch=2, size=64, steps=2, param=CoarseImage((1, 3, 64, 64)))
+    with pytest.raises(ParameterError, match="parameters\\(\\), image\\(\\) and project\\(\\)"):
+        fv.visualize(lite0, fv.channel("_blocks.4", 3), size=64, steps=2, param=object())

@@ -206,3 +206,33 @@ def test_a_model_that_needs_the_plain_memory_layout_still_works(bird):
     x[..., :112, 112:] = 0.0  # the occluder at row 0, column 1 with the (0 after normalization) gray fill
     with torch.no_grad():
         assert r.true_class_prob[0, 1] == pytest.approx(float(torch.softmax(model(x), 1)[0, 2]), abs=1e-6)
+
+
+def test_cli_summary_names_the_measured_batch_choice_and_a_given_one(tmp_path):
+    from click.testing import CliRunner
+
+    from cnnviz_cli.main import cli
+
+    base = ["occlusion", str(sample_image(10)), "--model", "alexnet", "--weights", "none", "--window", "32",
+            "--stride", "16", "--quiet"]
+    auto = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "a.png"), "--save", str(tmp_path / "a.npz")])
+    assert auto.exit_code == 0, auto.stderr
+    saved = cnnviz.load_result(tmp_path / "a.npz").params
+    assert saved["batch_size_auto"] is True
+    assert f"batch {saved['batch_size']} (chosen by measuring: 4: " in auto.stdout
+    fixed = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "b.png"), "--batch-size", "12"])
+    assert fixed.exit_code == 0, fixed.stderr
+    assert "batch 12\n" in fixed.stdout and "measuring" not in fixed.stdout
+
+
+@pytest.mark.parametrize("bad", ["0", "-4", "2.5", "many"])
+def test_bad_batch_sizes_are_one_line_cli_errors(tmp_path, bad):
+    from click.testing import CliRunner
+
+    from cnnviz_cli.main import cli
+    from helpers import one_line_error
+
+    res = CliRunner().invoke(cli, ["occlusion", str(sample_image(10)), "--model", "alexnet", "--weights", "none",
+                                   "--batch-size", bad, "--out", str(tmp_path / "f.png"), "--quiet"])
+    one_line_error(res, "batch")
+    assert not (tmp_path / "f.png").exists()

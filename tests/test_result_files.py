@@ -245,3 +245,62 @@ def test_save_outputs_writes_figure_and_result_together_or_not_at_all(saved, tmp
     with pytest.raises(OSError):
         save_outputs(r, e / "r.npz", fig, e / "f.png")
     assert_empty(e)  # the figure was written first, and is gone with the failed result
+
+
+# ------------------------------------------------------------------------------------------------
+# Every command checks every output before any work (the model is never loaded)
+
+def _commands(photo: Path, folder: Path) -> dict[str, list[str]]:
+    return {
+        "occlusion": ["occlusion", str(photo)],
+        "saliency": ["saliency", str(photo)],
+        "gradcam": ["gradcam", str(photo)],
+        "sanity": ["sanity", str(photo)],
+        "filters": ["filters"],
+        "activations": ["activations", str(photo)],
+        "rf": ["rf"],
+        "featvis": ["featvis", "--layer", "_blocks.2"],
+        "classviz": ["classviz", "--target", "1"],
+        "dream": ["dream", str(photo), "--layer", "_blocks.2"],
+        "invert": ["invert", str(photo), "--layer", "_blocks.2"],
+        "topk": ["topk", str(folder), "--layer", "_blocks.2"],
+    }
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    import cnnviz.models
+
+    def forbidden(*a, **k):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(cnnviz.models, "load_model", forbidden)
+
+
+@pytest.mark.parametrize("command", list(_commands(Path("x"), Path("y"))))
+def test_a_sidecar_path_that_is_a_directory_fails_before_any_work(command, tmp_path, no_model):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sample_image(0), photos / "a.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "r.json").mkdir()
+    args = _commands(photos / "a.jpg", photos)[command]
+    fig = ["--figure", out / "f.png"] if command == "topk" else ["--out", out / "f.png"]
+    res = invoke(*args, *fig, "--save", out / "r.npz")
+    one_line_error(res, "r.json", "directory")
+    assert sorted(p.name for p in out.iterdir()) == ["r.json"]
+
+
+@pytest.mark.parametrize("command", list(_commands(Path("x"), Path("y"))))
+def test_a_figure_path_that_is_a_directory_fails_before_any_work(command, tmp_path, no_model):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sample_image(0), photos / "a.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "f.png").mkdir()
+    args = _commands(photos / "a.jpg", photos)[command]
+    fig = ["--figure", out / "f.png"] if command == "topk" else ["--out", out / "f.png"]
+    one_line_error(invoke(*args, *fig, "--save", out / "r.npz"), "f.png", "directory")
+    assert sorted(p.name for p in out.iterdir()) == ["f.png"]

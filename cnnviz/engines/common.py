@@ -78,8 +78,10 @@ def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "pos")
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Images per forward pass when the user does not say. On a CPU, small batches stay in cache
-    (EfficientNet-Lite0 on 2 cores: 103 images/s at 4, 59 at 16, 43 at 32); a GPU wants many."""
+    """A fixed batch for engines that do not measure (empirical receptive fields). Engines that run
+    many inputs choose theirs by timing with `cnnviz.batching.Batches`: the best size depends on
+    the model and the load (Lite0 on 2 quiet cores: 103 images/s at 4, 43 at 32; AlexNet: 2.2x
+    faster at 64 than at 4)."""
     if device.type == "cpu":
         return max(4, 2 * torch.get_num_threads())
     return 64

@@ -1,0 +1,144 @@
+"""The batch-size tuner: its schedule on a simulated clock (no real timing), exactness of results
+across batch sizes on a real network, memory bounds, and bad sizes."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from cnnviz import batching
+from cnnviz.batching import Batches, check_batch_size, pad
+from cnnviz.engines.occlusion import occlusion
+from cnnviz.errors import ParameterError
+from cnnviz.models import LoadedModel, Preprocessing
+
+from helpers import sample_image
+
+
+class _Clock:
+    """A simulated clock: the 'work' on a slice of k items advances it by cost(k, lo)."""
+
+    def __init__(self, cost):
+        self.t, self.cost = 0.0, cost
+
+    def run(self, batches: Batches) -> list[tuple[int, int]]:
+        batches._clock = lambda: self.t
+        slices = []
+        for lo, hi in batches:
+            slices.append((lo, hi))
+            self.t += self.cost(hi - lo, lo)
+        return slices
+
+
+def _covers(slices, n):
+    assert slices[0][0] == 0 and slices[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:])), "slices must be contiguous, in order"
+    assert all(hi > lo for lo, hi in slices)
+
+
+def test_a_fixed_overhead_per_batch_drives_the_size_up():
+    b = Batches(2000, device="cpu")
+    slices = _Clock(lambda k, lo: 0.05 + 0.001 * k).run(b)
+    _covers(slices, 2000)
+    rec = b.record()
+    assert rec["batch_size_auto"] and rec["batch_size"] >= 128
+    assert all(hi - lo == rec["batch_size"] for lo, hi in slices[len(slices) // 2:-1])
+    assert set(rec["batch_trials"]) >= {"4", "8", "16", "32", "64"}
+    assert all(lo % batching.GROUP == 0 for lo, _ in slices), "batch boundaries must stay on full groups"
+
+
+def test_a_cost_that_grows_faster_than_the_batch_keeps_it_small():
+    b = Batches(1000, device="cpu")
+    slices = _Clock(lambda k, lo: 0.01 * k ** 1.5).run(b)
+    _covers(slices, 1000)
+    assert b.record()["batch_size"] == 4
+    assert b.record()["batch_trial_items"] <= 4 + 4 + 8 + 8, "trial of a slower size must stop at once"
+
+
+def test_the_best_size_is_found_between_the_extremes():
+    # time per item is lowest at 32: 1/k overhead plus a term growing with k (cache misses)
+    b = Batches(3000, device="cpu")
+    _Clock(lambda k, lo: k * (0.1 / k + 0.0001 * k)).run(b)
+    assert b.record()["batch_size"] == 32
+
+
+def test_a_slowdown_midway_is_rechecked():
+    # until item 1000 overheads dominate (big batches win); after, a busy machine: small ones win
+    def cost(k, lo):
+        return 0.05 + 0.001 * k if lo < 1000 else 0.02 * k ** 1.3
+
+    b = Batches(4000, device="cpu")
+    slices = _Clock(cost).run(b)
+    _covers(slices, 4000)
+    rec = b.record()
+    assert rec["batch_rechecks"], "the slowdown went unnoticed"
+    assert rec["batch_rechecks"][0]["at_item"] > 1000
+    assert rec["batch_size"] < max(hi - lo for lo, hi in slices if lo < 1000)
+
+
+def test_sizes_are_bounded_by_free_memory(monkeypatch):
+    monkeypatch.setattr(batching, "available_memory", lambda device: 64 * 2 ** 20)
+    b = Batches(5000, device="cpu", item_bytes=2 ** 20)  # 1 MiB an item, 64 MiB free: half of it -> 32
+    assert b.limit == 32
+    slices = _Clock(lambda k, lo: 0.05 + 0.001 * k).run(b)
+    assert max(hi - lo for lo, hi in slices) == 32
+
+
+def test_a_given_size_is_used_as_is():
+    b = Batches(10, 4)
+    assert list(b) == [(0, 4), (4, 8), (8, 10)]
+    assert b.record() == {"batch_size": 4, "batch_size_auto": False}
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
+def test_bad_batch_sizes_are_one_line_errors(bad):
+    with pytest.raises(ParameterError, match="positive whole number") as e:
+        check_batch_size(bad)
+    assert "\n" not in str(e.value) and repr(bad) in str(e.value)
+
+
+def test_pad_fills_up_to_full_groups_with_the_last_item():
+    x = torch.arange(6.0).reshape(6, 1)
+    p = pad(x)
+    assert p.shape[0] == 8 and torch.equal(p[:6], x) and torch.equal(p[6:], x[5:].expand(2, 1))
+    assert pad(x[:4]) is not None and pad(x[:4]).shape[0] == 4
+
+
+def test_padded_batches_give_every_item_the_same_output_whatever_the_batch_size():
+    """The property the tuner's exactness rests on: oneDNN computes items in groups along the
+    batch, so with every batch padded to full groups an item's output is the same bitwise in any
+    batch. The oracle is the network run on batches of exactly one group."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(23, 3, 64, 64)
+
+    def run(size):
+        return torch.cat([model(pad(x[i:i + size]).contiguous(memory_format=torch.channels_last))[: len(x[i:i + size])]
+                          for i in range(0, len(x), size)])
+
+    with torch.inference_mode():
+        ref = run(4)
+        for size in (5, 8, 12, 23):
+            assert torch.equal(run(size), ref), f"batch {size} differs"
+
+
+@pytest.fixture(scope="module")
+def alexnet_lm():
+    torch.manual_seed(3)
+    return LoadedModel(torchvision.models.alexnet().eval(), "alexnet", "random", Preprocessing(),
+                       [f"c{i}" for i in range(1000)])
+
+
+def test_occlusion_records_the_chosen_size_and_equals_fixed_sizes_exactly(alexnet_lm):
+    pixels = np.asarray(alexnet_lm.prepare(sample_image(10))[0])
+    # the bitwise guarantee is the CPU's (see cnnviz.batching); cuDNN picks kernels per batch shape
+    kw = dict(window=48, stride=16, target=3, layer="features.8", device="cpu", progress=False)
+    auto = occlusion(alexnet_lm, pixels, **kw)
+    p = auto.params
+    assert p["batch_size_auto"] is True and p["batch_size"] in (4, 8, 16, 32, 64)
+    assert str(p["batch_size"]) in p["batch_trials"] and p["batch_trial_items"] > 0
+    for size in sorted({p["batch_size"], 4, 7}):
+        fixed = occlusion(alexnet_lm, pixels, batch_size=size, **kw)
+        assert fixed.params["batch_size"] == size and fixed.params["batch_size_auto"] is False
+        for name in ("true_class_prob", "top_class", "top_class_prob", "feature_activation"):
+            np.testing.assert_array_equal(getattr(auto, name), getattr(fixed, name), err_msg=f"{name}, batch {size}")
