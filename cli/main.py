@@ -409,31 +409,24 @@ def _gradient_command(method: str, short: str, summary: str):
     def command(images, model_spec, target, device, out, save, shared_scale, full_image, layer=None, unit=None,
                 samples=None, noise=None, seed=None, smooth=None):
         from cnnviz.engines.gradients import attribute, check_options
-        from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import load_image
+        from cnnviz_cli import output
 
         check_options(engine, target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise, seed=seed,
                       smooth_mode=smooth)
         out = out or f"{Path(images[0]).stem}_{method}.png"
-        check_output(out, FIGURE_SUFFIXES)
-        if save:
-            check_output(save, (".npz",))
+        output.check(out, save)
         pics = [load_image(p) for p in images]
         lm = _load(model_spec)
         result = attribute(lm, pics, engine, target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise,
                            seed=seed, smooth_mode=smooth, device=device)
         result.params["image_files"] = [str(p) for p in images]
-        fig = result.render(out, shared_scale=shared_scale, full_image=full_image)
-        if save:
-            result.save(save)
+        output.write(result, out, save, echo=False, shared_scale=shared_scale, full_image=full_image)
         for f, t in zip(images, result.target_names):
             click.echo(f"{f}: {method} for {t}")
         if result.params.get("uninformative"):
             click.echo(f"note: uninformative map: {result.params['uninformative_reason']}")
-        click.echo(f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else ""))
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        click.echo(output.wrote(out, save))
 
     options = [
         click.argument("images", nargs=-1, required=True, type=click.Path()),
@@ -586,20 +579,16 @@ def sanity(image, model_spec, methods, steps, classes, seed, device, out, save):
     other classes (Spearman ρ and Pearson r). A method whose maps stay the same for every class
     does not explain the class decision."""
     from cnnviz.engines.sanity import sanity as run_sanity
-    from cnnviz.files import FIGURE_SUFFIXES, check_output
     from cnnviz.images import load_image
+    from cnnviz_cli import output
 
     names = _methods(methods)
     out = out or f"{Path(image).stem}_sanity.png"
-    check_output(out, FIGURE_SUFFIXES)
-    if save:
-        check_output(save, (".npz",))
+    output.check(out, save)
     pic = load_image(image)
     lm = _load(model_spec)
     result = run_sanity(lm, pic, methods=tuple(names), seed=seed, device=device, steps=steps, classes=classes)
-    fig = result.render(out)
-    if save:
-        result.save(save)
+    output.write(result, out, save, echo=False)
     w = max(len(str(s)) for s in result.steps)
     click.echo(f"{'randomized down to':<{w}}  " + "  ".join(f"{m:>9}" for m in result.methods))
     for j, step in enumerate(result.steps):
@@ -615,10 +604,7 @@ def sanity(image, model_spec, methods, steps, classes, seed, device, out, save):
             click.echo(f"{label:<{w}}  " + "  ".join(
                 f"{result.class_spearman[i, k]:>7.3f}/{result.class_pearson[i, k]:<7.3f}"
                 for i in range(len(result.methods))))
-    click.echo(f"wrote {out}" + (f" and {save}" if save else ""))
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    click.echo(output.wrote(out, save))
 
 
 @cli.command()
