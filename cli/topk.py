@@ -18,7 +18,9 @@ def register(cli) -> None:
     @click.option("--units", "-u", default=None, metavar="A:B|I,J,...",
                   help="Channels to scan, e.g. 0:64 or 3,7,9 [default: all].")
     @click.option("-k", "k", default=9, show_default=True, type=int, help="Images kept per unit.")
-    @click.option("--batch-size", "-b", default=32, show_default=True, type=int, help="Images per forward pass.")
+    @click.option("--batch-size", "-b", default=None, type=int,
+                  help="Images per forward pass [default: chosen by measuring the first batches; 32 with --save, "
+                       "--workers or torchrun, whose progress files and shares count batches of one size].")
     @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
                   help="DataLoader worker processes decoding images.")
     @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
@@ -55,7 +57,7 @@ def register(cli) -> None:
 
         if k <= 0:
             raise ParameterError(f"-k must be a positive whole number, got {k}")
-        if batch_size <= 0:
+        if batch_size is not None and batch_size <= 0:
             raise ParameterError(f"--batch-size must be a positive whole number, got {batch_size}")
         if units is not None:
             check_units(units)  # syntax errors before the model loads
@@ -85,6 +87,10 @@ def register(cli) -> None:
             click.echo(f"{p['num_scanned']} of {p['num_files']} images scanned at {p['layer']} ({p['num_units']} "
                        f"units, k={p['k']}) in {p['seconds']:.1f} s on {result.provenance['device']}"
                        f"{' by ' + str(p['world_size']) + ' processes' if p['world_size'] > 1 else ''}{resumed}")
+            from cnnviz.batching import summary as batch_summary
+
+            fixed_for = p.get("batch_fixed_for")
+            click.echo(batch_summary(p) + (f" (fixed for {fixed_for})" if fixed_for else ""))
             for r in range(min(3, len(result.units))):
                 best = result.top(int(result.units[r]))[:3]
                 click.echo(f"unit {int(result.units[r])}: "

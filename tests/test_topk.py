@@ -230,3 +230,24 @@ def test_two_processes_gloo_equal_single(folder, reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     same(load_result(out), reference)
     assert not list(tmp_path.glob("d.partial*"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch size chosen by measuring (cnnviz.batching)
+
+def test_measured_batch_size_is_recorded_and_gives_exactly_the_fixed_size_result(lm, folder, reference):
+    auto = scan(lm, folder, LAYER, units=UNITS, k=K, device="cpu", progress=False)
+    p = auto.params
+    assert p["batch_size_auto"] is True and p["batch_size"] >= 4 and p["batch_trials"], p
+    assert "4" in p["batch_trials"]  # the first size tried on a CPU
+    same(auto, reference)  # batch 6 (padded to 8): bitwise the same values, images, positions
+    other = scan(lm, folder, LAYER, units=UNITS, k=K, batch_size=5, device="cpu", progress=False)
+    same(other, reference)
+    assert other.params["batch_size"] == 5 and other.params["batch_size_auto"] is False
+
+
+def test_a_resumable_scan_keeps_one_fixed_batch_size_and_says_why(lm, folder, reference, tmp_path):
+    r = scan(lm, folder, LAYER, units=UNITS, k=K, device="cpu", progress=False, checkpoint=tmp_path / "p.partial")
+    assert r.params["batch_size"] == 32 and r.params["batch_size_auto"] is False
+    assert "resumable" in r.params["batch_fixed_for"]
+    same(r, reference)

@@ -42,6 +42,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
+from ..batching import Batches, check_batch_size, pad
 from ..errors import CnnvizError, ImageError, LayerError, ParameterError
 from ..files import atomic_path, check_output
 from ..images import IMAGE_SUFFIXES, find_images, load_image
@@ -338,7 +339,11 @@ def _load_checkpoint(path: Path, key: str, num_units: int, k: int):
 # --------------------------------------------------------------------------------------------------
 # The scan
 
-def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size: int = 32, num_workers: int = 0,
+FIXED_BATCH = 32  # where the batch size cannot be chosen by measuring (resumable or distributed scans)
+
+
+def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size: int | None = None,
+         num_workers: int = 0,
          device: str = "auto", checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 10,
          progress: bool | None = None, amp: bool | None = None,
          on_batch: Callable[[int, int], None] | None = None, resume: bool = True,
@@ -348,10 +353,16 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
     source: a folder (class folders are searched recursively), a CSV with a `file`/`path` column,
       or a list of image paths.
     units: None (all channels), an int, a range/list, or text like "0:64".
+    batch_size: images per forward pass; None: chosen by measuring the first batches of the scan
+      (cnnviz.batching) when the scan is single-process, has no progress file and loads images in
+      the main process (num_workers=0); otherwise 32, since resumed and distributed scans count
+      whole batches of one size. Every batch is padded to full groups of 4 (cnnviz.batching.pad),
+      so the values do not depend on the batch size.
     checkpoint: progress file; written every `checkpoint_every` batches, resumed from when it
       exists and fits these arguments (unless resume=False: then it is discarded), removed when the
       scan completes and `finish` has returned. Under torchrun each rank keeps its own (PATH.rankR).
-    on_batch(batches_done, batches_total): called after each batch (and checkpoint).
+    on_batch(batches_done, batches_total): called after each batch (and checkpoint); the total is
+      None while batch sizes are being chosen by measuring.
     finish(result): called (on rank 0 only) before the progress file is removed: write the result
       there, so that a kill before it is written leaves the progress to resume from.
     Under torchrun (or with torch.distributed initialized) each rank scans every W-th batch and the
@@ -361,13 +372,12 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
     """
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
         raise ParameterError(f"k must be a positive whole number, got {k!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ParameterError(f"batch size must be a positive whole number, got {batch_size!r}")
+    batch_size = check_batch_size(batch_size)
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every <= 0:
         raise ParameterError(f"checkpoint_every must be a positive whole number, got {checkpoint_every!r}")
     if num_workers < 0:
         raise ParameterError(f"workers must be 0 or more, got {num_workers!r}")
-    k, batch_size = int(k), int(batch_size)
+    k = int(k)
     root, files, ignored = list_files(source)
     h, w = lm.input_size
     example = torch.zeros(1, 3, h, w)
@@ -380,8 +390,14 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
     if dev.type == "cuda" and world > 1 and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
-
-    num_batches = -(-len(files) // batch_size)
+    measured = batch_size is None and checkpoint is None and world == 1 and num_workers == 0
+    batches = Batches(len(files), None, device=dev) if measured else None
+    why_fixed = None
+    if batch_size is None and not measured:
+        batch_size = FIXED_BATCH
+        why_fixed = ("a resumable scan (progress file)" if checkpoint is not None else
+                     "a distributed scan" if world > 1 else "loader workers (num_workers > 0)")
+    num_batches = -(-len(files) // batch_size) if batch_size else 1
     mine = list(range(rank, num_batches, world))
     key_src = json.dumps({"v": CHECKPOINT_VERSION, "model": lm.identity(), "layer": info.address, "units": unit_list,
                           "k": k, "batch_size": batch_size, "amp": use_amp, "rank": rank, "world": world,
@@ -405,7 +421,10 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
         resumed_from = done
 
     dataset = ImageListDataset(root, files, lm.preprocessing)
-    todo = [list(range(b * batch_size, min((b + 1) * batch_size, len(files)))) for b in mine[done:]]
+    if batches is not None:  # sizes chosen as the scan goes: the sampler asks for each slice when it is needed
+        todo = (list(range(lo, hi)) for lo, hi in batches)
+    else:
+        todo = [list(range(b * batch_size, min((b + 1) * batch_size, len(files)))) for b in mine[done:]]
     # its own generator: the DataLoader draws a base seed when iterated, from the global one otherwise
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=todo, num_workers=num_workers,
                                          pin_memory=dev.type == "cuda", generator=torch.Generator().manual_seed(0))
@@ -417,9 +436,9 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
         with capture(model, info, reduce=_spatial_max(units_t)) as cap, \
                 progress_bar(len(files), "top-k", progress if rank == 0 else False) as bar:
             for idx, x, ok, reason in loader:
-                with autocast(dev, use_amp):
-                    model(x.to(dev, non_blocking=True).contiguous(memory_format=layout))
-                val, ys, xs = (a.numpy() for a in cap.values.pop())
+                with autocast(dev, use_amp):  # padded to full groups: values independent of the batch size
+                    model(pad(x).to(dev, non_blocking=True).contiguous(memory_format=layout))
+                val, ys, xs = (a[:len(idx)].numpy() for a in cap.values.pop())
                 okm = ok.numpy().astype(bool)
                 for i, good, why in zip(idx.tolist(), okm, reason):
                     if not good:
@@ -430,10 +449,10 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
                                   np.stack([ys[okm].T, xs[okm].T], axis=-1), k)
                 done += 1
                 bar.update(len(img) if okm.any() else 0)
-                if ckpt is not None and (done % checkpoint_every == 0 or done == len(mine)):
+                if ckpt is not None and (done % checkpoint_every == 0 or done == len(mine)):  # fixed size here
                     _save_checkpoint(ckpt, key, state, done, skipped)
                 if on_batch is not None:
-                    on_batch(done, len(mine))
+                    on_batch(done, len(mine) if batches is None else None)
     elapsed = time.perf_counter() - start
 
     if world > 1:
@@ -461,7 +480,9 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
               "num_scanned": len(files) - len(skipped), "root": str(Path(root).resolve()),
               "source": str(source) if not isinstance(source, (list, tuple)) else "list",
               "skipped_reasons": [why for _, why in skipped], "ignored": ignored[:100], "num_ignored": len(ignored),
-              "batch_size": batch_size, "num_workers": num_workers, "world_size": world, "amp": use_amp,
+              **(batches.record() if batches is not None else
+                 {"batch_size": batch_size, "batch_size_auto": False, "batch_fixed_for": why_fixed}),
+              "num_workers": num_workers, "world_size": world, "amp": use_amp,
               "memory_format": str(layout).replace("torch.", ""), "resumed_from_batch": resumed_from,
               "seconds": round(elapsed, 3)}
     result = TopkResult(params=params, provenance=provenance(lm.identity(), str(dev)),
