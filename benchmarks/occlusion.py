@@ -176,11 +176,14 @@ def main(argv=None) -> int:
             f"image {Path(args.image).name}, window {args.window}")
     print(head, flush=True)
     share = args.budget / len(specs)
-    rows = [bench_one(name, stride, args, dev, amp, share) for name, stride in specs]
-    md = table(rows)
+    rows = []
+    for name, stride in specs:  # the table so far is written after every row: a stopped run keeps it
+        rows.append(bench_one(name, stride, args, dev, amp, share))
+        md = table(rows)
+        print(md.splitlines()[-1], file=sys.stderr, flush=True)
+        if args.out:
+            Path(args.out).write_text(f"{head}\n\n{md}\n", encoding="utf-8")
     print(md)
-    if args.out:
-        Path(args.out).write_text(f"{head}\n\n{md}\n", encoding="utf-8")
     return 0
 
 
