@@ -184,7 +184,7 @@ def test_sanity_prints_the_table_and_writes_a_figure(out, cached_model):
     rho = [float(r[-1]) for r in rows[1:]]
     assert all(-1.0 <= v < 0.99 for v in rho), rho  # randomizing the weights changes the saliency map
     assert rows[-1][0] == "_conv_stem"  # the last step reaches the bottom layer
-    assert lines[-1] == f"wrote {out / 's.png'} and {out / 's.npz'}"
+    assert lines[-1] == f"wrote {out / 's.png'} and {out / 's.npz'} (+ s.json)"
     assert names(out) == ["s.json", "s.npz", "s.png"]
     assert (out / "s.png").read_bytes().startswith(PNG)
     r = cnnviz.load_result(out / "s.npz")
