@@ -41,7 +41,8 @@ GPU_START, GPU_LIMIT = 16, 1024
 MEMORY_SHARE = 0.5  # of the free memory a batch may use
 RECHECK_SLOWDOWN = 1.5  # re-check when the recent time per item exceeds the tuned one by this factor
 RECHECK_WINDOW = 5  # batches in the running median
-RECHECK_SPACING = 10  # batches at least between re-checks
+RECHECK_SPACING = 5  # batches at least between re-checks (and before the first)
+MIN_GAIN = 0.05  # a larger batch is kept only when it is this much faster per item
 
 
 def check_batch_size(batch_size, what: str = "batch size") -> int | None:
@@ -156,8 +157,9 @@ class Batches:
         yield from self._steady(lo)
 
     def _explore(self, lo: int):
-        """Double the size while that is faster; the first size and any that look slower get a
-        second (warm) batch, since the first batch at a new shape pays for setting it up."""
+        """Double the size while that is clearly faster (by MIN_GAIN): every size tried runs two
+        batches and is judged by the faster one, since the first batch at a new shape pays for
+        setting it up and one batch is a noisy measure on a shared machine."""
         size = min(self.start, self.limit)
         for _ in range(2):
             if lo < self.n:
@@ -165,10 +167,10 @@ class Batches:
         best = size
         while size in self.times and self._affordable(lo, 2 * size):
             size *= 2
-            lo = yield from self._run(lo, size)
-            if size in self.times and self._rate(size) >= self._rate(best) and lo < self.n:
-                lo = yield from self._run(lo, size)
-            if size not in self.times or self._rate(size) >= self._rate(best):
+            for _ in range(2):
+                if lo < self.n:
+                    lo = yield from self._run(lo, size)
+            if size not in self.times or self._rate(size) >= (1 - MIN_GAIN) * self._rate(best):
                 break
             best = size
         self.trial_items = lo
