@@ -99,10 +99,10 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
     contenders.update({f"captum ppe={p}": run_captum(p) for p in args.ppes})
     # warm-up, not timed: the process's first passes pay one-off costs (thread pool, allocator, kernel
     # set-up) that would otherwise fall on whichever contender the first round happens to start with
-    cnnviz.occlusion(lm, pixels, window=args.window, stride=4 * stride, batch_size=8, device=str(dev), amp=amp,
+    cnnviz.occlusion(lm, pixels, window=args.window, stride=args.window, batch_size=8, device=str(dev), amp=amp,
                      progress=False)
     with torch.no_grad(), autocast():
-        occ.attribute(x, sliding_window_shapes=(3, args.window, args.window), strides=(3, 4 * stride, 4 * stride),
+        occ.attribute(x, sliding_window_shapes=(3, args.window, args.window), strides=(3, args.window, args.window),
                       baselines=0.0, target=top1, perturbations_per_eval=8, show_progress=False)
     times = {k: [] for k in contenders}
     keys = list(contenders)
