@@ -13,7 +13,9 @@ def _abort_while_starting(signum, frame):
     instead of a traceback from whatever module was loading."""
     sys.stderr.write("Aborted.\n")
     sys.stderr.flush()
-    raise SystemExit(130)
+    # Not SystemExit: an exception raised while importlib runs a module-lock callback is "ignored"
+    # (printed with a traceback, and the import goes on). Nothing has been written yet.
+    os._exit(130)
 
 
 # Until this module has finished importing (restored at its end, so that importing it from Python
@@ -651,11 +653,30 @@ if _sigint_before is not None:
     signal.signal(signal.SIGINT, _sigint_before)
 
 
+def _defer_interrupt(unraisable, _default=sys.unraisablehook):
+    """A Ctrl-C that lands where Python cannot raise it (a weakref callback of importlib's module
+    locks, a __del__) would be printed as "Exception ignored ... Traceback" and then lost. Deliver it
+    again from a helper thread instead: it arrives in the main thread once the callback is over, where
+    the command's cleanups run and it ends as `Aborted.` with status 130."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        import _thread
+        import time
+
+        def later():  # a bare thread: threading.Thread.start() would wait here, where it would land again
+            time.sleep(0.01)
+            _thread.interrupt_main()
+
+        _thread.start_new_thread(later, ())
+        return
+    _default(unraisable)
+
+
 def main():
     def terminate(signum, frame):  # kill / a scheduler's SIGTERM ends like Ctrl-C: cleanups run, exit 130
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    sys.unraisablehook = _defer_interrupt
     try:
         cli(prog_name="cnnviz")
     except KeyboardInterrupt:  # between the imports and the command (parsing): as within a command
