@@ -9,6 +9,7 @@ sweep starts. Good input: a real figure, a result that round-trips and re-render
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import stat
@@ -495,6 +496,15 @@ def test_render_redraws_the_saved_result_without_recomputing(ext, magic, occ_run
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 
+def assert_truetype_fonts_only(pdf: bytes) -> None:
+    """Every font dictionary of the PDF is TrueType (matplotlib's pdf.fonttype 42), none Type 3,
+    which many venues reject. Matplotlib writes its font dictionaries uncompressed."""
+    subtypes = re.findall(rb"/Type\s*/Font\b.*?/Subtype\s*/(\w+)|/Subtype\s*/(\w+)\s*/Type\s*/Font\b", pdf, re.S)
+    found = {a or b for a, b in subtypes}
+    assert found and b"Type3" not in found and found <= {b"TrueType", b"Type0", b"CIDFontType2"}, found
+    assert b"/FontFile2" in pdf  # the TrueType program is embedded
+
+
 def test_target_by_name_with_a_reused_layer_call_and_channel(out, cached_model):
     res = invoke("occlusion", tench(), *SMALL, "--target", "goldfish", "--layer", "_swish@0", "--channel", "5",
                  "--out", out / "f.svg", "--save", out / "r.npz")
@@ -507,7 +517,9 @@ def test_target_by_name_with_a_reused_layer_call_and_channel(out, cached_model):
     assert r.true_class_prob.shape == (2, 2)
     assert np.all(r.true_class_prob < r.top_class_prob)  # goldfish is never the top class on the tench photo
     assert 1 in r.class_indices.tolist()
-    assert (out / "f.svg").read_bytes().lstrip().startswith(b"<?xml")
+    svg = (out / "f.svg").read_bytes()
+    assert svg.lstrip().startswith(b"<?xml")
+    assert b"<text" in svg and b"goldfish" in svg  # text stays text (svg.fonttype none), not glyph paths
 
 
 def test_target_by_index_with_a_named_layer_and_channel(out, cached_model, lite0):
@@ -522,7 +534,9 @@ def test_target_by_index_with_a_named_layer_and_channel(out, cached_model, lite0
     with torch.no_grad():
         p1 = float(torch.softmax(lite0.model.eval()(x), 1)[0, 1])
     assert abs(r.params["baseline_prob"] - p1) < 1e-4
-    assert (out / "f.pdf").read_bytes().startswith(b"%PDF-")
+    pdf = (out / "f.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-")
+    assert_truetype_fonts_only(pdf)
 
 
 # ------------------------------------------------------------------------------------------------

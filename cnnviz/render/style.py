@@ -42,7 +42,10 @@ def save_figure(fig, path: Path) -> None:
 
 def write_figure(fig, file: Path, suffix: str) -> None:
     """Write the figure to `file` in the format named by `suffix` (.png, .pdf, .svg)."""
-    fig.savefig(file, format=suffix.lower().lstrip("."), bbox_inches="tight", dpi=max(fig.dpi, RC["savefig.dpi"]))
+    # Read at save time, so set here (a renderer's rc_context has ended by now): TrueType fonts in
+    # PDF/EPS (many venues reject Type 3) and SVG text kept as <text>, editable and searchable.
+    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}):
+        fig.savefig(file, format=suffix.lower().lstrip("."), bbox_inches="tight", dpi=max(fig.dpi, RC["savefig.dpi"]))
 
 
 def short(name: str, n: int = 22) -> str:
