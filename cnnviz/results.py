@@ -51,6 +51,17 @@ class Result:
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         _REGISTRY[cls.kind] = cls
+        # Keep the short repr: @dataclass on the subclass adds one only where the class defines none.
+        cls.__repr__ = Result.__repr__
+
+    def __repr__(self) -> str:
+        """One line: what was computed and the arrays' shapes, not their contents (the dataclass repr
+        printed every array, tens of thousands of characters)."""
+        p = self.params or {}
+        shown = ", ".join(f"{k}={p[k]!r}" for k in ("model", "method", "layer", "channel", "target_name", "window",
+                                                   "stride") if p.get(k) is not None)
+        arrays = ", ".join(f"{k} {'x'.join(map(str, v.shape)) or 'scalar'} {v.dtype}" for k, v in self.arrays().items())
+        return f"<{type(self).__name__} {shown}; arrays: {arrays}; {len(p)} params>"
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

@@ -736,3 +736,14 @@ def test_rf_input_size_too_small_names_the_smallest_size_the_model_runs(lite0, c
             return False
 
     assert runs(n) and not runs(n - 1)  # the size named is the boundary, checked by running the model
+
+
+def test_a_results_repr_is_one_short_line_not_its_arrays(out, cached_model):
+    """In a terminal or notebook, `r` must not print every array (it printed 31,893 characters)."""
+    res = invoke("occlusion", tench(), *SMALL, "--out", out / "f.png", "--save", out / "r.npz")
+    assert res.exit_code == 0, res.stderr
+    r = cnnviz.load_result(out / "r.npz")
+    text = repr(r)
+    assert "\n" not in text and len(text) < 600, text
+    assert text.startswith("<OcclusionResult ") and "true_class_prob 2x2 float32" in text
+    assert f"image {'x'.join(map(str, r.image.shape))} uint8" in text
