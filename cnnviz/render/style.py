@@ -13,9 +13,11 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
 from ..files import atomic_path  # noqa: E402
 
+# TrueType fonts in PDF/EPS (many venues reject Type 3), SVG text kept as <text>. Read when a figure
+# is saved, so `write_figure` applies them there too (a renderer's rc_context has ended by then).
+FONT_EMBEDDING = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}
 RC = {"font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9, "legend.fontsize": 8,
-      "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "figure.dpi": 100, "savefig.dpi": 200,
-      "pdf.fonttype": 42, "svg.fonttype": "none"}
+      "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "figure.dpi": 100, "savefig.dpi": 200, **FONT_EMBEDDING}
 SEQUENTIAL = "viridis"
 CATEGORICAL = list(plt.get_cmap("tab10").colors)
 OTHER = (0.78, 0.78, 0.78)
@@ -42,9 +44,7 @@ def save_figure(fig, path: Path) -> None:
 
 def write_figure(fig, file: Path, suffix: str) -> None:
     """Write the figure to `file` in the format named by `suffix` (.png, .pdf, .svg)."""
-    # Read at save time, so set here (a renderer's rc_context has ended by now): TrueType fonts in
-    # PDF/EPS (many venues reject Type 3) and SVG text kept as <text>, editable and searchable.
-    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}):
+    with plt.rc_context(FONT_EMBEDDING):
         fig.savefig(file, format=suffix.lower().lstrip("."), bbox_inches="tight", dpi=max(fig.dpi, RC["savefig.dpi"]))
 
 
