@@ -87,8 +87,29 @@ def execute(path: Path, tmp: Path, mode: str = "test"):
     return nb
 
 
+JPEG_ABOVE = 60_000  # bytes: a stored PNG larger than this (photos, mostly) is kept as a JPEG
+JPEG_QUALITY = 88
+
+
+def _as_jpeg(png_b64: str) -> str | None:
+    """The base64 JPEG of a large base64 PNG figure, or None when the PNG is small or the JPEG
+    would not be much smaller (line art)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(png_b64)
+    if len(raw) <= JPEG_ABOVE:
+        return None
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(raw)).convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    return base64.b64encode(buf.getvalue()).decode() if buf.tell() < 0.6 * len(raw) else None
+
+
 def tidy(nb):
-    """Execution counts 1, 2, ... and no timing metadata: stored outputs change only when they do."""
+    """Execution counts 1, 2, ... and no timing metadata: stored outputs change only when they do.
+    Large PNG figures are stored as JPEGs (a notebook with photos would weigh megabytes)."""
     count = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -100,6 +121,12 @@ def tidy(nb):
             for out in cell.outputs:
                 if "execution_count" in out:
                     out["execution_count"] = count
+        for out in cell.outputs:
+            png = out.get("data", {}).get("image/png")
+            jpeg = _as_jpeg(png) if png else None
+            if jpeg:
+                del out["data"]["image/png"]
+                out["data"]["image/jpeg"] = jpeg
     return nb
 
 

@@ -34,6 +34,8 @@ def _kinds(cell) -> set[str]:
     kinds = set()
     for out in cell.get("outputs", []):
         kinds |= set(out.get("data", {})) if "data" in out else {out.get("output_type")}
+    if "image/jpeg" in kinds:  # notebooks/execute.py stores large figures as JPEG
+        kinds = (kinds - {"image/jpeg"}) | {"image/png"}
     return kinds - {"text/plain"} if "image/png" in kinds else kinds
 
 
