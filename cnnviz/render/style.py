@@ -147,8 +147,9 @@ class Panels:
     def __init__(self, n: int, width: float = DEFAULT_WIDTH, layout: str = "row", *, titles=None, feet=None,
                  head: str = "", aspect: float = 1.0, min_panel: float = 1.25, max_cols: int | None = None,
                  groups: int | None = None, colorbars=False, legend_in: float = 0.0, max_picture: float = 2.4,
-                 title_lines: int = 4, extra_cells: int = 0):
+                 title_lines: int = 4, extra_cells: int = 0, gap: float = GAP, title_pt: float = TITLE_PT):
         width, layout = check_width(width), check_layout(layout)
+        self.gap = gap
         self.width, self.n = width, n
         group = groups or n
         rows_g, cols = grid_shape(group + extra_cells, width, layout, min_panel, max_cols)
@@ -156,12 +157,13 @@ class Panels:
         ngroups = math.ceil(n / group)
         self.rows = rows_g * ngroups
         self.slots = [((k // group) * rows_g + (k % group) // cols, (k % group) % cols) for k in range(n)]
-        pic_w = min((width - 2 * MARGIN - (cols - 1) * GAP) / cols, max_picture)
+        pic_w = min((width - 2 * MARGIN - (cols - 1) * gap) / cols, max_picture)
         self.pic_w, self.pic_h = pic_w, pic_w * aspect
         cbars = list(colorbars) if isinstance(colorbars, (list, tuple)) else [bool(colorbars)] * n
-        self.titles = [wrap(t, pic_w + 0.6 * GAP, TITLE_PT, lines=title_lines) if t else ""
+        self.title_pt = title_pt
+        self.titles = [wrap(t, pic_w + 0.6 * gap, title_pt, lines=title_lines) if t else ""
                        for t in (titles or [""] * n)]
-        self.feet = [wrap(t, pic_w + 0.6 * GAP, TEXT_PT, lines=3) if t else "" for t in (feet or [""] * n)]
+        self.feet = [wrap(t, pic_w + 0.6 * gap, TEXT_PT, lines=3) if t else "" for t in (feet or [""] * n)]
         self.head = wrap(head, width - 2 * MARGIN, SUPTITLE_PT) if head else ""
         row_title = [0] * self.rows
         row_below = [0.0] * self.rows
@@ -171,24 +173,24 @@ class Panels:
             below += (0.04 + line_in(TEXT_PT, lines_of(self.feet[k]))) if self.feet[k] else 0.0
             row_below[r] = max(row_below[r], below)
         head_in = (0.06 + line_in(SUPTITLE_PT, lines_of(self.head))) if head else 0.0
-        row_h = [line_in(TITLE_PT, t) + (0.05 if t else 0.0) + self.pic_h + b for t, b in zip(row_title, row_below)]
+        row_h = [line_in(title_pt, t) + (0.05 if t else 0.0) + self.pic_h + b for t, b in zip(row_title, row_below)]
         self.legend_in = legend_in
         H = MARGIN + head_in + sum(row_h) + ROW_GAP * (self.rows - 1) + legend_in + MARGIN
         self.fig = plt.figure(figsize=(width, H))
         self.H = H
-        x0 = (width - (cols * pic_w + (cols - 1) * GAP)) / 2
-        self._x = [x0 + c * (pic_w + GAP) for c in range(cols)]
+        x0 = (width - (cols * pic_w + (cols - 1) * gap)) / 2
+        self._x = [x0 + c * (pic_w + gap) for c in range(cols)]
         tops, y = [], MARGIN + head_in
         for r in range(self.rows):
             tops.append(y)
             y += row_h[r] + ROW_GAP
-        self._top = [t + line_in(TITLE_PT, n_) + (0.05 if n_ else 0.0) for t, n_ in zip(tops, row_title)]
+        self._top = [t + line_in(title_pt, n_) + (0.05 if n_ else 0.0) for t, n_ in zip(tops, row_title)]
         self._grid_bottom = y - ROW_GAP
         self.axes = []
         for k, (r, c) in enumerate(self.slots):
             ax = self.fig.add_axes(self._rect(self._x[c], self._top[r], pic_w, self.pic_h))
             if self.titles[k]:
-                ax.set_title(self.titles[k], fontsize=TITLE_PT, pad=3, linespacing=1.05)
+                ax.set_title(self.titles[k], fontsize=title_pt, pad=3, linespacing=1.05)
             self.axes.append(ax)
         self._cbars = cbars
         if head:
@@ -211,6 +213,21 @@ class Panels:
         """Figure-fraction rectangle of the legend strip under the panels."""
         return self._rect(MARGIN, self._grid_bottom + 0.04, self.width - 2 * MARGIN, self.legend_in - 0.04)
 
+    def strip_colorbar(self, mappable, label: str, extend: str = "neither"):
+        """One horizontal colorbar for every panel, centred in the legend strip (`legend_in` must
+        leave it about 0.45 in)."""
+        from matplotlib.ticker import MaxNLocator
+
+        w = min(3.0, self.width - 2 * MARGIN - 0.4)
+        cax = self.fig.add_axes(self._rect((self.width - w) / 2, self._grid_bottom + 0.08, w, BAR_IN))
+        cb = self.fig.colorbar(mappable, cax=cax, orientation="horizontal", extend=extend)
+        cb.locator = MaxNLocator(nbins=max(2, min(6, int(w / 0.42))))
+        cb.update_ticks()
+        cb.ax.tick_params(labelsize=MIN_FONT, length=2, pad=1)
+        cb.ax.xaxis.get_offset_text().set_fontsize(MIN_FONT)
+        cb.set_label(label, labelpad=1, fontsize=RC["axes.labelsize"])
+        return cb
+
     def colorbar(self, k: int, mappable, label: str, extend: str = "neither"):
         """A horizontal colorbar under picture `k`, with at most 4 ticks and the label wrapped to
         the picture's width."""
@@ -225,7 +242,7 @@ class Panels:
         cb.update_ticks()
         cb.ax.tick_params(labelsize=MIN_FONT, length=2, pad=1)
         cb.ax.xaxis.get_offset_text().set_fontsize(MIN_FONT)
-        cb.set_label(wrap(label, self.pic_w + 0.6 * GAP, RC["axes.labelsize"], lines=2), labelpad=1,
+        cb.set_label(wrap(label, self.pic_w + 0.6 * self.gap, RC["axes.labelsize"], lines=2), labelpad=1,
                      linespacing=1.0, fontsize=RC["axes.labelsize"])
         if self.feet[k]:
             self.axes[k].set_xlabel("")
