@@ -168,7 +168,7 @@ class _Layout:
         cell_h = title_in + ph + foot_in
         grid_h = rows * cell_h + (rows - 1) * GAP_H
         plot_w = W - PLOT_LEFT - MARGIN - legend_w
-        self.plot_note = wrap(plot_note, plot_w + 0.3, NOTE_PT) if plot_note else ""
+        self.plot_note = wrap(plot_note, plot_w, NOTE_PT) if plot_note else ""
         note_in = line_in(NOTE_PT, self.plot_note.count("\n") + 1) if plot_note else 0.0
         H = head_in + grid_h + MARGIN + (PLOT_GAP + note_in + PLOT_H + PLOT_BOTTOM if plot else 0.0)
         self.fig = plt.figure(figsize=(W, H), dpi=DPI)  # saved at this resolution (see _panel_size)
