@@ -64,6 +64,7 @@ def measure(fig) -> dict:
     tight = fig.get_tightbbox(renderer)
     return {"width": fig.get_figwidth(), "height": fig.get_figheight(),
             "min_pt": min(t.get_fontsize() for t in texts), "tight_x0": tight.x0, "tight_x1": tight.x1,
+            "tight_y0": tight.y0, "tight_y1": tight.y1,
             "overlaps": overlaps(fig, texts), "texts": texts}
 
 
@@ -77,5 +78,7 @@ def check(fig, width: float) -> dict:
     assert not small, f"text under {MIN_PT} pt: {small[:5]}"
     assert m["tight_x0"] >= -0.01 and m["tight_x1"] <= width + 0.01, \
         f"drawn from {m['tight_x0']:.2f} to {m['tight_x1']:.2f} in, outside the {width} in figure"
+    assert m["tight_y0"] >= -0.01 and m["tight_y1"] <= m["height"] + 0.01, \
+        f"drawn from {m['tight_y0']:.2f} to {m['tight_y1']:.2f} in up, outside the {m['height']:.2f} in figure"
     assert not m["overlaps"], f"overlapping text: {m['overlaps'][:5]}"
     return m

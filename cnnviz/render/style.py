@@ -60,9 +60,11 @@ def save_figure(fig, path: Path) -> None:
 
 
 def write_figure(fig, file: Path, suffix: str) -> None:
-    """Write the figure to `file` in the format named by `suffix` (.png, .pdf, .svg)."""
+    """Write the figure to `file` in the format named by `suffix` (.png, .pdf, .svg), at its own
+    size: the renderers lay figures out for the width they are printed at, so a 7 in figure is a
+    7 in page (a tight crop would change the width, and with it the printed text size)."""
     with plt.rc_context(FONT_EMBEDDING):
-        fig.savefig(file, format=suffix.lower().lstrip("."), bbox_inches="tight", dpi=max(fig.dpi, RC["savefig.dpi"]))
+        fig.savefig(file, format=suffix.lower().lstrip("."), dpi=max(fig.dpi, RC["savefig.dpi"]))
 
 
 def short(name: str, n: int = 22) -> str:
@@ -84,11 +86,15 @@ def check_width(width) -> float:
     try:
         w = float(width)
     except (TypeError, ValueError):
-        raise ParameterError(f"width {width!r} is not a number; give the figure width in inches, e.g. 7 for a page "
-                             "or 3.5 for a column") from None
-    if not np.isfinite(w) or w < MIN_WIDTH:
-        raise ParameterError(f"width {width!r} is too small: figures are at least {MIN_WIDTH:g} in wide (7 pt "
-                             "text and the pictures must fit); give e.g. 7 for a page or 3.5 for a column")
+        w = float("nan")
+    if not np.isfinite(w):
+        raise ParameterError(f"width {width!r} is not a number of inches; give e.g. 7 for a page or 3.5 for a column")
+    if w <= 0:
+        raise ParameterError(f"width {width!r} is not positive; give the figure width in inches, e.g. 7 for a page or "
+                             "3.5 for a column")
+    if w < MIN_WIDTH:
+        raise ParameterError(f"width {width!r} in is too narrow: figures are at least {MIN_WIDTH:g} in wide (7 pt text "
+                             "and the pictures must fit); give e.g. 3.5 for a column")
     if w > 40:
         raise ParameterError(f"width {width!r} in is wider than any page; give e.g. 7 for a page or 3.5 for a column")
     return w
@@ -129,7 +135,7 @@ def lines_of(text: str) -> int:
     return text.count("\n") + 1 if text else 0
 
 
-MARGIN, GAP, ROW_GAP = 0.05, 0.18, 0.1
+MARGIN, GAP, ROW_GAP = 0.08, 0.18, 0.1
 BAR_IN = 0.07  # a colorbar's thickness (it lies under its picture)
 
 
