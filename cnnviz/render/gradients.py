@@ -313,7 +313,8 @@ def compare_figure(results: list, shared_scale: bool = False, index: int = 0, ov
     titles = [f"input, target '{name}'" + (f" ({int(r0.targets[index])})" if r0.targets[index] >= 0 else "")]
     for r, g in zip(results, groups):
         where = _where(r.params)
-        titles.append(method_label(r.params) + (f", {where}" if where else "") + (f" [{letters[g]}]" if letters else ""))
+        scale = f" [{letters[g]}]" if letters else ""
+        titles.append(method_label(r.params) + (f", {where}" if where else "") + scale)
     bars = [False] + [True] * k
     if overlay:
         titles += [""] + [f"{method_label(r.params)} over the image" for r in results]

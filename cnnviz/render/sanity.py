@@ -82,7 +82,8 @@ def figure(result, clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layo
     class_top = y + 0.2
     title_in = line_in(TEXT_PT, max(lines_of(t) for t in class_titles)) + 0.05
     crow_h = ccell + 0.05 + line_in(TEXT_PT, 3) + 0.06
-    H = (class_top + line_in(TEXT_PT, lines_of(class_note)) + 0.06 + title_in + m_count * crow_h if k_count else y) + 0.1
+    bottom = class_top + line_in(TEXT_PT, lines_of(class_note)) + 0.06 + title_in + m_count * crow_h if k_count else y
+    H = bottom + 0.1
     colors = [CATEGORICAL[i % len(CATEGORICAL)] for i in range(m_count)]
     with plt.rc_context(RC):
         fig = plt.figure(figsize=(W, H))
