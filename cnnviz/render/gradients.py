@@ -265,28 +265,17 @@ def _suptitle(result, shared_scale: bool, clip) -> str:
 # a product of the two; Integrated Gradients is input × gradient, signed, summing to a score change.
 SCALE_UNITS = {"saliency": "gradient", "guided": "gradient", "deconv": "deconvnet projection",
                "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "ig": "input × gradient"}
-COMPARABLE = 10.0  # a map whose top is this many times below its unit's top gets its own scale
 
 
-def scale_groups(results: list, maps: list, clip: float | None) -> list[int]:
+def scale_groups(results: list) -> list[int]:
     """For each result the index of the colour scale it shares (`--shared-scale`): maps of the
-    same unit (SCALE_UNITS; a unit's projection apart from a class score's) and within a factor
-    COMPARABLE of the group's top share one; any other map keeps its own, so that none is drawn
-    blank on another's scale."""
+    same unit (SCALE_UNITS; a unit's projection apart from a class score's) share one, so their
+    values compare (Grad-CAM for two classes: one can be far weaker, and look it); maps of
+    different units never do, so that none is drawn blank on a scale its values do not live on."""
     keys = [(SCALE_UNITS.get(r.params.get("method"), r.params.get("method")), bool(r.params.get("unit")),
              _signed(r)) for r in results]
-    tops = [_top(m, clip) for m in maps]
-    out, g = [0] * len(results), 0
-    for key in dict.fromkeys(keys):
-        members = [j for j, k in enumerate(keys) if k == key]
-        while members:
-            strongest = max(tops[j] for j in members)
-            near = [j for j in members if tops[j] * COMPARABLE >= strongest]
-            for j in near:
-                out[j] = g
-            g += 1
-            members = [j for j in members if j not in near]
-    return out
+    order = list(dict.fromkeys(keys))
+    return [order.index(k) for k in keys]
 
 
 def compare_figure(results: list, shared_scale: bool = False, index: int = 0, overlay: bool = False,
@@ -304,7 +293,7 @@ def compare_figure(results: list, shared_scale: bool = False, index: int = 0, ov
         if r.image.shape[1:] != results[0].image.shape[1:] or not np.array_equal(r.image[index], image):
             raise ParameterError("compare_figure: the results are not for the same image")
     maps = [np.asarray(r.map[index]) for r in results]
-    groups = scale_groups(results, maps, clip) if shared_scale else list(range(len(results)))
+    groups = scale_groups(results) if shared_scale else list(range(len(results)))
     tops = {g: _top(np.concatenate([m.ravel() for m, h in zip(maps, groups) if h == g]), clip) for g in set(groups)}
     letters = _scale_letters(groups) if shared_scale else {}
     k = len(results)
