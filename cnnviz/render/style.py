@@ -330,9 +330,9 @@ def class_label(result, index: int) -> str:
     prov = result.provenance or {}
     if prov.get("num_classes") == 1000 and ":" not in str(prov.get("model", ":")):
         try:
-            from ..models import _imagenet_categories
+            from ..sources.torchvision import imagenet_categories
 
-            return _imagenet_categories()[index]
+            return imagenet_categories()[index]
         except Exception:  # noqa: BLE001 (torchvision without its metadata: fall back to the index)
             pass
     return f"class {index}"
