@@ -278,7 +278,7 @@ def test_render_redraws_a_saved_result_at_another_width(saved, tmp_path):
 
 def test_every_drawing_command_takes_width_and_layout():
     names = ["occlusion", "saliency", "guided", "deconv", "smoothgrad", "gradcam", "ig", "compare", "sanity",
-             "render", "filters", "activations", "topk", "rf", "featvis", "classviz", "dream", "invert"]
+             "render", "filters", "activations", "topk", "rf", "featvis", "classviz", "dream", "invert", "invariance"]
     for name in names:
         opts = {o for p in cli.commands[name].params for o in p.opts}
         assert {"--width", "--layout"} <= opts, name
