@@ -267,7 +267,7 @@ def test_cli_full_image_flag_and_render_of_a_saved_result(tiny_results, tmp_path
     res = CliRunner().invoke(cli, ["render", str(saved), "--full-image", "-o", str(tmp_path / "full.png")])
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "full.png") as png:
-        assert png.size[0] > 2000
+        assert png.size[0] == 7 * 200  # a 7 in figure at 200 dpi
     res = CliRunner().invoke(cli, ["render", str(saved), "--full-image", "-o", str(tmp_path / "no.png")])
     assert res.exit_code == 0
     filters = tmp_path / "f.npz"
