@@ -23,6 +23,7 @@ def _names(text: str, what: str, allowed=None) -> list[str]:
 
 def register(cli):
     from cnnviz_cli.main import _load, model_options
+    from cnnviz_cli.output import figure_options
 
     @cli.command(short_help="Feature distance and class probability under translation, scale, rotation (ZF Fig. 5).")
     @click.argument("images", nargs=-1, required=True, type=click.Path())
@@ -39,6 +40,7 @@ def register(cli):
                   help="Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_invariance.png here].")
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+    @figure_options
     def invariance(images, model_spec, transforms, layers, target, device, out, save):
         """Transform each image over the ranges of Zeiler & Fergus Fig. 5 (vertical shifts of -60..60
         pixels, scales 1..1.8, rotations 0..350 degrees, inside the model's input crop, new pixels

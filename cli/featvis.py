@@ -137,6 +137,7 @@ def _engine_options(o: dict) -> dict:
 
 def register(cli):
     from cnnviz_cli.main import _check_amp, _given, _load, _no_labels, _reject, model_options
+    from cnnviz_cli.output import figure_options
 
     @cli.command(short_help="Images that drive units of a layer (feature visualization).")
     @model_options
@@ -149,6 +150,7 @@ def register(cli):
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help="Figure file: .png, .pdf or .svg [default: MODEL_featvis.png here].")
     @optimization_options
+    @figure_options
     def featvis(model_spec, layer, units, neuron, out, **o):
         """Optimize one image per unit of --layer, all in one batch, so that the unit's mean
         activation (or, with --neuron, its activation at the centre of the map) is as large as
@@ -190,6 +192,7 @@ def register(cli):
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help="Figure file: .png, .pdf or .svg [default: MODEL_classviz.png here].")
     @optimization_options
+    @figure_options
     def classviz(model_spec, target, prob, out, **o):
         """Optimize one image per --target class so that the network's score for the class (its
         logit, or with --prob its probability) is as large as possible. The figure prints the
@@ -254,6 +257,7 @@ def register(cli):
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @figure_options
     def dream(image, model_spec, layer, octaves, octave_scale, steps, step_size, jitter, size, seed, device, amp,
               history, out, save, quiet):
         """DeepDream (Mordvintsev et al. 2015): change IMAGE so that the squared activations of
@@ -329,6 +333,7 @@ def register(cli):
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @figure_options
     def invert(image, model_spec, layers, steps, priors, param, transforms, lr, tv, beta, alpha, alpha_weight, seed,
                device, amp, columns, history, out, save, quiet):
         """Start from noise and change it until its representation at each --layer matches that

@@ -10,6 +10,7 @@ import click
 
 def register(cli):
     from cnnviz_cli.main import _given, _load, _no_labels, model_options
+    from cnnviz_cli.output import figure_options
 
     @cli.command(short_help="The first convolution's filters as images (Zeiler & Fergus Fig. 6).")
     @model_options
@@ -17,6 +18,7 @@ def register(cli):
                   help="Figure file: .png, .pdf or .svg [default: MODEL_filters.png here].")
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+    @figure_options
     def filters(model_spec, out, save):
         """Draw every filter of the model's first convolution (the first Conv2d it runs) as an RGB
         image, each scaled to [0, 1] by its own min and max, as Krizhevsky et al. and Zeiler & Fergus
@@ -46,6 +48,7 @@ def register(cli):
                   help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_activations.png here].")
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (the --top maps) to redraw it with `cnnviz render`.")
+    @figure_options
     def activations(image, model_spec, layer, top, device, out, save):
         """Draw the feature maps of --layer for IMAGE as a grid, strongest first (by each map's
         maximum activation, ties by the mean), after the input crop, on one shared colour scale."""

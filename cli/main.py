@@ -32,6 +32,8 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
+from cnnviz_cli.output import figure_options  # noqa: E402
+
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL = 3
 
@@ -332,6 +334,7 @@ def predict(images, model_spec, top, as_json, batch_size, device):
 @click.option("--full-image", is_flag=True,
               help="Draw on the whole original photo: the model's crop dashed, the rest hatched (not analysed).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@figure_options
 def occlusion(image, model_spec, window, stride, fill, target, layer, channel, batch_size, device, amp, out, save,
               full_image, quiet):
     """Slide a gray square over IMAGE and re-run the network at every position (Zeiler & Fergus
@@ -377,6 +380,10 @@ def _check_stride(window, stride, size) -> None:
 
     window = window if isinstance(window, tuple) else (window, window)
     stride = stride if isinstance(stride, tuple) else (stride, stride)
+    if all(wn == n for wn, n in zip(window, size)):
+        raise ParameterError(f"--window {window[0]}x{window[1]} is the whole {size[0]}x{size[1]} px input: the occluder "
+                             f"has one position and every map one value; use a smaller --window, e.g. "
+                             f"{max(8, min(size) // 4)}")
     for axis, wn, st, n in zip(("rows", "columns"), window, stride, size):
         room = n - wn
         if 0 < room < st:
@@ -423,6 +430,7 @@ def _gradient_command(method: str, short: str, summary: str):
         result = attribute(lm, pics, engine, target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise,
                            seed=seed, smooth_mode=smooth, device=device)
         result.params["image_files"] = [str(p) for p in images]
+        result.params["class_names"] = {str(int(t)): lm.class_name(int(t)) for t in result.top1}
         output.write(result, out, save, echo=False, shared_scale=shared_scale, full_image=full_image)
         for f, t in zip(images, result.target_names):
             click.echo(f"{f}: {method} for {t}")
@@ -478,6 +486,7 @@ def _gradient_command(method: str, short: str, summary: str):
                      help=f"Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_{method}.png here]."),
         click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                      help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`."),
+        figure_options,
     ]
     for decorate in reversed(options):
         command = decorate(command)
@@ -527,6 +536,7 @@ def _methods(text: str) -> list[str]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
               help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_compare.png here].")
+@figure_options
 def compare(image, model_spec, methods, target, layer, shared_scale, device, out):
     """Draw several attribution maps of IMAGE side by side, for the same class."""
     from cnnviz.engines.gradients import attribute
@@ -546,7 +556,11 @@ def compare(image, model_spec, methods, target, layer, shared_scale, device, out
     lm = _load(model_spec)
     results = [attribute(lm, pic, m, target=target, layer=layer if m in CAM else None, device=device)
                for m in names]
-    fig = compare_figure(results, shared_scale=shared_scale)
+    from cnnviz_cli import output
+
+    for r in results:
+        r.params["class_names"] = {str(int(t)): lm.class_name(int(t)) for t in r.top1}
+    fig = compare_figure(results, shared_scale=shared_scale, **output.style())
     save_figure(fig, out)
     for r in results:
         if r.params.get("uninformative"):
@@ -572,6 +586,7 @@ def compare(image, model_spec, methods, target, layer, shared_scale, device, out
 @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
               help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_sanity.png here].")
 @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz", help="Also save the result.")
+@figure_options
 def sanity(image, model_spec, methods, steps, classes, seed, device, out, save):
     """Randomize the model's layers cumulatively from the top (on a copy) and report, per step and
     method, the Spearman rank correlation between the original map and the randomized model's map
@@ -614,8 +629,10 @@ def sanity(image, model_spec, methods, steps, classes, seed, device, out, save):
 @click.option("--out", "-o", required=True, type=click.Path(), metavar="FIG", help="Figure file: .png, .pdf or .svg.")
 @click.option("--full-image", is_flag=True,
               help="Occlusion and backprop results: draw on the whole original photo (crop dashed, rest hatched).")
+@figure_options
 def render(result, out, full_image):
-    """Redraw a figure from a saved result (RESULT.npz + its .json sidecar) without recomputing."""
+    """Redraw a figure from a saved result (RESULT.npz + its .json sidecar) without recomputing,
+    e.g. at another --width for a one-column figure."""
     from cnnviz.errors import CnnvizError, ResultError
     from cnnviz.files import FIGURE_SUFFIXES, check_output
     from cnnviz.results import load_result
@@ -623,7 +640,9 @@ def render(result, out, full_image):
     check_output(out, FIGURE_SUFFIXES)
     loaded = load_result(result)
     try:
-        fig = loaded.render(out, **({"full_image": True} if full_image else {}))
+        from cnnviz_cli import output
+
+        fig = loaded.render(out, **output.style(), **({"full_image": True} if full_image else {}))
     except CnnvizError:
         raise
     except Exception as e:  # the schema passed but the values still do not fit together (an edited file)

@@ -3,9 +3,48 @@ saved result together (both land, or neither does) and say what was written."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
+
+STYLE_KEY = "cnnviz.figure_style"
+
+
+def _width(ctx, param, value):
+    if value is None:
+        return None
+    from cnnviz.errors import ParameterError
+    from cnnviz.render.style import check_width
+
+    try:
+        return check_width(value)
+    except ParameterError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def figure_options(f):
+    """--width and --layout, for every command that draws a figure. They are render-time choices
+    (a saved result redraws at another width with `cnnviz render --width`): the command does not
+    see them; `write` and `style()` hand them to the renderer."""
+    @click.option("--width", default="7", show_default=True, metavar="INCHES", callback=_width,
+                  help="Figure width in inches, the width it is printed at (7: a page's text width, 3.5: one "
+                       "column); panels and text are laid out for it, text at least 7 pt.")
+    @click.option("--layout", default="row", show_default=True, type=click.Choice(["row", "grid"]),
+                  help="row: panels side by side, wrapped to more rows where the width runs out; grid: about "
+                       "as many rows as columns.")
+    @functools.wraps(f)
+    def wrapper(*args, width, layout, **kw):
+        click.get_current_context().meta[STYLE_KEY] = {"width": width, "layout": layout}
+        return f(*args, **kw)
+
+    return wrapper
+
+
+def style() -> dict:
+    """The --width and --layout of the running command ({} outside one, or where not offered)."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(STYLE_KEY, {})) if ctx is not None else {}
 
 
 def check(out, save=None, figure_suffixes=None):
@@ -22,7 +61,7 @@ def write(result, out, save=None, echo: bool = True, **render_options):
 
     from cnnviz.results import save_outputs
 
-    fig = result.render(None, **render_options)
+    fig = result.render(None, **{**style(), **render_options})
     try:
         save_outputs(result if save else None, save, fig, out)
     finally:

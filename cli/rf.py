@@ -7,6 +7,7 @@ import click
 
 def register(cli):
     from .main import _architecture_only, _given, _load, _parse_pair, _reject, model_options
+    from cnnviz_cli.output import figure_options, style
 
     @cli.command(short_help="Receptive field size, stride and padding of every layer (no weights needed).")
     @model_options
@@ -34,6 +35,7 @@ def register(cli):
     @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
     @click.option("--figure", default=None, type=click.Path(), metavar="FIG",
                   help="With --layer: theoretical, effective and empirical RF side by side (.png, .pdf, .svg).")
+    @figure_options
     def rf(model_spec, input_size, out, save, layer, images, measure, channel, max_images, occluder, stride, device,
            figure):
         """Print the theoretical receptive field of every layer: RF size (height x width),
@@ -88,7 +90,7 @@ def register(cli):
             from cnnviz.render.style import plt
             from cnnviz.results import save_outputs
 
-            fig = result.render() if out else None
+            fig = result.render(None, **style()) if out else None
             try:  # the table's figure and result land together, or neither does
                 save_outputs(result if save else None, save, fig, out)
             finally:
@@ -168,7 +170,7 @@ def register(cli):
             from cnnviz.render.rf_compare import compare_figure
             from cnnviz.render.style import RC, plt, save_figure
 
-            fig = compare_figure(theo, eff, emp)
+            fig = compare_figure(theo, eff, emp, **style())
             with plt.rc_context(RC):  # its dpi
                 save_figure(fig, check_output(figure, FIGURE_SUFFIXES))
             plt.close(fig)

@@ -10,6 +10,7 @@ import click
 
 def register(cli) -> None:
     from cnnviz_cli.main import _load, model_options
+    from cnnviz_cli.output import figure_options, style
 
     @cli.command(short_help="The k images that activate each unit of a layer most.")
     @click.argument("data", type=click.Path())
@@ -38,6 +39,7 @@ def register(cli) -> None:
     @click.option("--figure-columns", default=None, type=click.IntRange(min=1), metavar="N",
                   help="With --figure: units per row [default: 4, or 6 without projections].")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @figure_options
     def topk(data, model_spec, layer, units, k, batch_size, workers, device, save, resume, checkpoint_every,
              figure_path, project, figure_columns, quiet):
         """Stream the images in DATA (a folder, a folder of class folders, or a CSV with a `file`
@@ -104,7 +106,7 @@ def register(cli) -> None:
                 from cnnviz.engines.patches import unit_patches
 
                 patches = unit_patches(lm, result, project=project, device=device)
-                fig = patches.render(None, columns=figure_columns)
+                fig = patches.render(None, columns=figure_columns, **style())
             try:  # the figure and the result land together, or neither does
                 save_outputs(result if save else None, save, fig, figure_path)
             finally:

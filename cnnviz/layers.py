@@ -267,3 +267,23 @@ def format_layers(infos: list[LayerInfo]) -> str:
     for i in infos:
         lines.append(f"{i.address:<{w}}  {i.type:<{t}}  {_shape_str(i.shape)}")
     return "\n".join(lines)
+
+
+def readable_name(address: str) -> str:
+    """A layer address as a figure label: the block path, then the module's own name in
+    parentheses, leading underscores dropped and the call of a module that runs several times
+    spelt out. `_blocks.6._swish@1` -> `blocks.6 (swish, 2nd call)`, `_swish@1` -> `swish (2nd
+    call)`, `layer4.1.conv2` -> `layer4.1 (conv2)`, `features.12` -> `features.12`. Pass the address
+    itself to --layer; this is only for reading."""
+    name, sep, call = str(address).partition("@")
+    parts = [p.lstrip("_") or p for p in name.split(".")]
+    nth = ""
+    if sep and call.isdigit():
+        k = int(call) + 1
+        suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+        nth = f"{k}{suffix} call"
+    if len(parts) > 1 and not parts[-1].isdigit():
+        inner = ", ".join(x for x in (parts[-1], nth) if x)
+        return f"{'.'.join(parts[:-1])} ({inner})"
+    base = ".".join(parts)
+    return f"{base} ({nth})" if nth else base

@@ -146,7 +146,9 @@ class Result:
         return self.geometry(index).to_crop(coords)
 
     def render(self, path: str | os.PathLike | None = None, **options):
-        """Draw the figure; write it to `path` (.png, .pdf or .svg) when given. Returns the Figure."""
+        """Draw the figure; write it to `path` (.png, .pdf or .svg) when given. Returns the Figure.
+        `width` (inches, default 7: a page's text width) and `layout` ("row" or "grid") lay it out
+        for the width it is printed at, text at least 7 pt; other options go to the renderer."""
         from .render import render
 
         return render(self, path, **options)

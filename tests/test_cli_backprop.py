@@ -333,7 +333,8 @@ def _valid_runs(command: str, tmp: Path, checkpoint: Path, labels: Path) -> list
     """Valid combinations of `command`'s options that together use every option it lists."""
     model = ["--model", "resnet18", "--weights", "none"]
     own = ["--model", "resnet18", "--weights-file", checkpoint, "--labels", labels, "--trust-checkpoint"]
-    common = ["--target", "11", "--shared-scale", "--full-image", "--device", "cpu", "--save", tmp / "r.npz"]
+    common = ["--target", "11", "--shared-scale", "--full-image", "--device", "cpu", "--save", tmp / "r.npz",
+              "--width", "3.5", "--layout", "grid"]
     smooth = ["--samples", "2", "--noise", "0.1", "--seed", "3"]
     runs = {
         "saliency": [common + smooth + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3:map"]],

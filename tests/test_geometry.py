@@ -241,7 +241,7 @@ def test_full_image_figures_draw_the_whole_photo_with_the_crop_dashed(tiny_resul
     np.testing.assert_allclose([occluder.get_x(), occluder.get_y()],
                                [(x0 + 86) * 601 / 396, (y0 + 16) * 389 / 256])
     with Image.open(tmp_path / "occ.png") as png:
-        assert png.size[0] > 2000 and png.size[1] > 500
+        assert png.size[0] == 7 * 200 and png.size[1] > 500  # a 7 in figure at 200 dpi
     matplotlib.pyplot.close(fig)
 
     fig = sal.render(tmp_path / "sal.png", full_image=True)
@@ -254,7 +254,7 @@ def test_full_image_figures_draw_the_whole_photo_with_the_crop_dashed(tiny_resul
     alpha = overlays[0].get_array()[..., 3]
     assert alpha[:, :100].max() == 0.0  # left of the crop (x < 130.7 photo px = 111 copy px): no map
     with Image.open(tmp_path / "sal.png") as png:
-        assert png.size[0] > 1000 and png.size[1] > 1000
+        assert png.size[0] == 7 * 200 and png.size[1] > 1000
     matplotlib.pyplot.close(fig)
     # the ordinary figures are unchanged by the option's existence
     assert not [ax for ax in occ.render().axes if _patches(ax, "crop")]
@@ -267,7 +267,7 @@ def test_cli_full_image_flag_and_render_of_a_saved_result(tiny_results, tmp_path
     res = CliRunner().invoke(cli, ["render", str(saved), "--full-image", "-o", str(tmp_path / "full.png")])
     assert res.exit_code == 0, res.output
     with Image.open(tmp_path / "full.png") as png:
-        assert png.size[0] > 2000
+        assert png.size[0] == 7 * 200  # a 7 in figure at 200 dpi
     res = CliRunner().invoke(cli, ["render", str(saved), "--full-image", "-o", str(tmp_path / "no.png")])
     assert res.exit_code == 0
     filters = tmp_path / "f.npz"

@@ -156,7 +156,8 @@ def test_figures(result, tmp_path):
     fig2 = figure(only, columns=3, units=[1, 2, 3])
     assert len(fig2.axes) == 3
     save_figure(fig2, tmp_path / "patches_only.png")
-    assert fig2.get_size_inches()[0] < fig.get_size_inches()[0]
+    assert fig2.get_size_inches()[0] == fig.get_size_inches()[0] == 7.0  # both laid out for a 7 in page
+    assert fig2.axes[0].get_position().width < fig.axes[0].get_position().width  # a patch block, no projection
 
 
 def test_contrast_keeps_zero_and_fill(result):

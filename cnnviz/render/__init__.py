@@ -6,14 +6,17 @@ import os
 
 from ..errors import ParameterError, ResultError
 from ..files import FIGURE_SUFFIXES, check_output
-from .style import save_figure
+from .style import DEFAULT_WIDTH, check_layout, check_width, save_figure
 
 FULL_IMAGE_KINDS = ("occlusion", "gradients")  # renderers that take full_image=True
 
 
-def render(result, path: str | os.PathLike | None = None, **options):
-    """Draw `result`'s figure; write it to `path` (format from the extension) when given.
-    Returns the matplotlib Figure."""
+def render(result, path: str | os.PathLike | None = None, *, width: float = DEFAULT_WIDTH, layout: str = "row",
+           **options):
+    """Draw `result`'s figure `width` inches wide (default a page's text width, 7 in: the text is
+    then at least 7 pt when printed at that width) with its panels side by side as far as they fit
+    (`layout` "row") or about square ("grid"); write it to `path` (format from the extension) when
+    given. Returns the matplotlib Figure."""
     from . import featvis, filters, gradients, invariance, occlusion, patches, receptive_field, sanity
 
     drawers = {"occlusion": occlusion.figure, "gradients": gradients.figure, "sanity": sanity.figure,
@@ -27,8 +30,9 @@ def render(result, path: str | os.PathLike | None = None, **options):
         if options.pop("full_image"):
             raise ParameterError(f"full_image draws occlusion and backprop (gradients) results on the original photo, "
                                  f"not {result.kind!r} results; leave out --full-image")
+    width, layout = check_width(width), check_layout(layout)
     target = check_output(path, FIGURE_SUFFIXES) if path is not None else None
-    fig = draw(result, **options)
+    fig = draw(result, width=width, layout=layout, **options)
     if target is not None:
         save_figure(fig, target)
     return fig

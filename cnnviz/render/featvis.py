@@ -7,12 +7,12 @@ are, to be drawn as crisp squares."""
 from __future__ import annotations
 
 import math
-import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import CATEGORICAL, RC, bare, short
+from .style import (CATEGORICAL, DEFAULT_WIDTH, RC, bare, check_width, grid_shape, line_in, model_label, short,
+                    text_width, wrap)
 
 DPI = RC["savefig.dpi"]
 GRID_PX = 200  # grid panels: about this many saved pixels on the longer side (1 inch)
@@ -28,18 +28,19 @@ SCORE_WORDS = {"mean activation": "mean act", "centre activation": "centre act",
                "objective": "objective"}
 
 
-def figure(result, columns: int | None = None, history: bool | None = None):
+def figure(result, columns: int | None = None, history: bool | None = None, width: float = DEFAULT_WIDTH,
+           layout: str = "row"):
     """The figure for `result.params["mode"]`. `columns`: images per row (default: up to 8, rows
-    filled evenly). `history`: add a plot of the objective per image against the step (default:
-    only for DeepDream)."""
+    filled evenly, as many as fit `width` inches; `layout` "grid": about square). `history`: add a
+    plot of the objective per image against the step (default: only for DeepDream)."""
     mode = str(result.params.get("mode", "custom"))
     if history is None:
         history = mode == "dream"
     if mode == "dream":
-        return _dream(result, history)
+        return _dream(result, history, width)
     if mode == "invert":
-        return _invert(result, columns, history)
-    return _grid_mode(result, mode, columns, history)
+        return _invert(result, columns, history, width, layout)
+    return _grid_mode(result, mode, columns, history, width, layout)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,20 +59,6 @@ def score_text(label: str | None, value: float) -> str:
 def sig(v: float) -> str:
     """Three significant digits, trailing zeros kept: 1.00, 0.830, 22.5, 123."""
     return format(float(v), "#.3g").rstrip(".")
-
-
-def _chars(width_in: float, pt: float) -> int:
-    """About how many characters of a `pt` font fit in `width_in` inches."""
-    return max(6, int(width_in * 72 / (0.56 * pt)))
-
-
-def _wrap(text: str, width_in: float, pt: float, lines: int = 2) -> str:
-    n = _chars(width_in, pt)
-    parts = textwrap.wrap(str(text), n, break_long_words=True) or [""]
-    if len(parts) > lines:
-        parts = parts[:lines]
-        parts[-1] = short(parts[-1] + " …", n)
-    return "\n".join(parts)
 
 
 def pretty_transforms(text: str | None) -> str:
@@ -143,43 +130,46 @@ def _panel_size(images: list[np.ndarray], target_px: int) -> tuple[float, float]
     return pw, ph
 
 
-def _columns(n: int, columns: int | None, most: int = 8) -> int:
-    if columns is None:
-        columns = math.ceil(n / math.ceil(n / most))
-    return max(1, min(n, int(columns)))
+def _columns(n: int, columns: int | None, width: float, layout: str, most: int = 8) -> int:
+    """Images per row: as many as fit `width` ("row", at most `columns` or 8) or about square ("grid")."""
+    return grid_shape(n, width, layout, min_panel=0.75, max_cols=columns or most)[1]
 
 
 class _Layout:
     """Panels in a grid (title above, score below each), a wrapped heading, and optionally a line
-    plot under the grid; placed in inches so that text never overlaps."""
+    plot under the grid; placed in inches in a figure `width` wide so that text never overlaps."""
 
-    def __init__(self, images, titles, feet, head, detail, cols, target_px, plot_note=None, legend=None):
+    def __init__(self, images, titles, feet, head, detail, cols, target_px, plot_note=None, legend=None,
+                 width: float = DEFAULT_WIDTH):
         plot = plot_note is not None
         self.n = len(images)
+        W = check_width(width)
         pw, ph = _panel_size(images, target_px)
-        self.titles = [_wrap(t, pw + 0.04, TITLE_PT, lines=3) for t in titles]
-        self.feet = [_wrap(t, pw + 0.04, FOOT_PT) for t in feet]
+        room = (W - 2 * MARGIN - (cols - 1) * GAP_W) / cols
+        if pw > room:  # smaller than the pixel target, to fit the width (a PDF keeps every pixel)
+            pw, ph = room, ph * room / pw
+        self.titles = [wrap(t, pw + 0.04, TITLE_PT, lines=3) for t in titles]
+        self.feet = [wrap(t, pw + 0.04, FOOT_PT, lines=2) for t in feet]
         t_lines = max([t.count("\n") + 1 for t in self.titles if t] or [0])
         f_lines = max([t.count("\n") + 1 for t in self.feet if t] or [0])
-        title_in = 0.04 + 0.135 * t_lines
-        foot_in = 0.04 + 0.13 * f_lines
+        title_in = 0.04 + line_in(TITLE_PT, t_lines)
+        foot_in = 0.04 + line_in(FOOT_PT, f_lines)
         rows = math.ceil(self.n / cols)
         grid_w = cols * pw + (cols - 1) * GAP_W
         legend_w = 0.0
         if plot and legend:
-            legend_w = 0.5 + 0.062 * max(len(s) for s in legend)
-        min_w = PLOT_LEFT + 2.6 + legend_w + MARGIN if plot else 4.2  # room for the heading
-        W = max(grid_w + 2 * MARGIN, min_w)
-        self.head = textwrap.fill(head, _chars(W - 0.1, HEAD_PT))
-        self.detail = textwrap.fill(detail, _chars(W - 0.1, DETAIL_PT)) if detail else ""
+            legend_w = min(0.4 * W, 0.35 + max(text_width(s, RC["legend.fontsize"]) for s in legend))
+        self.legend_chars = legend_w
+        self.head = wrap(head, W - 0.1, HEAD_PT)
+        self.detail = wrap(detail, W - 0.1, DETAIL_PT) if detail else ""
         head_lines = self.head.count("\n") + 1
         detail_lines = self.detail.count("\n") + 1 if detail else 0
-        head_in = 0.1 + 0.155 * head_lines + (0.04 + 0.13 * detail_lines if detail else 0.0)
+        head_in = 0.1 + line_in(HEAD_PT, head_lines) + (0.04 + line_in(DETAIL_PT, detail_lines) if detail else 0.0)
         cell_h = title_in + ph + foot_in
         grid_h = rows * cell_h + (rows - 1) * GAP_H
         plot_w = W - PLOT_LEFT - MARGIN - legend_w
-        self.plot_note = textwrap.fill(plot_note, _chars(plot_w + 0.3, NOTE_PT)) if plot_note else ""
-        note_in = 0.13 * (self.plot_note.count("\n") + 1) if plot_note else 0.0
+        self.plot_note = wrap(plot_note, plot_w, NOTE_PT) if plot_note else ""
+        note_in = line_in(NOTE_PT, self.plot_note.count("\n") + 1) if plot_note else 0.0
         H = head_in + grid_h + MARGIN + (PLOT_GAP + note_in + PLOT_H + PLOT_BOTTOM if plot else 0.0)
         self.fig = plt.figure(figsize=(W, H), dpi=DPI)  # saved at this resolution (see _panel_size)
         x0 = (W - grid_w) / 2
@@ -194,8 +184,8 @@ class _Layout:
             self.plot_ax = self.fig.add_axes((PLOT_LEFT / W, PLOT_BOTTOM / H, plot_w / W, PLOT_H / H))
         self.fig.suptitle(self.head, fontsize=HEAD_PT, y=1 - 0.05 / H, va="top")
         if detail:
-            self.fig.text(0.5, 1 - (0.09 + 0.155 * head_lines) / H, self.detail, fontsize=DETAIL_PT, color="0.3",
-                          ha="center", va="top", linespacing=1.15)
+            self.fig.text(0.5, 1 - (0.09 + line_in(HEAD_PT, head_lines)) / H, self.detail, fontsize=DETAIL_PT,
+                          color="0.3", ha="center", va="top", linespacing=1.15)
 
     def show(self, k: int, image: np.ndarray) -> None:
         ax = self.axes[k]
@@ -269,7 +259,7 @@ def _legend_labels(result, n: int, history: bool) -> list[str] | None:
 # --------------------------------------------------------------------------------------------------
 # modes
 
-def _grid_mode(result, mode: str, columns, history: bool):
+def _grid_mode(result, mode: str, columns, history: bool, width: float, layout: str):
     p = result.params
     images = list(result.images)
     n = len(images)
@@ -278,7 +268,7 @@ def _grid_mode(result, mode: str, columns, history: bool):
     labels = [str(s) for s in result.labels]
     label = p.get("score_label")
     feet = [score_text(label, v) for v in result.score]
-    model = result.provenance.get("model", "model")
+    model = model_label(result.provenance, p)
     if mode == "units":
         kind = "activation at the map's centre" if p.get("unit_kind") == "neuron" else "mean of the feature map"
         head = f"{model}, {p.get('layer', '?')}: images maximizing each unit ({kind}), {_steps(p)}"
@@ -293,10 +283,11 @@ def _grid_mode(result, mode: str, columns, history: bool):
         head = f"{model}: maximize {p.get('objective', 'the objective')}, {_steps(p)}"
         detail = _recipe(p)
         ylabel = "objective"
-    cols = _columns(n, columns)
+    cols = _columns(n, columns, width, layout)
     with plt.rc_context(RC):
         lay = _Layout(images, labels, feet, head, detail, cols, GRID_PX,
-                      plot_note=_history_note(p, n) if history else None, legend=_legend_labels(result, n, history))
+                      plot_note=_history_note(p, n) if history else None, legend=_legend_labels(result, n, history),
+                      width=width)
         for k in range(n):
             lay.show(k, images[k])
         if history:
@@ -304,9 +295,9 @@ def _grid_mode(result, mode: str, columns, history: bool):
     return lay.fig
 
 
-def _dream(result, history: bool):
+def _dream(result, history: bool, width: float):
     p = result.params
-    model = result.provenance.get("model", "model")
+    model = model_label(result.provenance, p)
     layer = p.get("layer", "?")
     octaves = p.get("octaves", "?")
     label = p.get("score_label")
@@ -330,7 +321,9 @@ def _dream(result, history: bool):
     bounds = [(hs[k * per - 1] + hs[k * per]) / 2 for k in range(1, n_oct) if k * per < len(hs)] if per else []
     note = "objective per step" + ("; dotted: next octave, a larger image" if bounds else "")
     with plt.rc_context(RC):
-        lay = _Layout(panels, titles, feet, head, detail, len(panels), BIG_PX, plot_note=note if history else None)
+        cols = _columns(len(panels), None, width, "row")
+        lay = _Layout(panels, titles, feet, head, detail, cols, BIG_PX, plot_note=note if history else None,
+                      width=width)
         for k, im in enumerate(panels):
             lay.show(k, im)
         if history:
@@ -340,9 +333,9 @@ def _dream(result, history: bool):
     return lay.fig
 
 
-def _invert(result, columns, history: bool):
+def _invert(result, columns, history: bool, width: float, layout: str):
     p = result.params
-    model = result.provenance.get("model", "model")
+    model = model_label(result.provenance, p)
     label = p.get("score_label")
     start = result.start
     has_start = start is not None and start.size > 0
@@ -364,10 +357,11 @@ def _invert(result, columns, history: bool):
             f"{_steps(p)}")
     detail = _join(f"{p.get('param', 'pixel')} parameterization", priors,
                    f"rel. dist = ‖φ(x) − φ(x0)‖² / ‖φ(x0)‖² at the layer{noise_txt}")
-    cols = _columns(len(panels), columns)
+    cols = _columns(len(panels), columns, width, layout)
     with plt.rc_context(RC):
         lay = _Layout(panels, titles, feet, head, detail, cols, BIG_PX,
-                      plot_note=_history_note(p, n) if history else None, legend=_legend_labels(result, n, history))
+                      plot_note=_history_note(p, n) if history else None, legend=_legend_labels(result, n, history),
+                      width=width)
         for k, im in enumerate(panels):
             lay.show(k, im)
         if history:

@@ -8,7 +8,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import RC, SEQUENTIAL, bare, short
+from .style import DEFAULT_WIDTH, MIN_FONT, RC, SEQUENTIAL, Panels, bare, layer_label, model_label
 
 DIVERGING = "RdBu_r"
 MIN_TILE = 24  # kernels are upsampled (nearest) to at least this many pixels a side
@@ -35,53 +35,39 @@ def filter_tiles(weights: np.ndarray) -> np.ndarray:
     return tiles.repeat(s, axis=1).repeat(s, axis=2)
 
 
-def _grid(n: int, max_cols: int) -> tuple[int, int]:
-    """Rows and columns for n panels: at most max_cols wide, fewest empty cells, then widest."""
-    lo = min(n, max_cols, max(1, math.ceil(math.sqrt(n))))
-    best = min(range(lo, min(n, max_cols) + 1), key=lambda c: (math.ceil(n / c) * c - n, -c))
-    return math.ceil(n / best), best
-
-
-def filters_figure(result, max_cols: int = 12):
-    """Every filter of the first layer as a small image with its channel index."""
+def filters_figure(result, max_cols: int | None = None, width: float = DEFAULT_WIDTH, layout: str = "row"):
+    """Every filter of the first layer as a small image with its channel index, in a figure `width`
+    inches wide ("row": as many per row as fit, at most `max_cols`; "grid": about square)."""
     p = result.params
     tiles = filter_tiles(result.weights)
     n = tiles.shape[0]
-    rows, cols = _grid(n, max_cols)
     rgb = tiles.ndim == 4
+    kh, kw = p["kernel"]
+    cin = p["in_channels"]
+    shown = "RGB" if rgb else f"input channel 0 of {cin}, gray"
+    head = (f"First-layer filters: {model_label(result.provenance, p)}, {p['layer']} ({n} filters, {cin}×{kh}×{kw}, "
+            f"{shown}); each filter scaled to [0, 1] by its own min and max; label = output channel")
     with plt.rc_context(RC):
-        cell = 0.62
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * cell + 0.2, rows * (cell + 0.2) + 0.6), squeeze=False)
-        for k, ax in enumerate(axes.flat):
+        lay = Panels(n, width, layout, titles=[str(k) for k in range(n)], head=head, min_panel=0.4, gap=0.06,
+                     max_cols=max_cols or 16, max_picture=0.9, title_pt=MIN_FONT)
+        for k, ax in enumerate(lay.axes):
             bare(ax)
-            if k >= n:
-                ax.axis("off")
-                continue
             ax.imshow(tiles[k], cmap=None if rgb else "gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(str(k), fontsize=6, pad=1.5)
-            for s in ax.spines.values():
-                s.set_linewidth(0.4)
-                s.set_color("0.5")
-        kh, kw = p["kernel"]
-        cin = p["in_channels"]
-        shown = "RGB" if rgb else f"input channel 0 of {cin}, gray"
-        model = result.provenance.get("model", "model")
-        fig.suptitle(f"First-layer filters: {model}, {p['layer']} ({n} filters, {cin}×{kh}×{kw}, {shown});\n"
-                     "each filter scaled to [0, 1] by its own min and max; label = output channel",
-                     fontsize=8.5, y=0.995)
-        fig.tight_layout(rect=(0, 0, 1, 0.97 if rows > 2 else 0.9), pad=0.3, h_pad=0.6, w_pad=0.15)
-    return fig
+            for sp in ax.spines.values():
+                sp.set_linewidth(0.4)
+                sp.set_color("0.5")
+    return lay.fig
 
 
-def activations_figure(result, top: int = 64, max_cols: int = 10):
+def activations_figure(result, top: int = 64, max_cols: int | None = None, width: float = DEFAULT_WIDTH,
+                       layout: str = "row"):
     """The input crop, then the `top` strongest feature maps on one colour scale shared by all maps
     (so strengths compare across maps): viridis from min(0, lowest) to the highest value, or, for
-    signed maps (a block output without a rectifier), a diverging map symmetric about zero."""
+    signed maps (a block output without a rectifier), a diverging map symmetric about zero; in a
+    figure `width` inches wide."""
     p = result.params
     k = min(int(top), result.maps.shape[0])
     maps = result.maps[:k]
-    n = k + 1
-    rows, cols = _grid(n, max_cols)
     lo, hi = min(0.0, float(maps.min())), float(maps.max())
     signed = lo < -0.05 * max(hi, 0.0)
     cmap = SEQUENTIAL
@@ -90,32 +76,22 @@ def activations_figure(result, top: int = 64, max_cols: int = 10):
         lo, cmap = -hi, DIVERGING
     if hi <= lo:
         hi = lo + 1.0
+    h, w = maps.shape[1:]
+    titles = ["input"] + [f"ch {int(result.channels[j])}: {float(result.strength[j]):.3g}" for j in range(k)]
+    head = (f"Feature maps of {model_label(result.provenance, p)}, {layer_label(p['layer'])} "
+            f"({p['num_channels']}×{h}×{w}): "
+            f"the {k} strongest by max activation, of {p['num_channels']}; shared colour scale"
+            f"{', centred on 0' if signed else ''}; label: channel: its max activation")
     with plt.rc_context(RC):
-        cell = 1.25
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * cell + 0.9, rows * (cell + 0.16) + 0.6), squeeze=False)
+        lay = Panels(k + 1, width, layout, titles=titles, head=head, min_panel=0.8, gap=0.08, max_cols=max_cols or 10,
+                     max_picture=1.4, title_pt=MIN_FONT, title_lines=2, legend_in=0.5)
         im = None
-        for i, ax in enumerate(axes.flat):
+        for i, ax in enumerate(lay.axes):
             bare(ax)
-            if i >= n:
-                ax.axis("off")
-                continue
             if i == 0:
                 ax.imshow(result.image)
-                ax.set_title("input", fontsize=7, pad=2)
                 continue
-            j = i - 1
-            im = ax.imshow(maps[j], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-            ax.set_title(f"ch {int(result.channels[j])}, max {float(result.strength[j]):.3g}", fontsize=6.5, pad=2)
-        h, w = maps.shape[1:]
-        model = result.provenance.get("model", "model")
-        fig.suptitle(f"Feature maps of {model}, {short(p['layer'], 28)} ({p['num_channels']}×{h}×{w}): the {k} "
-                     f"strongest by max activation, of {p['num_channels']}; "
-                     f"shared colour scale{', centred on 0' if signed else ''}",
-                     fontsize=8.5, y=0.995)
-        fig.tight_layout(rect=(0, 0, 0.93, 0.97 if rows > 2 else 0.92), pad=0.3, h_pad=0.3, w_pad=0.2)
+            im = ax.imshow(maps[i - 1], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         if im is not None:
-            cax = fig.add_axes((0.945, 0.12, 0.015, 0.72))
-            cb = fig.colorbar(im, cax=cax)
-            cb.set_label("activation")
-            cb.ax.tick_params(labelsize=7)
-    return fig
+            lay.strip_colorbar(im, "activation")
+    return lay.fig

@@ -18,10 +18,10 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import Normalize
-from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from ..errors import ParameterError
-from .style import RC, SEQUENTIAL, bare, gray_background, short
+from .style import (DEFAULT_WIDTH, RC, SEQUENTIAL, TEXT_PT, Panels, bare, class_label, gray_background,
+                    layer_label, model_label, wrap)
 
 DIVERGING = "RdBu_r"
 NAMES = {"saliency": "Saliency", "guided": "Guided backprop", "deconv": "Deconvnet", "gradcam": "Grad-CAM",
@@ -43,14 +43,18 @@ def method_label(params: dict) -> str:
 UNINFORMATIVE_NOTE = "UNINFORMATIVE: the same map\nfor a uniform gray image"
 
 
-def note_uninformative(ax, params: dict) -> None:
-    """A visible note on a map panel whose map does not depend on the image."""
+def note_uninformative(ax, params: dict, width_in: float | None = None) -> None:
+    """A visible note on a map panel whose map does not depend on the image (wrapped to
+    `width_in` inches, the panel's width)."""
     if not params.get("uninformative"):
         return
     r = params.get("gray_image_r") or []
     text = UNINFORMATIVE_NOTE + (f" (r = {min(r):.3f})" if r else "")
     if params.get("max_pool_switches") == 0:
         text += "\nno max-pool switches in the model"
+    if width_in is not None:  # bold: about 10 % wider than `wrap` measures
+        first, _, rest = text.partition(")" if r else "image")
+        text = wrap((first + _).replace("\n", " ") + rest.replace("\n", "; "), width_in * 0.8 - 0.1, TEXT_PT)
     ax.text(0.5, 0.03, text, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="white",
             fontweight="bold", bbox=dict(boxstyle="round,pad=0.3", fc="#b2182b", ec="none", alpha=0.9),
             gid="uninformative-note")
@@ -84,15 +88,6 @@ def _extend(values: np.ndarray, norm: Normalize) -> str:
     return "both" if hi and lo else "max" if hi else "min" if lo else "neither"
 
 
-def colorbar_extended(fig, ax, mappable, label: str, extend: str = "neither"):
-    """`style.colorbar` with an arrow at the end(s) where the map goes beyond the scale."""
-    cax = make_axes_locatable(ax).append_axes("right", size="5%", pad=0.05)
-    cb = fig.colorbar(mappable, cax=cax, extend=extend)
-    cb.set_label(label)
-    cb.ax.tick_params(labelsize=7)
-    return cb
-
-
 def _map_label(params: dict) -> str:
     m = params.get("method")
     of = "unit" if params.get("unit") else "score"
@@ -104,7 +99,7 @@ def _map_label(params: dict) -> str:
 def _where(params: dict) -> str:
     parts = []
     if params.get("layer"):
-        parts.append(f"layer {short(str(params['layer']), 28)}")
+        parts.append(f"layer {layer_label(params['layer'])}")
     if params.get("unit"):
         parts.append(str(params["unit"]))
     return ", ".join(parts)
@@ -132,15 +127,19 @@ def signal_rgb(attribution: np.ndarray, clip: float | None = 99.5, top: float | 
 # --------------------------------------------------------------------------------------------------
 # One method, one or more images
 
+MIN_PANEL = 1.25  # inches a panel at least
+
+
 def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float | None = 99.5,
-           full_image: bool = False):
-    """One row per image: the input crop, the map with its colorbar, the map over the image
-    (`overlay`), and for guided backprop / deconvnet / guided Grad-CAM the RGB signal.
-    `shared_scale`: every row on one colour scale. `clip`: the percentile of the magnitudes at the
-    top of a scale (None: the maximum). `full_image`: on the whole original photo instead
-    (`full_image_figure`)."""
+           full_image: bool = False, width: float = DEFAULT_WIDTH, layout: str = "row"):
+    """Per image: the input crop, the map with its colorbar, the map over the image (`overlay`),
+    and for guided backprop / deconvnet / guided Grad-CAM the RGB signal; in a figure `width`
+    inches wide, an image's panels side by side as far as they fit ("row") or about square
+    ("grid"). `shared_scale`: every image on one colour scale. `clip`: the percentile of the
+    magnitudes at the top of a scale (None: the maximum). `full_image`: on the whole original photo
+    instead (`full_image_figure`)."""
     if full_image:
-        return full_image_figure(result, shared_scale=shared_scale, clip=clip)
+        return full_image_figure(result, shared_scale=shared_scale, clip=clip, width=width, layout=layout)
     p = result.params
     signed = _signed(result)
     maps = np.asarray(result.map)
@@ -149,45 +148,47 @@ def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float
     cols = 2 + int(overlay) + int(rgb)
     shared_norm = map_norm(maps, signed, clip) if shared_scale else None
     shared_rgb = _top(result.attribution, clip) if (shared_scale and rgb) else None
+    where = _where(p)
+    titles, bars = [], []
+    for i in range(n):
+        titles += [_row_title(result, i), method_label(p) + (f", {where}" if where else "")]
+        titles += ["map over the image (opacity grows with |map|)"] if overlay else []
+        titles += ["signal as RGB (gray = 0)"] if rgb else []
+        bars += [False, True] + [False] * (cols - 2)
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(n, cols, figsize=(3.1 * cols, 2.85 * n + 0.55), squeeze=False)
+        lay = Panels(n * cols, width, layout, titles=titles, head=_suptitle(result, shared_scale, clip), groups=cols,
+                     min_panel=MIN_PANEL, colorbars=bars)
         for i in range(n):
-            ax = axes[i]
+            ax = lay.axes[i * cols: (i + 1) * cols]
             norm = shared_norm or map_norm(maps[i], signed, clip)
-            a = ax[0]
-            a.imshow(result.image[i], interpolation="nearest").set_gid("image")
-            a.set_title(_row_title(result, i))
-            bare(a)
+            ax[0].imshow(result.image[i], interpolation="nearest").set_gid("image")
+            bare(ax[0])
 
             b = ax[1]
             im = b.imshow(maps[i], cmap=_cmap(signed), norm=norm, interpolation="nearest")
             im.set_gid("map")
-            b.set_title(f"{method_label(p)}" + (f"\n{_where(p)}" if _where(p) else ""))
-            colorbar_extended(fig, b, im, _map_label(p), _extend(maps[i], norm))
-            note_uninformative(b, p)
+            lay.colorbar(i * cols + 1, im, _map_label(p), _extend(maps[i], norm))
+            note_uninformative(b, p, lay.pic_w)
             bare(b)
             col = 2
             if overlay:
                 c = ax[col]
                 c.imshow(gray_background(result.image[i]), interpolation="nearest")
                 c.imshow(overlay_rgba(maps[i], norm, signed), interpolation="nearest").set_gid("overlay")
-                c.set_title("map over the image\n(opacity grows with |map|)")
                 bare(c)
                 col += 1
             if rgb:
                 d = ax[col]
                 d.imshow(signal_rgb(result.attribution[i], clip, shared_rgb), interpolation="nearest").set_gid("rgb")
-                d.set_title("signal as RGB\n(gray = 0)")
                 bare(d)
-        fig.suptitle(_suptitle(result, shared_scale, clip), fontsize=9.5, y=1.0)
-        fig.tight_layout(rect=(0, 0, 1, 0.985))
-    return fig
+    return lay.fig
 
 
-def full_image_figure(result, shared_scale: bool = False, clip: float | None = 99.5):
-    """One row per image, on the whole original photo: the photo with the model's crop dashed,
-    and the map carried onto the photo (bilinear; colour scale as in `figure`), over the photo.
-    Outside the crop is hatched: the model never saw it, so there is no map there."""
+def full_image_figure(result, shared_scale: bool = False, clip: float | None = 99.5, width: float = DEFAULT_WIDTH,
+                      layout: str = "row"):
+    """Per image, on the whole original photo: the photo with the model's crop dashed, and the map
+    carried onto the photo (bilinear; colour scale as in `figure`), over the photo. Outside the crop
+    is hatched: the model never saw it, so there is no map there."""
     from . import fullimage
 
     p = result.params
@@ -196,17 +197,20 @@ def full_image_figure(result, shared_scale: bool = False, clip: float | None = 9
     n = maps.shape[0]
     shared_norm = map_norm(maps, signed, clip) if shared_scale else None
     photos = [fullimage.photo(result, i) for i in range(n)]
-    panel_w = 3.6
-    heights = [min(max(panel_w * g.original_size[0] / g.original_size[1], 2.0), 5.5) for _, g in photos]
+    aspect = min(1.5, max(g.original_size[0] / g.original_size[1] for _, g in photos))
+    titles = []
+    for i, (_, geo) in enumerate(photos):
+        titles += [_row_title(result, i) + "; " + fullimage.describe(geo),
+                   f"{method_label(p)} on the photo (opacity grows with |map|)"]
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(n, 2, figsize=(2 * panel_w + 1.2, sum(heights) + 0.7 * n + 0.5), squeeze=False,
-                                 gridspec_kw={"height_ratios": heights})
+        lay = Panels(2 * n, width, layout, titles=titles, groups=2, aspect=aspect, min_panel=1.6,
+                     colorbars=[False, True] * n,
+                     head=_suptitle(result, shared_scale, clip) + f"; {fullimage.OUTSIDE_LABEL}")
         for i, (picture, geo) in enumerate(photos):
             norm = shared_norm or map_norm(maps[i], signed, clip)
-            a, b = axes[i]
+            a, b = lay.axes[2 * i: 2 * i + 2]
             fullimage.draw_photo(a, picture, geo)
             fullimage.mark_crop(a, geo)
-            a.set_title(_row_title(result, i) + "\n" + fullimage.describe(geo), fontsize=8)
             bare(a)
 
             on_photo = geo.map_to_original(maps[i], shape=picture.shape[:2])
@@ -220,13 +224,10 @@ def full_image_figure(result, shared_scale: bool = False, clip: float | None = 9
             b.set_ylim(h0, 0)
             fullimage.mark_crop(b, geo)
             scale = plt.cm.ScalarMappable(norm=norm, cmap=_cmap(signed))
-            colorbar_extended(fig, b, scale, _map_label(p), _extend(maps[i], norm))
-            b.set_title(f"{method_label(p)} on the photo\n(opacity grows with |map|)")
-            note_uninformative(b, p)
+            lay.colorbar(2 * i + 1, scale, _map_label(p), _extend(maps[i], norm))
+            note_uninformative(b, p, lay.pic_w)
             bare(b)
-        fig.suptitle(_suptitle(result, shared_scale, clip) + f"\n{fullimage.OUTSIDE_LABEL}", fontsize=9.5, y=1.0)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return fig
+    return lay.fig
 
 
 def _row_title(result, i: int) -> str:
@@ -234,23 +235,22 @@ def _row_title(result, i: int) -> str:
     name = str(result.target_names[i])
     t = int(result.targets[i])
     if p.get("unit"):
-        target = f"target: {short(name, 26)}"
+        target = f"target: {name}"
     else:
-        target = f"target '{short(name, 20)}' ({t})"
+        target = f"target '{name}' ({t})"
     top1 = int(result.top1[i])
-    mark = "" if t == top1 or p.get("unit") else f"\ntop-1 is class {top1}"
+    mark = "" if t == top1 or p.get("unit") else f"; the model's top-1 is '{class_label(result, top1)}' ({top1})"
     return f"input {i + 1}, {target}{mark}"
 
 
 def _suptitle(result, shared_scale: bool, clip) -> str:
     p = result.params
-    model = result.provenance.get("model", "model")
-    bits = [f"{method_label(p)}: {model}"]
+    bits = [f"{method_label(p)}: {model_label(result.provenance)}"]
     if p.get("method") == "ig":
         bits.append(f"{p.get('ig_steps')} steps, {p.get('baseline')} baseline")
     if p.get("smooth"):
         bits.append(f"noise {p.get('noise')}")
-    scale = "one colour scale for all rows" if shared_scale else "colour scale per row"
+    scale = "one colour scale for all images" if shared_scale else "colour scale per image"
     top = f"top = {clip:g}th percentile of |map|" if clip is not None else "top = max |map|"
     bits.append(f"{scale}, {top}" + ("; zero at the centre" if _signed(result) else ""))
     return "; ".join(bits)
@@ -259,11 +259,33 @@ def _suptitle(result, shared_scale: bool, clip) -> str:
 # --------------------------------------------------------------------------------------------------
 # Several methods, one image
 
+# What a map's values are, per method: maps share a colour scale only with maps of the same unit.
+# Saliency and guided backprop are (modified) gradients of the score w.r.t. the pixels; the
+# deconvnet's projection passes through transposed filters and rectifiers, not the chain rule, and
+# comes out orders of magnitude larger; Grad-CAM is a weighted sum of activations; guided Grad-CAM
+# a product of the two; Integrated Gradients is input × gradient, signed, summing to a score change.
+SCALE_UNITS = {"saliency": "gradient", "guided": "gradient", "deconv": "deconvnet projection",
+               "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "ig": "input × gradient"}
+
+
+def scale_groups(results: list) -> list[int]:
+    """For each result the index of the colour scale it shares (`--shared-scale`): maps of the
+    same unit (SCALE_UNITS; a unit's projection apart from a class score's) share one, so their
+    values compare (Grad-CAM for two classes: one can be far weaker, and look it); maps of
+    different units never do, so that none is drawn blank on a scale its values do not live on."""
+    keys = [(SCALE_UNITS.get(r.params.get("method"), r.params.get("method")), bool(r.params.get("unit")),
+             _signed(r)) for r in results]
+    order = list(dict.fromkeys(keys))
+    return [order.index(k) for k in keys]
+
+
 def compare_figure(results: list, shared_scale: bool = False, index: int = 0, overlay: bool = False,
-                   clip: float | None = 99.5):
-    """The input crop, then one column per result (method) for image `index` of each. With
-    `overlay`, a second row shows each map over the image. `shared_scale`: every map on one colour
-    scale ([0, top] or [-top, top] for signed maps); by default each its own."""
+                   clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layout: str = "row"):
+    """The input crop, then one panel per result (method) for image `index` of each, in a figure
+    `width` inches wide (wrapped to more rows where they do not fit side by side; "grid": about
+    square). With `overlay`, each map also over the image, in the rows under the maps.
+    `shared_scale`: maps of the same unit share a colour scale (`scale_groups`; the figure names
+    the groups); by default each has its own."""
     results = list(results)
     if not results:
         raise ParameterError("compare_figure needs at least one result")
@@ -272,38 +294,62 @@ def compare_figure(results: list, shared_scale: bool = False, index: int = 0, ov
         if r.image.shape[1:] != results[0].image.shape[1:] or not np.array_equal(r.image[index], image):
             raise ParameterError("compare_figure: the results are not for the same image")
     maps = [np.asarray(r.map[index]) for r in results]
-    top = _top(np.concatenate([m.ravel() for m in maps]), clip) if shared_scale else None
+    groups = scale_groups(results) if shared_scale else list(range(len(results)))
+    tops = {g: _top(np.concatenate([m.ravel() for m, h in zip(maps, groups) if h == g]), clip) for g in set(groups)}
+    letters = _scale_letters(groups) if shared_scale else {}
     k = len(results)
-    rows = 2 if overlay else 1
+    r0 = results[0]
+    name = str(r0.target_names[index])
+    titles = [f"input, target '{name}'" + (f" ({int(r0.targets[index])})" if r0.targets[index] >= 0 else "")]
+    for r, g in zip(results, groups):
+        where = _where(r.params)
+        scale = f" [{letters[g]}]" if letters else ""
+        titles.append(method_label(r.params) + (f", {where}" if where else "") + scale)
+    bars = [False] + [True] * k
+    if overlay:
+        titles += [""] + [f"{method_label(r.params)} over the image" for r in results]
+        bars += [False] * (k + 1)
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(rows, k + 1, figsize=(2.75 * (k + 1) + 0.4, 2.75 * rows + 0.6), squeeze=False)
-        a = axes[0, 0]
+        lay = Panels(len(titles), width, layout, titles=titles, groups=k + 1, min_panel=MIN_PANEL, colorbars=bars,
+                     head=_compare_title(results, groups, letters, clip))
+        a = lay.axes[0]
         a.imshow(image, interpolation="nearest").set_gid("image")
-        r0 = results[0]
-        name = str(r0.target_names[index])
-        a.set_title(f"input\ntarget '{short(name, 20)}'" + (f" ({int(r0.targets[index])})" if r0.targets[index] >= 0 else ""))
         bare(a)
         if overlay:
-            axes[1, 0].axis("off")
-        for j, (r, m) in enumerate(zip(results, maps), start=1):
+            lay.axes[k + 1].axis("off")
+        for j, (r, m, g) in enumerate(zip(results, maps, groups), start=1):
             signed = _signed(r)
-            norm = (Normalize(-top, top) if signed else Normalize(0.0, top)) if top else map_norm(m, signed, clip)
-            b = axes[0, j]
+            top = tops[g]
+            norm = Normalize(-top, top) if signed else Normalize(0.0, top)
+            b = lay.axes[j]
             im = b.imshow(m, cmap=_cmap(signed), norm=norm, interpolation="nearest")
             im.set_gid("map")
-            where = _where(r.params)
-            b.set_title(method_label(r.params) + (f"\n{where}" if where else "\n"))
-            colorbar_extended(fig, b, im, _map_label(r.params), _extend(m, norm))
-            note_uninformative(b, r.params)
+            lay.colorbar(j, im, _map_label(r.params), _extend(m, norm))
+            note_uninformative(b, r.params, lay.pic_w)
             bare(b)
             if overlay:
-                c = axes[1, j]
+                c = lay.axes[k + 1 + j]
                 c.imshow(gray_background(image), interpolation="nearest")
                 c.imshow(overlay_rgba(m, norm, signed), interpolation="nearest").set_gid("overlay")
                 bare(c)
-        model = r0.provenance.get("model", "model")
-        scale = "one colour scale" if shared_scale else "colour scale per method"
-        pct = f"top = {clip:g}th percentile of |map|" if clip is not None else "top = max |map|"
-        fig.suptitle(f"Attribution methods compared: {model}; {scale}, {pct}", fontsize=9.5, y=1.0)
-        fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return fig
+    return lay.fig
+
+
+def _scale_letters(groups: list[int]) -> dict:
+    return {g: f"scale {chr(ord('A') + i)}" for i, g in enumerate(dict.fromkeys(groups))}
+
+
+def _compare_title(results, groups, letters, clip) -> str:
+    r0 = results[0]
+    pct = f"top = {clip:g}th percentile of |map|" if clip is not None else "top = max |map|"
+    if not letters:
+        scale = "colour scale per method"
+    else:
+        parts = []
+        for g, letter in letters.items():
+            members = [method_label(r.params) for r, h in zip(results, groups) if h == g]
+            unit = SCALE_UNITS.get(results[groups.index(g)].params.get("method"), "")
+            parts.append(f"{letter} = {', '.join(members)} ({unit})" if len(members) > 1 else
+                         f"{letter} = {members[0]} alone")
+        scale = ("colour scales shared by maps of the same unit: " + "; ".join(parts))
+    return f"Attribution methods compared: {model_label(r0.provenance)}; {scale}; {pct}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import CATEGORICAL, RC, bare, short
+from .style import CATEGORICAL, DEFAULT_WIDTH, RC, bare, check_layout, check_width, short
 
 UNITS = {"translate": "vertical shift (px)", "scale": "scale", "rotate": "rotation (°)"}
 TITLES = {"translate": "vertical translation", "scale": "scale", "rotate": "rotation"}
@@ -17,7 +17,10 @@ def _value_text(kind: str, v: float) -> str:
     return f"{v:+.0f} px" if kind == "translate" else (f"×{v:.1f}" if kind == "scale" else f"{v:.0f}°")
 
 
-def figure(result, width: float = 7.0):
+def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
+    """The figure `width` inches wide; `layout` has no effect (one row per transform)."""
+    width = check_width(width)
+    check_layout(layout)
     p = result.params
     kinds, layers = list(p["transforms"]), list(p.get("layer_labels") or p["layers"])
     n_img, n_rows, n_layers = result.distance.shape[0], len(kinds), len(layers)

@@ -5,12 +5,11 @@ projections only the patch blocks are drawn."""
 from __future__ import annotations
 
 import math
-import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import RC, short
+from .style import DEFAULT_WIDTH, MIN_FONT, RC, Panels, layer_label, model_label
 
 GAP = 1  # pixels between tiles of a block (white)
 TILE = 64  # tiles are enlarged (nearest) to at least this many pixels a side
@@ -62,12 +61,14 @@ def stretch(tiles: np.ndarray, contrast) -> np.ndarray:
     return np.clip(np.round(128.0 + dev * gain), 0, 255).astype(np.uint8)
 
 
-def figure(result, columns: int | None = None, units=None, k: int = 9, contrast="auto"):
+def figure(result, columns: int | None = None, units=None, k: int = 9, contrast="auto", width: float = DEFAULT_WIDTH,
+           layout: str = "row"):
     """One panel per unit: projections (left) and patches (right) of its top `k` (default 9, a 3x3
-    block) activations, labelled with layer, channel and top activation. `columns`: units per row
-    (default 4 with projections, 6 without). `units`: channels to show (default all). `contrast`:
-    1 shows the projections as stored (ZF: max |signal| = full scale), a number multiplies their
-    deviation from mid-gray, "auto" stretches each tile (see `stretch`)."""
+    block) activations, labelled with layer, channel and top activation, in a figure `width`
+    inches wide ("row": as many units per row as fit, at most `columns`; "grid": about square).
+    `units`: channels to show (default all). `contrast`: 1 shows the projections as stored (ZF:
+    max |signal| = full scale), a number multiplies their deviation from mid-gray, "auto"
+    stretches each tile (see `stretch`)."""
     p = result.params
     projected = result.projected
     k = max(1, min(int(k), result.patches.shape[1]))
@@ -77,37 +78,25 @@ def figure(result, columns: int | None = None, units=None, k: int = 9, contrast=
     n = len(chosen)
     if n == 0:
         raise ValueError("no units to draw")
-    if columns is None:  # at most 4 (6 without projections) per row, rows filled evenly
-        most = 4 if projected else 6
-        columns = math.ceil(n / math.ceil(n / most))
-    cols = min(n, int(columns))
-    rows = math.ceil(n / cols)
     r = result.patches.shape[2]
     scale = max(1, math.ceil(TILE / r))
-    block_in = 1.15  # inches per 3x3 block
     sep_frac = 0.06
-    panel_w = block_in * (2 + sep_frac if projected else 1)
-    title_in = 0.17 if projected else 0.3
-    gap_w, gap_h, margin = 0.14, 0.08, 0.06
-    W = 2 * margin + cols * panel_w + (cols - 1) * gap_w
     what = ("deconvnet projection (left) and image patch (right)" if projected else "image patch")
-    model = result.provenance.get("model", "model")
-    title = textwrap.fill(f"{model}, {p['layer']}: top-{k} activations per unit, {what} at the unit's "
-                          f"{p['rf'][0]}×{p['rf'][1]} px receptive field (light gray: outside the image"
-                          f"{'; projections: mid-gray = 0, ' + _scale_note(contrast) if projected else ''})",
-                          max(40, int(W * 17)))
-    head_in = 0.1 + 0.13 * (title.count("\n") + 1)
-    H = head_in + margin + rows * (block_in + title_in) + (rows - 1) * gap_h
+    head = (f"{model_label(result.provenance, p)}, {layer_label(p['layer'])}: top-{k} activations per unit, {what} "
+            f"at the unit's {p['rf'][0]}×{p['rf'][1]} px receptive field (light gray: outside the image"
+            f"{'; projections: mid-gray = 0, ' + _scale_note(contrast) if projected else ''})")
+    titles = []
+    for u in chosen:
+        top = result.values[u, 0]
+        val = f"{float(top):.3g}" if np.isfinite(top) else "n/a"
+        out = int((~result.inside[u, :k] & (result.image_index[u, :k] >= 0)).sum())
+        titles.append(f"ch {int(result.units[u])}, top {val}" + (f", {out} at border" if out else ""))
     with plt.rc_context(RC):
-        fig = plt.figure(figsize=(W, H), dpi=RC["savefig.dpi"])  # saved at this resolution
-        axes = []
-        for a in range(n):
-            i, j = divmod(a, cols)
-            left = margin + j * (panel_w + gap_w)
-            top = head_in + i * (block_in + title_in + gap_h) + title_in
-            axes.append(fig.add_axes((left / W, 1 - (top + block_in) / H, panel_w / W, block_in / H)))
-        for a, u in enumerate(chosen):
-            ax = axes[a]
+        lay = Panels(n, width, layout, titles=titles, head=head, aspect=1 / (2 + sep_frac) if projected else 1.0,
+                     min_panel=1.65 if projected else 0.85, gap=0.12, max_cols=columns or (4 if projected else 6),
+                     max_picture=2.6 if projected else 1.3, title_pt=MIN_FONT, title_lines=2)
+        lay.fig.set_dpi(RC["savefig.dpi"])  # saved at this resolution
+        for ax, u in zip(lay.axes, chosen):
             ax.axis("off")
             present = result.image_index[u, :k] >= 0
             pat = _block(result.patches[u, :k], present, side, scale)
@@ -120,12 +109,4 @@ def figure(result, columns: int | None = None, units=None, k: int = 9, contrast=
             else:
                 img = pat
             ax.imshow(img, interpolation="nearest", aspect="auto")
-            top = result.values[u, 0]
-            val = f"{float(top):.3g}" if np.isfinite(top) else "n/a"
-            out = int((~result.inside[u, :k] & present).sum())
-            note = f", {out} at border" if out else ""
-            head = f"{short(p['layer'], 16)} ch {int(result.units[u])}"
-            ax.set_title(f"{head}, top {val}{note}" if projected else f"{head}\ntop {val}{note}",
-                         fontsize=6.5, pad=1.5, linespacing=1.1)
-        fig.suptitle(title, fontsize=7.5, y=1 - 0.04 / H, va="top")
-    return fig
+    return lay.fig

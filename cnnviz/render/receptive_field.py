@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from .style import CATEGORICAL, RC, plt, short
+from .style import CATEGORICAL, DEFAULT_WIDTH, MIN_FONT, RC, check_layout, check_width, line_in, plt, short, wrap
 
 
-def figure(result, max_labels: int = 60, **_):
-    """RF size per spatial layer in execution order. Every layer is named on the axis when there
-    are at most `max_labels` of them; otherwise the labels are thinned evenly."""
+def figure(result, max_labels: int | None = None, width: float = DEFAULT_WIDTH, layout: str = "row", **_):
+    """RF size per spatial layer in execution order, in a figure `width` inches wide. Every layer is
+    named on the axis when the labels fit side by side at 7 pt (or there are at most `max_labels`);
+    otherwise the labels are thinned evenly. `layout` has no effect: there is one panel."""
+    width = check_width(width)
+    check_layout(layout)
     keep = np.flatnonzero(result.rf[:, 0] >= 0)
     names = [str(result.layers[k]) for k in keep]
     rf = result.rf[keep]
     stride = result.stride[keep]
     n = len(keep)
+    if max_labels is None:  # one 7 pt line per label, on the plot's width
+        max_labels = max(2, int((width - 1.3) / (line_in(MIN_FONT) + 0.01)))
     with plt.rc_context(RC):
-        width = min(max(5.0, 0.16 * n + 1.5), 16.0)
         fig, ax = plt.subplots(figsize=(width, 3.6))
         x = np.arange(n)
         ax.plot(x, rf[:, 0], "-o", ms=2.5, lw=1.2, color=CATEGORICAL[0], label="RF size (height)")
@@ -34,7 +38,7 @@ def figure(result, max_labels: int = 60, **_):
         step = max(1, int(np.ceil(n / max_labels))) if n else 1
         ticks = x[::step]
         ax.set_xticks(ticks)
-        ax.set_xticklabels([short(names[i], 24) for i in ticks], rotation=90, fontsize=6.5 if n > 30 else 7.5)
+        ax.set_xticklabels([short(names[i], 24) for i in ticks], rotation=90, fontsize=MIN_FONT)
         ax.set_xlim(-0.5, max(n - 0.5, 0.5))
         ax.set_ylim(bottom=0)
         ax2.set_ylim(bottom=0)
@@ -43,9 +47,9 @@ def figure(result, max_labels: int = 60, **_):
         lines2 = ax2.get_legend_handles_labels()
         ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", frameon=False)
         model = result.params.get("model", "")
-        ax.set_title(f"Theoretical receptive field per layer{f' of {model}' if model else ''}"
-                     + (f" (input {size[0]}x{size[1]})" if size else ""))
-        fig.tight_layout()
+        ax.set_title(wrap(f"Theoretical receptive field per layer{f' of {model}' if model else ''}"
+                          + (f" (input {size[0]}x{size[1]})" if size else ""), width - 1.2, RC["axes.titlesize"]))
+        fig.tight_layout(pad=0.3)
     return fig
 
 

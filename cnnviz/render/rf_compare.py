@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .style import CATEGORICAL, RC, SEQUENTIAL, colorbar, plt, short
+from .style import (CATEGORICAL, DEFAULT_WIDTH, RC, SEQUENTIAL, SUPTITLE_PT, TEXT_PT, TITLE_PT, colorbar,
+                    grid_shape, plt, short, wrap)
 
 
 def _box(ax, lo_y, hi_y, lo_x, hi_x, **kw):
@@ -32,9 +33,12 @@ def _quantile_bounds(marginal, mass, size, centre):
     return lo - centre, lo + size - 1 - centre
 
 
-def compare_figure(theoretical, effective=None, empirical=None, title: str | None = None):
-    """Side-by-side figure for one layer. `theoretical`: its RFInfo; `effective`: an EffectiveRF
-    (or None); `empirical`: an EmpiricalRF (or None). At least one of the two maps is needed."""
+def compare_figure(theoretical, effective=None, empirical=None, title: str | None = None, width: float = DEFAULT_WIDTH,
+                   layout: str = "row"):
+    """Side-by-side figure for one layer, `width` inches wide (the panels wrap to more rows where
+    they do not fit; "grid": about square). `theoretical`: its RFInfo; `effective`: an
+    EffectiveRF (or None); `empirical`: an EmpiricalRF (or None). At least one of the two maps is
+    needed."""
     if effective is None and empirical is None:
         raise ValueError("compare_figure needs an effective or an empirical receptive field (or both)")
     r = theoretical.rf
@@ -45,9 +49,12 @@ def compare_figure(theoretical, effective=None, empirical=None, title: str | Non
     n = len(panels) + 1
     th_kw = dict(ec="w", lw=1.1, ls=(0, (3, 2)))
     me_kw = dict(ec=CATEGORICAL[1], lw=1.3)
+    rows, cols = grid_shape(n, width, layout, min_panel=2.0)
+    pw = width / cols
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, n, figsize=(2.75 * n + 0.4, 3.15),
-                                 gridspec_kw={"width_ratios": [1] * (n - 1) + [1.15]})
+        fig = plt.figure(figsize=(width, rows * (pw * 0.9 + 0.6) + 1.1), layout="constrained")
+        gs = fig.add_gridspec(rows, cols)
+        axes = [fig.add_subplot(gs[k // cols, k % cols]) for k in range(n)]
         im = None
         profiles = []
         for ax, p in zip(axes, panels):
@@ -88,10 +95,12 @@ def compare_figure(theoretical, effective=None, empirical=None, title: str | Non
                 _box(ax, *measured[0], *measured[1], **me_kw)
             ax.set_xlim(*lim_x)
             ax.set_ylim(lim_y[1], lim_y[0])
-            ax.set_title(label, fontsize=8.5)
-            ax.set_xlabel("x offset from RF centre (px)")
+            ax.set_title(wrap(label, pw - 0.6, TITLE_PT), fontsize=TITLE_PT)
+            ax.set_xlabel("x from RF centre (px)")
             ax.tick_params(length=2)
-        axes[0].set_ylabel("y offset from RF centre (px)")
+        for k, ax in enumerate(axes[:-1]):
+            if k % cols == 0:
+                ax.set_ylabel("y from RF centre (px)")
         if im is not None:
             colorbar(fig, axes[n - 2], im, "fraction of peak")
         ax = axes[-1]
@@ -102,9 +111,9 @@ def compare_figure(theoretical, effective=None, empirical=None, title: str | Non
             ax.axhline(empirical.threshold, color=CATEGORICAL[1], lw=0.7, ls=":")
         ax.set_xlim(*lim_x)
         ax.set_ylim(0, 1.08)
-        ax.set_xlabel("x offset from RF centre (px)")
+        ax.set_xlabel("x from RF centre (px)")
         ax.set_ylabel("fraction of peak")
-        ax.set_title("profiles (width axis)", fontsize=8.5)
+        ax.set_title("profiles (width axis)", fontsize=TITLE_PT)
         ax.spines[["top", "right"]].set_visible(False)
         # the legend for the boxes, once, under the maps
         from matplotlib.lines import Line2D
@@ -116,14 +125,15 @@ def compare_figure(theoretical, effective=None, empirical=None, title: str | Non
         if empirical is not None:
             h2.append(Line2D([], [], color=CATEGORICAL[1], lw=0.7, ls=":"))
             l2.append(f"threshold ({round(100 * empirical.threshold)}%)")
-        fig.legend(handles=handles + h2, labels=[h.get_label() for h in handles] + l2, loc="lower center", ncol=3,
-                   frameon=False, fontsize=7.5, bbox_to_anchor=(0.5, -0.06))
+        ncol = max(1, int(width // 2.4))
+        fig.legend(handles=handles + h2, labels=[wrap(t, width / ncol - 0.5, TEXT_PT) for t in
+                                                 [h.get_label() for h in handles] + l2],
+                   loc="outside lower center", ncol=ncol, frameon=False, fontsize=TEXT_PT)
         if title is None:
             title = f"Receptive field of {short(theoretical.address, 28)}"
             if empirical is not None:
                 title += (f", channel {empirical.channel} ({len(empirical.units)} image"
                           f"{'s' if len(empirical.units) != 1 else ''}, occluder {empirical.occluder} px, "
                           f"stride {empirical.stride} px)")
-        fig.suptitle(title, fontsize=9.5)
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.8, wspace=0.5)
+        fig.suptitle(wrap(title, width - 0.1, SUPTITLE_PT), fontsize=SUPTITLE_PT)
     return fig
