@@ -42,6 +42,21 @@ def _check_fill(ctx, param, value):
     return value
 
 
+def _batch(what: str):
+    """A positive whole number or None, checked as the engines check it (one line, the fix)."""
+    def check(ctx, param, value):
+        if value is None:
+            return value
+        from cnnviz.batching import check_batch_size
+        from cnnviz.errors import ParameterError
+
+        try:
+            return check_batch_size(value, what)
+        except ParameterError as e:
+            raise click.BadParameter(str(e)) from None
+    return check
+
+
 @dataclass(frozen=True)
 class Option:
     """One declaration: click's parameter declarations and settings."""
@@ -69,7 +84,7 @@ OPTIONS: dict[str, Option] = {
                       "(C or C:max), the whole map (C:map) or one position (C:Y,X)."),
     "samples": _opt("--samples", default=None, type=POSITIVE, metavar="N",
                     help="SmoothGrad: average over N noisy copies of each image [default: off]."),
-    "noise": _opt("--noise", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True), metavar="STD",
+    "noise": _opt("--noise", default=None, type=float, metavar="STD",
                   help="SmoothGrad noise std, as a fraction of the input's range [default: 0.15]; needs --samples."),
     "seed": _opt("--seed", default=None, type=int,
                  help="Seed of the SmoothGrad noise [default: 0]; needs --samples."),
@@ -83,11 +98,12 @@ OPTIONS: dict[str, Option] = {
                      metavar="black|mean|white|blur|GRAY|R,G,B",
                      help="Integrated Gradients' starting image: black, mean (the dataset mean, gray), white, "
                           "blur (the image blurred, sigma 10 px), a gray level in [0,1] or R,G,B in [0,1]."),
-    "internal_batch": _opt("--internal-batch", default=None, type=POSITIVE, metavar="N",
+    "internal_batch": _opt("--internal-batch", default=None, type=int, metavar="N",
+                           callback=_batch("the internal batch (scaled copies per pass)"),
                            help="Integrated Gradients: scaled copies per forward + backward pass [default: as many "
                                 "as fit in 1 GiB (and half the free memory), at most --steps]. Results agree "
                                 "to float rounding."),
-    "batch_size": _opt("--batch-size", "-b", default=None, type=POSITIVE, metavar="N",
+    "batch_size": _opt("--batch-size", "-b", default=None, type=int, metavar="N", callback=_batch("the batch size"),
                        help="Images (SmoothGrad: noisy copies) per forward + backward pass [default: chosen by "
                             "timing the first batches at 4, 8, 16... (16, 32... on a GPU), within free memory]. "
                             "Results do not depend on it on a CPU."),
