@@ -5,8 +5,11 @@ For each model and stride (window 32 on the 224x224 input), in one process, on t
 grid, these contenders run in interleaved rounds (round r runs each once, in a rotated order, so a
 slow spell of a shared machine hits all alike); the table gives medians and ratios:
 
-  cnnviz auto     cnnviz.occlusion with no batch_size: the batch is chosen by timing the first
-                  positions (cnnviz.batching); the sizes it chose are listed;
+  cnnviz first    cnnviz.occlusion with no batch_size, as on a first call: nothing remembered, the
+                  batch is chosen by timing the first positions (cnnviz.batching); the sizes it
+                  chose are listed;
+  cnnviz again    the same as a later call for the same model and input: the search starts from
+                  the size chosen last time (remembered in memory here: CNNVIZ_CACHE_DIR=off);
   cnnviz b=N      cnnviz.occlusion(batch_size=N) for each N of --batch-sizes;
   captum ppe=P    captum.attr.Occlusion on the model followed by a softmax (its attribution is then
                   the probability drop), baseline 0 in normalized space (= cnnviz's gray fill),
@@ -65,6 +68,7 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
     from captum.attr import Occlusion
 
     import cnnviz
+    from cnnviz import batching
 
     lm = load(name)
     model = lm.model.eval().to(dev)  # cnnviz then finds it on the device and leaves it there
@@ -73,14 +77,16 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else contextlib.nullcontext
     with torch.inference_mode(), autocast():
         top1 = int(model(x).float().argmax(1))
-    chosen: list[int] = []
+    chosen: dict[str, list[int]] = {"first": [], "again": []}
 
-    def run_cnnviz(bs):
+    def run_cnnviz(bs, forget=False):
         def run():
+            if forget:
+                batching._in_memory.clear()
             r = cnnviz.occlusion(lm, pixels, window=args.window, stride=stride, batch_size=bs, device=str(dev),
                                  amp=amp, progress=False)
             if bs is None:
-                chosen.append(r.params["batch_size"])
+                chosen["first" if forget else "again"].append(r.params["batch_size"])
             return r.params["num_positions"]
         return run
 
@@ -94,7 +100,7 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
             assert a.shape == x.shape
         return run
 
-    contenders = {"cnnviz auto": run_cnnviz(None)}
+    contenders = {"cnnviz first": run_cnnviz(None, forget=True), "cnnviz again": run_cnnviz(None)}
     contenders.update({f"cnnviz b={b}": run_cnnviz(b) for b in args.sizes})
     contenders.update({f"captum ppe={p}": run_captum(p) for p in args.ppes})
     # warm-up, not timed: the process's first passes pay one-off costs (thread pool, allocator, kernel
@@ -118,7 +124,7 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
         round_s = time.perf_counter() - t_round
         if time.perf_counter() - started + round_s > share:
             break
-    print(f"  {name} stride {stride}: {len(times['cnnviz auto'])} round(s) in {time.perf_counter() - started:.0f} s",
+    print(f"  {name} stride {stride}: {len(times['cnnviz first'])} round(s) in {time.perf_counter() - started:.0f} s",
           file=sys.stderr, flush=True)
     return {"model": name, "stride": stride, "positions": n_pos, "times": times, "chosen": chosen}
 
@@ -126,8 +132,8 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
 def table(rows: list[dict]) -> str:
     out = ["| model, stride | positions | contender | median s | min-max s | / best fixed cnnviz | / best captum |",
            "|---|---|---|---|---|---|---|"]
-    summary = ["", "| model, stride | auto chose | auto / best fixed | auto / best captum | best fixed | best captum |",
-               "|---|---|---|---|---|---|"]
+    summary = ["", "| model, stride | call | chose | / best fixed | / best captum | best fixed | best captum |",
+               "|---|---|---|---|---|---|---|"]
     for row in rows:
         med = {k: statistics.median(v) for k, v in row["times"].items()}
         fixed = {k: v for k, v in med.items() if k.startswith("cnnviz b=")}
@@ -140,9 +146,10 @@ def table(rows: list[dict]) -> str:
             rf = f"{v / fixed[bf]:.2f}" if bf else "-"
             rc = f"{v / captum[bc]:.2f}" if bc else "-"
             out.append(f"| {label} | {row['positions']} | {k} | {v:.2f} | {min(ts):.2f}-{max(ts):.2f} | {rf} | {rc} |")
-        a = med["cnnviz auto"]
-        summary.append(f"| {label} | {', '.join(map(str, row['chosen']))} | {a / fixed[bf]:.2f} |"
-                       f" {a / captum[bc]:.2f} | {bf} | {bc} |" if bf and bc else f"| {label} | - | - | - | - | - |")
+        for call in ("first", "again"):
+            a = med[f"cnnviz {call}"]
+            summary.append(f"| {label} | {call} | {', '.join(map(str, row['chosen'][call]))} | {a / fixed[bf]:.2f} |"
+                           f" {a / captum[bc]:.2f} | {bf} | {bc} |" if bf and bc else f"| {label} | {call} | - | - | - | - | - |")
     return "\n".join(out + summary)
 
 
@@ -171,6 +178,7 @@ def main(argv=None) -> int:
     import captum
 
     import cnnviz
+    os.environ["CNNVIZ_CACHE_DIR"] = "off"  # chosen sizes remembered in this process only, not in ~/.cache
     from cnnviz.engines.common import resolve_device
 
     dev = resolve_device(args.device)
@@ -187,7 +195,7 @@ def main(argv=None) -> int:
     for name, stride in specs:  # the table so far is written after every row: a stopped run keeps it
         rows.append(bench_one(name, stride, args, dev, amp, share))
         md = table(rows)
-        print(md.splitlines()[-1], file=sys.stderr, flush=True)
+        print("\n".join(md.splitlines()[-2:]), file=sys.stderr, flush=True)
         if args.out:
             Path(args.out).write_text(f"{head}\n\n{md}\n", encoding="utf-8")
     print(md)

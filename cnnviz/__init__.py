@@ -18,6 +18,28 @@ def render(result, path=None, **options):
     return _render(result, path, **options)
 
 
-__all__ = ["__version__", "featvis", "occlusion", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers",
+# The other engines, imported when first used (`cnnviz.attribute(...)`): name -> module
+_LAZY = {"wrap": ".wrap", "attribute": ".engines.gradients", "sanity": ".engines.sanity", "scan": ".engines.topk",
+         "unit_patches": ".engines.patches", "receptive_field": ".engines.receptive_field",
+         "effective_receptive_field": ".engines.receptive_field",
+         "empirical_receptive_field": ".engines.empirical_rf", "first_layer_filters": ".engines.filters",
+         "feature_maps": ".engines.filters"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cnnviz' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [*_LAZY, "__version__", "featvis", "occlusion", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers",
            "DEFAULT_MODEL", "LoadedModel", "Preprocessing", "available_models", "load_model", "OcclusionResult",
            "Result", "load_result", "render"]

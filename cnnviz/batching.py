@@ -8,6 +8,14 @@ device's free memory allows), keeps the fastest and re-checks its neighbours if 
 later falls clearly (a machine that got busy). Every trial batch is real work: nothing is
 computed twice.
 
+Where the search starts. A search from 4 spends ~120 of a 169-position sweep on sizes that lose on
+a busy machine (AlexNet, ResNet-18 there: 64 is 2-3x faster than 4). So the start is, in order:
+the size chosen last time for the same work (engine, model, input, device, threads, busy or not),
+remembered in `remembered_path()` (a small JSON file; CNNVIZ_CACHE_DIR=off keeps it in memory);
+16 when the machine is busy (the 1-minute load average above 1.5x the cores this process may use);
+else 4 (16 on a GPU). From there the search goes up while that is clearly faster and, when the
+first step up loses, down; the final choice is remembered for next time.
+
 Exactness. On the CPU, oneDNN/MKL compute images in groups of `GROUP` = 4 along the batch axis:
 an image's outputs are bitwise the same in any batch whose groups are full, but an image in a
 partial group (the last 1-3 images of a batch of 5, 6, 7, or of the last, short batch) comes out
@@ -27,8 +35,13 @@ Wiring an engine (one line around its loop):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +55,10 @@ MEMORY_SHARE = 0.5  # of the free memory a batch may use
 RECHECK_SLOWDOWN = 1.5  # re-check when the recent time per item exceeds the tuned one by this factor
 RECHECK_WINDOW = 5  # batches in the running median
 RECHECK_SPACING = 5  # batches at least between re-checks (and before the first)
-MIN_GAIN = 0.05  # a larger batch is kept only when it is this much faster per item
+MIN_GAIN = 0.05  # a size other than the start is kept only when it is this much faster per item
+BUSY_LOAD = 1.5  # the machine is busy when the 1-minute load average exceeds this many times its cores
+CPU_BUSY_START = 16
+REMEMBERED_ENTRIES = 256  # the file keeps the most recent choices
 
 
 def check_batch_size(batch_size, what: str = "batch size") -> int | None:
@@ -89,6 +105,102 @@ def memory_limit(device: torch.device, item_bytes: float | None, limit: int) -> 
     return max(1, min(limit, int(free * MEMORY_SHARE // item_bytes)))
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def machine_load(device: torch.device) -> tuple[bool, float | None]:
+    """(busy, 1-minute load average) for a CPU device; a GPU is never judged busy this way."""
+    if device.type != "cpu":
+        return False, None
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False, None
+    return load > BUSY_LOAD * usable_cores(), round(load, 2)
+
+
+def remembered_path() -> Path | None:
+    """Where chosen sizes are remembered: $CNNVIZ_CACHE_DIR (off/none/0/empty: nowhere on disk),
+    else $XDG_CACHE_HOME/cnnviz or ~/.cache/cnnviz; file batch-sizes.json."""
+    env = os.environ.get("CNNVIZ_CACHE_DIR")
+    if env is not None:
+        if env.strip().lower() in ("", "0", "off", "none", "no", "false"):
+            return None
+        return Path(env).expanduser() / "batch-sizes.json"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnnviz" / "batch-sizes.json"
+
+
+_in_memory: dict[str, dict] = {}  # this process's choices (the whole store when the file is off)
+
+
+def _read_store(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing, unreadable or damaged: start afresh (it is only a hint)
+
+
+def recall(key: str) -> int | None:
+    """The size remembered for `key`, or None."""
+    entry = _in_memory.get(key) or _read_store(remembered_path()).get(key)
+    size = entry.get("size") if isinstance(entry, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def remember(key: str, size: int) -> None:
+    """Store `size` for `key`, in memory and (atomically; any failure ignored) in the file."""
+    entry = {"size": int(size), "when": time.time()}
+    _in_memory[key] = entry
+    path = remembered_path()
+    if path is None:
+        return
+    store = _read_store(path)
+    store[key] = entry
+    if len(store) > REMEMBERED_ENTRIES:
+        store = dict(sorted(store.items(), key=lambda kv: kv[1].get("when", 0) if isinstance(kv[1], dict) else 0)
+                     [-REMEMBERED_ENTRIES:])
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".batch-sizes.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(store, f)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def model_work(model: torch.nn.Module, x: torch.Tensor, **more) -> dict:
+    """The usual `work` description of a forward pass: the model's class and size, the input's
+    shape and memory layout, plus the caller's options that change the cost."""
+    layout = "channels_last" if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else "plain"
+    return {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+            "input": list(x.shape[1:]), "dtype": str(x.dtype), "layout": layout, **more}
+
+
+def work_key(work: dict, device: torch.device, busy: bool) -> str:
+    """A digest of what the timing depends on: the caller's description of the work (engine,
+    model, input shape, ...), the device, the threads and whether the machine is busy."""
+    where = {"device": device.type, "threads": torch.get_num_threads(), "cores": usable_cores(), "busy": busy,
+             "torch": torch.__version__.split("+")[0]}
+    if device.type == "cuda":
+        where["gpu"] = torch.cuda.get_device_name(device)
+    text = json.dumps({"work": work, "where": where}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 class Batches:
     """Slices (lo, hi) covering items 0..n-1 in order. With `batch_size` given, all of that size;
     with None, sizes chosen by timing the caller's work on each slice (the time between one slice
@@ -96,18 +208,33 @@ class Batches:
 
     item_bytes: memory one item needs in a forward pass (bounds the sizes tried); on CUDA it is
     measured on the first batch when not given. start, limit: smallest and largest size tried.
+    work: a JSON-able description of the work (engine, model, input shape, options that change
+    the cost); when given, the search starts from the size chosen last time for the same work and
+    the choice is remembered (see the module docstring). None: neither.
     """
 
     def __init__(self, n: int, batch_size: int | None = None, *, device: torch.device | str = "cpu",
-                 item_bytes: float | None = None, start: int | None = None, limit: int | None = None):
+                 item_bytes: float | None = None, start: int | None = None, limit: int | None = None,
+                 work: dict | None = None):
         self.n = int(n)
         self.fixed = check_batch_size(batch_size)
         self.device = torch.device(device)
         gpu = self.device.type == "cuda"
-        self.start = start or (GPU_START if gpu else CPU_START)
+        self.start = start or (GPU_START if gpu else CPU_START)  # the smallest size tried
         self.limit = memory_limit(self.device, item_bytes, limit or (GPU_LIMIT if gpu else CPU_LIMIT))
         self.item_bytes = item_bytes
-        self.size = self.fixed or self.start
+        self.key, self.load = None, None
+        self.first, self.first_from = self.start, "default"
+        if self.fixed is None:
+            busy, self.load = machine_load(self.device)
+            self.key = work_key(work, self.device, busy) if work is not None else None
+            known = recall(self.key) if self.key is not None else None
+            if known is not None:
+                self.first, self.first_from = known, "remembered"
+            elif busy and not gpu:
+                self.first, self.first_from = max(self.start, CPU_BUSY_START), "busy machine"
+            self.first = min(max(self.first, self.start), self.limit)
+        self.size = self.fixed or self.first
         self.times: dict[int, list[float]] = {}  # size -> seconds per item of each full batch timed
         self.trial_items = 0
         self.rechecks: list[dict] = []
@@ -140,10 +267,21 @@ class Batches:
         return hi
 
     def _affordable(self, lo: int, size: int) -> bool:
-        """Worth trying `size` now: within the memory limit, and enough items left for its two trial
-        batches (they are real work either way; on AlexNet at 169 positions, asking for twice as
-        many again stopped the search at 16 where 64 is 1.5x faster)."""
-        return size <= self.limit and self.n - lo >= 2 * size
+        """Worth trying `size` now: within the memory limit and at least `start`, with room for two
+        batches of it (real work either way; on AlexNet at 169 positions, asking for more stopped
+        the search at 16 where 64 is 1.5x faster)."""
+        return self.start <= size <= self.limit and self.n - lo >= 2 * size
+
+    def _trial(self, lo: int, size: int):
+        """Two batches at `size` (judged by the faster: the first at a new shape pays for setting it
+        up, and one batch is a noisy measure on a shared machine); one when three would not fit."""
+        for _ in range(2 if self.n - lo >= 3 * size else 1):
+            if lo < self.n:
+                lo = yield from self._run(lo, size)
+        return lo
+
+    def _better(self, size: int, than: int) -> bool:
+        return size in self.times and self._rate(size) < (1 - MIN_GAIN) * self._rate(than)
 
     # -- the schedule -----------------------------------------------------------------------------
     def __iter__(self):
@@ -156,24 +294,23 @@ class Batches:
             return
         lo = yield from self._explore(lo)
         yield from self._steady(lo)
+        if self.key is not None:
+            remember(self.key, self.size)
 
     def _explore(self, lo: int):
-        """Double the size while that is clearly faster (by MIN_GAIN): every size tried runs two
-        batches and is judged by the faster one, since the first batch at a new shape pays for
-        setting it up and one batch is a noisy measure on a shared machine."""
-        size = min(self.start, self.limit)
-        for _ in range(2):
-            if lo < self.n:
-                lo = yield from self._run(lo, size)
-        best = size
-        while size in self.times and self._affordable(lo, 2 * size):
-            size *= 2
-            for _ in range(2):
-                if lo < self.n:
-                    lo = yield from self._run(lo, size)
-            if size not in self.times or self._rate(size) >= (1 - MIN_GAIN) * self._rate(best):
+        """From the first size, double while that is clearly faster (by MIN_GAIN); when the first
+        step up loses (or cannot be tried), halve while that is clearly faster."""
+        best = self.first
+        lo = yield from self._trial(lo, best)
+        for step in (2, 0.5):
+            size = int(best * step)
+            while best in self.times and self._affordable(lo, size):
+                lo = yield from self._trial(lo, size)
+                if not self._better(size, best):
+                    break
+                best, size = size, int(size * step)
+            if best != self.first:
                 break
-            best = size
         self.trial_items = lo
         self.size = best
         return lo
@@ -215,7 +352,8 @@ class Batches:
         it was measured, and the throughput (items/s, best batch) of every size timed."""
         if self.fixed is not None:
             return {"batch_size": self.fixed, "batch_size_auto": False}
-        return {"batch_size": self.size, "batch_size_auto": True,
+        return {"batch_size": self.size, "batch_size_auto": True, "batch_first": self.first,
+                "batch_first_from": self.first_from, "load_average": self.load,
                 "batch_trials": {str(s): round(1 / min(t), 1) for s, t in sorted(self.times.items())},
                 "batch_trial_items": self.trial_items, "batch_limit": self.limit,
                 "batch_rechecks": self.rechecks}
@@ -226,8 +364,11 @@ class Batches:
 
 
 def summary(params: dict) -> str:
-    """'batch 16 (chosen by measuring: 4: 95/s, 8: 110/s, 16: 121/s)' or 'batch 16 (given)'."""
+    """'batch 16 (chosen by measuring: 4: 95/s, 8: 110/s, 16: 121/s)', with where the search
+    started when that was not the default ('from the remembered 16: ...'), or 'batch 16'."""
     if not params.get("batch_size_auto"):
         return f"batch {params.get('batch_size')}"
     trials = ", ".join(f"{s}: {v:.0f}/s" for s, v in params.get("batch_trials", {}).items())
-    return f"batch {params['batch_size']} (chosen by measuring: {trials})"
+    origin = {"remembered": ", starting from the remembered {}", "busy machine": ", starting from {} on a busy machine"}
+    origin = origin.get(params.get("batch_first_from"), "").format(params.get("batch_first"))
+    return f"batch {params['batch_size']} (chosen by measuring{origin}: {trials})"

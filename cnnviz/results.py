@@ -58,10 +58,14 @@ class Result:
         """One line: what was computed and the arrays' shapes, not their contents (the dataclass repr
         printed every array, tens of thousands of characters)."""
         p = self.params or {}
-        shown = ", ".join(f"{k}={p[k]!r}" for k in ("model", "method", "layer", "channel", "target_name", "window",
-                                                   "stride") if p.get(k) is not None)
+        shown = self._key_params()
         arrays = ", ".join(f"{k} {'x'.join(map(str, v.shape)) or 'scalar'} {v.dtype}" for k, v in self.arrays().items())
         return f"<{type(self).__name__} {shown}; arrays: {arrays}; {len(p)} params>"
+
+    def _key_params(self) -> str:
+        p = self.params or {}
+        return ", ".join(f"{k}={p[k]!r}" for k in ("model", "method", "layer", "channel", "target_name", "window",
+                                                  "stride") if p.get(k) is not None)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -157,6 +161,38 @@ class Result:
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         return buf.getvalue()
+
+    def _repr_html_(self) -> str:
+        """What was computed, as a collapsed HTML summary: model and weights, every parameter, the
+        arrays' shapes and the provenance (the figure itself is the PNG shown above it)."""
+        from html import escape
+
+        def rows(items) -> str:
+            return "".join(f"<tr><td style='text-align:left'><code>{escape(str(k))}</code></td>"
+                           f"<td style='text-align:left'>{escape(_short(v))}</td></tr>" for k, v in items)
+
+        prov = self.provenance or {}
+        head = f"{type(self).__name__} of {prov.get('model', '?')} ({prov.get('weights', '?')}): {self._key_params()}"
+        arrays = [(k, f"{'x'.join(map(str, v.shape)) or 'scalar'} {v.dtype}") for k, v in self.arrays().items()]
+        table = "<table>{}</table>"
+        return (f"<details><summary>{escape(head)}</summary>"
+                f"<b>parameters</b>{table.format(rows(sorted((self.params or {}).items())))}"
+                f"<b>arrays</b>{table.format(rows(arrays))}"
+                f"<b>provenance</b>{table.format(rows(sorted(prov.items())))}</details>")
+
+    def _ipython_display_(self):
+        """In Jupyter: the figure, then the summary beneath it (one HTML output would be chosen over
+        the PNG by the notebook, hiding the figure; this shows both, each stored once)."""
+        from IPython.display import publish_display_data
+
+        text = repr(self)
+        publish_display_data({"image/png": self._repr_png_(), "text/plain": text})
+        publish_display_data({"text/html": self._repr_html_(), "text/plain": text})
+
+
+def _short(value, limit: int = 120) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load_result(path: str | os.PathLike) -> Result:

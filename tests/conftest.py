@@ -1,6 +1,16 @@
-"""Fixtures shared by the CLI test modules (each defines its own module-scoped `lite0`)."""
+"""Fixtures shared by the test modules (the CLI ones each define their own module-scoped `lite0`)."""
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _own_batch_memory(monkeypatch, tmp_path_factory):
+    """Each test remembers chosen batch sizes in a folder of its own (inherited by the commands it
+    starts), never in the user's ~/.cache, and starts with nothing remembered in memory."""
+    from cnnviz import batching
+
+    monkeypatch.setenv("CNNVIZ_CACHE_DIR", str(tmp_path_factory.mktemp("cnnviz-cache")))
+    monkeypatch.setattr(batching, "_in_memory", {})
 
 
 @pytest.fixture

@@ -30,6 +30,13 @@ class _Clock:
         return slices
 
 
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch):
+    """The schedule tests describe a quiet machine unless they say otherwise (the real load of
+    the machine running the tests must not change where a search starts)."""
+    monkeypatch.setattr(batching, "machine_load", lambda device: (False, 0.1))
+
+
 def _covers(slices, n):
     assert slices[0][0] == 0 and slices[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(slices, slices[1:])), "slices must be contiguous, in order"
@@ -75,6 +82,81 @@ def test_a_slowdown_midway_is_rechecked():
     assert rec["batch_rechecks"], "the slowdown went unnoticed"
     assert rec["batch_rechecks"][0]["at_item"] > 1000
     assert rec["batch_size"] < max(hi - lo for lo, hi in slices if lo < 1000)
+
+
+def test_a_busy_machine_starts_the_search_at_16(monkeypatch):
+    monkeypatch.setattr(batching, "machine_load", lambda device: (True, 9.0))
+    b = Batches(2000, device="cpu")
+    slices = _Clock(lambda k, lo: 0.05 + 0.001 * k).run(b)
+    _covers(slices, 2000)
+    assert slices[0] == (0, 16), "a busy machine must not start with batches of 4"
+    rec = b.record()
+    assert rec["batch_first"] == 16 and rec["batch_first_from"] == "busy machine" and rec["load_average"] == 9.0
+    assert rec["batch_size"] >= 128 and "4" not in rec["batch_trials"]
+    assert "starting from 16 on a busy machine" in batching.summary(rec)
+
+
+def test_when_the_first_step_up_loses_the_search_goes_down(monkeypatch):
+    monkeypatch.setattr(batching, "machine_load", lambda device: (True, 9.0))
+    b = Batches(1000, device="cpu")
+    slices = _Clock(lambda k, lo: 0.01 * k ** 1.5).run(b)  # smaller is always faster per item
+    _covers(slices, 1000)
+    rec = b.record()
+    assert rec["batch_size"] == 4 and set(rec["batch_trials"]) == {"4", "8", "16", "32"}
+    assert [hi - lo for lo, hi in slices[:8]] == [16, 16, 32, 32, 8, 8, 4, 4]
+
+
+def _overhead(k, lo):
+    return k * (0.1 / k + 0.0001 * k)  # best at 32
+
+
+def test_the_choice_is_remembered_for_the_same_work_and_starts_the_next_search(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNVIZ_CACHE_DIR", str(tmp_path))
+    work = {"engine": "test", "model": "m", "input": [3, 64, 64]}
+    first = Batches(3000, device="cpu", work=work)
+    _Clock(_overhead).run(first)
+    assert first.record()["batch_size"] == 32 and first.record()["batch_first_from"] == "default"
+    assert (tmp_path / "batch-sizes.json").is_file()
+
+    monkeypatch.setattr(batching, "_in_memory", {})  # a new process: only the file is left
+    again = Batches(3000, device="cpu", work=work)
+    slices = _Clock(_overhead).run(again)
+    rec = again.record()
+    assert slices[0] == (0, 32) and rec["batch_first_from"] == "remembered" and rec["batch_size"] == 32
+    assert rec["batch_trial_items"] <= 32 * 2 + 64 * 2 + 16 * 2, "a remembered size needs one step each way"
+    assert "starting from the remembered 32" in batching.summary(rec)
+
+    other = Batches(3000, device="cpu", work={**work, "input": [3, 224, 224]})
+    assert other.record()["batch_first_from"] == "default" and other.first == 4
+    monkeypatch.setattr(batching, "machine_load", lambda device: (True, 9.0))
+    busy = Batches(3000, device="cpu", work=work)
+    assert busy.record()["batch_first_from"] == "busy machine", "a quiet machine's choice must not start a busy one"
+    given = Batches(3000, 8, device="cpu", work=work)
+    assert given.record() == {"batch_size": 8, "batch_size_auto": False}
+
+
+@pytest.mark.parametrize("where", ["off", "damaged", "unwritable"])
+def test_remembering_never_gets_in_the_way(monkeypatch, tmp_path, where):
+    store = tmp_path / "cache"
+    if where == "off":
+        monkeypatch.setenv("CNNVIZ_CACHE_DIR", "off")
+    else:
+        store.mkdir()
+        monkeypatch.setenv("CNNVIZ_CACHE_DIR", str(store))
+        if where == "damaged":
+            (store / "batch-sizes.json").write_text("{not json")
+        else:
+            (store / "batch-sizes.json").mkdir()  # where the file should be, a folder: nothing can be written
+    work = {"engine": "test"}
+    b = Batches(3000, device="cpu", work=work)
+    _Clock(_overhead).run(b)
+    assert b.record()["batch_size"] == 32
+    assert Batches(3000, device="cpu", work=work).first == 32, "this process still remembers"
+    if where == "off":
+        assert not store.exists()
+    elif where == "damaged":
+        assert '"size": 32' in (store / "batch-sizes.json").read_text()
+    assert not [p for p in store.glob(".batch-sizes.*")] if store.exists() else True
 
 
 def test_sizes_are_bounded_by_free_memory(monkeypatch):
@@ -138,8 +220,11 @@ def test_occlusion_records_the_chosen_size_and_equals_fixed_sizes_exactly(alexne
     p = auto.params
     assert p["batch_size_auto"] is True and p["batch_size"] in (4, 8, 16, 32, 64)
     assert str(p["batch_size"]) in p["batch_trials"] and p["batch_trial_items"] > 0
+    again = occlusion(alexnet_lm, pixels, **kw)
+    assert again.params["batch_first_from"] == "remembered" and again.params["batch_first"] == p["batch_size"]
     for size in sorted({p["batch_size"], 4, 7}):
         fixed = occlusion(alexnet_lm, pixels, batch_size=size, **kw)
         assert fixed.params["batch_size"] == size and fixed.params["batch_size_auto"] is False
         for name in ("true_class_prob", "top_class", "top_class_prob", "feature_activation"):
             np.testing.assert_array_equal(getattr(auto, name), getattr(fixed, name), err_msg=f"{name}, batch {size}")
+            np.testing.assert_array_equal(getattr(auto, name), getattr(again, name), err_msg=f"{name}, remembered")

@@ -747,3 +747,23 @@ def test_a_results_repr_is_one_short_line_not_its_arrays(out, cached_model):
     assert "\n" not in text and len(text) < 600, text
     assert text.startswith("<OcclusionResult ") and "true_class_prob 2x2 float32" in text
     assert f"image {'x'.join(map(str, r.image.shape))} uint8" in text
+
+
+def test_in_jupyter_a_result_shows_its_figure_then_a_summary(out, cached_model, monkeypatch):
+    """Two outputs: the figure as PNG (an HTML output alone would be preferred by the notebook over
+    the PNG and hide it) and a collapsed HTML summary with every parameter, escaped."""
+    import IPython.display
+
+    res = invoke("occlusion", tench(), *SMALL, "--target", "tench", "--out", out / "f.png", "--save", out / "r.npz")
+    assert res.exit_code == 0, res.stderr
+    r = cnnviz.load_result(out / "r.npz")
+    r.params["note"] = "<script>alert(1)</script>"
+    shown = []
+    monkeypatch.setattr(IPython.display, "publish_display_data", lambda data, **kw: shown.append(data))
+    r._ipython_display_()
+    assert [sorted(d) for d in shown] == [["image/png", "text/plain"], ["text/html", "text/plain"]]
+    assert shown[0]["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    html = shown[1]["text/html"]
+    assert html.startswith("<details>") and "efficientnet_lite0" in html and "tench" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "true_class_prob" in html and "cnnviz_version" in html and shown[1]["text/plain"] == repr(r)

@@ -1,15 +1,14 @@
-"""Every notebook in notebooks/ runs top to bottom, headless, without an error, and the occlusion
-figure appears as an image.
+"""Every notebook in notebooks/ runs top to bottom from its sources, headless, without an error,
+and is stored with its outputs (made by `python notebooks/execute.py`), consistent with its code:
+every code cell that shows something in the fresh run has stored output of the same kinds, and
+the occlusion figure appears as an image.
 
-The kernel is started from a kernel spec written into a temporary folder, pointing at this very
-interpreter (sys.executable). The test then depends neither on a user-level `python3` spec (which
-may belong to another Python) nor on `python -m ipykernel install` having been run: a fresh venv
-with `pip install -e .[test]` is enough.
+The kernel runs this very interpreter (notebooks/execute.py writes a kernel spec into a temporary
+folder), so neither a user-level `python3` spec nor `python -m ipykernel install` is needed.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,27 +18,23 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
-from jupyter_client.manager import KernelManager  # noqa: E402
-
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-KERNEL = "cnnviz-test-python"
-CELL_TIMEOUT = 300  # seconds per cell; a 2-core CPU runs each occlusion cell in well under a minute
+sys.path.insert(0, str(NOTEBOOKS))
+import execute  # noqa: E402  (notebooks/execute.py)
+
+sys.path.remove(str(NOTEBOOKS))
 
 
 def _notebooks() -> list[Path]:
-    return sorted(p for p in NOTEBOOKS.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+    return execute.notebooks()
 
 
-def _kernel_manager(tmp: Path) -> KernelManager:
-    spec_dir = tmp / "kernels" / KERNEL
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"Python {sys.version_info.major}.{sys.version_info.minor} (cnnviz tests)",
-            "language": "python", "metadata": {"debugger": False}}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
-    ksm = KernelSpecManager(kernel_dirs=[str(tmp / "kernels")], ensure_native_kernel=False)
-    return KernelManager(kernel_name=KERNEL, kernel_spec_manager=ksm)
+def _kinds(cell) -> set[str]:
+    """What a cell shows: stream, image/png, text/plain, ... (errors included)."""
+    kinds = set()
+    for out in cell.get("outputs", []):
+        kinds |= set(out.get("data", {})) if "data" in out else {out.get("output_type")}
+    return kinds - {"text/plain"} if "image/png" in kinds else kinds
 
 
 def test_there_are_notebooks():
@@ -48,21 +43,10 @@ def test_there_are_notebooks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
-def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch):
-    nb = nbformat.read(path, as_version=4)
-    stored = [c for c in nb.cells if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
-    assert not stored, f"{path.name} is stored with outputs; clear them before committing"
-
-    # Keep the notebook's figures out of any window, and its files out of the repository.
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setenv("CNNVIZ_QUICK", "1")  # notebooks that optimize images use few steps and small sizes
-    client = nbclient.NotebookClient(
-        nb, km=_kernel_manager(tmp_path), timeout=CELL_TIMEOUT, allow_errors=False,
-        resources={"metadata": {"path": str(NOTEBOOKS)}},  # the notebook's working directory
-    )
+def test_notebook_runs_and_is_stored_with_its_outputs(path: Path, tmp_path: Path):
+    stored = nbformat.read(path, as_version=4)
     try:
-        client.execute()
+        nb = execute.execute(path, tmp_path, mode="test")
     except nbclient.exceptions.CellExecutionError as e:
         pytest.fail(f"{path.name}: a cell raised an error:\n{e}")
 
@@ -78,3 +62,13 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch):
         assert shown, f"{path.name}: the occlusion figure was not displayed"
     # No repository files were written by the notebook (it writes only under a temporary folder).
     assert not list(NOTEBOOKS.glob("*.npz")) and not list(NOTEBOOKS.glob("*.pdf"))
+
+    # The stored copy: same code, and outputs where the fresh run has them (run notebooks/execute.py)
+    fresh = [c for c in nb.cells if c.cell_type == "code"]
+    kept = [c for c in stored.cells if c.cell_type == "code"]
+    assert [c.source for c in kept] == [c.source for c in fresh]
+    redo = f"; run `python notebooks/execute.py {path.stem}` and commit the notebook"
+    for i, (a, b) in enumerate(zip(fresh, kept)):
+        assert _kinds(b) == _kinds(a), f"{path.name}, code cell {i + 1}: stored outputs {sorted(_kinds(b))}, " \
+                                       f"a fresh run shows {sorted(_kinds(a))}{redo}"
+        assert "error" not in _kinds(b), f"{path.name}, code cell {i + 1}: stored with an error{redo}"

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from ..batching import Batches, check_batch_size, pad
+from ..batching import Batches, check_batch_size, model_work, pad
 from ..errors import LayerError, ParameterError
 from ..fold import folded
 from ..geometry import params_of, stack_thumbnails
@@ -147,7 +147,9 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
         fill_dev = fill_value.to(dev)
         with autocast(dev, use_amp):
             layout = batch_memory_format(sweep_model, x_dev)
-        batches = Batches(n, batch_size, device=dev, item_bytes=item_bytes(model, x_dev))
+        work = model_work(sweep_model, x_dev.contiguous(memory_format=layout), engine="occlusion", amp=use_amp,
+                          folded=sweep_model is not model)
+        batches = Batches(n, batch_size, device=dev, item_bytes=item_bytes(model, x_dev), work=work)
         with capture(sweep_model, info, reduce=lambda t: _channel_totals(t[:, channel: channel + 1])[:, 0]) as cap, \
                 progress_bar(n, "occlusion", progress) as bar:
             for lo, hi in batches:

@@ -42,7 +42,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..batching import Batches, check_batch_size, pad
+from ..batching import Batches, check_batch_size, model_work, pad
 from ..errors import CnnvizError, ImageError, LayerError, ParameterError
 from ..files import atomic_path, check_output
 from ..images import IMAGE_SUFFIXES, find_images, load_image
@@ -391,7 +391,8 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
     measured = batch_size is None and checkpoint is None and world == 1 and num_workers == 0
-    batches = Batches(len(files), None, device=dev) if measured else None
+    batches = (Batches(len(files), None, device=dev, work=model_work(lm.model, example, engine="topk", amp=use_amp))
+               if measured else None)
     why_fixed = None
     if batch_size is None and not measured:
         batch_size = FIXED_BATCH
