@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..batching import Batches, check_batch_size, memory_limit, pad
+from ..batching import Batches, check_batch_size, memory_limit, model_work, pad
 from ..errors import ParameterError
 from ..geometry import CropGeometry, params_of, stack_thumbnails
 from ..layers import LayerInfo, StopForward, default_feature_layer, record, resolve_layer, trace_layers
@@ -317,8 +317,10 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         batches = None
     else:
         # on CUDA, Batches measures the memory of the first batch itself
+        work = model_work(lm.model, x, engine="gradients", method=method, smooth=bool(smooth),
+                          unit=unit_obj is not None, layer=info.address if info else None)
         batches = Batches(n * (smooth or 1), batch_size, device=dev,
-                          item_bytes=item_bytes if dev.type != "cuda" else None)
+                          item_bytes=item_bytes if dev.type != "cuda" else None, work=work)
     with model_on_device(lm.model, dev) as model:
         x = x.to(dev)
         # the gradient pass of saliency, guided, deconv and Grad-CAM also gives the top-1 classes;
