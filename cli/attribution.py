@@ -105,6 +105,8 @@ def _gradient_command(cli, method: str, short: str, summary: str):
             click.echo(f"{f}: {method} for {t}" + (f" -> {figures[i]}" if isinstance(figures, list) else ""))
         if result.params.get("uninformative"):
             click.echo(f"note: uninformative map: {result.params['uninformative_reason']}")
+        if result.params.get("layer_note"):
+            click.echo(f"note: {result.params['layer_note']}")
         if result.params.get("batch_size_auto") and len(files) > 1:
             from cnnviz.batching import summary
 

@@ -80,6 +80,8 @@ def register(cli) -> None:
         for r in results:
             if r.params.get("uninformative"):
                 click.echo(f"note: uninformative {r.params['method']} map: {r.params['uninformative_reason']}")
+            if r.params.get("layer_note"):
+                click.echo(f"note: {r.params['method']}: {r.params['layer_note']}")
         click.echo(wrote(figures if len(figures) > 1 else figures[0]))
 
     @cli.command(short_help="Do the maps depend on the weights? (Adebayo et al. 2018)")

@@ -244,3 +244,22 @@ def test_each_gradient_option_is_declared_once():
                 continue  # always on there: default 25
             key = (type(p.type).__name__, p.default, p.metavar, p.is_flag)
             assert seen.setdefault(p.name, key) == key, f"{name} {p.opts[0]} differs from a sibling's"
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. A model the default-layer rule does not fit (issue 15, item 6)
+
+def test_gradcam_on_a_vision_transformer_refuses_the_patch_embedding(tmp_path):
+    """ViT-B/16's only convolution, the patch embedding, was picked silently and drew an all-zero
+    map. Now: one line naming the layer it would have picked and the fixes; a layer the user names
+    is drawn, with a note when its layout is lost to tokens."""
+    line = one_line_error(invoke("gradcam", ROCKET, "--model", "vit_b_16", "--weights", "none", "--out",
+                                 tmp_path / "f.png"), "'conv_proj'", "sequence of tokens", "--layer")
+    assert "VisionTransformer" in line
+    assert not (tmp_path / "f.png").exists()
+    res = ok(invoke("gradcam", ROCKET, "--model", "vit_b_16", "--weights", "none", "--layer", "conv_proj",
+                    "--out", tmp_path / "f.png"))
+    assert "note: layer 'conv_proj' becomes a sequence of tokens by 'encoder.dropout'" in res.stdout
+    assert (tmp_path / "f.png").is_file()
+    res = ok(invoke("gradcam", ROCKET, *TINY, "--layer", "layer4", "--out", tmp_path / "g.png"))
+    assert "note:" not in res.stdout

@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from ..batching import Batches, check_batch_size, memory_limit, model_work, pad
 from ..errors import ParameterError
 from ..geometry import CropGeometry, params_of, stack_thumbnails
-from ..layers import LayerInfo, StopForward, default_feature_layer, record, resolve_layer, trace_layers
+from ..layers import (LayerInfo, StopForward, default_feature_layer, flattened_after, record, resolve_layer,
+                      trace_layers)
 from ..models import LoadedModel
 from ..results import GradientResult, provenance
 from ..rules import BackwardRule
@@ -289,7 +290,7 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     n = len(x)
     dev = resolve_device(device)
     unit_obj = Unit.parse(unit) if unit is not None else None
-    info = None
+    info = layer_note = None
     if unit_obj is not None or method in CAM:
         info = resolve_layer(lm.model, layer, x[:1]) if layer else (
             default_feature_layer(lm.model, x[:1]) if method in CAM else None)
@@ -298,6 +299,12 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         if method in CAM and len(info.shape) != 3:
             raise ParameterError(f"Grad-CAM needs a layer with CxHxW feature maps; {info.address!r} outputs "
                                  f"{'x'.join(map(str, info.shape))}")
+        if method in CAM and layer:  # named by the user: drawn, with a warning where it cannot be a spatial map
+            lost = flattened_after(lm.model, x[:1], info)
+            layer_note = None if lost is None else (
+                f"layer {info.address!r} becomes a sequence of tokens by {lost.address!r} "
+                f"({'x'.join(map(str, lost.shape))}) before the output: its map's positions need not be where the "
+                "class evidence is")
         if unit_obj is not None and not 0 <= unit_obj.channel < info.shape[0]:
             raise ParameterError(f"unit channel {unit_obj.channel} is out of range: layer {info.address!r} has "
                                  f"channels 0..{info.shape[0] - 1}")
@@ -365,6 +372,8 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
               "smooth_mode": smooth_mode if smooth else None,
               "ig_steps": ig_steps if method == "ig" else None, "baseline": baseline if method == "ig" else None,
               "signed": method in SIGNED, "geometry": params_of(geos)}
+    if layer_note:
+        params["layer_note"] = layer_note
     if method == "ig":
         params.update({"ig_internal_batch": int(internal), "ig_internal_batch_auto": bool(internal_auto),
                        "ig_item_bytes": int(item_bytes), "ig_memory_budget": IG_MEMORY_BUDGET})
