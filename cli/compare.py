@@ -36,19 +36,19 @@ def register(cli) -> None:
     @cli.command(short_help="Several attribution methods side by side, a figure per image.", cls=MethodCommand)
     @click.argument("images", nargs=-1, required=True, type=click.Path())
     @model_options
-    @use("methods", "target", "layer", "batch_size", "shared_scale", "device", "out", "out_dir", cmd="compare",
+    @use("methods", "target", "layer", "batch_size", "shared_scale", "device", "out", "out_dir", "save", cmd="compare",
          target={"help": "Class index or name [default: each image's top-1]."},
          shared_scale={"help": "One colour scale for all methods."},
-         out={"help": "Figure file: .png, .pdf or .svg [default: IMAGE-STEM_compare.png here]; one image."})
-    def compare(images, model_spec, methods, target, layer, batch_size, shared_scale, device, out, out_dir):
+         out={"help": "Figure file: .png, .pdf or .svg [default: IMAGE-STEM_compare.png here]; one image."},
+         save={"help": "Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`; one image."})
+    def compare(images, model_spec, methods, target, layer, batch_size, shared_scale, device, out, out_dir, save):
         """Draw several attribution maps of each image side by side, for the same class.
 
         IMAGES: image files and folders (their images, subfolders included); with several images,
         one figure per image in --out-dir DIR."""
         from cnnviz.engines.gradients import CAM, attribute, check_options
         from cnnviz.images import load_image
-        from cnnviz.render.gradients import compare_figure
-        from cnnviz.results import save_outputs
+        from cnnviz.results import CompareResult, save_outputs
 
         names = _methods(methods)
         if layer is not None and not any(m in CAM for m in names):
@@ -60,7 +60,7 @@ def register(cli) -> None:
             check_options(m, target=target, layer=layer if m in CAM else None,
                           batch_size=batch_size if m != "ig" else None)
         files = expand_images(images)
-        figures = plan_figures(files, out, out_dir, None, "compare", max_in_one=1)
+        figures = plan_figures(files, out, out_dir, save, "compare", max_in_one=1, save_per_image=True)
         figures = [figures] if isinstance(figures, Path) else figures
         pics = [load_image(p) for p in files]
         lm = _load(model_spec)
@@ -69,10 +69,12 @@ def register(cli) -> None:
         import matplotlib.pyplot as plt
 
         for i, (f, path) in enumerate(zip(files, figures)):
-            fig = compare_figure(results, shared_scale=shared_scale, index=i)
+            result = CompareResult.of(results, i, shared_scale=shared_scale)
+            result.params["image_file"] = str(f)
+            fig = result.render()
             try:
                 make_folder(path)
-                save_outputs(figure=fig, figure_path=path)
+                save_outputs(result if save else None, save, fig, path)
             finally:
                 plt.close(fig)
             if len(files) > 1:
@@ -82,7 +84,7 @@ def register(cli) -> None:
                 click.echo(f"note: uninformative {r.params['method']} map: {r.params['uninformative_reason']}")
             if r.params.get("layer_note"):
                 click.echo(f"note: {r.params['method']}: {r.params['layer_note']}")
-        click.echo(wrote(figures if len(figures) > 1 else figures[0]))
+        click.echo(wrote(figures if len(figures) > 1 else figures[0], save))
 
     @cli.command(short_help="Do the maps depend on the weights? (Adebayo et al. 2018)")
     @click.argument("images", nargs=-1, required=True, type=click.Path())

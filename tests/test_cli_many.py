@@ -263,3 +263,21 @@ def test_gradcam_on_a_vision_transformer_refuses_the_patch_embedding(tmp_path):
     assert (tmp_path / "f.png").is_file()
     res = ok(invoke("gradcam", ROCKET, *TINY, "--layer", "layer4", "--out", tmp_path / "g.png"))
     assert "note:" not in res.stdout
+
+
+def test_compare_saves_a_result_that_renders_without_the_model(tmp_path):
+    """`compare --save` (it had none): the maps of every method for the image, redrawn by `render`."""
+    import numpy as np
+
+    import cnnviz
+
+    ok(invoke("compare", ROCKET, *TINY, "--methods", "saliency,gradcam", "--out", tmp_path / "c.png",
+              "--save", tmp_path / "c.npz"))
+    r = cnnviz.load_result(tmp_path / "c.npz")
+    assert type(r).__name__ == "CompareResult" and list(r.methods) == ["saliency", "gradcam"]
+    assert r.maps.shape == (2, 224, 224) and np.abs(r.maps).max(axis=(1, 2)).min() > 0
+    assert r.params["method_params"][1]["layer"] == "layer4"
+    ok(invoke("render", tmp_path / "c.npz", "--out", tmp_path / "again.svg"))
+    assert (tmp_path / "again.svg").read_text().count("<svg") == 1
+    one_line_error(invoke("compare", ROCKET, ROCKET, "--out-dir", tmp_path / "d", "--save", tmp_path / "x.npz"),
+                   "--save", "one image")
