@@ -106,7 +106,7 @@ def cli():
     """
 
 
-from cnnviz_cli.options import model_options  # noqa: E402  (re-exported for the command modules)
+from cnnviz_cli.options import model_options, use  # noqa: E402  (model_options: re-exported for the command modules)
 
 
 def _load(spec: dict, structure_only: bool = False):
@@ -218,8 +218,8 @@ def layers(model_spec):
 @model_options
 @click.option("--top", "-k", default=5, show_default=True, type=click.IntRange(min=1), help="How many classes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@use("batch_size", batch_size={"default": 32, "show_default": True, "help": "Images per forward pass."})
+@use("device")
 def predict(images, model_spec, top, as_json, batch_size, device):
     """Print the top classes for IMAGES (files or folders): the quickest check that a model and its
     preprocessing are right."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cnnviz_cli.options import use
+
 
 def register(cli):
     from .main import _architecture_only, _given, _load, _parse_pair, _reject, model_options
@@ -15,8 +17,7 @@ def register(cli):
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help="Also draw a figure (.png, .pdf or .svg): RF size per layer; with --layer, the theoretical, "
                        "effective and empirical RF side by side.")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+    @use("save")
     @click.option("--layer", "-l", default=None, metavar="NAME",
                   help="Measure this layer's RF on images (needs --images) and compare it with the theory.")
     @click.option("--images", "images", multiple=True, metavar="DIR_OR_FILE",
@@ -32,7 +33,7 @@ def register(cli):
                   help="Empirical RF: occluder side [default: 11 for RFs of 66 px and more, about RF/6 below].")
     @click.option("--stride", default=None, type=int, metavar="PX",
                   help="Empirical RF: occluder step [default: about a third of the occluder].")
-    @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
+    @use("device")
     @click.option("--figure", default=None, type=click.Path(), hidden=True)  # the old name of --out with --layer
     def rf(model_spec, input_size, out, save, layer, images, measure, channel, max_images, occluder, stride, device,
            figure):
