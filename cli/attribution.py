@@ -98,11 +98,13 @@ def _gradient_command(cli, method: str, short: str, summary: str):
                 from cnnviz.results import save_outputs
 
                 save_outputs(result, save)
-            for i, path in enumerate(figures):
+            for i, path in enumerate(figures):  # each line as its figure lands
                 make_folder(path)
                 output.write(one_image(result, i), path, echo=False, full_image=full_image)
-        for i, (f, t) in enumerate(zip(files, result.target_names)):
-            click.echo(f"{f}: {method} for {t}" + (f" -> {figures[i]}" if isinstance(figures, list) else ""))
+                click.echo(f"{files[i]}: {method} for {result.target_names[i]} -> {path}")
+        if isinstance(figures, Path):
+            for f, t in zip(files, result.target_names):
+                click.echo(f"{f}: {method} for {t}")
         if result.params.get("uninformative"):
             click.echo(f"note: uninformative map: {result.params['uninformative_reason']}")
         if result.params.get("layer_note"):
