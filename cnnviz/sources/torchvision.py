@@ -1,0 +1,186 @@
+"""torchvision classification models with a torchvision weights entry, loaded through torchvision's
+weights API and the torch.hub cache (a cached file is read without touching the network)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import file_id, load_state, read_checkpoint, state_dict_of
+from ..errors import ModelError, WeightsUnavailable
+from ..models import LoadedModel, Preprocessing
+from . import ModelSource
+
+
+def _torchvision_models() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def imagenet_categories() -> list[str]:
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def torchvision_cache_path(weights) -> Path:
+    """Where torchvision's weights API looks for (and downloads) this weights entry."""
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+
+def _resolve_weights_entry(name: str, weights: str | None):
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(name)
+    if weights is None or weights.upper() == "DEFAULT":
+        return enum.DEFAULT
+    prefix, _, key = weights.rpartition(".")
+    options = ", ".join(["DEFAULT", "none"] + [w.name for w in enum])
+    if prefix and prefix != enum.__name__:
+        raise ModelError(f"weights {weights!r} are not for {name} (its entries are {enum.__name__}.*); "
+                         f"choose one of: {options}")
+    try:
+        return enum[key]
+    except KeyError:
+        raise ModelError(f"unknown weights {weights!r} for {name}; choose one of: {options}") from None
+
+
+def _load_torchvision(name: str, weights: str | None, weights_file, trust: bool) -> LoadedModel:
+    import torchvision.models as tvm
+
+    entry = None if (weights is not None and weights.lower() == "none") else _resolve_weights_entry(name, weights)
+    meta_entry = entry or tvm.get_model_weights(name).DEFAULT
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    model = tvm.get_model(name, weights=None, **kwargs)
+    if weights_file is not None:
+        load_state(model, state_dict_of(read_checkpoint(weights_file, trust), weights_file), str(weights_file))
+        ident = file_id(Path(weights_file))
+    elif entry is None:
+        ident = "random (no weights loaded)"
+    else:
+        state = _fetch_torchvision_weights(name, entry)
+        if name in ("googlenet", "inception_v3"):
+            state = {k: v for k, v in state.items() if not k.startswith("aux")}
+        load_state(model, state, str(torchvision_cache_path(entry)))
+        ident = str(entry)
+    t = meta_entry.transforms()
+    pre = Preprocessing(crop=(t.crop_size[0], t.crop_size[0]), resize=t.resize_size[0], mean=tuple(t.mean),
+                        std=tuple(t.std), interpolation=t.interpolation.value)
+    return LoadedModel(model, name, ident, pre, list(meta_entry.meta.get("categories") or []))
+
+
+# A download that cannot connect fails after this many seconds, not after the system's TCP timeout
+# (about two minutes); a download that stalls half-way gives up after DOWNLOAD_TIMEOUT without data.
+CONNECT_TIMEOUT = 5.0
+DOWNLOAD_TIMEOUT = 60.0
+
+
+def _fetch_torchvision_weights(name: str, entry) -> dict:
+    """The entry's state dict through torchvision's weights API and the torch.hub cache. A cached
+    file is read without touching the network; otherwise the server (or the proxy) must answer
+    within CONNECT_TIMEOUT before torch.hub starts downloading, so that a machine without network
+    gets the one-line error at once. A failed download leaves no directory it created."""
+    cache = torchvision_cache_path(entry)
+    if not cache.exists():
+        problem = unreachable(entry.url)
+        if problem:
+            raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({problem}); place the file at "
+                                     f"{str(cache)!r} or pass --weights-file PATH")
+    created = [d for d in (cache.parent, *cache.parent.parents) if not d.exists()]
+    try:
+        with contextlib.redirect_stdout(sys.stderr), _socket_timeout(DOWNLOAD_TIMEOUT):
+            # torch.hub prints "Downloading ..." to stdout
+            return entry.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
+    except Exception as e:  # URLError, timeouts, hash mismatch, a corrupt cache file
+        if cache.exists():
+            raise ModelError(f"cached weights {str(cache)!r} are unreadable ({_short(e)}); delete the file "
+                             "and run again, or pass --weights-file PATH") from None
+        for d in created:  # innermost first; only the empty directories torch.hub made for the download
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({_short(e)}); place the file at "
+                                 f"{str(cache)!r} or pass --weights-file PATH") from None
+
+
+def unreachable(url: str) -> str | None:
+    """Why `url`'s server (or the proxy urllib would use for it) cannot be reached within
+    CONNECT_TIMEOUT, or None when it answers. The name lookup runs in a thread: it has no timeout
+    of its own."""
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(parts.scheme)
+    if proxy:
+        pp = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = pp.hostname or "", pp.port or 80
+    outcome: list = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+            outcome.append(None)
+        except Exception as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(CONNECT_TIMEOUT)
+    via = f" (proxy {host}:{port})" if proxy else ""
+    if not outcome:
+        return f"no answer from {host}{via} within {CONNECT_TIMEOUT:g} s"
+    if outcome[0] is not None:
+        return f"cannot connect to {host}{via}: {_short(outcome[0])}"
+    return None
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """torch.hub opens its URL without a timeout: give its sockets one, then restore the default."""
+    import socket
+
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def _short(e: Exception) -> str:
+    reason = getattr(e, "reason", None)
+    text = str(reason or e).splitlines()[0] or type(e).__name__
+    code = getattr(e, "code", None)  # urllib's HTTPError: "HTTP 404 Not Found"
+    return f"HTTP {code} {text}" if isinstance(code, int) else text
+
+
+def _listing() -> list[dict]:
+    from torchvision.models import get_model_weights
+
+    rows = []
+    for name in _torchvision_models():
+        try:
+            default = get_model_weights(name).DEFAULT
+        except Exception:
+            continue
+        cached = torchvision_cache_path(default).exists()
+        rows.append({"name": name, "source": "torchvision",
+                     "weights": f"{default} ({'cached' if cached else 'download on first use'})",
+                     "available": True, "default": False})
+    return rows
+
+
+SOURCE = ModelSource("torchvision", claims=lambda name: ":" not in name and name.lower() in _torchvision_models(),
+                     load=lambda name, *rest: _load_torchvision(name.lower(), *rest), listing=_listing,
+                     names=_torchvision_models)
