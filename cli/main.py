@@ -309,6 +309,7 @@ def render(result, out, full_image):
 def _register_modules():
     # commands that live in their own modules of this package
     from cnnviz_cli.attribution import register as register_attribution
+    from cnnviz_cli.experiments import register as register_experiments
     from cnnviz_cli.occlusion import register as register_occlusion
     from cnnviz_cli.featvis import register as register_featvis
     from cnnviz_cli.filters import register as register_filters
@@ -321,6 +322,7 @@ def _register_modules():
     register_rf(cli)
     register_topk(cli)
     register_featvis(cli)
+    register_experiments(cli)
 
 
 _register_modules()

@@ -212,7 +212,7 @@ def load_result(path: str | os.PathLike) -> Result:
     S.check_meta(meta, repr(str(sidecar)))
     kind = meta["kind"]
     if kind not in _REGISTRY:  # result types defined beside their engines register on import
-        from .engines import filters, patches, receptive_field, topk  # noqa: F401
+        from .engines import filters, invariance, patches, receptive_field, topk  # noqa: F401
     cls = _REGISTRY.get(kind)
     if cls is None:
         raise ResultError(f"{str(p)!r} holds a {kind!r} result, which this cnnviz version does not know")

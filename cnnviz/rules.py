@@ -13,6 +13,17 @@ The rules, for y = clip(x, lo, hi) with slope a below lo (a = 0 except LeakyReLU
 - deconv:   the rectifier applied to the signal itself, ignoring x: max(g, 0) for ReLU, ReLU6 and
   Hardtanh with lo = 0; a*g for g < 0 with LeakyReLU. The upper clip of ReLU6 is not applied
   to the signal: the deconvnet rectifies, it does not reproduce saturation.
+Smooth activations (SiLU/swish, GELU, Mish, Hardswish, ELU, SELU, CELU, Softplus, PReLU), with
+phi'(x) their own derivative (taken by autograd on the forward input):
+- gradient: g * phi'(x) (unchanged);
+- guided:   phi'(x) * max(g, 0): the activation's own gradient, applied only to the positive part of
+  the signal, which for every piecewise-linear rectifier above is exactly the guided rule;
+- deconv:   max(g, 0): the signal rectified, whatever x was, as for ReLU.
+Gates that scale features rather than rectify them (sigmoid, hard sigmoid, tanh: the squeeze-and-
+excitation branches of EfficientNet and MobileNetV3) keep the plain gradient under every rule, by
+declaration. An activation the mode knows but has no rule for (softsign, tanhshrink, log-sigmoid,
+hard/soft shrink, threshold, RReLU, GLU) keeps its plain gradient and the mode warns once, naming
+it: a "guided" map of such a model is not guided there.
 Max pooling needs no rule: its backward already sends each value to the position of the maximum
 recorded in the forward pass, which is exactly the deconvnet's unpooling with switches. The mode
 counts those max-pool calls (`switches`): under the deconv rule they are the only place where the
@@ -23,6 +34,7 @@ average pooling, so a network without them gives every image the same deconvnet 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +109,56 @@ for _name in ("relu6",):
         _TABLE[_f] = _relu6
 
 
+class _Smooth(torch.autograd.Function):
+    """A smooth activation under the guided or deconv rule (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, y, slope, rule):
+        ctx.rule = rule
+        if rule == "guided":
+            ctx.save_for_backward(slope)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.rule == "deconv":
+            return g.clamp(min=0), None, None, None
+        (slope,) = ctx.saved_tensors
+        return slope * g.clamp(min=0), None, None, None
+
+
+_SMOOTH = {f for f in (getattr(F, n, None) for n in ("silu", "gelu", "mish", "hardswish", "elu", "elu_", "selu",
+                                                       "celu", "celu_", "softplus", "prelu"))
+           if f is not None}
+_SMOOTH |= {f for f in (getattr(torch, n, None) for n in ("selu", "selu_", "celu", "celu_", "prelu"))
+            if f is not None}
+_SMOOTH |= {f for f in (getattr(torch._C._nn, n, None) for n in ("silu", "gelu", "mish", "hardswish", "elu",
+                                                                   "softplus", "silu_", "mish_", "hardswish_"))
+            if f is not None}
+_SMOOTH_IN_PLACE = {f for f in (getattr(F, "elu_", None), getattr(F, "celu_", None), getattr(torch, "selu_", None),
+                                getattr(torch, "celu_", None), getattr(torch._C._nn, "silu_", None),
+                                getattr(torch._C._nn, "mish_", None), getattr(torch._C._nn, "hardswish_", None))
+                    if f is not None}
+# gates: the plain gradient under every rule, on purpose
+_GATES = {f for f in (getattr(F, n, None) for n in ("sigmoid", "hardsigmoid", "tanh")) if f is not None}
+_GATES |= {torch.sigmoid, torch.tanh, torch.Tensor.sigmoid, torch.Tensor.tanh}
+# known activations without a rule: plain gradient, with a warning
+_UNRULED = {f: n for n, f in ((n, getattr(F, n, None)) for n in (
+    "softsign", "tanhshrink", "logsigmoid", "hardshrink", "softshrink", "threshold", "threshold_", "rrelu",
+    "rrelu_", "glu")) if f is not None}
+
+
+def _smooth_slope(func, args, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(phi(x), phi'(x)) of an elementwise activation, by autograd on a detached copy of x (other
+    tensor arguments, PReLU's weight, enter as constants)."""
+    with torch.enable_grad():
+        xd = args[0].detach().requires_grad_(True)
+        rest = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[1:])
+        y = func(xd.clone(), *rest, **kwargs)  # on a copy: an in-place variant may write into it
+        (d,) = torch.autograd.grad(y, xd, grad_outputs=torch.ones_like(y))
+    return y.detach(), d
+
+
 # max pooling as modules and functions call it (F.max_pool2d dispatches on return_indices, so the
 # mode sees the inner functions)
 _MAX_POOLS = {f for f in (getattr(F, n, None) for n in (
@@ -123,9 +185,17 @@ class BackwardRule(TorchFunctionMode):
         self.rule = rule
         self.replaced = 0
         self.switches = 0
+        self.unruled: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.rule != "gradient" and func in _SMOOTH and args and isinstance(args[0], torch.Tensor) \
+                and args[0].requires_grad and torch.is_grad_enabled():
+            return self._smooth(func, args, kwargs)
+        if self.rule != "gradient" and func in _UNRULED and _UNRULED[func] not in self.unruled:
+            self.unruled.add(_UNRULED[func])
+            warnings.warn(f"{_UNRULED[func]} has no {self.rule} rule in cnnviz: the {self.rule} signal passes it as "
+                          "the plain gradient", stacklevel=2)
         spec = _TABLE.get(func)
         if spec is None or not args or not isinstance(args[0], torch.Tensor):
             if (args and isinstance(args[0], torch.Tensor) and args[0].requires_grad and torch.is_grad_enabled()
@@ -141,3 +211,12 @@ class BackwardRule(TorchFunctionMode):
         if func in _IN_PLACE or kwargs.get("inplace") or (len(args) > 1 and args[-1] is True):
             return x.copy_(y)  # callers of an in-place op may ignore the return value
         return y
+
+    def _smooth(self, func, args, kwargs):
+        x = args[0]
+        y, slope = _smooth_slope(func, args, kwargs)
+        self.replaced += 1
+        out = _Smooth.apply(x, y, slope, self.rule)
+        if func in _SMOOTH_IN_PLACE or kwargs.get("inplace") or (len(args) > 1 and args[-1] is True):
+            return x.copy_(out)
+        return out

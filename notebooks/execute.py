@@ -71,11 +71,14 @@ def execute(path: Path, tmp: Path, mode: str = "test"):
            "CNNVIZ_CACHE_DIR": str(tmp / "cache")}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
+    km = kernel_manager(tmp)
     try:
-        client = nbclient.NotebookClient(nb, km=kernel_manager(tmp), timeout=CELL_TIMEOUT, allow_errors=False,
+        client = nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, allow_errors=False,
                                          resources={"metadata": {"path": str(NOTEBOOKS)}})
         client.execute()
     finally:
+        if km.has_kernel:  # a kernel manager passed in is not the client's to shut down
+            km.shutdown_kernel(now=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

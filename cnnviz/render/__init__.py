@@ -14,12 +14,12 @@ FULL_IMAGE_KINDS = ("occlusion", "gradients")  # renderers that take full_image=
 def render(result, path: str | os.PathLike | None = None, **options):
     """Draw `result`'s figure; write it to `path` (format from the extension) when given.
     Returns the matplotlib Figure."""
-    from . import featvis, filters, gradients, occlusion, patches, receptive_field, sanity
+    from . import featvis, filters, gradients, invariance, occlusion, patches, receptive_field, sanity
 
     drawers = {"occlusion": occlusion.figure, "gradients": gradients.figure, "sanity": sanity.figure,
                "filters": filters.filters_figure, "activations": filters.activations_figure,
                "receptive_field": receptive_field.figure, "patches": patches.figure,
-               "featvis": featvis.figure}
+               "featvis": featvis.figure, "invariance": invariance.figure}
     draw = drawers.get(result.kind)
     if draw is None:
         raise ResultError(f"no renderer for {result.kind!r} results")

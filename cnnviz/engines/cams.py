@@ -1,0 +1,136 @@
+"""Class activation maps beyond Grad-CAM, and RISE.
+
+Each takes the model (in eval mode, on its device), a normalized batch x (N x 3 x H x W), the
+classes to explain (N, or None for each image's top-1) and, for the CAMs, the layer (a LayerInfo
+with C x h x w outputs). The CAMs return maps at the layer's resolution (N x h x w), RISE at the
+input's (N x H x W); each also returns the top-1 classes of the unchanged images.
+
+- Grad-CAM++ (Chattopadhyay et al., WACV 2018, eq. 19): the weight of feature map k is
+  sum_ij a_ij ReLU(g_ij) with a_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3), g = dY/dA for the
+  class score Y (the closed form of the paper's second- and third-order terms for S = exp(Y)),
+  computed as 1 / (2 + g_ij sum_ab A_ab); a_ij = 0 where g_ij = 0. Map: ReLU(sum_k w_k A_k).
+  (pytorch-grad-cam adds 1e-7 to the denominator, which changes maps whose gradients are tiny.)
+- LayerCAM (Jiang et al., IEEE TIP 2021, eq. 5-6): every position weighted by its own positive
+  gradient: ReLU(sum_k ReLU(g_k) * A_k).
+- Score-CAM (Wang et al., CVPR-W 2020): each feature map, bilinearly upsampled to the input and
+  scaled to [0, 1], masks the input (in normalized space, so masked pixels become the dataset
+  mean); its weight is the softmax probability of the class for that masked input (as the
+  authors' code); map ReLU(sum_k w_k A_k). One forward pass per channel, in batches.
+- RISE (Petsiuk et al., BMVC 2018, eq. 5-6): M random binary grids of s x s cells, each cell kept
+  with probability p, bilinearly upsampled to (s + 1) cells of the input and cropped at a random
+  shift; saliency = sum_i P(class | x * mask_i) mask_i / (M p). Black box: no gradients, no layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..layers import LayerInfo, record
+
+EPS = 1e-7
+
+
+def _score_seed(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    seed = torch.zeros_like(out)
+    seed[torch.arange(len(targets)), targets] = 1.0
+    return seed
+
+
+def activations_and_gradients(model, x: torch.Tensor, targets: torch.Tensor | None, layer: LayerInfo):
+    """(A, dY/dA, top1): the layer's output on x and the gradient of each image's class score."""
+    x = x.detach().clone().requires_grad_(True)  # a graph above the layer also for a frozen model
+    with torch.enable_grad(), record(model, [layer]) as store:
+        out = model(x)
+        act = store[layer.address]
+        top1 = out.detach().argmax(1)
+        targets = top1 if targets is None else targets
+        (g,) = torch.autograd.grad(out, act, grad_outputs=_score_seed(out, targets))
+    return act.detach(), g.detach(), top1
+
+
+def grad_cam_pp(model, x, targets, layer):
+    act, g, top1 = activations_and_gradients(model, x, targets, layer)
+    # g^2 / (2 g^2 + S g^3) = 1 / (2 + S g) where g != 0: no division of tiny squares by tiny cubes
+    denom = 2 + act.sum(dim=(2, 3), keepdim=True) * g
+    ok = (g != 0) & (denom != 0)
+    alpha = torch.where(ok, 1 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g))
+    weights = (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
+    return F.relu((weights * act).sum(1)), top1
+
+
+def layer_cam(model, x, targets, layer):
+    act, g, top1 = activations_and_gradients(model, x, targets, layer)
+    return F.relu((F.relu(g) * act).sum(1)), top1
+
+
+def _probabilities(model, n: int, make, target: int, batch: int) -> torch.Tensor:
+    """P(target | make(lo, hi)[j]) for inputs lo..hi-1 built a batch at a time (n may be
+    thousands of full-size images), without a graph."""
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, n, batch):
+            p = torch.softmax(model(make(lo, min(lo + batch, n))).float(), dim=1)
+            out.append(p[:, target])
+    return torch.cat(out)
+
+
+def score_cam(model, x, targets, layer, batch: int = 32):
+    with torch.inference_mode():
+        with record(model, [layer]) as store:
+            out = model(x)
+            act = store[layer.address].float().clone()
+    top1 = out.argmax(1)
+    targets = top1 if targets is None else targets
+    cams = []
+    for i in range(len(x)):
+        up = F.interpolate(act[i][:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+        lo = up.flatten(1).amin(1)[:, None, None]
+        hi = up.flatten(1).amax(1)[:, None, None]
+        masks = (up - lo) / torch.where(hi - lo > EPS, hi - lo, torch.ones_like(hi))  # flat maps: all zero
+        weights = _probabilities(model, len(masks), lambda a, b: x[i:i + 1] * masks[a:b, None], int(targets[i]), batch)
+        cams.append(F.relu((weights[:, None, None] * act[i]).sum(0)))
+    return torch.stack(cams), top1
+
+
+class RiseMasks:
+    """n RISE masks for an input of `size`, reproducible from `seed`, made a slice at a time
+    (`masks[a:b]` is (b - a) x H x W in [0, 1]): 2000 full-size masks would take 400 MB."""
+
+    def __init__(self, n: int, size: tuple[int, int], grid: int = 7, p: float = 0.5, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        self.n, (self.h, self.w), self.device = n, size, device
+        gen = torch.Generator().manual_seed(seed)
+        self.cell_h, self.cell_w = math.ceil(self.h / grid), math.ceil(self.w / grid)
+        self.up = ((grid + 1) * self.cell_h, (grid + 1) * self.cell_w)
+        self.cells = (torch.rand(n, 1, grid, grid, generator=gen) < p).float()
+        self.dy = torch.randint(0, self.cell_h, (n,), generator=gen)
+        self.dx = torch.randint(0, self.cell_w, (n,), generator=gen)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, part: slice) -> torch.Tensor:
+        idx = torch.arange(self.n)[part]
+        big = F.interpolate(self.cells[idx], size=self.up, mode="bilinear", align_corners=False)[:, 0]
+        rows = self.dy[idx][:, None] + torch.arange(self.h)[None]
+        cols = self.dx[idx][:, None] + torch.arange(self.w)[None]
+        k = torch.arange(len(idx))[:, None, None]
+        return big[k, rows[:, :, None], cols[:, None, :]].to(self.device)
+
+
+def rise(model, x, targets, masks: int = 2000, grid: int = 7, p: float = 0.5, seed: int = 0, batch: int = 32):
+    with torch.inference_mode():
+        top1 = model(x).argmax(1)
+    targets = top1 if targets is None else targets
+    m = RiseMasks(masks, tuple(x.shape[2:]), grid, p, seed, x.device)
+    acc = torch.zeros(len(x), *x.shape[2:], device=x.device)
+    with torch.inference_mode():
+        for a in range(0, masks, batch):  # each slice of masks is made once and serves every image
+            mk = m[a:a + batch]
+            for i in range(len(x)):
+                probs = torch.softmax(model(x[i:i + 1] * mk[:, None]).float(), dim=1)[:, int(targets[i])]
+                acc[i] += (probs[:, None, None] * mk).sum(0)
+    return acc / (masks * p), top1

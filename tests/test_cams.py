@@ -1,0 +1,140 @@
+"""Grad-CAM++, LayerCAM, Score-CAM and RISE (cnnviz.engines.cams) against their papers' definitions
+computed another way on small models, and against the grad-cam package (pytorch-grad-cam) where it
+computes the same quantity."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from cnnviz.engines.cams import RiseMasks, grad_cam_pp, layer_cam, rise, score_cam
+from cnnviz.layers import resolve_layer
+
+
+def _toy(seed=0):
+    """conv -> ReLU -> [A] -> ReLU -> global average -> linear: the class score is piecewise linear
+    in A, where Grad-CAM++'s closed form is exact."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5)).eval()
+
+
+def test_grad_cam_pp_equals_the_papers_higher_order_definition():
+    """Chattopadhyay et al. eq. 10 with S = exp(Y): alpha = d2S / (2 d2S + sum_ab A_ab d3S) and
+    w_k = sum_ij alpha_ij ReLU(dS/dA_ij), each derivative taken elementwise by autograd. The
+    closed form drops the positive factor exp(Y)."""
+    model = _toy()
+    x = torch.randn(1, 3, 6, 6)
+    layer = resolve_layer(model, "2", x)
+    body, head = model[:3], model[3:]
+    nonzero = 0
+    for c in range(5):
+        a = body(x).detach().requires_grad_(True)
+        s = torch.exp(head(a)[0, c])
+        (d1,) = torch.autograd.grad(s, a, create_graph=True)
+        d2 = torch.zeros_like(a)
+        d3 = torch.zeros_like(a)
+        for idx in np.ndindex(*a.shape[1:]):
+            (g2,) = torch.autograd.grad(d1[(0, *idx)], a, create_graph=True)
+            (g3,) = torch.autograd.grad(g2[(0, *idx)], a, retain_graph=True)
+            d2[(0, *idx)], d3[(0, *idx)] = g2[(0, *idx)].detach(), g3[(0, *idx)]
+        sums = a.detach().sum(dim=(2, 3), keepdim=True)
+        alpha = torch.where(d1.detach() != 0, d2 / (2 * d2 + sums * d3), torch.zeros_like(d2))
+        w = (alpha * torch.relu(d1.detach())).sum(dim=(2, 3), keepdim=True)
+        expected = torch.relu((w * a.detach()).sum(1)) / torch.exp(head(a)[0, c]).detach()
+        got, _ = grad_cam_pp(model, x, torch.tensor([c]), layer)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+        nonzero += float(expected.abs().max()) > 0
+    assert nonzero >= 2, "the toy must give some non-zero maps for the comparison to mean something"
+
+
+def test_layer_cam_weights_every_position_by_its_own_positive_gradient():
+    model = _toy(1)
+    x = torch.randn(2, 3, 6, 6)
+    layer = resolve_layer(model, "2", x)
+    got, top1 = layer_cam(model, x, None, layer)
+    for i in range(2):  # one image at a time, the gradient taken by hand through the head
+        a = model[:3](x[i:i + 1]).detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(model[3:](a)[0, int(top1[i])], a)
+        torch.testing.assert_close(got[i], torch.relu((torch.relu(g) * a.detach()).sum(1))[0])
+
+
+def test_score_cam_weights_each_map_by_the_class_probability_of_its_masked_input():
+    model = _toy(2)
+    x = torch.randn(1, 3, 8, 8)
+    layer = resolve_layer(model, "2", x)
+    got, _ = score_cam(model, x, torch.tensor([3]), layer, batch=2)
+    a = model[:3](x).detach()[0]
+    expected = torch.zeros(a.shape[1:])
+    for k in range(a.shape[0]):  # the definition, channel by channel
+        up = torch.nn.functional.interpolate(a[k][None, None], size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
+        mask = (up - up.min()) / (up.max() - up.min()) if up.max() > up.min() else torch.zeros_like(up)
+        with torch.no_grad():
+            w = torch.softmax(model(x * mask), 1)[0, 3]
+        expected += w * a[k]
+    torch.testing.assert_close(got[0], torch.relu(expected))
+
+
+def test_rise_masks_are_reproducible_and_keep_the_share_p():
+    m = RiseMasks(400, (20, 28), grid=5, p=0.3, seed=4)
+    whole = m[:]
+    assert whole.shape == (400, 20, 28) and float(whole.min()) >= 0 and float(whole.max()) <= 1 + 1e-6
+    assert abs(float(whole.mean()) - 0.3) < 0.03
+    torch.testing.assert_close(m[100:150], whole[100:150])
+    torch.testing.assert_close(RiseMasks(400, (20, 28), grid=5, p=0.3, seed=4)[:], whole)
+    assert not torch.equal(RiseMasks(400, (20, 28), grid=5, p=0.3, seed=5)[:], whole)
+
+
+class _Box(nn.Module):
+    """Class 1's logit is the mean brightness of a box; class 0's is a constant."""
+
+    def forward(self, x):
+        inside = x[:, :, 4:10, 12:20].mean(dim=(1, 2, 3)) * 3 - 1.5
+        return torch.stack([torch.zeros_like(inside), inside], 1)
+
+
+def test_rise_finds_the_region_the_class_depends_on_and_equals_its_formula():
+    x = torch.ones(1, 3, 16, 24)
+    sal, top1 = rise(_Box(), x, torch.tensor([1]), masks=600, grid=4, p=0.5, seed=0, batch=64)
+    assert int(top1) == 1 and sal.shape == (1, 16, 24)
+    inside, outside = sal[0, 4:10, 12:20].mean(), torch.cat([sal[0, :, :8].flatten(), sal[0, 13:].flatten()]).mean()
+    assert float(inside) > float(outside) + 0.05, (float(inside), float(outside))
+    peak_y, peak_x = divmod(int(sal[0].argmax()), 24)
+    assert 4 <= peak_y < 10 and 12 <= peak_x < 20, (peak_y, peak_x)
+    m = RiseMasks(600, (16, 24), grid=4, p=0.5, seed=0)[:]
+    probs = torch.softmax(_Box()(x * m[:, None]), 1)[:, 1]
+    torch.testing.assert_close(sal[0], (probs[:, None, None] * m).sum(0) / (600 * 0.5))
+
+
+# -- against pytorch-grad-cam ---------------------------------------------------------------------
+
+def _their_post(cam: torch.Tensor, size) -> np.ndarray:
+    """pytorch-grad-cam's post-processing, applied to our maps: min to 0 and max to 1, cv2 resize
+    to the input, and the same scaling again after its (here single-layer) aggregation."""
+    def scale(c):
+        c = c - c.min()
+        return c / (1e-7 + c.max())
+
+    return scale(cv2.resize(scale(cam.numpy().astype(np.float32)), size[::-1]))
+
+
+@pytest.mark.parametrize("ours, theirs", [(grad_cam_pp, "GradCAMPlusPlus"), (layer_cam, "LayerCAM")])
+def test_grad_cam_pp_and_layer_cam_equal_pytorch_grad_cam_on_resnet18(ours, theirs):
+    cams = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    with torch.no_grad():  # class scores large enough that the package's 1e-7 in a denominator is negligible
+        model.fc.weight *= 1000
+    x = torch.randn(2, 3, 96, 96)
+    layer = resolve_layer(model, "layer4", x[:1])
+    targets = [3, 7]
+    mine, _ = ours(model, x, torch.tensor(targets), layer)
+    with getattr(cams, theirs)(model=model, target_layers=[model.layer4]) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+    for i in range(2):
+        np.testing.assert_allclose(_their_post(mine[i], (96, 96)), ref[i], atol=2e-4)
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules()), "hooks left on the model"
