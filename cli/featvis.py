@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from cnnviz_cli.options import use
+
 PRIORS = click.Choice(["full", "none"])
 SIZE = click.IntRange(16, 4096)
 
@@ -88,17 +90,15 @@ def optimization_options(f):
                      help="Yosinski: reset pixels whose colour norm is below this percentile (0: off; pixels only)."),
         click.option("--seed", default=0, show_default=True, type=int,
                      help="Seed of the starting noise and transforms."),
-        click.option("--batch-size", "-b", default=None, type=click.IntRange(min=1), metavar="N",
-                     help="Optimize at most N images at once (less memory); batch k is seeded with --seed + k "
-                          "[default: all images in one batch]."),
-        click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda."),
-        click.option("--amp/--no-amp", default=None, help="float16 mixed precision on CUDA [default: on with CUDA]."),
+        use("batch_size", batch_size={"help": "Optimize at most N images at once (less memory); batch k is seeded "
+                                              "with --seed + k [default: all images in one batch]."}),
+        use("device"),
+        use("amp"),
         click.option("--columns", default=None, type=click.IntRange(min=1), metavar="N",
                      help="Images per row of the figure [default: up to 8]."),
         click.option("--history", is_flag=True, help="Add a plot of the objective against the step to the figure."),
-        click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                     help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        use("save"),
+        use("quiet"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -248,15 +248,14 @@ def register(cli):
                   help="Shorter side of the image in pixels (the whole image, not cropped) "
                        "[default: the model's input size].")
     @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the jitter.")
-    @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
-    @click.option("--amp/--no-amp", default=None, help="float16 mixed precision on CUDA [default: on with CUDA].")
+    @use("device")
+    @use("amp")
     @click.option("--history/--no-history", default=True, show_default=True,
                   help="Plot the objective against the step under the images.")
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_dream.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @use("save")
+    @use("quiet")
     @figure_options
     def dream(image, model_spec, layer, octaves, octave_scale, steps, step_size, jitter, size, seed, device, amp,
               history, out, save, quiet):
@@ -323,16 +322,15 @@ def register(cli):
     @click.option("--alpha-weight", default=0.1, show_default=True, type=click.FloatRange(min=0),
                   help="Weight of the alpha-norm prior.")
     @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the starting noise.")
-    @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
-    @click.option("--amp/--no-amp", default=None, help="float16 mixed precision on CUDA [default: on with CUDA].")
+    @use("device")
+    @use("amp")
     @click.option("--columns", default=None, type=click.IntRange(min=1), metavar="N",
                   help="Images per row of the figure [default: up to 8].")
     @click.option("--history", is_flag=True, help="Add a plot of the objective against the step to the figure.")
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_invert.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @use("save")
+    @use("quiet")
     @figure_options
     def invert(image, model_spec, layers, steps, priors, param, transforms, lr, tv, beta, alpha, alpha_weight, seed,
                device, amp, columns, history, out, save, quiet):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cnnviz_cli.options import use
+
 
 def register(cli):
     from cnnviz_cli.main import _given, _load, _no_labels, model_options
@@ -16,8 +18,7 @@ def register(cli):
     @model_options
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help="Figure file: .png, .pdf or .svg [default: MODEL_filters.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+    @use("save")
     @figure_options
     def filters(model_spec, out, save):
         """Draw every filter of the model's first convolution (the first Conv2d it runs) as an RGB
@@ -43,7 +44,7 @@ def register(cli):
                   help="Layer whose maps to show [default: last convolutional block]. See `cnnviz layers`.")
     @click.option("--top", default=32, show_default=True, type=click.IntRange(min=1),
                   help="Show this many maps, the strongest by maximum activation.")
-    @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
+    @use("device")
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
                   help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_activations.png here].")
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",

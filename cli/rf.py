@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cnnviz_cli.options import use
+
 
 def register(cli):
     from .main import _architecture_only, _given, _load, _parse_pair, _reject, model_options
@@ -14,9 +16,9 @@ def register(cli):
     @click.option("--input-size", default=None, metavar="N|HxW",
                   help="Input size to trace with [default: the model's own].")
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Also plot RF size per layer: .png, .pdf or .svg.")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+                  help="Also draw a figure (.png, .pdf or .svg): RF size per layer; with --layer, the theoretical, "
+                       "effective and empirical RF side by side.")
+    @use("save")
     @click.option("--layer", "-l", default=None, metavar="NAME",
                   help="Measure this layer's RF on images (needs --images) and compare it with the theory.")
     @click.option("--images", "images", multiple=True, metavar="DIR_OR_FILE",
@@ -32,9 +34,8 @@ def register(cli):
                   help="Empirical RF: occluder side [default: 11 for RFs of 66 px and more, about RF/6 below].")
     @click.option("--stride", default=None, type=int, metavar="PX",
                   help="Empirical RF: occluder step [default: about a third of the occluder].")
-    @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
-    @click.option("--figure", default=None, type=click.Path(), metavar="FIG",
-                  help="With --layer: theoretical, effective and empirical RF side by side (.png, .pdf, .svg).")
+    @use("device")
+    @click.option("--figure", default=None, type=click.Path(), hidden=True)  # the old name of --out with --layer
     @figure_options
     def rf(model_spec, input_size, out, save, layer, images, measure, channel, max_images, occluder, stride, device,
            figure):
@@ -56,15 +57,21 @@ def register(cli):
         \b
         Examples:
           cnnviz rf --model vgg16 --out vgg16_rf.png
-          cnnviz rf --layer _blocks.2 --images photos/ --measure both --figure blocks2_rf.png
+          cnnviz rf --layer _blocks.2 --images photos/ --measure both --out blocks2_rf.png
         """
-        if layer is not None:
-            return _measure(model_spec, layer, images, measure, channel, max_images, occluder, stride, device,
-                            figure, input_size, out, save)
-        if images or figure or channel is not None or occluder is not None or stride is not None:
+        if figure is not None:
             from cnnviz.errors import ParameterError
 
-            raise ParameterError("--images, --figure, --channel, --occluder and --stride go with --layer")
+            if out is not None:
+                raise ParameterError("--figure is the old name of --out; give only --out")
+            out, figure = figure, None
+        if layer is not None:
+            return _measure(model_spec, layer, images, measure, channel, max_images, occluder, stride, device,
+                            out, input_size, save)
+        if images or channel is not None or occluder is not None or stride is not None:
+            from cnnviz.errors import ParameterError
+
+            raise ParameterError("--images, --channel, --occluder and --stride go with --layer")
         _reject(_given("measure", "max_images", "device"), "on the theoretical table (it measures nothing): "
                                                                   "--measure, --max-images and --device go with --layer")
         _architecture_only(model_spec, "rf")
@@ -99,7 +106,7 @@ def register(cli):
             click.echo("wrote " + " and ".join(p for p in (out, save) if p))
 
     def _measure(model_spec, layer, images, measure, channel, max_images, occluder, stride, device, figure,
-                 input_size, out, save):
+                 input_size, save):
         from pathlib import Path
 
         from cnnviz.engines.empirical_rf import empirical_receptive_field, select_images
@@ -107,9 +114,9 @@ def register(cli):
         from cnnviz.files import FIGURE_SUFFIXES, check_output
         from cnnviz.images import find_images
 
-        if input_size is not None or out or save:
-            raise ParameterError("--input-size, --out and --save are for the per-layer table; with --layer use "
-                                 "--figure")
+        if input_size is not None or save:
+            raise ParameterError("--input-size and --save are for the per-layer table; drop them with --layer "
+                                 "(--out draws the measured RF)")
         if not images:
             raise ParameterError("--layer needs --images: a folder of images or image files")
         if measure == "effective":

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cnnviz_cli.options import use
+
 
 def register(cli) -> None:
     from cnnviz_cli.main import _load, model_options
@@ -19,12 +21,12 @@ def register(cli) -> None:
     @click.option("--units", "-u", default=None, metavar="A:B|I,J,...",
                   help="Channels to scan, e.g. 0:64 or 3,7,9 [default: all].")
     @click.option("-k", "k", default=9, show_default=True, type=int, help="Images kept per unit.")
-    @click.option("--batch-size", "-b", default=None, type=int,
-                  help="Images per forward pass [default: chosen by measuring the first batches; 32 with --save, "
-                       "--workers or torchrun, whose progress files and shares count batches of one size].")
+    @use("batch_size", batch_size={"help": "Images per forward pass [default: chosen by measuring the first batches; "
+                                           "32 with --save, --workers or torchrun, whose progress files and shares "
+                                           "count batches of one size]."})
     @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
                   help="DataLoader worker processes decoding images.")
-    @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
+    @use("device")
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Save the result (npz + JSON sidecar); progress goes to RESULT.npz.partial meanwhile.")
     @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -38,7 +40,7 @@ def register(cli) -> None:
                   help="With --figure: include the deconvnet projections (--no-project: patches only).")
     @click.option("--figure-columns", default=None, type=click.IntRange(min=1), metavar="N",
                   help="With --figure: units per row [default: 4, or 6 without projections].")
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @use("quiet")
     @figure_options
     def topk(data, model_spec, layer, units, k, batch_size, workers, device, save, resume, checkpoint_every,
              figure_path, project, figure_columns, quiet):

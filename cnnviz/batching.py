@@ -369,6 +369,8 @@ def summary(params: dict) -> str:
     if not params.get("batch_size_auto"):
         return f"batch {params.get('batch_size')}"
     trials = ", ".join(f"{s}: {v:.0f}/s" for s, v in params.get("batch_trials", {}).items())
+    if not trials:
+        return f"batch {params['batch_size']} (too few items to time: none filled a batch)"
     origin = {"remembered": ", starting from the remembered {}", "busy machine": ", starting from {} on a busy machine"}
     origin = origin.get(params.get("batch_first_from"), "").format(params.get("batch_first"))
     return f"batch {params['batch_size']} (chosen by measuring{origin}: {trials})"

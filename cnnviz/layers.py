@@ -163,7 +163,42 @@ def _shape_str(shape) -> str:
 
 def default_feature_layer(model: nn.Module, example: torch.Tensor) -> LayerInfo:
     """The output of the last convolutional block: the last Conv2d in execution order, followed
-    through the shape-preserving modules after it (normalization, activation)."""
+    through the shape-preserving modules after it (normalization, activation).
+
+    Refused (LayerError) when that map's spatial layout does not survive to the output, see
+    `flattened_after`: in a vision transformer the only convolution is the patch embedding, whose
+    map is flattened into tokens that attention mixes; its Grad-CAM map is meaningless (all zero on
+    ViT-B/16), so no default is guessed there."""
+    chosen = _last_conv_block(model, example)
+    lost = flattened_after(model, example, chosen)
+    if lost is not None:
+        raise LayerError(
+            f"{type(model).__name__} has no convolutional feature map whose spatial layout survives to the output: "
+            f"the default layer would be {chosen.address!r} ({_shape_str(chosen.shape)}), but by {lost.address!r} "
+            f"it has become a sequence of tokens ({_shape_str(lost.shape)}) that no map can show; name a layer with --layer (see "
+            "`cnnviz layers`) or use a convolutional network")
+    return chosen
+
+
+def flattened_after(model: nn.Module, example: torch.Tensor, layer: LayerInfo) -> LayerInfo | None:
+    """The first layer after `layer` (a C x H x W map) whose output is a sequence of tokens (L x D,
+    two axes per image: the map flattened, as a vision transformer's patch embedding is), met before
+    the network pools the map to a vector; None when the map's layout reaches the pooling (or the
+    output) intact, as in a CNN."""
+    if layer.shape is None or len(layer.shape) != 3:
+        return None
+    infos = trace_layers(model, example)
+    for info in infos[layer.order + 1:]:
+        if info.shape is None or info.shape == layer.shape:
+            continue
+        if len(info.shape) == 1 or (len(info.shape) == 3 and info.shape[1] * info.shape[2] == 1):
+            return None  # pooled (or flattened into one vector): the map reached the classifier as a map
+        if len(info.shape) == 2:
+            return info
+    return None
+
+
+def _last_conv_block(model: nn.Module, example: torch.Tensor) -> LayerInfo:
     infos = trace_layers(model, example)
     last_conv = None
     for i, info in enumerate(infos):

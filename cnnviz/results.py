@@ -348,6 +348,65 @@ class GradientResult(Result):
 
 
 @dataclasses.dataclass
+class CompareResult(Result):
+    """Several attribution methods for one image, as `cnnviz compare` draws them side by side.
+
+    image: uint8 1 x H x W x 3. maps: float32 M x H x W, one per method (`methods`, str M), each
+    method's params in params["method_params"]. targets, target_names, top1: as in GradientResult.
+    """
+
+    kind: ClassVar[str] = "compare"
+    param_schema: ClassVar[dict] = {"method_params": S.Check(
+        lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, dict) and "method" in x for x in v),
+        "a list of each method's params")}
+    array_schema: ClassVar[dict] = {
+        "image": S.Arr("u", (1, "H", "W", 3)), "maps": S.Arr("f", ("M", "H", "W")), "methods": S.Arr("U", ("M",)),
+        "targets": S.Arr("iu", (1,)), "target_names": S.Arr("U", (1,)), "top1": S.Arr("iu", (1,))}
+    image: np.ndarray = None
+    maps: np.ndarray = None
+    methods: np.ndarray = None
+    targets: np.ndarray = None
+    target_names: np.ndarray = None
+    top1: np.ndarray = None
+
+    @classmethod
+    def of(cls, results: list, index: int = 0, shared_scale: bool = False) -> "CompareResult":
+        """Image `index` of each GradientResult in `results` (one per method, same image)."""
+        i = slice(index, index + 1)
+        r0 = results[0]
+        per = [{k: (v[i] if k in ("geometry", "gray_image_r", "image_files") and isinstance(v, list) else v)
+                for k, v in r.params.items()} for r in results]
+        return cls(params={"method_params": per, "shared_scale": bool(shared_scale)}, provenance=r0.provenance,
+                   original=None if r0.original is None else r0.original[i], image=r0.image[i],
+                   maps=np.stack([r.map[index] for r in results]).astype(np.float32),
+                   methods=np.array([r.params["method"] for r in results], dtype=str),
+                   targets=r0.targets[i], target_names=r0.target_names[i], top1=r0.top1[i])
+
+    def parts(self) -> list:
+        """One GradientResult per method (the map only: attribution is the map), for drawing."""
+        return [GradientResult(params=p, provenance=self.provenance, image=self.image, map=self.maps[j:j + 1],
+                               attribution=self.maps[j:j + 1, None], targets=self.targets,
+                               target_names=self.target_names, top1=self.top1)
+                for j, p in enumerate(self.params["method_params"])]
+
+    def render(self, path: str | os.PathLike | None = None, **options):
+        """The side-by-side figure of `cnnviz compare` (drawn by cnnviz.render.gradients)."""
+        from .errors import ParameterError
+        from .files import FIGURE_SUFFIXES, check_output
+        from .render.gradients import compare_figure
+        from .render.style import save_figure
+
+        if options.pop("full_image", False):
+            raise ParameterError("a compare result is drawn on the model's crop only; leave out --full-image")
+        target = check_output(path, FIGURE_SUFFIXES) if path is not None else None
+        fig = compare_figure(self.parts(), shared_scale=options.pop("shared_scale", self.params.get("shared_scale")),
+                             **options)
+        if target is not None:
+            save_figure(fig, target)
+        return fig
+
+
+@dataclasses.dataclass
 class SanityResult(Result):
     """Model-randomization sanity check (Adebayo et al. 2018) for one image and several methods.
 

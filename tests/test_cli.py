@@ -653,7 +653,7 @@ UNUSED = [
     (["rf", "--measure", "effective"], ["--measure", "--layer"]),
     (["rf", "--max-images", "3"], ["--max-images", "--layer"]),
     (["rf", "--layer", "_blocks.3", "--images", "IMG", "--measure", "effective", "--occluder", "5",
-      "--figure", "OUT/rf.png"], ["--occluder", "--measure effective"]),
+      "--out", "OUT/rf.png"], ["--occluder", "--measure effective"]),
     (["filters", "--labels", "LABELS", "--out", "OUT/f.png"], ["--labels", "filters"]),
     (["predict", "IMG", "--trust-checkpoint"], ["--trust-checkpoint", "--weights-file"]),
     (["occlusion", "IMG", "--weights", "none", "--weights-file", "CKPT", "--out", "OUT/o.png"], ["--weights none"]),

@@ -307,7 +307,7 @@ def test_an_option_the_method_does_not_use_is_refused_before_the_model_loads(arg
 
 def test_smoothgrad_help_states_the_default_that_runs():
     text = " ".join(ok(invoke("smoothgrad", "--help")).stdout.split())
-    samples = text.split("--samples INTEGER RANGE", 1)[1].split(" --noise", 1)[0]
+    samples = text.split("--samples ", 1)[1].split(" --noise", 1)[0]
     assert "[default: 25; x>=1]" in samples, samples
     assert "(0: off)" not in text
 
@@ -336,16 +336,20 @@ def _valid_runs(command: str, tmp: Path, checkpoint: Path, labels: Path) -> list
     common = ["--target", "11", "--shared-scale", "--full-image", "--device", "cpu", "--save", tmp / "r.npz",
               "--width", "3.5", "--layout", "grid"]
     smooth = ["--samples", "2", "--noise", "0.1", "--seed", "3"]
+    batch = ["--batch-size", "2"]
     runs = {
-        "saliency": [common + smooth + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3:map"]],
-        "guided": [common + smooth + ["--smooth", "mean"], ["--layer", "_blocks.10", "--unit", "3"]],
-        "deconv": [common + smooth + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3:2,2"]],
-        "smoothgrad": [common + smooth + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3"]],
-        "gradcam": [common + ["--layer", "_blocks.15"]],
-        "ig": [common + smooth],
+        "saliency": [common + smooth + batch + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3:map"]],
+        "guided": [common + smooth + batch + ["--smooth", "mean"], ["--layer", "_blocks.10", "--unit", "3"]],
+        "deconv": [common + smooth + batch + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3:2,2"]],
+        "smoothgrad": [common + smooth + batch + ["--smooth", "mean-abs"], ["--layer", "_blocks.10", "--unit", "3"]],
+        "gradcam": [common + batch + ["--layer", "_blocks.15"]],
+        "ig": [common + smooth + ["--steps", "3", "--baseline", "blur", "--internal-batch", "2"]],
     }[command]
-    return [r + ["--samples", "2"] if command == "smoothgrad" and "--samples" not in r else r for r in runs] + [
-        model, own]
+    runs = runs + [["--out-dir", tmp / "figures"]]
+    runs = runs + [model, own]
+    if command == "ig":  # its 50 default steps would take a while
+        runs = [r if "--steps" in r else r + ["--steps", "2"] for r in runs]
+    return [r + ["--samples", "2"] if command == "smoothgrad" and "--samples" not in r else r for r in runs]
 
 
 @pytest.mark.slow
@@ -354,7 +358,6 @@ def test_every_option_in_the_help_is_accepted_in_a_valid_combination(command, tm
     import torch
     import torchvision
 
-    monkeypatch.setattr("cnnviz.engines.gradients.DEFAULT_IG_STEPS", 4)  # ig's 50 steps would take a while
     checkpoint, labels = tmp_path / "resnet18.pt", tmp_path / "labels.txt"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
@@ -365,6 +368,11 @@ def test_every_option_in_the_help_is_accepted_in_a_valid_combination(command, tm
     for run in runs:
         if "--samples" not in run and command == "smoothgrad":
             run = run + ["--samples", "2"]
+        if "--out-dir" in run:
+            ok(invoke(command, ROCKET, COFFEE, *run))
+            assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [f"coffee_{command}.png",
+                                                                                f"rocket_{command}.png"]
+            continue
         ok(invoke(command, ROCKET, *run, "--out", tmp_path / "f.png"))
         assert (tmp_path / "f.png").read_bytes().startswith(PNG)
 

@@ -128,7 +128,7 @@ def test_cli_layer_both(tmp_path):
         shutil.copy(f, d)
     fig = tmp_path / "f.png"
     res = CliRunner().invoke(_cli(), ["rf", "--layer", LAYER, "--images", str(d), "--measure", "both",
-                                      "--stride", "3", "--max-images", "2", "--device", "cpu", "--figure", str(fig)])
+                                      "--stride", "3", "--max-images", "2", "--device", "cpu", "--out", str(fig)])
     assert res.exit_code == 0, res.output
     out = res.output
     assert "theoretical RF: 19x19 px" in out and "effective RF" in out and "empirical RF" in out
@@ -144,7 +144,7 @@ def test_cli_layer_both(tmp_path):
     (["--layer", LAYER, "--images", "/nonexistent/dir"], "not found"),
     (["--layer", LAYER, "--images", str(IMAGES), "--measure", "gradient"], "gradient"),
     (["--layer", LAYER, "--images", str(IMAGES), "--max-images", "0"], "positive"),
-    (["--layer", LAYER, "--images", str(IMAGES), "--figure", "f.txt"], "extension"),
+    (["--layer", LAYER, "--images", str(IMAGES), "--out", "f.txt"], "extension"),
 ])
 def test_cli_errors_one_line(args, words):
     res = CliRunner().invoke(_cli(), ["rf", *args])

@@ -88,6 +88,24 @@ def test_default_feature_layer_is_the_last_conv_block_after_its_activation(x):
     torch.testing.assert_close(_grab(resnet, "layer4", x), _grab(resnet, "layer4.1.relu@1", x))
 
 
+def test_no_default_feature_layer_on_a_vision_transformer(x):
+    """ViT-B/16's only convolution is the patch embedding, flattened into tokens right after: its
+    Grad-CAM map was all zero. No default is guessed; the message names the layer it would have
+    picked, where the layout is lost, and the fixes."""
+    vit = torchvision.models.vit_b_16().eval()
+    with pytest.raises(LayerError) as e:
+        default_feature_layer(vit, x)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in ("'conv_proj'", "768x14x14", "'encoder.dropout'", "197x768", "--layer", "convolutional network"):
+        assert part in msg, (part, msg)
+    # the layer itself is still there for whoever names it
+    assert resolve_layer(vit, "conv_proj", x).shape == (768, 14, 14)
+    # and the rule leaves CNNs whose last block is pooled (or flattened) into a vector alone
+    assert default_feature_layer(torchvision.models.mobilenet_v3_small(), x).address == "features"
+    assert default_feature_layer(torchvision.models.squeezenet1_0(), x).address == "classifier.2"
+
+
 def test_unknown_layer_names_the_closest_ones(x):
     m = torchvision.models.alexnet()
     with pytest.raises(LayerError, match=r"features\.10"):

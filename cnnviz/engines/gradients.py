@@ -19,7 +19,13 @@ Targets: a class (index or name; default each image's top-1), or a unit of a lay
 feature map, one position of it, or the strongest activation of the map. For a unit, every other
 activation of the layer is set to zero before projecting down, as Zeiler & Fergus do: the signal
 sent back is the unit's own activation at its position(s), zero elsewhere.
-Several images go through one forward and one backward pass.
+Images (for SmoothGrad: their noisy copies) go through the model in batches of `batch_size`,
+chosen by measuring when not given (`cnnviz.batching.Batches`), bounded by the memory a forward +
+backward pass needs per image (`backprop_item_bytes`). Every batch is padded to full groups
+(`batching.pad`), so on a CPU the maps do not depend on the batch size, chosen or given.
+Integrated Gradients runs one image at a time, its scaled copies in internal batches of at most
+IG_MEMORY_BUDGET bytes (`ig_internal_batch` overrides; the maps agree across internal batches to
+float32 rounding, as captum sums the batches' partial attributions).
 
 The deconvnet's backward pass ignores the forward pass at every rectifier: in a network without max
 pooling (EfficientNet-Lite, MobileNets) nothing of the image reaches it, and its class map is the
@@ -35,19 +41,24 @@ parameter's `.grad` is written.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..batching import Batches, check_batch_size, memory_limit, model_work, pad
 from ..errors import ParameterError
 from ..geometry import CropGeometry, params_of, stack_thumbnails
-from ..layers import LayerInfo, StopForward, default_feature_layer, record, resolve_layer
+from ..layers import (LayerInfo, StopForward, default_feature_layer, flattened_after, record, resolve_layer,
+                      trace_layers)
 from ..models import LoadedModel
 from ..results import GradientResult, provenance
 from ..rules import BackwardRule
 from .common import model_on_device, resolve_device
+from .dependence import UNINFORMATIVE_R, image_dependence, _uninformative  # noqa: F401
+from .ig import _baseline, _integrated_gradients, check_baseline
 
 METHODS = ("saliency", "guided", "deconv", "gradcam", "guided_gradcam", "ig")
 _RULE = {"saliency": "gradient", "guided": "guided", "deconv": "deconv"}
@@ -56,7 +67,7 @@ CAM = ("gradcam", "guided_gradcam")
 SMOOTH_MODES = ("mean", "mean-abs")
 DEFAULT_NOISE = 0.15
 DEFAULT_IG_STEPS = 50
-UNINFORMATIVE_R = 0.99  # a deconvnet map this correlated with a gray image's map shows no image
+IG_MEMORY_BUDGET = 1 << 30  # bytes the scaled copies of one IG forward + backward pass may take
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,8 @@ def _grad_cam(model, x, targets, layer):
 
 def check_options(method: str, *, target=None, layer: str | None = None, unit=None, smooth: int = 0,
                   noise: float | None = None, seed: int | None = None, smooth_mode: str | None = None,
-                  ig_steps: int | None = None, baseline: str | None = None) -> None:
+                  ig_steps: int | None = None, baseline: str | None = None, batch_size: int | None = None,
+                  ig_internal_batch: int | None = None) -> None:
     """Refuse, with one line naming the option and the fix, every option `method` would not use
     and every impossible value; needs no model (the CLI calls it before loading one). Layer names
     and channels are checked against the model by `attribute`, before anything is computed."""
@@ -195,11 +207,29 @@ def check_options(method: str, *, target=None, layer: str | None = None, unit=No
         raise ParameterError(f"unknown SmoothGrad mode {smooth_mode!r}; one of {', '.join(SMOOTH_MODES)}")
     if smooth_mode == "mean-abs" and method in SIGNED:
         raise ParameterError(f"--smooth mean-abs would drop the sign of {method}'s map; use --smooth mean")
-    for name, value in (("ig_steps", ig_steps), ("baseline", baseline)):
+    for name, value in (("ig_steps", ig_steps), ("baseline", baseline), ("ig_internal_batch", ig_internal_batch)):
         if value is not None and method != "ig":
             raise ParameterError(f"{name}={value!r} is used only by ig, not {method}; drop it")
-    if ig_steps is not None and (not isinstance(ig_steps, (int, np.integer)) or ig_steps < 1):
+    if ig_steps is not None and (isinstance(ig_steps, bool) or not isinstance(ig_steps, (int, np.integer))
+                                 or ig_steps < 1):
         raise ParameterError(f"ig_steps {ig_steps!r} must be a positive whole number")
+    check_baseline(baseline)
+    check_batch_size(ig_internal_batch, "the internal batch (scaled copies per pass)")
+    if batch_size is not None and method == "ig":
+        raise ParameterError(f"batch_size={batch_size!r}: ig runs one image at a time and batches its scaled copies; "
+                             "use ig_internal_batch (--internal-batch) instead")
+    check_batch_size(batch_size)
+
+
+def backprop_item_bytes(model, example: torch.Tensor) -> int:
+    """Memory one image needs in a forward + backward pass, estimated from the model's layer
+    outputs (one forward pass of `example`, cached): each leaf module's output kept for the backward
+    pass plus its gradient, in float32. Measured on EfficientNet-Lite0 (CPU, max RSS) the real
+    cost is about 0.6 of this: a safe bound."""
+    infos = trace_layers(model, example[:1])  # on the model's device, before the engine moves it
+    leaves = {name for name, m in model.named_modules() if next(m.children(), None) is None}
+    elems = sum(math.prod(i.shape) for i in infos if i.shape and i.name in leaves)
+    return max(1, 8 * (elems + example[:1].numel()))
 
 
 def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> GradientResult:
@@ -216,7 +246,11 @@ def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> G
       "mean-abs" (|signal| averaged per channel, as captum's NoiseTunnel over Saliency). noise,
       seed and smooth_mode are refused without smooth.
     ig_steps, baseline: Integrated Gradients' steps (default 50) and baseline image ("black"
-      (default) or "mean"); refused for the other methods.
+      (default), "mean", "white", "blur", a gray level or R,G,B in [0, 1]); refused for the other
+      methods. ig_internal_batch: scaled copies per forward + backward pass (default: as many as
+      fit in IG_MEMORY_BUDGET, at most ig_steps; recorded in params["ig_internal_batch"]).
+    batch_size: images (SmoothGrad: noisy copies) per pass, for every method but ig (default:
+      chosen by measuring, see `cnnviz.batching`; the maps do not depend on it on a CPU).
     Works also when called inside the caller's `torch.no_grad()` or `torch.inference_mode()`, and on
     a frozen model (no parameter requiring grad), which is left frozen with no `.grad` written.
     A deconvnet result carries params["uninformative"] (see the module's docstring).
@@ -228,10 +262,11 @@ def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> G
 def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None, layer: str | None = None,
                unit: str | int | Unit | None = None, smooth: int = 0, noise: float | None = None,
                seed: int | None = None, smooth_mode: str | None = None, ig_steps: int | None = None,
-               baseline: str | None = None, batch_size: int | None = None,
+               baseline: str | None = None, batch_size: int | None = None, ig_internal_batch: int | None = None,
                device: str = "auto") -> GradientResult:
     check_options(method, target=target, layer=layer, unit=unit, smooth=smooth, noise=noise, seed=seed,
-                  smooth_mode=smooth_mode, ig_steps=ig_steps, baseline=baseline)
+                  smooth_mode=smooth_mode, ig_steps=ig_steps, baseline=baseline, batch_size=batch_size,
+                  ig_internal_batch=ig_internal_batch)
     noise = DEFAULT_NOISE if noise is None else noise
     seed = 0 if seed is None else seed
     smooth_mode = smooth_mode or "mean"
@@ -255,7 +290,7 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     n = len(x)
     dev = resolve_device(device)
     unit_obj = Unit.parse(unit) if unit is not None else None
-    info = None
+    info = layer_note = None
     if unit_obj is not None or method in CAM:
         info = resolve_layer(lm.model, layer, x[:1]) if layer else (
             default_feature_layer(lm.model, x[:1]) if method in CAM else None)
@@ -264,6 +299,12 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         if method in CAM and len(info.shape) != 3:
             raise ParameterError(f"Grad-CAM needs a layer with CxHxW feature maps; {info.address!r} outputs "
                                  f"{'x'.join(map(str, info.shape))}")
+        if method in CAM and layer:  # named by the user: drawn, with a warning where it cannot be a spatial map
+            lost = flattened_after(lm.model, x[:1], info)
+            layer_note = None if lost is None else (
+                f"layer {info.address!r} becomes a sequence of tokens by {lost.address!r} "
+                f"({'x'.join(map(str, lost.shape))}) before the output: its map's positions need not be where the "
+                "class evidence is")
         if unit_obj is not None and not 0 <= unit_obj.channel < info.shape[0]:
             raise ParameterError(f"unit channel {unit_obj.channel} is out of range: layer {info.address!r} has "
                                  f"channels 0..{info.shape[0] - 1}")
@@ -275,6 +316,18 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     gen = torch.Generator().manual_seed(seed)
     fixed = None if target is None else lm.class_index(target)
     dependence = None
+    item_bytes = backprop_item_bytes(lm.model, x[:1])
+    if method == "ig":
+        internal, internal_auto = ig_internal_batch, ig_internal_batch is None
+        if internal is None:
+            internal = memory_limit(dev, item_bytes, max(1, min(ig_steps, IG_MEMORY_BUDGET // item_bytes)))
+        batches = None
+    else:
+        # on CUDA, Batches measures the memory of the first batch itself
+        work = model_work(lm.model, x, engine="gradients", method=method, smooth=bool(smooth),
+                          unit=unit_obj is not None, layer=info.address if info else None)
+        batches = Batches(n * (smooth or 1), batch_size, device=dev,
+                          item_bytes=item_bytes if dev.type != "cuda" else None, work=work)
     with model_on_device(lm.model, dev) as model:
         x = x.to(dev)
         # the gradient pass of saliency, guided, deconv and Grad-CAM also gives the top-1 classes;
@@ -283,20 +336,24 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         top1 = None
         if not one_pass:
             with torch.inference_mode():
-                top1 = model(x).argmax(1).clone()
+                top1 = torch.cat([model(pad(x[i:i + 32])).argmax(1)[:len(x[i:i + 32])].clone()
+                                  for i in range(0, n, 32)])
         if unit_obj is None:
             targets = torch.full((n,), fixed, dtype=torch.long, device=dev) if fixed is not None else top1
         else:
             targets = None
-        signal = _run(model, x, method, targets, info, unit_obj, smooth, noise, gen, ig_steps,
-                      lm.preprocessing.fill_value(baseline).to(dev), batch_size or n, smooth_mode)
+        if method == "ig":
+            signal = {"input": _integrated_gradients(model, x, targets, _baseline(lm, x, baseline), ig_steps, smooth,
+                                                     noise, gen, internal)}
+        else:
+            signal = _run(model, x, method, targets, info, unit_obj, smooth, noise, gen, batches, smooth_mode)
         if top1 is None:
             top1 = signal["top1"]
             if targets is None and unit_obj is None:
                 targets = top1
         if method == "deconv":
             dependence = image_dependence(model, x, targets, info, unit_obj,
-                                          lm.preprocessing.fill_value("mean").to(dev), batch_size or n)
+                                          lm.preprocessing.fill_value("mean").to(dev), _half_batch(batches))
     if method in CAM:
         cam = signal["cam"]
         heat = F.interpolate(cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
@@ -315,6 +372,13 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
               "smooth_mode": smooth_mode if smooth else None,
               "ig_steps": ig_steps if method == "ig" else None, "baseline": baseline if method == "ig" else None,
               "signed": method in SIGNED, "geometry": params_of(geos)}
+    if layer_note:
+        params["layer_note"] = layer_note
+    if method == "ig":
+        params.update({"ig_internal_batch": int(internal), "ig_internal_batch_auto": bool(internal_auto),
+                       "ig_item_bytes": int(item_bytes), "ig_memory_budget": IG_MEMORY_BUDGET})
+    else:
+        params.update(batches.record())
     if dependence is not None:
         params.update(_uninformative(lm.name, *dependence, unit=unit_obj is not None))
     return GradientResult(
@@ -325,112 +389,72 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         top1=top1.cpu().numpy().astype(np.int32))
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    d = float(a.norm() * b.norm())
-    return float((a @ b) / d) if d > 0 else (1.0 if float((a - b).abs().max()) == 0 else 0.0)
-
-
-def image_dependence(model, x, targets, layer, unit, fill, batch) -> tuple[list[float], int]:
-    """How much of the image reaches the deconvnet map: per image the Pearson correlation of its
-    map with the map of a uniform image (`fill`, 3 x 1 x 1 normalized: the dataset mean, gray) sent
-    back from the same signal (the same class; for a unit, the image's own seed at the unit's
-    layer), and the number of max-pool calls whose switches the backward pass followed."""
-    rs, switches = [], 0
-    for i in range(0, len(x), batch):
-        xi = x[i:i + batch].detach()
-        k = len(xi)
-        both = torch.cat([xi, fill.expand_as(xi)]).clone().requires_grad_(True)
-        with torch.enable_grad(), BackwardRule("deconv") as mode:
-            if unit is None:
-                out = model(both)
-                t = targets[i:i + batch]
-                seed = torch.zeros_like(out)
-                rows = torch.arange(k, device=out.device)
-                seed[rows, t] = 1.0
-                seed[rows + k, t] = 1.0
-                (g,) = torch.autograd.grad(out, both, grad_outputs=seed)
-            else:
-                with record(model, [layer], stop=True) as store:
-                    with contextlib.suppress(StopForward):
-                        model(both)
-                act = store[layer.address]
-                s = _unit_seed(act[:k], unit)
-                (g,) = torch.autograd.grad(act, both, grad_outputs=torch.cat([s, s]))
-        switches = max(switches, mode.switches)
-        maps = _to_map("deconv", g.detach())
-        rs += [_pearson(maps[j], maps[k + j]) for j in range(k)]
-    return rs, switches
-
-
-def _uninformative(model_name: str, rs: list[float], switches: int, unit: bool) -> dict:
-    """params entries for a deconvnet result: the correlations with the gray image's map, and
-    whether (and why) the map shows no image."""
-    low = min(rs)
-    flag = low >= UNINFORMATIVE_R
-    reason = None
-    if flag:
-        why = (f"{model_name} has no max-pool switches on the path, and the deconvnet's rectifiers ignore the "
-               "forward pass" if switches == 0 else
-               f"the {switches} max-pool switch(es) on the path change it by little")
-        what = ("the unit's fixed pattern, placed at its position and scaled by its activation" if unit
-                else "the class's fixed pattern")
-        reason = (f"the deconvnet map does not depend on the image: it equals the map of a uniform gray image "
-                  f"sent back from the same signal (Pearson r >= {low:.3f}); {why}, so it shows {what}, "
-                  "not this image")
-    return {"uninformative": bool(flag), "uninformative_reason": reason,
-            "gray_image_r": [round(float(r), 6) for r in rs], "max_pool_switches": int(switches)}
-
-
 def _to_map(method: str, signal: torch.Tensor) -> torch.Tensor:
     if method in SIGNED:
         return signal.sum(1)
     return signal.abs().amax(1)
 
 
-def _run(model, x, method, targets, info, unit, smooth, noise, gen, ig_steps, baseline, batch, smooth_mode):
-    if method in CAM:
-        parts = [_grad_cam(model, x[i:i + batch], None if targets is None else targets[i:i + batch], info)
-                 for i in range(0, len(x), batch)]
-        out = {"cam": torch.cat([c for c, _ in parts]), "top1": torch.cat([t for _, t in parts])}
-        if method == "guided_gradcam":
-            out["guided"] = torch.cat([input_signal(model, x[i:i + batch], "guided", targets[i:i + batch])
-                                       for i in range(0, len(x), batch)])
-        return out
-    if method == "ig":
-        return {"input": _integrated_gradients(model, x, targets, baseline, ig_steps, smooth, noise, gen)}
-    rule = _RULE[method]
-    if not smooth:
-        g, top1 = _input_signal(model, x, rule, targets, info, unit)
-        return {"input": g, "top1": top1}
+def _half_batch(batches: Batches) -> int:
+    """The deconvnet's image-dependence check sends each image together with a gray one: half the
+    batch size of the main pass, rounded down to full groups (at least one group)."""
+    return max(4, (batches.size // 2) // 4 * 4)
+
+
+def _run(model, x, method, targets, info, unit, smooth, noise, gen, batches, smooth_mode):
+    """Every method but ig, over `batches` (of images; with SmoothGrad, of noisy copies). Each
+    batch is padded to full groups and the padding's rows dropped."""
+    if smooth:
+        return {"input": _smooth_signal(model, x, _RULE[method], targets, info, unit, smooth, noise, gen, batches,
+                                        smooth_mode)}
+    parts: dict[str, list] = {}
+    for lo, hi in batches:
+        k = hi - lo
+        xb = pad(x[lo:hi])
+        tb = None if targets is None else pad(targets[lo:hi])
+        if method in CAM:
+            cam, top1 = _grad_cam(model, xb, tb, info)
+            out = {"cam": cam, "top1": top1}
+            if method == "guided_gradcam":
+                out["guided"] = input_signal(model, xb, "guided", tb)
+        else:
+            g, top1 = _input_signal(model, xb, _RULE[method], tb, info, unit)
+            out = {"input": g, "top1": top1}
+        for key, v in out.items():
+            parts.setdefault(key, []).append(None if v is None else v[:k])
+    return {key: None if any(v is None for v in vs) else torch.cat(vs) for key, vs in parts.items()}
+
+
+def _smooth_signal(model, x, rule, targets, info, unit, smooth, noise, gen, batches, smooth_mode):
+    """SmoothGrad: item k of `batches` is copy k % smooth of image k // smooth. Each image's noise is
+    drawn when its first copy is needed, image after image (the same draws in any batching), and
+    its copies averaged once all have come back."""
+    n = len(x)
     acc = torch.zeros_like(x)
-    for i in range(len(x)):  # each image's noisy copies go through together
-        xi = x[i:i + 1]
-        sigma = noise * float(xi.max() - xi.min())
-        noisy = xi + sigma * torch.randn((smooth, *xi.shape[1:]), generator=gen).to(x.device)
-        t = targets[i:i + 1].expand(smooth) if targets is not None else None
-        g = input_signal(model, noisy, rule, t, info, unit)
-        acc[i] = (g if smooth_mode == "mean" else g.abs()).mean(0)
-    return {"input": acc}
-
-
-def _integrated_gradients(model, x, targets, baseline, steps, smooth, noise, gen):
-    from captum.attr import IntegratedGradients, NoiseTunnel
-
-    ig = IntegratedGradients(model)
-    base = baseline.expand_as(x[:1]).expand_as(x).contiguous()
-    with torch.enable_grad():
-        if smooth:  # captum draws its noise from the global generator: seed a forked copy of it
-            devs = [x.device.index or 0] if x.device.type == "cuda" else []
-            out = []
-            with torch.random.fork_rng(devices=devs):
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-                for i in range(len(x)):  # noise scaled to each image's own range, as for the other methods
-                    xi = x[i:i + 1]
-                    sd = noise * float(xi.max() - xi.min())
-                    out.append(NoiseTunnel(ig).attribute(xi, nt_type="smoothgrad", nt_samples=smooth, stdevs=sd,
-                                                         baselines=base[i:i + 1], target=targets[i:i + 1],
-                                                         n_steps=steps, internal_batch_size=steps).detach())
-            return torch.cat(out)
-        return ig.attribute(x, baselines=base, target=targets, n_steps=steps, internal_batch_size=steps).detach()
+    noisy: dict[int, torch.Tensor] = {}
+    done: dict[int, list] = {}
+    drawn = 0
+    for lo, hi in batches:
+        while drawn < n and drawn * smooth < hi:
+            xi = x[drawn:drawn + 1]
+            sigma = noise * float(xi.max() - xi.min())
+            noisy[drawn] = xi + sigma * torch.randn((smooth, *xi.shape[1:]), generator=gen).to(x.device)
+            drawn += 1
+        rows, tgts, spans = [], [], []
+        for i in range(lo // smooth, (hi - 1) // smooth + 1):
+            a, b = max(lo, i * smooth) - i * smooth, min(hi, (i + 1) * smooth) - i * smooth
+            rows.append(noisy[i][a:b])
+            if targets is not None:
+                tgts.append(targets[i:i + 1].expand(b - a))
+            spans.append((i, b - a))
+        t = pad(torch.cat(tgts)) if targets is not None else None
+        g = input_signal(model, pad(torch.cat(rows)), rule, t, info, unit)[:hi - lo]
+        at = 0
+        for i, m in spans:
+            done.setdefault(i, []).append(g[at:at + m])
+            at += m
+            if sum(len(p) for p in done[i]) == smooth:
+                gi = torch.cat(done.pop(i))
+                acc[i] = (gi if smooth_mode == "mean" else gi.abs()).mean(0)
+                del noisy[i]
+    return acc

@@ -1,0 +1,182 @@
+"""The attribution commands: saliency, guided, deconv, smoothgrad, gradcam, ig (one command per
+backprop method), compare and sanity. Each takes image files and folders; options come from
+`cnnviz_cli.options`, figure paths from `cnnviz_cli.inputs` (checked before the model loads)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from .inputs import expand_images, make_folder, plan_figures, wrote
+from .output import figure_options
+from .options import model_options, use
+
+
+def _load(spec):
+    from cnnviz_cli import main  # looked up at each call: tests hand the CLI a model already loaded
+
+    return main._load(spec)
+
+
+class MethodCommand(click.Command):
+    """A backprop command: an option it does not list is refused naming the command, since the
+    same option may exist on a sibling (`gradcam --unit` vs `deconv --unit`)."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            raise click.UsageError(f"{self.name} does not take {e.option_name}; its options: "
+                                   f"`cnnviz {self.name} --help`", ctx=ctx) from None
+
+
+def one_image(result, i: int):
+    """Image `i` of a GradientResult, as a result of its own (for a figure per image)."""
+    import numpy as np
+
+    from cnnviz.engines.dependence import UNINFORMATIVE_R
+
+    p = dict(result.params)
+    for key in ("geometry", "gray_image_r", "image_files"):
+        if isinstance(p.get(key), list) and len(p[key]) == len(result.map):
+            p[key] = p[key][i:i + 1]
+    if p.get("gray_image_r"):
+        p["uninformative"] = bool(p["gray_image_r"][0] >= UNINFORMATIVE_R)
+        if not p["uninformative"]:
+            p["uninformative_reason"] = None
+    arrays = {f.name: getattr(result, f.name)[i:i + 1] for f in dataclasses.fields(result)
+              if isinstance(getattr(result, f.name), np.ndarray) and f.name in result.array_schema}
+    if result.original is not None:
+        arrays["original"] = result.original[i:i + 1]
+    return dataclasses.replace(result, params=p, **arrays)
+
+
+def _refuse_shared_scale(shared_scale, figures) -> None:
+    if shared_scale and isinstance(figures, list):
+        from cnnviz.errors import ParameterError
+
+        raise ParameterError("--shared-scale has no effect with --out-dir (one image per figure); drop it, or draw "
+                             "up to 8 images in one figure with --out")
+
+
+def _gradient_command(cli, method: str, short: str, summary: str):
+    """One CLI command per backprop method. Each lists only the options its method uses: --layer
+    and --unit where a unit can be projected (Grad-CAM: --layer alone), the SmoothGrad options
+    where copies can be averaged, the Integrated Gradients options on ig; a combination the method
+    cannot use is a one-line error before the model loads."""
+    engine = "saliency" if method == "smoothgrad" else method
+    units = engine in ("saliency", "guided", "deconv")
+    smooths = engine in ("saliency", "guided", "deconv", "ig")
+    always = method == "smoothgrad"
+
+    def command(images, model_spec, target, device, out, out_dir, save, shared_scale, full_image, batch_size=None,
+                layer=None, unit=None, samples=None, noise=None, seed=None, smooth=None, steps=None, baseline=None,
+                internal_batch=None):
+        from cnnviz.engines.gradients import attribute, check_options
+        from cnnviz.images import load_image
+        from cnnviz_cli import output
+
+        kw = dict(target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise, seed=seed,
+                  smooth_mode=smooth)
+        if engine == "ig":
+            kw.update(ig_steps=steps, baseline=baseline, ig_internal_batch=internal_batch)
+        else:
+            kw.update(batch_size=batch_size)
+        check_options(engine, **kw)
+        files = expand_images(images)
+        figures = plan_figures(files, out, out_dir, save, method)
+        _refuse_shared_scale(shared_scale, figures)
+        pics = [load_image(p) for p in files]  # every file read before the model loads
+        lm = _load(model_spec)
+        result = attribute(lm, pics, engine, device=device, **kw)
+        result.params["image_files"] = [str(p) for p in files]
+        result.params["class_names"] = {str(int(t)): lm.class_name(int(t)) for t in result.top1}
+        if isinstance(figures, Path):
+            output.write(result, figures, save, echo=False, shared_scale=shared_scale, full_image=full_image)
+        else:
+            if save:
+                from cnnviz.results import save_outputs
+
+                save_outputs(result, save)
+            for i, path in enumerate(figures):  # each line as its figure lands
+                make_folder(path)
+                output.write(one_image(result, i), path, echo=False, full_image=full_image)
+                click.echo(f"{files[i]}: {method} for {result.target_names[i]} -> {path}")
+        if isinstance(figures, Path):
+            for f, t in zip(files, result.target_names):
+                click.echo(f"{f}: {method} for {t}")
+        if result.params.get("uninformative"):
+            click.echo(f"note: uninformative map: {result.params['uninformative_reason']}")
+        if result.params.get("layer_note"):
+            click.echo(f"note: {result.params['layer_note']}")
+        if result.params.get("batch_size_auto") and len(files) > 1:
+            from cnnviz.batching import summary
+
+            click.echo(summary(result.params))
+        click.echo(wrote(figures, save))
+
+    names = ["target"]
+    layer_help = {}
+    if units:
+        names += ["layer", "unit"]
+        layer_help = {"layer": {"help": "The layer of --unit (needed with --unit, refused without). "
+                                        "See `cnnviz layers`."},
+                      "target": {"help": "Class index or name [default: each image's top-1 class]. Not with --unit."}}
+    elif engine == "gradcam":
+        names += ["layer"]
+    if engine == "ig":
+        names += ["steps", "baseline", "internal_batch"]
+    if smooths:
+        names += ["samples", "noise", "seed"] + (["smooth"] if engine != "ig" else [])
+    if engine != "ig":
+        names += ["batch_size"]
+    names += ["shared_scale", "full_image", "device", "out", "out_dir", "save"]
+    overrides = dict(layer_help)
+    if always:
+        overrides.update(
+            samples={"default": 25, "show_default": True, "help": "Noisy copies of each image to average over."},
+            noise={"help": "SmoothGrad noise std, as a fraction of the input's range [default: 0.15]."},
+            seed={"help": "Seed of the SmoothGrad noise [default: 0]."},
+            smooth={"help": OPTIONS_HELP_SMOOTH_ALWAYS})
+    command = use(*names, cmd=method, **overrides)(figure_options(command))
+    command = model_options(command)
+    command = click.argument("images", nargs=-1, required=True, type=click.Path())(command)
+    command.__doc__ = summary
+    return cli.command(name=method, short_help=short, cls=MethodCommand)(command)
+
+
+OPTIONS_HELP_SMOOTH_ALWAYS = ("How the copies are averaged: mean = signed signals averaged, |.| taken for the map "
+                              "(Smilkov et al. 2017, Eq. 3) [default]; mean-abs = |signal| averaged (captum's "
+                              "NoiseTunnel; steadier from seed to seed).")
+
+IMAGES_NOTE = """
+
+    IMAGES: image files and folders (their images, subfolders included). Up to 8 images share one
+    figure (--out); with more, or for a figure per image, give --out-dir DIR."""
+
+
+def register(cli) -> None:
+    _gradient_command(cli, "saliency", "Saliency map: gradient of the class score w.r.t. the pixels.",
+                      """Gradient of the class score w.r.t. the pixels (Simonyan et al. 2014): the map is
+    the maximum of |gradient| over colour channels.""" + IMAGES_NOTE)
+    _gradient_command(cli, "guided", "Guided backprop map.", """Guided backprop (Springenberg et al. 2015): the gradient with only positive
+    signals passed through each rectifier (ReLU, ReLU6, LeakyReLU, Hardtanh, also F.relu).""" + IMAGES_NOTE)
+    _gradient_command(cli, "deconv", "Zeiler-Fergus deconvnet projection of a class or a unit.", """Zeiler & Fergus deconvnet: project a class score or a unit (--layer L --unit C)
+    back to pixels through rectification, unpooling with switches and transposed filters. Only the
+    max-pool switches carry the image into it: on a model without max pooling (EfficientNet-Lite)
+    every image gets the same map, and the output and the figure say so.""" + IMAGES_NOTE)
+    _gradient_command(cli, "smoothgrad", "Saliency averaged over noisy copies of the image.", """SmoothGrad (Smilkov et al. 2017): the saliency map averaged over noisy copies
+    of the image (--samples, default 25; --noise; --smooth mean, the paper's signed average, or
+    mean-abs, captum's average of magnitudes).""" + IMAGES_NOTE)
+    _gradient_command(cli, "gradcam", "Grad-CAM heat map of a class.", """Grad-CAM (Selvaraju et al. 2017): feature maps of --layer weighted by the
+    mean gradient of the class score, rectified and upsampled to the image. A model whose last
+    convolution is flattened into tokens (a vision transformer) has no default layer.""" + IMAGES_NOTE)
+    _gradient_command(cli, "ig", "Integrated Gradients (signed map).", """Integrated Gradients (Sundararajan et al. 2017, via captum) from a baseline image
+    (--baseline, black by default) in --steps steps: a signed map (diverging colours, centred on
+    zero). Each image in turn, its scaled copies --internal-batch at a time (memory bounded).""" + IMAGES_NOTE)
+
+    from .compare import register as register_compare
+
+    register_compare(cli)
