@@ -61,6 +61,9 @@ def _refuse_shared_scale(shared_scale, figures) -> None:
                              "up to 8 images in one figure with --out")
 
 
+CAM_LAYER = ("gradcam", "gradcampp", "layercam", "scorecam")  # the commands that take a --layer of maps
+
+
 def _gradient_command(cli, method: str, short: str, summary: str):
     """One CLI command per backprop method. Each lists only the options its method uses: --layer
     and --unit where a unit can be projected (Grad-CAM: --layer alone), the SmoothGrad options
@@ -124,7 +127,7 @@ def _gradient_command(cli, method: str, short: str, summary: str):
         layer_help = {"layer": {"help": "The layer of --unit (needed with --unit, refused without). "
                                         "See `cnnviz layers`."},
                       "target": {"help": "Class index or name [default: each image's top-1 class]. Not with --unit."}}
-    elif engine == "gradcam":
+    elif engine in CAM_LAYER:
         names += ["layer"]
     if engine == "ig":
         names += ["steps", "baseline", "internal_batch"]
@@ -173,6 +176,21 @@ def register(cli) -> None:
     _gradient_command(cli, "gradcam", "Grad-CAM heat map of a class.", """Grad-CAM (Selvaraju et al. 2017): feature maps of --layer weighted by the
     mean gradient of the class score, rectified and upsampled to the image. A model whose last
     convolution is flattened into tokens (a vision transformer) has no default layer.""" + IMAGES_NOTE)
+    _gradient_command(cli, "gradcampp", "Grad-CAM++ heat map of a class.", """Grad-CAM++ (Chattopadhyay et al. 2018): each
+    position of a feature map weighted by 1 / (2 + g * sum of the map), g its gradient, times the
+    positive gradient; rectified and upsampled. Sharper than Grad-CAM where a class has several
+    instances.""" + IMAGES_NOTE)
+    _gradient_command(cli, "layercam", "LayerCAM heat map of a class.", """LayerCAM (Jiang et al. 2021): every position of
+    every map weighted by its own positive gradient, so that early layers give fine maps
+    (--layer).""" + IMAGES_NOTE)
+    _gradient_command(cli, "scorecam", "Score-CAM heat map of a class (no gradients).", """Score-CAM (Wang et al. 2020): each feature
+    map of --layer, upsampled and scaled to [0, 1], masks the image; its weight is the class
+    probability of that masked image. One forward pass per channel (seconds on a CPU for
+    1000-channel layers).""" + IMAGES_NOTE)
+    _gradient_command(cli, "rise", "RISE saliency of a class (black box).", """RISE (Petsiuk et al. 2018): 2000 random masks
+    (7x7 cells, each kept with probability 0.5, upsampled and shifted) weighted by the class
+    probability of the masked image; needs no gradients and no layer. 2000 forward passes per
+    image.""" + IMAGES_NOTE)
     _gradient_command(cli, "ig", "Integrated Gradients (signed map).", """Integrated Gradients (Sundararajan et al. 2017, via captum) from a baseline image
     (--baseline, black by default) in --steps steps: a signed map (diverging colours, centred on
     zero). Each image in turn, its scaled copies --internal-batch at a time (memory bounded).""" + IMAGES_NOTE)

@@ -138,3 +138,36 @@ def test_grad_cam_pp_and_layer_cam_equal_pytorch_grad_cam_on_resnet18(ours, thei
     for i in range(2):
         np.testing.assert_allclose(_their_post(mine[i], (96, 96)), ref[i], atol=2e-4)
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules()), "hooks left on the model"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, direct", [("gradcampp", grad_cam_pp), ("layercam", layer_cam),
+                                            ("scorecam", score_cam), ("rise", None)])
+def test_attribute_serves_each_method_as_the_engine_computes_it(method, direct):
+    """cnnviz.attribute(method) = the engine's map, upsampled to the input for the CAMs; the figure
+    names the method; the model is left as it was."""
+    import torch.nn.functional as F
+
+    import cnnviz
+    from cnnviz.models import LoadedModel, Preprocessing
+
+    from helpers import assert_untouched, snapshot
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    lm = LoadedModel(model, "resnet18", "random", Preprocessing(crop=(64, 64), resize=73), list("abcde"))
+    x = torch.randn(2, 3, 64, 64)
+    before = snapshot(model, x[:1])
+    r = cnnviz.attribute(lm, x, method, target="c", batch_size=2, device="cpu")
+    assert r.params["method"] == method and list(r.targets) == [2, 2] and r.map.shape == (2, 64, 64)
+    if direct is None:
+        expected, _ = rise(model, x, torch.tensor([2, 2]))
+    else:
+        layer = resolve_layer(model, r.params["layer"], x[:1])
+        cam, _ = direct(model, x, torch.tensor([2, 2]), layer)
+        expected = F.interpolate(cam[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(torch.from_numpy(r.map), expected, rtol=1e-4, atol=1e-6)
+    assert_untouched(model, x[:1], before)
+    fig = r.render()
+    assert any(t.get_text().startswith({"gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+                                        "rise": "RISE"}[method]) for t in fig.texts + [a.title for a in fig.axes])

@@ -60,10 +60,13 @@ from .common import model_on_device, resolve_device
 from .dependence import UNINFORMATIVE_R, image_dependence, _uninformative  # noqa: F401
 from .ig import _baseline, _integrated_gradients, check_baseline
 
-METHODS = ("saliency", "guided", "deconv", "gradcam", "guided_gradcam", "ig")
+METHODS = ("saliency", "guided", "deconv", "gradcam", "guided_gradcam", "ig", "gradcampp", "layercam", "scorecam",
+           "rise")
 _RULE = {"saliency": "gradient", "guided": "guided", "deconv": "deconv"}
 SIGNED = {"ig"}
-CAM = ("gradcam", "guided_gradcam")
+CAM = ("gradcam", "guided_gradcam", "gradcampp", "layercam", "scorecam")  # a layer's maps, weighted
+# the class activation maps of cnnviz.engines.cams (Grad-CAM++, LayerCAM, Score-CAM), and RISE (no layer)
+_CAMS = {"gradcampp": "grad_cam_pp", "layercam": "layer_cam", "scorecam": "score_cam"}
 SMOOTH_MODES = ("mean", "mean-abs")
 DEFAULT_NOISE = 0.15
 DEFAULT_IG_STEPS = 50
@@ -354,7 +357,9 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         if method == "deconv":
             dependence = image_dependence(model, x, targets, info, unit_obj,
                                           lm.preprocessing.fill_value("mean").to(dev), _half_batch(batches))
-    if method in CAM:
+    if method == "rise":
+        attr, amap = signal["heat"][:, None], signal["heat"]
+    elif method in CAM:
         cam = signal["cam"]
         heat = F.interpolate(cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
         if method == "guided_gradcam":
@@ -412,7 +417,16 @@ def _run(model, x, method, targets, info, unit, smooth, noise, gen, batches, smo
         k = hi - lo
         xb = pad(x[lo:hi])
         tb = None if targets is None else pad(targets[lo:hi])
-        if method in CAM:
+        if method in _CAMS or method == "rise":
+            from . import cams
+
+            if method == "rise":
+                heat, top1 = cams.rise(model, xb, tb)
+                out = {"heat": heat, "top1": top1}
+            else:
+                cam, top1 = getattr(cams, _CAMS[method])(model, xb, tb, info)
+                out = {"cam": cam, "top1": top1}
+        elif method in CAM:
             cam, top1 = _grad_cam(model, xb, tb, info)
             out = {"cam": cam, "top1": top1}
             if method == "guided_gradcam":

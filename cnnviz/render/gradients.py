@@ -25,7 +25,8 @@ from .style import (DEFAULT_WIDTH, RC, SEQUENTIAL, TEXT_PT, Panels, bare, class_
 
 DIVERGING = "RdBu_r"
 NAMES = {"saliency": "Saliency", "guided": "Guided backprop", "deconv": "Deconvnet", "gradcam": "Grad-CAM",
-         "guided_gradcam": "Guided Grad-CAM", "ig": "Integrated Gradients"}
+         "guided_gradcam": "Guided Grad-CAM", "ig": "Integrated Gradients", "gradcampp": "Grad-CAM++",
+         "layercam": "LayerCAM", "scorecam": "Score-CAM", "rise": "RISE"}
 RGB_METHODS = ("guided", "deconv", "guided_gradcam")
 
 
@@ -93,7 +94,9 @@ def _map_label(params: dict) -> str:
     of = "unit" if params.get("unit") else "score"
     return {"saliency": f"max over RGB |∂{of}/∂x|", "guided": "max over RGB |signal|",
             "deconv": "max over RGB |signal|", "gradcam": "Grad-CAM (upsampled)",
-            "guided_gradcam": "max over RGB |guided × CAM|", "ig": "attribution (sum over RGB)"}.get(m, "attribution")
+            "guided_gradcam": "max over RGB |guided × CAM|", "ig": "attribution (sum over RGB)",
+            "gradcampp": "Grad-CAM++ (upsampled)", "layercam": "LayerCAM (upsampled)",
+            "scorecam": "Score-CAM (upsampled)", "rise": "RISE: E[P(class) | pixel kept]"}.get(m, "attribution")
 
 
 def _where(params: dict) -> str:
@@ -265,7 +268,8 @@ def _suptitle(result, shared_scale: bool, clip) -> str:
 # comes out orders of magnitude larger; Grad-CAM is a weighted sum of activations; guided Grad-CAM
 # a product of the two; Integrated Gradients is input × gradient, signed, summing to a score change.
 SCALE_UNITS = {"saliency": "gradient", "guided": "gradient", "deconv": "deconvnet projection",
-               "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "ig": "input × gradient"}
+               "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "ig": "input × gradient",
+               "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM", "rise": "RISE probability"}
 
 
 def scale_groups(results: list) -> list[int]:
