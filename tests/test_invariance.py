@@ -75,8 +75,10 @@ def test_small_shifts_move_the_first_layer_more_than_the_top_features(lite0):
     first, top = r.distance[:, 0, 0][:, [0, 2]], r.distance[:, 0, 1][:, [0, 2]]
     assert r.params["layers"][0] == "_conv_stem" and "top features" in r.params["layer_labels"][1]
     assert np.all(first > top), (first, top)
-    fig = r.render()
-    assert tuple(fig.get_size_inches()) == pytest.approx((7.0, 1.75 + 0.9))
+    import figure_checks
+
+    figure_checks.check(r.render(), 7.0)  # a page wide, text >= 7 pt, nothing outside, no overlaps
+    figure_checks.check(r.render(width=3.5), 3.5)
 
 
 @pytest.mark.parametrize("kw, error, fragment", [
