@@ -163,19 +163,11 @@ def grad_cam(model, x: torch.Tensor, targets: torch.Tensor, layer: LayerInfo) ->
 
 
 def _grad_cam(model, x, targets, layer):
-    # the input requires grad so that the layer's output has a graph also when no parameter does
-    # (a frozen model); only the part of the graph above the layer is used
-    x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), record(model, [layer]) as store:
-        out = model(x)
-        act = store[layer.address]
-        top1 = out.detach().argmax(1)
-        targets = top1 if targets is None else targets
-        seed = torch.zeros_like(out)
-        seed[torch.arange(len(targets)), targets] = 1.0
-        (g,) = torch.autograd.grad(out, act, grad_outputs=seed)
+    from .cams import activations_and_gradients  # the same forward and backward as the other CAMs
+
+    act, g, top1 = activations_and_gradients(model, x, targets, layer)
     weights = g.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * act.detach()).sum(1)), top1
+    return F.relu((weights * act).sum(1)), top1
 
 
 def check_options(method: str, *, target=None, layer: str | None = None, unit=None, smooth: int = 0,
