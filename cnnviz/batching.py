@@ -14,7 +14,10 @@ the size chosen last time for the same work (engine, model, input, device, threa
 remembered in `remembered_path()` (a small JSON file; CNNVIZ_CACHE_DIR=off keeps it in memory);
 16 when the machine is busy (the 1-minute load average above 1.5x the cores this process may use);
 else 4 (16 on a GPU). From there the search goes up while that is clearly faster and, when the
-first step up loses, down; the final choice is remembered for next time.
+first step up loses, down, one batch per size; the final choice is remembered for next time with
+the time per item of every size timed, so a later call skips the neighbours already found slower
+(it runs at the remembered size from its first batch) and tries only those never timed (a small
+job that cut the first search short finishes it over the next calls).
 
 Exactness. On the CPU, oneDNN/MKL compute images in groups of `GROUP` = 4 along the batch axis:
 an image's outputs are bitwise the same in any batch whose groups are full, but an image in a
@@ -148,16 +151,25 @@ def _read_store(path: Path | None) -> dict:
         return {}  # missing, unreadable or damaged: start afresh (it is only a hint)
 
 
-def recall(key: str) -> int | None:
-    """The size remembered for `key`, or None."""
+def recall(key: str) -> tuple[int | None, dict[int, float]]:
+    """The size remembered for `key` (or None) and the seconds per item then measured at each size
+    timed (possibly none): what a later search may skip."""
     entry = _in_memory.get(key) or _read_store(remembered_path()).get(key)
-    size = entry.get("size") if isinstance(entry, dict) else None
-    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+    if not isinstance(entry, dict):
+        return None, {}
+    size = entry.get("size")
+    size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+    rates = {}
+    for k, v in (entry.get("rates") or {}).items() if isinstance(entry.get("rates"), dict) else ():
+        if str(k).isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            rates[int(k)] = float(v)
+    return size, rates if size is not None else {}
 
 
-def remember(key: str, size: int) -> None:
-    """Store `size` for `key`, in memory and (atomically; any failure ignored) in the file."""
-    entry = {"size": int(size), "when": time.time()}
+def remember(key: str, size: int, rates: dict[int, float] | None = None) -> None:
+    """Store `size` (and the seconds per item measured at each size) for `key`, in memory and
+    (atomically; any failure ignored) in the file."""
+    entry = {"size": int(size), "rates": {str(k): v for k, v in sorted((rates or {}).items())}, "when": time.time()}
     _in_memory[key] = entry
     path = remembered_path()
     if path is None:
@@ -224,11 +236,12 @@ class Batches:
         self.limit = memory_limit(self.device, item_bytes, limit or (GPU_LIMIT if gpu else CPU_LIMIT))
         self.item_bytes = item_bytes
         self.key, self.load = None, None
+        self.known_rates: dict[int, float] = {}  # seconds per item at each size, from the remembered search
         self.first, self.first_from = self.start, "default"
         if self.fixed is None:
             busy, self.load = machine_load(self.device)
             self.key = work_key(work, self.device, busy) if work is not None else None
-            known = recall(self.key) if self.key is not None else None
+            known, self.known_rates = recall(self.key) if self.key is not None else (None, {})
             if known is not None:
                 self.first, self.first_from = known, "remembered"
             elif busy and not gpu:
@@ -267,21 +280,24 @@ class Batches:
         return hi
 
     def _affordable(self, lo: int, size: int) -> bool:
-        """Worth trying `size` now: within the memory limit and at least `start`, with room for two
-        batches of it (real work either way; on AlexNet at 169 positions, asking for more stopped
-        the search at 16 where 64 is 1.5x faster)."""
-        return self.start <= size <= self.limit and self.n - lo >= 2 * size
+        """Worth trying `size` now: within the memory limit and at least `start`, with a full batch
+        of it left to time (real work either way)."""
+        return self.start <= size <= self.limit and self.n - lo >= size
 
-    def _trial(self, lo: int, size: int):
-        """Two batches at `size` (judged by the faster: the first at a new shape pays for setting it
-        up, and one batch is a noisy measure on a shared machine); one when three would not fit."""
-        for _ in range(2 if self.n - lo >= 3 * size else 1):
+    def _trial(self, lo: int, size: int, batches: int = 1):
+        """`batches` batches at `size` (fewer when they would not fit), judged by the fastest."""
+        for _ in range(batches):
             if lo < self.n:
                 lo = yield from self._run(lo, size)
         return lo
 
     def _better(self, size: int, than: int) -> bool:
         return size in self.times and self._rate(size) < (1 - MIN_GAIN) * self._rate(than)
+
+    def _known_to_lose(self, size: int, than: int) -> bool:
+        """The remembered search timed both and `size` was not clearly faster: not worth a batch."""
+        k = self.known_rates
+        return size in k and than in k and not k[size] < (1 - MIN_GAIN) * k[than]
 
     # -- the schedule -----------------------------------------------------------------------------
     def __iter__(self):
@@ -295,16 +311,21 @@ class Batches:
         lo = yield from self._explore(lo)
         yield from self._steady(lo)
         if self.key is not None:
-            remember(self.key, self.size)
+            rates = {**self.known_rates, **{s: self._rate(s) for s in self.times}}
+            remember(self.key, self.size, rates)
 
     def _explore(self, lo: int):
-        """From the first size, double while that is clearly faster (by MIN_GAIN); when the first
-        step up loses (or cannot be tried), halve while that is clearly faster."""
+        """From the first size, double while that is clearly faster (by MIN_GAIN), one batch per
+        size (each size's first batch pays for setting up its shape, so all are judged alike); when the first step up loses (or cannot be tried), halve while that is clearly
+        faster. A neighbour the remembered search found slower is not tried again, so a repeated
+        call runs at the remembered size from its first batch; one it never timed is (a search cut
+        short by a small job finishes over later calls)."""
         best = self.first
         lo = yield from self._trial(lo, best)
         for step in (2, 0.5):
             size = int(best * step)
-            while best in self.times and self._affordable(lo, size):
+            while (best in self.times and self._affordable(lo, size)
+                   and not self._known_to_lose(size, best)):
                 lo = yield from self._trial(lo, size)
                 if not self._better(size, best):
                     break
