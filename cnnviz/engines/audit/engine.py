@@ -227,6 +227,8 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
                 on_chunk(c + 1, len(chunks))
     readable = state["readable"]
     if not readable.any():
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
         reasons = " | ".join(" ".join(why.split()) for _, why in skipped[:3])
         raise ImageError(f"no image could be read from {str(data)!r}: all {len(skipped)} file(s) are unreadable "
                          f"({reasons}); check the files or point to another folder")
