@@ -2,11 +2,12 @@
 whole spent inside the model's forward passes and in backward passes (torch.autograd.grad).
 
     python benchmarks/audit.py [--images 8] [--methods gradcam,saliency,occlusion] [--steps 16]
-                               [--sanity-images 1] [--model efficientnet_lite0] [--device cpu]
+                               [--sanity-images 1] [--layer _blocks.10] [--model efficientnet_lite0]
+                               [--device cpu]
 
 The images are the first ones of the ImageNet sample (labels from its labels.csv). Sections are
 the audit's own timings (params["seconds"]: reading, forward pass, maps per method, deletion and
-insertion per method, maps of the true class of misclassified images, sanity check). Forward
+insertion per method, maps of the true class of misclassified images, sanity check, units). Forward
 passes are timed by a pre-hook and a hook on the model's root module (also in the folded copy the
 occlusion sweep runs, which inherits them), backward passes by wrapping torch.autograd.grad; the
 rest is data handling, metrics and bookkeeping. Prints a Markdown table.
@@ -31,21 +32,22 @@ def main() -> None:
     ap.add_argument("--methods", default="gradcam,saliency,occlusion")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--sanity-images", type=int, default=1)
+    ap.add_argument("--layer", default="_blocks.10", help="the units section's layer ('none': no units section)")
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
     import cnnviz
 
-    data_root = sample_images()
-    rows = list(csv.DictReader(open(data_root / "labels.csv", newline="")))[: args.images]
+    sample = sample_images().parent  # the sample's folder: images/ and labels.csv
+    rows = list(csv.DictReader(open(sample / "labels.csv", newline="")))[: args.images]
     tmp = Path(tempfile.mkdtemp(prefix="cnnviz-audit-bench-"))
     listing = tmp / "data.csv"
     with open(listing, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "label"])
         for r in rows:
-            w.writerow([str(data_root / "images" / r["file"]), r["class_name"]])
+            w.writerow([str(sample / "images" / r["file"]), r["class_name"]])
     lm = cnnviz.load_model(args.model)
 
     clock = {"forward": 0.0, "backward": 0.0}
@@ -71,6 +73,7 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         result = cnnviz.audit(lm, listing, args.methods, steps=args.steps, sanity_images=args.sanity_images,
+                              layer=None if args.layer == "none" else args.layer,
                               device=args.device, progress=False)
     finally:
         total = time.perf_counter() - t0

@@ -79,11 +79,18 @@ def register(cli) -> None:
                   help="Images drawn with their maps.")
     @click.option("--sanity-images", default=2, show_default=True, type=click.IntRange(min=0),
                   help="Images of the model-randomization sanity check (0: none).")
+    @click.option("--layer", "-l", default=None, metavar="NAME",
+                  help="Layer of the units section (its most class-selective units and their top patches); see "
+                       "`cnnviz layers` [default: no units section].")
+    @click.option("--units", "num_units", default=6, show_default=True, type=click.IntRange(min=1),
+                  help="With --layer: how many of the most selective units are shown.")
+    @click.option("-k", "k", default=4, show_default=True, type=click.IntRange(min=1),
+                  help="With --layer: top images per unit.")
     @click.option("--resume", is_flag=True, help="Continue a stopped audit from its progress file.")
     @click.option("--force", is_flag=True, help="Replace an existing report folder (and any progress).")
     @use("device", "quiet")
-    def audit(data, model_spec, out, methods, limit, steps, fill, boxes, show, sanity_images, resume, force,
-              device, quiet):
+    def audit(data, model_spec, out, methods, limit, steps, fill, boxes, show, sanity_images, layer, num_units, k,
+              resume, force, device, quiet):
         """Audit a model on DATA (a folder of images, a folder of class folders, or a CSV with a `file`
         column and optionally a `label` column) and write a static report to --out: accuracy and
         calibration, where the model looks, how faithful each map is, and provenance. The page opens
@@ -100,6 +107,8 @@ def register(cli) -> None:
         from cnnviz.models import Preprocessing
 
         methods_t = check_methods(methods)
+        if layer is None:
+            _main._reject(_main._given("num_units", "k"), "without --layer (they choose the units section's units)")
         if fill.strip().lower() != "blur":
             try:
                 Preprocessing().fill_value(fill)
@@ -115,7 +124,8 @@ def register(cli) -> None:
             progress.unlink()
         lm = _main._load(model_spec)
         result = run_audit(lm, data, methods_t, limit=limit, steps=steps, fill=fill, show=show, boxes=boxes,
-                           sanity_images=sanity_images, device=device, progress=False if quiet else None,
+                           sanity_images=sanity_images, layer=layer, units=num_units, k=k, device=device,
+                           progress=False if quiet else None,
                            checkpoint=progress, resume=resume)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_p.name}.", suffix=".partial",
                                     dir=out_p.parent if str(out_p.parent) else "."))

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from helpers import assert_untouched, sample_image, snapshot
 
 CLASSES = [0, 2, 4]
-KW = dict(methods="gradcam,saliency", steps=4, sanity_images=0, show=3, wrong=2, chunk=2, progress=False)
+KW = dict(methods="gradcam,saliency", steps=4, sanity_images=0, show=3, wrong=2, chunk=2, progress=False,
+          layer="_blocks.10", units=3, k=2)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,34 @@ def test_boxes_pointing_game_and_energy(lite0, result):
     y, x = np.unravel_index(np.argmax(maps[0]), maps[0].shape)
     hit, energy = metrics.box_scores(maps[:1], [[[x, y, x + 1, y + 1]]])
     assert hit[0] == 1 and 0 < energy[0] < 1
+
+
+def test_units_selectivity_and_top_images_match_a_hook(lite0, result):
+    """Each unit's class-selectivity index from the positive part of its map, and its top images by
+    spatial maximum, read with a plain forward hook on _blocks.10."""
+    seen = []
+    block = dict(lite0.model.named_modules())["_blocks.10"]
+    handle = block.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            for c in CLASSES:
+                lite0.model(lite0.prepare(sample_image(c))[1])
+    finally:
+        handle.remove()
+    act = torch.cat(seen)  # 3 images, one per class
+    mu = act.clamp(min=0).mean((2, 3)).double().numpy()  # classes x units
+    top = mu.max(0)
+    rest = (mu.sum(0) - top) / 2
+    si = (top - rest) / (top + rest)
+    np.testing.assert_allclose(result.unit_selectivity, si, rtol=1e-4, atol=1e-6)
+    assert list(result.unit_index) == list(np.argsort(-si, kind="stable")[:3])
+    peak = act.flatten(2).amax(2).numpy()  # images x units
+    for v, u in enumerate(result.unit_index):
+        want = np.argsort(-peak[:, u], kind="stable")[:2]
+        assert list(result.unit_top_files[v]) == list(want)
+        np.testing.assert_allclose(result.unit_top_values[v], peak[want, u], rtol=1e-4)
+        assert list(result.unit_top_classes[v]) == [CLASSES[i] for i in want]
+    assert result.unit_patches.shape[:2] == (3, 2) and result.unit_patches.max() > 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -200,3 +200,23 @@ def sanity_figure(result, width: float = 6.0):
         ax.set_title("Model randomization: layers randomized from the top")
         ax.legend(frameon=False)
     return fig
+
+
+def units_figure(result, width: float = 7.0):
+    """Per selective unit (a row): its top images' receptive-field patches, with each image's class."""
+    k = result.unit_patches.shape[1]
+    titles = []
+    for v, u in enumerate(result.unit_index):
+        for j in range(k):
+            c = int(result.unit_top_classes[v, j])
+            head = f"unit {int(u)} (SI {result.unit_selectivity[int(u)]:.2f})\n" if j == 0 else "\n"
+            titles.append(head + (short(class_name(result, c), 18) if c >= 0 else "-"))
+    with plt.rc_context(RC):
+        pan = Panels(len(titles), width, "row", titles=titles, min_panel=1.0, max_picture=1.2, groups=k)
+        for v in range(len(result.unit_index)):
+            for j in range(k):
+                ax = pan.axes[v * k + j]
+                if result.unit_top_files[v, j] >= 0:
+                    ax.imshow(result.unit_patches[v, j])
+                _bare(ax)
+    return pan.fig

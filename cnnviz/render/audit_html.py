@@ -74,7 +74,7 @@ def write_report(result, folder: str | os.PathLike, *, dpi: int = 110, save: boo
     figs = _Figures(folder, dpi)
     p, prov = result.params, result.provenance or {}
     model = prov.get("model", "?")
-    parts = [_predictions(result, figs), _where(result, figs), _faithfulness(result, figs), _units(),
+    parts = [_predictions(result, figs), _where(result, figs), _faithfulness(result, figs), _units(result, figs),
              _provenance(result)]
     title = f"cnnviz audit: {model} on {p.get('num_images')} images"
     nav = " ".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in (
@@ -211,10 +211,27 @@ def _faithfulness(result, figs) -> str:
     return _section("faithfulness", "3. Faithfulness of each method on this model", explain, "\n".join(body))
 
 
-def _units() -> str:
-    return _section("units", "4. Units", "The most selective units of a layer, with their top patches and the "
-                    "classes of their top images.", "<p>Not part of this version of the report; use "
-                    "<code>cnnviz topk DATA --layer L --figure units.png</code> meanwhile.</p>")
+def _units(result, figs) -> str:
+    p = result.params
+    explain = ("A unit (channel) of a layer is class-selective when images of one class drive it much more than "
+               "the others. The class-selectivity index (Morcos et al. 2018) compares the unit's mean activation "
+               "on its best class with the mean over the other classes: 0 means no preference, 1 means only one "
+               "class. Each row shows one of the most selective units: the parts of its top images that it sees "
+               "(its receptive field at its strongest position), with each image's class.")
+    if not len(result.unit_index):
+        body = ("<p>No layer was chosen: add <code>--layer L</code> (see <code>cnnviz layers</code>) for this "
+                "section.</p>")
+    else:
+        si = result.unit_selectivity
+        rows = [[int(u), _num(si[int(u)]), ", ".join(F.class_name(result, int(c)) for c in result.unit_top_classes[v]
+                                                      if c >= 0)]
+                for v, u in enumerate(result.unit_index)]
+        body = (f"<p>Layer <code>{escape(str(p.get('layer')))}</code>: {len(si)} units, median selectivity "
+                f"{_num(float(np.nanmedian(si)) if np.isfinite(si).any() else None)}.</p>"
+                + _table(["unit", "selectivity index", "classes of its top images"], rows, {0, 1})
+                + figs.add("units", F.units_figure(result), "top patches of the most selective units",
+                           f"Top {result.unit_patches.shape[1]} images per unit, receptive field at the maximum."))
+    return _section("units", "4. Units", explain, body)
 
 
 def _provenance(result) -> str:

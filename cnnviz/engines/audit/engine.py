@@ -14,6 +14,7 @@ groups, so a resumed audit equals an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,10 +28,12 @@ import torch.nn.functional as F
 from ...batching import pad
 from ...errors import ImageError, ParameterError
 from ...files import atomic_path
+from ...layers import capture
 from ...models import LoadedModel
 from ...results import provenance
 from ..common import model_on_device, progress_bar, resolve_device
 from . import metrics as M
+from . import units as U
 from .data import read_dataset
 from .result import AuditResult
 
@@ -154,7 +157,8 @@ def _read_chunk(lm, root: Path, files: list[str], ids: range):
 def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None = None, steps: int = 16,
           fill: str = "blur", show: int = 8, wrong: int = 6, class_map_size: int = 28, boxes=None,
           sanity_images: int = 2, sanity_steps: int = 4, chunk: int = 8, occlusion_window: int = 32,
-          occlusion_stride: int = 16, device: str = "auto", progress: bool | None = None,
+          occlusion_stride: int = 16, layer: str | None = None, units: int = 6, k: int = 4,
+          device: str = "auto", progress: bool | None = None,
           checkpoint: str | os.PathLike | None = None, resume: bool = True, on_chunk=None) -> AuditResult:
     """Audit `lm` on `data` (a folder, class folders, a CSV with a file column and optionally a
     label column, or a list of paths; see `data.read_dataset`): predictions and calibration, where
@@ -167,13 +171,15 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     show / wrong: how many images (first ones / first misclassified ones) keep their maps.
     boxes: {file: [[x0, y0, x1, y1], ...]} in photo pixels, or a JSON file of it: the pointing
       game and the energy inside the boxes.
+    layer: the layer of the units section: its `units` most class-selective units, each with its
+      `k` top images and their patches (None: no units section).
     checkpoint: progress file, written after every chunk; resumed from when `resume`.
     on_chunk(done, total): called after every chunk (tests use it to stop a run midway).
     """
     methods = check_methods(methods)
     for name, v, lo in (("limit", limit, 1), ("steps", steps, 1), ("show", show, 0), ("wrong", wrong, 0),
                         ("chunk", chunk, 1), ("sanity_images", sanity_images, 0), ("sanity_steps", sanity_steps, 1),
-                        ("class_map_size", class_map_size, 1)):
+                        ("class_map_size", class_map_size, 1), ("units", units, 1), ("k", k, 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo):
             raise ParameterError(f"{name} must be a whole number >= {lo}, got {v!r}")
     if not (isinstance(fill, str) and fill.strip().lower() == "blur"):
@@ -183,13 +189,18 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     dev = resolve_device(device)
     h, w = lm.input_size
     n, m, C, s = len(ds.files), len(methods), len(lm.categories), class_map_size
-    options = {"occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride}
+    unit_info = U.resolve(lm, layer) if layer is not None else None
+    options = {"occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
+               "layer": unit_info.address if unit_info else None, "units": units, "k": k, "unit_info": unit_info}
     params_key = {"v": CHECKPOINT_VERSION, "model": lm.identity(), "methods": methods, "steps": steps, "fill": fill,
-                  "show": show, "wrong": wrong, "s": s, "chunk": chunk, "boxes": box_map, **options,
+                  "show": show, "wrong": wrong, "s": s, "chunk": chunk, "boxes": box_map,
+                  **{kk: v for kk, v in options.items() if kk != "unit_info"},
                   "files": hashlib.sha256("\n".join(ds.files).encode()).hexdigest(),
                   "labels": hashlib.sha256(ds.labels.tobytes()).hexdigest()}
     key = hashlib.sha256(json.dumps(params_key, sort_keys=True, default=str).encode()).hexdigest()
     state = _empty_state(n, m, steps, C, s, show, wrong, h, w)
+    if unit_info is not None:
+        state.update(U.empty(C, unit_info.shape[0], k))
     ckpt = Path(checkpoint) if checkpoint is not None else None
     resumed_from = 0
     if ckpt is not None and ckpt.exists():
@@ -243,8 +254,10 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
 
 def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, fill, show, wrong, s, options,
            seconds, tick, t0):
+    info = options["unit_info"]
     with model_on_device(lm.model, dev) as model, torch.inference_mode():
-        prob = F.softmax(model(pad(x).to(dev))[: len(x)].float(), dim=1).cpu()
+        with capture(model, info, reduce=U.reduce) if info is not None else contextlib.nullcontext() as cap:
+            prob = F.softmax(model(pad(x).to(dev))[: len(x)].float(), dim=1).cpu()
     p5, i5 = prob.topk(min(5, prob.shape[1]), dim=1)
     good_a = np.asarray(good)
     state["readable"][good_a] = True
@@ -253,6 +266,8 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
     pred = i5[:, 0].numpy()
     labels = ds.labels[good_a]
     cls = np.where(labels >= 0, labels, pred)
+    if info is not None:
+        U.update(state, cap.values.pop(), good_a, cls, options["k"])
     t0 = tick("forward", t0)
     maps = np.zeros((len(good), len(methods), *x.shape[2:]), np.float32)
     for j, meth in enumerate(methods):
@@ -331,6 +346,16 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
     top5acc = float((top5[known] == labels[known, None]).any(1).mean()) if known.any() else None
     pairs = M.confused_pairs(labels, pred)
     steps = options["steps"]
+    info = options.pop("unit_info")
+    kk = options["k"]
+    unit_arrays = {"unit_index": np.zeros(0, np.int64), "unit_selectivity": np.zeros(0, np.float32),
+                   "unit_top_files": np.zeros((0, kk), np.int64), "unit_top_values": np.zeros((0, kk), np.float32),
+                   "unit_top_classes": np.zeros((0, kk), np.int64), "unit_patches": np.zeros((0, kk, 1, 1, 3), np.uint8)}
+    if info is not None:
+        t0 = time.perf_counter()
+        unit_arrays = U.finish(lm, info, state, state["class_count"], ds.files, ds.root, idx, cls, options["units"],
+                               dev)
+        seconds["units"] = seconds.get("units", 0.0) + time.perf_counter() - t0
     params = {
         "data": str(data) if not isinstance(data, (list, tuple)) else "list", "root": str(ds.root.resolve()),
         "label_source": ds.label_source, "has_labels": bool(known.any()), "num_files": len(ds.files),
@@ -368,7 +393,7 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         wrong_pred_maps=state["wrong_pred_maps"], wrong_true_maps=state["wrong_true_maps"],
         sanity_files=np.asarray(sanity["files"], dtype=str), sanity_methods=np.asarray(sanity["methods"], dtype=str),
         sanity_steps=np.asarray(sanity["steps"], dtype=str), sanity_spearman=sanity["spearman"].astype(np.float32),
-        skipped=np.asarray([f for f, _ in skipped], dtype=str))
+        skipped=np.asarray([f for f, _ in skipped], dtype=str), **unit_arrays)
 
 
 def _nanmean(v) -> float | None:

@@ -31,6 +31,10 @@ class AuditResult(Result):
     predicted and of the true class).
     Sanity check (Adebayo et al. 2018): sanity_files (I), sanity_methods (M'), sanity_steps (S),
     sanity_spearman (I x M' x S).
+    Units of params["layer"] (empty without a layer): unit_selectivity (float32, every unit's
+    class-selectivity index), unit_index (V, the most selective first), unit_top_files (V x k, index
+    into files, -1 empty), unit_top_values, unit_top_classes (true or predicted class of each top
+    image) and unit_patches (uint8 V x k x r x r x 3, the receptive field at the maximum).
     skipped: unreadable files (reasons in params["skipped_reasons"]).
     """
 
@@ -84,6 +88,12 @@ class AuditResult(Result):
     sanity_methods: np.ndarray = None
     sanity_steps: np.ndarray = None
     sanity_spearman: np.ndarray = None
+    unit_index: np.ndarray = None
+    unit_selectivity: np.ndarray = None
+    unit_top_files: np.ndarray = None
+    unit_top_values: np.ndarray = None
+    unit_top_classes: np.ndarray = None
+    unit_patches: np.ndarray = None
     skipped: np.ndarray = None
 
     @property
