@@ -63,9 +63,9 @@ def register(cli) -> None:
     @model_options
     @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), metavar="DIR",
                   help="Report folder: index.html, figures/, audit.npz and audit.json.")
-    @click.option("--methods", default="gradcam,saliency,occlusion", show_default=True,
-                  help="Comma-separated attribution methods: gradcam, saliency, occlusion, guided, deconv, "
-                       "guided_gradcam, gradcampp, layercam, scorecam, rise.")
+    @click.option("--methods", default="gradcam,saliency", show_default=True,
+                  help="Comma-separated attribution methods: gradcam, saliency, occlusion (window 32, stride 16: "
+                       "the dearest), guided, deconv, guided_gradcam, gradcampp, layercam, scorecam, rise.")
     @click.option("--limit", default=None, type=click.IntRange(min=1), metavar="N", help="Audit the first N files only.")
     @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1),
                   help="Deletion/insertion steps (the curve has steps + 1 points).")

@@ -59,6 +59,7 @@ def _direct_probs(lm, files):
         return torch.cat([F.softmax(lm.model(lm.prepare(f)[1]), 1) for f in files])
 
 
+@pytest.mark.slow  # the shared audit takes ~40 s on 2 cores
 def test_predictions_match_a_direct_forward_loop(lite0, result):
     files = [sample_image(c) for c in CLASSES]
     assert list(result.files) == [str(f) for f in files]
@@ -85,6 +86,7 @@ def test_predictions_match_a_direct_forward_loop(lite0, result):
     assert result.class_counts.sum() == 3 and result.class_correct.sum() == round(3 * top1)
 
 
+@pytest.mark.slow  # the shared audit takes ~40 s on 2 cores
 def test_predictions_match_cnnviz_predict(lite0, result, cached_model):
     from cnnviz_cli.main import cli
 
@@ -95,6 +97,7 @@ def test_predictions_match_cnnviz_predict(lite0, result, cached_model):
     assert top1 == list(result.top5[:, 0])
 
 
+@pytest.mark.slow  # the shared audit takes ~40 s on 2 cores
 def test_maps_are_the_predicted_class_maps(lite0, result):
     import cnnviz
 
@@ -117,6 +120,7 @@ def _blur(x):
     return gaussian_blur(x, [61, 61], [10.0, 10.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image", [0, 1])
 def test_deletion_and_insertion_auc_match_a_direct_loop(lite0, result, image):
     """Pixels removed (replaced by the blurred image) 1/4 of them at a time in the order of the map,
@@ -140,6 +144,7 @@ def test_deletion_and_insertion_auc_match_a_direct_loop(lite0, result, image):
         assert dele[0] == pytest.approx(float(result.top5_prob[image, 0]), abs=1e-4)
 
 
+@pytest.mark.slow  # the shared audit takes ~40 s on 2 cores
 def test_saved_result_loads_and_redraws(result, tmp_path):
     import cnnviz
 
@@ -171,6 +176,7 @@ def test_resume_after_a_stop_gives_the_same_result(lite0, data, result, tmp_path
         np.testing.assert_array_equal(getattr(again, name), arr, err_msg=name)
 
 
+@pytest.mark.slow  # the shared audit takes ~40 s on 2 cores
 def test_boxes_pointing_game_and_energy(lite0, result):
     from cnnviz.engines.audit import metrics
 
@@ -183,6 +189,7 @@ def test_boxes_pointing_game_and_energy(lite0, result):
     assert hit[0] == 1 and 0 < energy[0] < 1
 
 
+@pytest.mark.slow  # the shared audit takes ~40 s on 2 cores
 def test_units_selectivity_and_top_images_match_a_hook(lite0, result):
     """Each unit's class-selectivity index from the positive part of its map, and its top images by
     spatial maximum, read with a plain forward hook on _blocks.10."""
@@ -209,6 +216,39 @@ def test_units_selectivity_and_top_images_match_a_hook(lite0, result):
         np.testing.assert_allclose(result.unit_top_values[v], peak[want, u], rtol=1e-4)
         assert list(result.unit_top_classes[v]) == [CLASSES[i] for i in want]
     assert result.unit_patches.shape[:2] == (3, 2) and result.unit_patches.max() > 0
+
+
+def test_occlusion_map_is_the_mean_drop_of_the_covering_windows():
+    from types import SimpleNamespace
+
+    from cnnviz.engines.audit.engine import _occlusion_map
+
+    r = SimpleNamespace(params={"window": [2, 2], "baseline_prob": 0.5},
+                        true_class_prob=np.array([[0.1, 0.5], [0.5, 0.3]], np.float32),
+                        positions_y=np.array([0, 1]), positions_x=np.array([0, 2]))
+    m = _occlusion_map(r, (4, 4))
+    assert m[0, 0] == pytest.approx(0.4)             # window (0, 0) only
+    assert m[1, 1] == pytest.approx((0.4 + 0.0) / 2)  # windows (0, 0) and (1, 0)
+    assert m[2, 3] == pytest.approx(0.2)             # window (1, 2) only
+    assert m[3, 0] == 0.0                            # no window: no evidence
+
+
+@pytest.mark.slow
+def test_boxes_end_to_end_in_photo_pixels(lite0, tmp_path):
+    """A box around the whole photo (by file name) holds every map's peak and all its energy; a
+    box in a corner outside the crop holds nothing."""
+    import cnnviz
+    from PIL import Image
+
+    photo = sample_image(0)
+    w, h = Image.open(photo).size
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({photo.name: [[0, 0, w, h]], sample_image(2).name: [[0, 0, 3, 3]]}))
+    r = cnnviz.audit(lite0, [str(photo), str(sample_image(2))], "gradcam", steps=1, show=0, wrong=0,
+                     sanity_images=0, boxes=boxes, progress=False)
+    assert r.pointing_hit[0, 0] == 1 and r.box_energy[0, 0] == pytest.approx(1)
+    assert r.pointing_hit[1, 0] == 0 and r.box_energy[1, 0] == 0
+    assert r.params["boxes"] and r.params["pointing_game"]["gradcam"] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -77,8 +77,10 @@ def box_scores(maps: np.ndarray, boxes: list[list[list[float]]]) -> tuple[np.nda
     energy = np.zeros(n, np.float32)
     for i in range(n):
         mask = np.zeros((h, w), bool)
-        for x0, y0, x1, y1 in boxes[i]:
-            mask[max(0, int(np.floor(y0))):min(h, int(np.ceil(y1))), max(0, int(np.floor(x0))):min(w, int(np.ceil(x1)))] = True
+        for x0, y0, x1, y1 in boxes[i]:  # pixels the box touches; a box outside the crop touches none
+            r0, r1 = (int(np.clip(v, 0, h)) for v in (np.floor(y0), np.ceil(y1)))
+            c0, c1 = (int(np.clip(v, 0, w)) for v in (np.floor(x0), np.ceil(x1)))
+            mask[r0:r1, c0:c1] = True
         m = np.clip(np.nan_to_num(maps[i].astype(np.float64)), 0, None)
         y, x = np.unravel_index(np.argmax(maps[i]), (h, w))
         hit[i] = float(mask[y, x])
