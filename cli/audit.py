@@ -42,6 +42,18 @@ def check_out(out: Path, resume: bool, force: bool) -> Path:
     return progress
 
 
+def remove_leftovers(out: Path, progress: Path) -> None:
+    """What a run killed with -9 left beside the report: half-built report folders and the
+    temporary of a progress file being written (atomic renames never leave a half file in place)."""
+    from cnnviz.engines.topk import remove_stale_temporaries
+
+    remove_stale_temporaries(progress)
+    parent = out.parent if str(out.parent) else Path(".")
+    for leftover in list(parent.glob(f".{out.name}.*.partial")) + list(parent.glob(f".{out.name}.old.*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def replace_folder(tmp: Path, out: Path) -> None:
     """Put the finished report `tmp` in the place of `out` (renames only)."""
     old = None
@@ -120,6 +132,7 @@ def register(cli) -> None:
         read_dataset(data, None, limit)  # empty folders, missing CSV files: before the model loads
         if boxes is not None and not Path(boxes).is_file():
             raise ParameterError(f"boxes file not found: {boxes!r}")
+        remove_leftovers(out_p, progress)
         if force and progress.exists():
             progress.unlink()
         lm = _main._load(model_spec)
