@@ -119,8 +119,10 @@ def register(cli) -> None:
         from cnnviz.models import Preprocessing
 
         methods_t = check_methods(methods)
-        if layer is None:
-            _main._reject(_main._given("num_units", "k"), "without --layer (they choose the units section's units)")
+        unused = [{"num_units": "--units", "k": "-k"}[n] for n in _main._given("num_units", "k")]
+        if layer is None and unused:
+            raise ParameterError(f"{' and '.join(unused)} choose the units of the units section, which needs --layer; "
+                                 "add --layer L (see `cnnviz layers`) or drop them")
         if fill.strip().lower() != "blur":
             try:
                 Preprocessing().fill_value(fill)
