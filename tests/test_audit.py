@@ -320,3 +320,23 @@ def test_command_writes_the_report_and_clears_what_a_killed_run_left(tmp_path, c
     again = _run([tmp_path / "data", "--out", tmp_path / "report", "--force", "--show", "0"])
     assert again.exit_code == 0, again.output
     assert not any((tmp_path / "report" / "figures").glob("image_*.png"))  # replaced, not merged
+
+
+def test_class_folders_give_the_labels(lite0, tmp_path):
+    from cnnviz.engines.audit.data import read_dataset
+
+    for folder, c in (("tench", 0), ("goldfish", 2), ("Great White Shark", 2)):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        (tmp_path / "data" / folder / f"{c}.jpg").symlink_to(sample_image(c))
+    ds = read_dataset(tmp_path / "data", lite0)
+    assert ds.label_source == "class folders"
+    assert ds.files == ["Great White Shark/2.jpg", "goldfish/2.jpg", "tench/0.jpg"]
+    assert list(ds.labels) == [2, 1, 0]  # by class name, whatever the photo shows
+    flat = read_dataset(tmp_path / "data" / "tench", lite0)
+    assert flat.label_source == "none" and not flat.has_labels
+    (tmp_path / "data" / "unicorn").mkdir()
+    (tmp_path / "data" / "unicorn" / "u.jpg").symlink_to(sample_image(0))
+    from cnnviz.errors import TargetError
+
+    with pytest.raises(TargetError, match="'unicorn' from the class folders is not a class of efficientnet_lite0"):
+        read_dataset(tmp_path / "data", lite0)
