@@ -9,6 +9,7 @@ the `with` block ends, also on error.
 from __future__ import annotations
 
 import contextlib
+import math
 import difflib
 import weakref
 import dataclasses
@@ -278,11 +279,22 @@ def _last_conv_block(model: nn.Module, example: torch.Tensor) -> LayerInfo:
         if not spatial:
             raise LayerError("the model has no layer with a spatial (CxHxW) output; name one with --layer")
         return spatial[-1]
+    # the last map at the last convolution's resolution before the network pools or flattens it:
+    # the block (or stage) output, past its normalization and activation, and past the channel
+    # concatenation of an Inception or DenseNet block (more channels, same H x W). A block working
+    # channels last in between (ConvNeXt: norm and MLP on N x H x W x C) has as many values or more
+    # and does not end the search; pooling (fewer values) or a vector or token sequence does.
     chosen = infos[last_conv]
+    hw = chosen.shape[1:]
     for info in infos[last_conv + 1:]:
-        if info.shape != chosen.shape:
+        if info.shape is None:
+            continue
+        if len(info.shape) != 3:
             break
-        chosen = info
+        if info.shape[1:] == hw:
+            chosen = info
+        elif math.prod(info.shape) < math.prod(chosen.shape):
+            break
     return chosen
 
 
