@@ -8,6 +8,7 @@ class, and the total activation of one feature map of a chosen layer. Positions 
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from ..geometry import params_of, stack_thumbnails
 from ..layers import capture, default_feature_layer, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import OcclusionResult, provenance
+from .incremental import check_mode
 from .common import as_pair, autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
 
 
@@ -55,7 +57,7 @@ def item_bytes(model, example: torch.Tensor) -> float:
 
 def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", target=None, layer: str | None = None,
               channel: int | None = None, batch_size: int | None = None, device: str = "auto", amp: bool | None = None,
-              fold: bool = True, progress: bool | None = None) -> OcclusionResult:
+              fold: bool = True, progress: bool | None = None, mode: str = "full") -> OcclusionResult:
     """Occlusion sensitivity of `lm` on `image` (a path, a PIL image, or uint8 HxWx3 pixels of the
     model's input size).
 
@@ -71,7 +73,14 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     fold: sweep with a copy of the model whose eval-mode batch norms and symmetric paddings are
       folded into its convolutions (cnnviz.fold; 1.1-1.3x faster on EfficientNet-Lite0, equal to
       ~1e-6); False runs the model as it is.
+    mode: "full" runs every occluded image through the whole network; "incremental" runs the
+      unoccluded image once and then recomputes, layer by layer, only the region the occluder
+      changes (cnnviz.engines.incremental; equal to "full" up to float rounding, 2.5-6.5x fewer
+      multiply-accumulates on ResNet-18 to VGG-16). A model torch.fx cannot trace falls back to
+      "full" with a warning; params record the mode, the multiply-accumulates per position of
+      both and the fraction of each layer recomputed.
     """
+    mode = check_mode(mode)
     window, stride = as_pair(window, "window"), as_pair(stride, "stride")
     batch_size = check_batch_size(batch_size)
     dev = resolve_device(device)
@@ -95,8 +104,8 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
         x_dev = x.to(dev)
         sweep_model, fold_info = folded(model, x_dev, keep=[info]) if fold else (model, {"folded": False})
         result = _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, target_index, channel,
-                        batch_size, dev, use_amp, progress)
-    probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches = result
+                        batch_size, dev, use_amp, progress, mode)
+    probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches, mode_info = result
     elapsed = time.perf_counter() - start
 
     shape = (len(ys), len(xs))
@@ -107,7 +116,7 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
         "fill_normalized": fill_value.flatten().tolist(), "target": target_index,
         "target_name": lm.class_name(target_index), "target_given": target is not None,
         "layer": info.address, "layer_type": info.type, "layer_shape": list(info.shape), "channel": channel,
-        **batches.record(), **fold_info,
+        **batches.record(), **fold_info, **mode_info,
         "memory_format": str(layout).replace("torch.", ""), "amp": use_amp, "num_positions": n,
         "baseline_prob": float(base_probs[target_index]), "baseline_top_class": int(base_probs.argmax()),
         "baseline_top_name": lm.class_name(int(base_probs.argmax())),
@@ -128,10 +137,29 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     )
 
 
+def _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode):
+    """The traced graph for the incremental mode, or None and the reason it fell back to full."""
+    if mode == "full":
+        return None, {"mode": "full"}
+    from ..errors import ModelError
+    from .incremental.sweep import IncrementalGraph
+
+    try:
+        with autocast(dev, use_amp):
+            graph = IncrementalGraph(sweep_model, x_dev.contiguous(memory_format=layout), info.name, info.call,
+                                     layout=layout)
+    except ModelError as e:
+        warnings.warn(f"occlusion mode {mode!r} unavailable, running the full mode: {e}", stacklevel=3)
+        return None, {"mode": "full", "mode_requested": mode, "mode_fallback": str(e)}
+    return graph, {"mode": mode}
+
+
 def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, target_index, channel, batch_size, dev,
-           use_amp, progress):
+           use_amp, progress, mode="full"):
     """The unoccluded pass on `model`, then every occluder position through `sweep_model` (the
-    folded copy, or the model itself) in batches chosen by `Batches`, each padded to full groups."""
+    folded copy, or the model itself) in batches chosen by `Batches`, each padded to full groups;
+    in the incremental mode through the traced graph of `sweep_model`, recomputing only what each
+    occluder changes."""
     n = flat_y.numel()
     probs_t, top_c, top_p, feats = [], [], [], []
     with torch.inference_mode():
@@ -147,9 +175,15 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
         fill_dev = fill_value.to(dev)
         with autocast(dev, use_amp):
             layout = batch_memory_format(sweep_model, x_dev)
+        graph, mode_info = _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode)
         work = model_work(sweep_model, x_dev.contiguous(memory_format=layout), engine="occlusion", amp=use_amp,
-                          folded=sweep_model is not model)
-        batches = Batches(n, batch_size, device=dev, item_bytes=item_bytes(model, x_dev), work=work)
+                          folded=sweep_model is not model, mode=mode_info["mode"])
+        if graph is not None:
+            _incremental_loop(graph, batches_of(n, batch_size, dev, model, x_dev, work), flat_y, flat_x, window,
+                              fill_dev, target_index, channel, dev, use_amp, progress, probs_t, top_c, top_p, feats)
+            return (probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, graph.batches,
+                    {**mode_info, **graph.record()})
+        batches = batches_of(n, batch_size, dev, model, x_dev, work)
         with capture(sweep_model, info, reduce=lambda t: _channel_totals(t[:, channel: channel + 1])[:, 0]) as cap, \
                 progress_bar(n, "occlusion", progress) as bar:
             for lo, hi in batches:
@@ -165,4 +199,28 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
                 top_c.append(best_c.cpu())
                 feats.append(cap.values.pop()[:k].cpu())
                 bar.update(k)
-    return probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches
+    return probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches, mode_info
+
+
+def batches_of(n, batch_size, dev, model, x_dev, work) -> Batches:
+    return Batches(n, batch_size, device=dev, item_bytes=item_bytes(model, x_dev), work=work)
+
+
+def _incremental_loop(graph, batches, flat_y, flat_x, window, fill_dev, target_index, channel, dev, use_amp, progress,
+                      probs_t, top_c, top_p, feats):
+    graph.batches = batches
+    with progress_bar(flat_y.numel(), "occlusion", progress) as bar:
+        for lo, hi in batches:
+            k = hi - lo
+            with autocast(dev, use_amp):
+                out, total = graph.run(pad(flat_y[lo:hi]), pad(flat_x[lo:hi]), window, fill_dev, k, channel)
+            p = torch.softmax(out[:k].float(), dim=1)
+            best_p, best_c = p.max(dim=1)
+            probs_t.append(p[:, target_index].cpu())
+            top_p.append(best_p.cpu())
+            top_c.append(best_c.cpu())
+            feats.append(total[:k].float().cpu())
+            bar.update(k)
+    if graph.unknown:
+        warnings.warn(f"incremental occlusion computed whole maps from operations it does not know: "
+                      f"{'; '.join(graph.unknown[:4])} (exact, but slower)", stacklevel=4)
