@@ -59,7 +59,7 @@ CASES = [  # model, input size, layer followed (None: the default, last block), 
     ("resnet18", 96, None, 32, 16),
     ("resnet18", 96, "layer2.0", 20, 19),
     ("googlenet", 96, None, 32, 32),
-    ("googlenet", 96, "inception3a", 24, 18),
+    ("googlenet", 96, "inception3a", 24, 24),
 ]
 
 
@@ -76,7 +76,7 @@ def test_incremental_equals_full_on_random_weight_models(name, size, layer, wind
     assert min(p["recomputed_fraction"].values()) < 1, "the first layers must be recomputed in part only"
 
 
-@pytest.mark.parametrize("window, stride, layer", [(40, 48, None), (32, 27, "_blocks.3"), ((24, 56), (50, 28), None)])
+@pytest.mark.parametrize("window, stride, layer", [(40, 48, None), (32, 54, "_blocks.3"), ((24, 56), (50, 28), None)])
 def test_incremental_equals_full_on_efficientnet_lite0_with_a_real_photo(lite0, window, stride, layer):
     pixels, _ = lite0.prepare(sample_image(10))
     full, inc = _both(lite0, pixels, window=window, stride=stride, layer=layer, batch_size=8)

@@ -72,27 +72,46 @@ def slide(lo: torch.Tensor, hi: torch.Tensor, k: int, s: int, d: int, p: int, ou
     return o_lo, torch.maximum(o_hi, o_lo)
 
 
-def gather(src_hwc: torch.Tensor, patch: Patch, offset: tuple[int, int], wy: torch.Tensor, wx: torch.Tensor,
+class Source:
+    """A base map (padded) as rows of pixels, HsxWs rows of C values, followed by room for one
+    batch of patches, so that a window with its patch pasted is one `index_select`."""
+
+    def __init__(self, base_hwc: torch.Tensor):
+        self.hs, self.ws, self.c = base_hwc.shape
+        self.rows = self.hs * self.ws
+        self.buf = base_hwc.reshape(self.rows, self.c)
+
+    def with_patch(self, patch: "Patch") -> torch.Tensor:
+        """The buffer with `patch`'s values (B*h*w rows, channels last) after the base rows."""
+        values = patch.data.permute(0, 2, 3, 1).reshape(-1, self.c)
+        need = self.rows + values.shape[0]
+        if self.buf.shape[0] < need or self.buf.dtype != values.dtype:
+            buf = torch.empty((need, self.c), dtype=values.dtype, device=self.buf.device)
+            buf[: self.rows] = self.buf[: self.rows]
+            self.buf = buf
+        self.buf[self.rows: need] = values
+        return self.buf[:need]
+
+
+def gather(src: Source, patch: Patch, offset: tuple[int, int], wy: torch.Tensor, wx: torch.Tensor,
            lh: int, lw: int) -> torch.Tensor:
-    """Windows lh x lw at (wy[b], wx[b]) of `src_hwc` (HsxWsxC: the patch's base, padded with
-    `offset` = (top, left) rows/columns before it), each with position b's patch pasted in;
-    returned as BxCxlhxlw in the channels-last layout."""
-    dev = src_hwc.device
-    hs, ws, c = src_hwc.shape
+    """Windows lh x lw at (wy[b], wx[b]) of `src` (the patch's base, padded with `offset` = (top,
+    left) rows/columns before it), each with position b's patch pasted in; returned as
+    BxCxlhxlw in the channels-last layout."""
+    dev = wy.device
     b = wy.numel()
     rows = wy[:, None] + torch.arange(lh, device=dev)  # B x lh
     cols = wx[:, None] + torch.arange(lw, device=dev)
-    flat = rows[:, :, None] * ws + cols[:, None, :]
-    out = src_hwc.reshape(hs * ws, c).index_select(0, flat.reshape(-1)).reshape(b, lh, lw, c)
     ph, pw = patch.size
     ry = rows - (patch.y[:, None] + offset[0])
     rx = cols - (patch.x[:, None] + offset[1])
     iny, inx = (ry >= 0) & (ry < ph), (rx >= 0) & (rx < pw)
     mask = iny[:, :, None] & inx[:, None, :]
-    pidx = ((torch.arange(b, device=dev)[:, None, None] * ph + ry.clamp(0, ph - 1)[:, :, None]) * pw
-            + rx.clamp(0, pw - 1)[:, None, :])
-    values = patch.data.permute(0, 2, 3, 1).reshape(b * ph * pw, c)
-    out[mask] = values.index_select(0, pidx[mask]).to(out.dtype)
+    in_base = rows[:, :, None] * src.ws + cols[:, None, :]
+    in_patch = (src.rows + (torch.arange(b, device=dev)[:, None, None] * ph + ry.clamp(0, ph - 1)[:, :, None]) * pw
+                + rx.clamp(0, pw - 1)[:, None, :])
+    index = torch.where(mask, in_patch, in_base).reshape(-1)
+    out = src.with_patch(patch).index_select(0, index).reshape(b, lh, lw, src.c)
     return out.permute(0, 3, 1, 2)
 
 
@@ -101,18 +120,18 @@ def hwc(t: torch.Tensor) -> torch.Tensor:
     return t[0].permute(1, 2, 0).contiguous()
 
 
-def materialize(patch: Patch, src_hwc: torch.Tensor) -> torch.Tensor:
-    """Every position's whole map, BxCxHxW (channels last): the base (`src_hwc`, its HxWxC copy)
-    with the patch pasted."""
+def materialize(patch: Patch, src: Source) -> torch.Tensor:
+    """Every position's whole map, BxCxHxW (channels last): the base (`src`, unpadded) with the
+    patch pasted."""
     if patch.covers_map:
         return patch.data
     h, w = patch.map_size
     zero = torch.zeros_like(patch.y)
-    return gather(src_hwc, patch, (0, 0), zero, zero, h, w)
+    return gather(src, patch, (0, 0), zero, zero, h, w)
 
 
-def regather(patch: Patch, src_hwc: torch.Tensor, y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def regather(patch: Patch, src: Source, y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The positions' values in boxes h x w at (y, x) inside the map (BxCxhxw)."""
     if (h, w) == patch.size and torch.equal(y, patch.y) and torch.equal(x, patch.x):
         return patch.data
-    return gather(src_hwc, patch, (0, 0), y, x, h, w)
+    return gather(src, patch, (0, 0), y, x, h, w)

@@ -18,7 +18,7 @@ from torch import fx
 
 from ...errors import ModelError
 from . import ops
-from .regions import Patch, box, gather, hwc, materialize, regather, slide
+from .regions import Patch, Source, box, gather, hwc, materialize, regather, slide
 
 
 class Full:
@@ -124,24 +124,37 @@ class IncrementalGraph:
             if m:
                 self.counted[n] = m
                 self.macs_full += m
-        self._padded: dict[tuple, torch.Tensor] = {}
+        self._padded: dict[tuple, Source] = {}
         self.stats_macs = 0.0
         self.stats_items = 0
         self.fraction: dict[str, float] = {}  # layer -> summed fraction recomputed, over items
         self.went_whole: dict[str, str] = {}  # node -> why it ran on whole maps (first batch)
 
+    def _sole_owner(self, node) -> bool:
+        """Whether `node` may overwrite its input's patch: no other node can read that tensor (the
+        chain of nodes that pass the same tensor on, back to the one that made it, each has one
+        user, and none is the input image or the followed layer, whose total is read first)."""
+        n = next(a for a in node.all_input_nodes if a in self.dependent)
+        while True:
+            if len(n.users) != 1 or n.op == "placeholder":
+                return False
+            r = self.rules.get(n)
+            if not isinstance(r, (ops.Pointwise, ops.Shift)):
+                return True
+            n = next(a for a in n.all_input_nodes if a in self.dependent)
+
     def _pixels(self, n) -> int:
         v = self.base[n]
         return int(v.shape[-2] * v.shape[-1]) if isinstance(v, torch.Tensor) and v.ndim == 4 else 1
 
-    def _source(self, p: Patch, pads: tuple[int, int, int, int], value: float) -> torch.Tensor:
+    def _source(self, p: Patch, pads: tuple[int, int, int, int], value: float) -> Source:
         """The base map of `p` padded (top, bottom, left, right) with `value`, as HxWxC (cached)."""
         key = (id(p.base), pads, value)
         src = self._padded.get(key)
         if src is None:
             t, b, l, r = pads
             base = torch.nn.functional.pad(p.base, (l, r, t, b), value=value) if any(pads) else p.base
-            src = self._padded[key] = hwc(base)
+            src = self._padded[key] = Source(hwc(base))
         return src
 
     # -- the rules on patches ---------------------------------------------------------------------
@@ -210,7 +223,7 @@ class IncrementalGraph:
         if patches and not any(isinstance(v, Full) for v in vals):
             if isinstance(r, ops.Pointwise) and len(args_in_order) == 1:
                 p = args_in_order[0]
-                data = p.data.clone() if _may_write(node, self.gm) else p.data
+                data = p.data.clone() if _may_write(node, self.gm) and not self._sole_owner(node) else p.data
                 out = p.with_data(self._call(node, [data]), self.base[node])
             elif isinstance(r, ops.Window) and len(args_in_order) == 1:
                 out = self._window(node, r, args_in_order[0])
