@@ -18,8 +18,14 @@ def mode_summary(p: dict) -> str:
         return f"mode full (incremental unavailable: {p['mode_fallback']})"
     if p.get("mode", "full") == "full" or "macs_full" not in p:
         return f"mode {p.get('mode', 'full')}"
-    return (f"mode {p['mode']}: {p['macs_incremental'] / 1e9:.2f} of {p['macs_full'] / 1e9:.2f} G "
+    text = (f"mode {p['mode']}: {p['macs_incremental'] / 1e9:.2f} of {p['macs_full'] / 1e9:.2f} G "
             f"multiply-accumulates per position ({p['macs_ratio']:.1f}x fewer, counted)")
+    drill = p.get("drill_down")
+    if drill:
+        done = drill["computed_positions"]
+        text += (f"; tau {p.get('tau', 1.0)}, {done} of {done + drill['filled_positions']} positions computed "
+                 f"({(done + drill['filled_positions']) / max(1, done) * p['macs_ratio']:.1f}x fewer in all)")
+    return text
 
 
 def register(cli) -> None:
@@ -28,7 +34,7 @@ def register(cli) -> None:
     @cli.command()
     @click.argument("images", nargs=-1, required=True, type=click.Path())
     @model_options
-    @use("window", "stride", "mode", "fill", "target", "layer", "channel", "batch_size", "device", "amp", "out", "out_dir",
+    @use("window", "stride", "mode", "tau", "fill", "target", "layer", "channel", "batch_size", "device", "amp", "out", "out_dir",
          "save", "full_image", "quiet", cmd="occlusion",
          target={"help": "Class index or name to follow [default: top-1 class of the unoccluded image]."},
          layer={"help": "Layer whose feature map is followed [default: last convolutional block]. "
@@ -41,7 +47,7 @@ def register(cli) -> None:
          full_image={"help": "Draw on the whole original photo: the model's crop dashed, the rest hatched "
                              "(not analysed)."})
     @figure_options
-    def occlusion(images, model_spec, window, stride, mode, fill, target, layer, channel, batch_size, device, amp, out,
+    def occlusion(images, model_spec, window, stride, mode, tau, fill, target, layer, channel, batch_size, device, amp, out,
                   out_dir, save, full_image, quiet):
         """Slide a gray square over each image and re-run the network at every position (Zeiler &
         Fergus 2014, Fig. 7). The figure shows the input with the occluder, the chosen feature map,
@@ -71,7 +77,7 @@ def register(cli) -> None:
         for f, img, path in zip(files, pics, figures):
             result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer,
                                       channel=channel, batch_size=batch_size, device=device, amp=amp,
-                                      progress=False if quiet else None, mode=mode)
+                                      progress=False if quiet else None, mode=mode, tau=tau)
             result.params["image_file"] = str(f)
             make_folder(path)
             output.write(result, path, save, echo=False, full_image=full_image)

@@ -152,10 +152,16 @@ OPTIONS: dict[str, Option] = {
     "channel": _opt("--channel", "-c", default=None, type=int,
                     help="Channel of --layer [default: the one with the strongest response to the unoccluded "
                          "image]."),
-    "mode": _opt("--mode", default="full", show_default=True, callback=_check_mode, metavar="full|incremental",
+    "mode": _opt("--mode", default="full", show_default=True, callback=_check_mode,
+                 metavar="full|incremental|approximate",
                  help="full: every occluded image through the whole network; incremental: run the image once, "
                       "then recompute only the region each occluder changes, layer by layer (same maps up to "
-                      "float rounding, fewer multiply-accumulates; a model torch.fx cannot trace runs full)."),
+                      "float rounding, fewer multiply-accumulates; a model torch.fx cannot trace runs full); "
+                      "approximate: incremental with the changed regions of deep layers cut to --tau of the map "
+                      "and the fine grid computed only near the largest drops of a coarse one."),
+    "tau": _opt("--tau", default=0.5, show_default=True, callback=_check_tau, metavar="T",
+                help="--mode approximate: a changed region longer than this fraction of its feature map is cut "
+                     "to its centre (0 < T <= 1; 1 cuts nothing)."),
     "methods": _opt("--methods", default="saliency,guided,deconv,gradcam,ig", show_default=True,
                     help="Comma-separated: saliency, guided, deconv, gradcam, guided_gradcam, ig."),
 }

@@ -12,13 +12,19 @@ with whole maps. The result equals the full computation up to float rounding.
   regions.py  changed regions, boxes and window gathering
   ops.py      the rule of each graph operation
   sweep.py    tracing (torch.fx), the kept unoccluded pass and the per-batch computation
+  drill.py    the approximate mode's adaptive drill-down (coarse grid first, fine where it matters)
+
+The approximate mode adds Krypton's two approximations: projective-field thresholding (a changed
+region longer than a fraction tau of its map is cut to its central part; tau = 1 is exact) and
+adaptive drill-down (the occluder first at every other grid position, then at the fine positions
+next to the coarse ones with the largest probability drops; the rest take the nearest coarse value).
 """
 
 from __future__ import annotations
 
 from ...errors import ParameterError
 
-MODES = ("full", "incremental")
+MODES = ("full", "incremental", "approximate")
 
 
 def check_mode(mode) -> str:

@@ -13,6 +13,8 @@ of each layer recomputed) for the result's params.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import fx
 
@@ -94,7 +96,9 @@ def _display(node: fx.Node) -> str:
 
 class IncrementalGraph:
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, layer_name: str, layer_call: int | None,
-                 layout=torch.channels_last):
+                 layout=torch.channels_last, tau: float = 1.0):
+        self.tau = float(tau)
+        self.truncated: dict[str, int] = {}  # layer -> batches whose changed region was cut to tau of the map
         self.gm, self.followed = trace(model, layer_name, layer_call)
         self.gm.eval()
         self.layout = layout
@@ -163,6 +167,11 @@ class IncrementalGraph:
         (mh, mw), (nh, nw) = out_base.shape[2:], p.map_size
         lo_y, hi_y = slide(p.lo_y, p.hi_y, r.k[0], r.s[0], r.d[0], r.p[0], mh)
         lo_x, hi_x = slide(p.lo_x, p.hi_x, r.k[1], r.s[1], r.d[1], r.p[1], mw)
+        if self.tau < 1.0:
+            lo_y, hi_y, cut_y = self._threshold(lo_y, hi_y, mh)
+            lo_x, hi_x, cut_x = self._threshold(lo_x, hi_x, mw)
+            if cut_y or cut_x:
+                self.truncated[_display(node)] = self.truncated.get(_display(node), 0) + 1
         y, h = box(lo_y, hi_y, mh)
         x, w = box(lo_x, hi_x, mw)
         reach = ((r.k[0] - 1) * r.d[0], (r.k[1] - 1) * r.d[1])
@@ -173,6 +182,17 @@ class IncrementalGraph:
         win = gather(src, p, (r.p[0], r.p[1]), y * r.s[0], x * r.s[1], lh, lw)
         data = r.fn(win)
         return Patch(out_base, data, y, x, lo_y, hi_y, lo_x, hi_x)
+
+    def _threshold(self, lo, hi, m):
+        """Projective-field thresholding (Nakandala et al. 2019, Sec. 4.1): a changed interval
+        longer than tau of the map is cut to its central ceil(tau * m) rows (approximate: what
+        lies outside is read from the unoccluded map)."""
+        cap = max(1, math.ceil(self.tau * m))
+        long = (hi - lo) > cap
+        if not bool(long.any()):
+            return lo, hi, False
+        start = torch.div(lo + hi - cap, 2, rounding_mode="floor").clamp(0, m - cap)
+        return torch.where(long, start, lo), torch.where(long, start + cap, hi), True
 
     def _combine(self, node, r: ops.Combine, vals: list) -> Patch | None:
         patches = [v for v in vals if isinstance(v, Patch)]
@@ -309,5 +329,6 @@ class IncrementalGraph:
         return {"macs_full": int(self.macs_full), "macs_incremental": int(round(self.stats_macs / n)),
                 "macs_ratio": round(self.macs_full / max(1.0, self.stats_macs / n), 3),
                 "recomputed_fraction": {k: round(v / n, 4) for k, v in self.fraction.items()},
-                "whole_from": dict(list(self.went_whole.items())[:8]), "not_understood": self.unknown[:8]}
+                "whole_from": dict(list(self.went_whole.items())[:8]), "not_understood": self.unknown[:8],
+                **({"tau": self.tau, "tau_truncated_layers": sorted(self.truncated)} if self.tau < 1.0 else {})}
 
