@@ -241,3 +241,32 @@ def test_cli_incremental_on_an_untraceable_model_runs_full_and_says_so(tmp_path,
     assert res.exit_code == 0, res.output
     assert "mode full (incremental unavailable: _Untraceable cannot be traced" in res.stdout
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.5", "1.5", "half", "nan"])
+def test_cli_tau_outside_0_1_is_a_one_line_error_and_writes_nothing(tmp_path, bad):
+    res = _cli(["--model", "alexnet", "--weights", "none", "--mode", "approximate", "--tau", bad, "--out",
+                str(tmp_path / "f.png"), "--quiet"])
+    one_line_error(res, "--tau", "(0, 1]")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_approximate_mode_records_its_approximations_and_tau_one_without_drill_down_is_exact(monkeypatch):
+    lm = _random("resnet18", 96, seed=5)
+    pixels, _ = lm.prepare(sample_image(10))
+    exact = occlusion(lm, pixels, window=24, stride=12, mode="incremental", batch_size=8, progress=False)
+    r = occlusion(lm, pixels, window=24, stride=12, mode="approximate", tau=0.5, batch_size=8, progress=False)
+    p = r.params
+    assert p["mode"] == "approximate" and p["tau"] == 0.5 and p["tau_truncated_layers"]
+    assert any("tau=0.5" in a for a in p["approximations"]) and any("drill-down" in a for a in p["approximations"])
+    d = p["drill_down"]
+    assert d["computed_positions"] + d["filled_positions"] == p["num_positions"] and d["filled_positions"] > 0
+    assert p["macs_incremental"] < exact.params["macs_incremental"]
+    # with nothing cut (tau 1) and every coarse position drilled, the approximate mode is the exact one
+    from cnnviz.engines.incremental import drill
+
+    monkeypatch.setattr(drill, "TOP_FRACTION", 1.0)
+    same = occlusion(lm, pixels, window=24, stride=12, mode="approximate", tau=1.0, batch_size=8, progress=False)
+    assert same.params["drill_down"]["filled_positions"] == 0
+    np.testing.assert_allclose(same.true_class_prob, exact.true_class_prob, atol=1e-6)
+    np.testing.assert_allclose(same.feature_activation, exact.feature_activation, rtol=1e-5)

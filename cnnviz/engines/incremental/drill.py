@@ -26,9 +26,10 @@ def coarse_positions(ny: int, nx: int, step: int = STEP) -> np.ndarray:
 
 
 def fine_positions(ny: int, nx: int, coarse: np.ndarray, drops: np.ndarray, step: int = STEP,
-                   top_fraction: float = TOP_FRACTION) -> np.ndarray:
+                   top_fraction: float | None = None) -> np.ndarray:
     """Flat indices, not coarse, within step-1 positions (each axis) of a coarse position whose drop
     is among the largest `top_fraction` of the coarse drops."""
+    top_fraction = TOP_FRACTION if top_fraction is None else top_fraction
     k = max(1, int(np.ceil(top_fraction * len(coarse))))
     chosen = coarse[np.argsort(-drops, kind="stable")[:k]]
     near = np.zeros((ny, nx), dtype=bool)
