@@ -94,7 +94,7 @@ def register(cli) -> None:
     @click.option("--layer", "-l", default=None, metavar="NAME",
                   help="Layer of the units section (its most class-selective units and their top patches); see "
                        "`cnnviz layers` [default: no units section].")
-    @click.option("--units", "num_units", default=6, show_default=True, type=click.IntRange(min=1),
+    @click.option("--num-units", "num_units", default=6, show_default=True, type=click.IntRange(min=1),
                   help="With --layer: how many of the most selective units are shown.")
     @click.option("-k", "k", default=4, show_default=True, type=click.IntRange(min=1),
                   help="With --layer: top images per unit.")
@@ -119,7 +119,7 @@ def register(cli) -> None:
         from cnnviz.models import Preprocessing
 
         methods_t = check_methods(methods)
-        unused = [{"num_units": "--units", "k": "-k"}[n] for n in _main._given("num_units", "k")]
+        unused = [{"num_units": "--num-units", "k": "-k"}[n] for n in _main._given("num_units", "k")]
         if layer is None and unused:
             raise ParameterError(f"{' and '.join(unused)} choose the units of the units section, which needs --layer; "
                                  "add --layer L (see `cnnviz layers`) or drop them")

@@ -63,7 +63,7 @@ def report(tmp_path_factory, lite0):
     try:
         out = CliRunner().invoke(climain.cli, ["audit", str(root / "data.csv"), "--out", str(root / "report"),
                                                "--methods", "gradcam,saliency", "--steps", "4", "--sanity-images",
-                                               "1", "--layer", "_blocks.10", "--units", "3", "-k", "3", "-q"])
+                                               "1", "--layer", "_blocks.10", "--num-units", "3", "-k", "3", "-q"])
     finally:
         climain._load = real
     assert out.exit_code == 0, out.output
