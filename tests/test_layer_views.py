@@ -135,3 +135,16 @@ def test_ordinary_maps_and_vectors_are_left_as_they_are_and_others_refused():
     assert require_maps(vec, vector_ok=True) is vec
     with pytest.raises(LayerError, match="not CxHxW"):
         require_maps(vec)
+
+
+def test_occlusion_follows_a_token_layer_as_a_map_and_the_incremental_mode_says_it_cannot(vit):
+    from cnnviz.errors import ParameterError
+
+    photo = sample_image(0)
+    r = cnnviz.occlusion(vit, photo, window=112, stride=112, layer="blocks.11", channel=5, batch_size=4,
+                         progress=False)
+    assert r.feature_map.shape == (14, 14)
+    raw, _ = _raw_output(vit.model.eval(), "blocks.11", vit.prepare(photo)[1])
+    np.testing.assert_allclose(r.params["baseline_activation"], float(raw[0, 1:, 5].sum()), rtol=1e-4)
+    with pytest.raises(ParameterError, match="mode 'incremental' follows layers that output CxHxW maps"):
+        cnnviz.occlusion(vit, photo, window=112, stride=112, layer="blocks.11", mode="incremental", progress=False)

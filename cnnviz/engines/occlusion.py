@@ -17,7 +17,7 @@ from ..batching import Batches, check_batch_size, model_work, pad
 from ..errors import LayerError, ParameterError
 from ..fold import folded
 from ..geometry import params_of, stack_thumbnails
-from ..layers import capture, default_feature_layer, resolve_layer, trace_layers
+from ..layers import capture, default_feature_layer, require_maps, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import OcclusionResult, provenance
 from .incremental import check_mode, check_tau
@@ -95,10 +95,11 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     ys, xs = occluder_positions(tuple(x.shape[2:]), window, stride)
     fill_value = lm.preprocessing.fill_value(fill)
     target_index = None if target is None else lm.class_index(target)
-    info = default_feature_layer(lm.model, x) if layer is None else resolve_layer(lm.model, layer, x)
-    if info.shape is None or len(info.shape) != 3:
-        raise LayerError(f"layer {info.address!r} has output {info.shape}, not a CxHxW feature map; choose a "
-                         "convolutional layer")
+    info = require_maps(default_feature_layer(lm.model, x) if layer is None else resolve_layer(lm.model, layer, x))
+    if info.view is not None and mode != "full":
+        raise ParameterError(f"mode {mode!r} follows layers that output CxHxW maps; {info.address!r} is read as maps "
+                             f"from {'channels-last' if info.view == 'hwc' else 'token'} output: use mode full or "
+                             "another layer")
     if channel is not None and not 0 <= int(channel) < info.shape[0]:
         raise LayerError(f"channel {channel} is out of range: layer {info.address!r} has channels 0..{info.shape[0] - 1}")
 
