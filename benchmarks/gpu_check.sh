@@ -24,7 +24,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $DEST/NAME.lo
 }
 
 step tests 120 python -m pytest -q -m cuda tests/test_cuda.py
-step occlusion 150 python benchmarks/occlusion.py --device cuda \
+step occlusion 200 python benchmarks/occlusion.py --device cuda --modes full,incremental \
     --models efficientnet_lite0:8,alexnet:8,resnet18:8,vgg16:8 --batch-sizes 16,64,256 \
     --perturbations 16,64,256 --repeats 3 --budget 120 --out "$DEST/occlusion.md"
 step gradients 60 python benchmarks/gradients.py --device cuda --images 16 --repeats 3
