@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU checks in one go, on a machine with CUDA (about 7 minutes on one H200): the tests marked
+# The GPU checks in one go, on a machine with CUDA (at most 7 min 50 s: each step has a limit): the tests marked
 # `cuda`, then the occlusion, gradients, topk and featvis benchmarks on the GPU. Each step has its
 # own time limit, so one slow step cannot eat the others'. Tables and logs go to $OUT (the device
 # tool's folder) or ./gpu-check.
@@ -24,7 +24,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $DEST/NAME.lo
 }
 
 step tests 120 python -m pytest -q -m cuda tests/test_cuda.py
-step occlusion 200 python benchmarks/occlusion.py --device cuda --modes full,incremental \
+step occlusion 170 python benchmarks/occlusion.py --device cuda --modes full,incremental \
     --models efficientnet_lite0:8,alexnet:8,resnet18:8,vgg16:8 --batch-sizes 16,64,256 \
     --perturbations 16,64,256 --repeats 3 --budget 120 --out "$DEST/occlusion.md"
 step gradients 60 python benchmarks/gradients.py --device cuda --images 16 --repeats 3
