@@ -1,6 +1,7 @@
 """The attribution commands: saliency, guided, deconv, smoothgrad, gradcam, gradcampp, layercam,
 scorecam, rise, lrp, ig (one command per backprop method), compare and sanity. Each takes image
-files and folders; options come from `cnnviz_cli.options`, figure paths from `cnnviz_cli.inputs` (checked before the model loads)."""
+files and folders; options come from `cnnviz_cli.options`, figure paths from `cnnviz_cli.inputs`
+(checked before the model loads)."""
 
 from __future__ import annotations
 

@@ -180,6 +180,7 @@ VALUE = {
     "--clip-percentile": "0", "--l2-decay": "0.001", "--octaves": "2", "--octave-scale": "1.3", "--jitter": "8",
     "--step-size": "0.01", "--tv": "0.1", "--beta": "2", "--alpha": "6", "--alpha-weight": "0.001",
     "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid",
+    "--rule": "alphabeta",
 }
 POSITIONAL = {"render": ["r.npz"], "topk": ["photos"]}
 REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"]}

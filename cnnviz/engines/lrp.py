@@ -30,7 +30,6 @@ The class relevance sent back is the class score itself (`Target(value="score")`
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ParameterError
 from ..rules import Rule, quiet
@@ -227,4 +226,4 @@ def prepare(model, example: torch.Tensor, layer=None):
     return copy_, {k: v for k, v in info.items() if k in ("folded", "folded_batch_norms", "fold_reason")}
 
 
-__all__ = ["LRP", "Epsilon", "ZPlus", "AlphaBeta", "Relevance", "lrp_rule", "prepare", "stabilize", "F"]
+__all__ = ["LRP", "Epsilon", "ZPlus", "AlphaBeta", "Relevance", "lrp_rule", "prepare", "stabilize"]

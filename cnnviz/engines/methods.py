@@ -18,7 +18,7 @@ output is per image: the mean over noisy copies of the input.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -264,4 +264,4 @@ def smooth(method: str | Method, samples: int = 25, noise: float = 0.15, mode: s
     return SmoothGrad(get(method) if isinstance(method, str) else method, samples, noise, mode)
 
 
-__all__ = ["Method", "REGISTRY", "register", "get", "names", "signal_at_input", "SmoothGrad", "smooth", "replace"]
+__all__ = ["Method", "REGISTRY", "register", "get", "names", "signal_at_input", "SmoothGrad", "smooth"]

@@ -163,7 +163,8 @@ def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float
     signed = _signed(result)
     maps = np.asarray(result.map)
     n = maps.shape[0]
-    rgb = p.get("method") in REGISTRY and REGISTRY[p["method"]].rgb and result.attribution is not None and result.attribution.shape[1] == 3
+    rgb = (p.get("method") in REGISTRY and REGISTRY[p["method"]].rgb and result.attribution is not None
+           and result.attribution.shape[1] == 3)
     cols = 2 + int(overlay) + int(rgb)
     shared_norm = map_norm(maps, signed, clip) if shared_scale else None
     shared_rgb = _top(result.attribution, clip) if (shared_scale and rgb) else None
