@@ -311,7 +311,7 @@ class BackwardRule(TorchFunctionMode):
       chosen per layer (see the module's docstring); a mapping needs `model`, whose modules get
       forward pre-hooks (and forward hooks) for the block's duration only."""
 
-    def __init__(self, rule="guided", model=None):
+    def __init__(self, rule, model=None):
         super().__init__()
         if isinstance(rule, Mapping):
             if model is None:
