@@ -218,7 +218,3 @@ def register(cli) -> None:
     _gradient_command(cli, "ig", "Integrated Gradients (signed map).", """Integrated Gradients (Sundararajan et al. 2017, via captum) from a baseline image
     (--baseline, black by default) in --steps steps: a signed map (diverging colours, centred on
     zero). Each image in turn, its scaled copies --internal-batch at a time (memory bounded).""" + IMAGES_NOTE)
-
-    from .compare import register as register_compare
-
-    register_compare(cli)

@@ -22,7 +22,8 @@ def _names(text: str, what: str, allowed=None) -> list[str]:
 
 
 def register(cli):
-    from cnnviz_cli.main import _load, model_options
+    from cnnviz_cli.main import model_options
+    from cnnviz_cli import main as _main  # looked up at each call: tests hand over a loaded model
     from cnnviz_cli.output import figure_options
 
     @cli.command(short_help="Feature distance and class probability under translation, scale, rotation (ZF Fig. 5).")
@@ -59,7 +60,7 @@ def register(cli):
         output.check(out, save)
         resolve_device(device)
         pics = [load_image(p) for p in images]  # unreadable images: one line before the model loads
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         result = run(lm, pics, transforms=kinds, layers=layer_list, target=target, device=device)
         result.params["names"] = [Path(p).name for p in images]
         output.write(result, out, save, echo=False)

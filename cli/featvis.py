@@ -136,7 +136,8 @@ def _engine_options(o: dict) -> dict:
 
 
 def register(cli):
-    from cnnviz_cli.main import _check_amp, _given, _load, _no_labels, _reject, model_options
+    from cnnviz_cli import main as _main  # looked up at each call: tests hand over a loaded model
+    from cnnviz_cli.main import _check_amp, _given, _no_labels, _reject, model_options
     from cnnviz_cli.output import figure_options
 
     @cli.command(short_help="Images that drive units of a layer (feature visualization).")
@@ -171,7 +172,7 @@ def register(cli):
         _outputs(out, o["save"])
         _no_repeats(parse_units(units), "--units", lambda u: f"unit {u}")  # syntax errors before the model loads
         _check_optimization(o)
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         t0 = time.perf_counter()
         result = visualize_units(lm, layer, units, neuron_centre=neuron, **_engine_options(o))
         seconds = time.perf_counter() - t0
@@ -210,7 +211,7 @@ def register(cli):
         out = out or f"{_model_stem(model_spec)}_classviz.png"
         _outputs(out, o["save"])
         _check_optimization(o)
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         lowered = {c.lower() for c in lm.categories}
         names = []
         for t in target:  # a class name holding a comma stays whole
@@ -285,7 +286,7 @@ def register(cli):
         _no_labels(model_spec, "dream")
         _check_amp(amp, device)
         pic = load_image(image)  # before the model: a bad file fails fast
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         t0 = time.perf_counter()
         result = deep_dream(lm, pic, layer, size=size, octaves=octaves, octave_scale=octave_scale, steps=steps,
                             step_size=step_size, jitter=jitter, seed=seed, device=device, amp=amp,
@@ -369,7 +370,7 @@ def register(cli):
         _no_labels(model_spec, "invert")
         _check_amp(amp, device)
         pic = load_image(image)  # before the model: a bad file fails fast
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         t0 = time.perf_counter()
         result = run_invert(lm, pic, names, steps=steps, priors=priors, param=param, transforms=transforms, lr=lr,
                             tv=tv, beta=beta, alpha=alpha, alpha_weight=alpha_weight, seed=seed, device=device,

@@ -11,7 +11,8 @@ from cnnviz_cli.options import use
 
 
 def register(cli):
-    from cnnviz_cli.main import _given, _load, _no_labels, model_options
+    from cnnviz_cli.main import _given, _no_labels, model_options
+    from cnnviz_cli import main as _main  # looked up at each call: tests hand over a loaded model
     from cnnviz_cli.output import figure_options
 
     @cli.command(short_help="The first convolution's filters as images (Zeiler & Fergus Fig. 6).")
@@ -30,7 +31,7 @@ def register(cli):
         _no_labels(model_spec, "filters")
         out = out or f"{Path(model_spec['name']).name.replace(':', '_')}_filters.png"
         output.check(out, save)
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         result = first_layer_filters(lm)
         output.write(result, out, save, echo=False)
         p = result.params
@@ -63,7 +64,7 @@ def register(cli):
 
         resolve_device(device)
         pic = load_image(image)
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         if _given("top"):  # the default (32) is cut to the layer's channels
             _check_top(lm, layer, top)
         result = feature_maps(lm, pic, layer=layer, top=top, device=device)
@@ -82,8 +83,8 @@ def _check_top(lm, layer: str | None, top: int) -> None:
     (drawing a thousand maps takes minutes). The layer is resolved on a zero image of the input size."""
     import torch
 
-    from cnnviz.errors import LayerError, ParameterError
-    from cnnviz.layers import default_feature_layer, resolve_layer
+    from cnnviz.errors import ParameterError
+    from cnnviz.layers import default_feature_layer, require_maps, resolve_layer
 
     h, w = lm.input_size
     example = torch.zeros(1, 3, h, w)
@@ -93,9 +94,7 @@ def _check_top(lm, layer: str | None, top: int) -> None:
         info = default_feature_layer(lm.model, example) if layer is None else resolve_layer(lm.model, layer, example)
     finally:
         lm.model.train(was_training)
-    if info.shape is None or len(info.shape) != 3:
-        raise LayerError(f"layer {info.address!r} outputs {info.shape}, not CxHxW feature maps; choose a "
-                         "convolutional layer (see `cnnviz layers`)")
+    require_maps(info)
     if top > info.shape[0]:
         explicit = "" if layer is not None else " (the default layer)"
         raise ParameterError(f"--top {top} is more than the {info.shape[0]} channels of {info.address!r}{explicit}; "

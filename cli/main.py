@@ -317,22 +317,29 @@ def render(result, out, full_image):
 
 
 def _register_modules():
-    # commands that live in their own modules of this package
-    from cnnviz_cli.attribution import register as register_attribution
-    from cnnviz_cli.experiments import register as register_experiments
-    from cnnviz_cli.occlusion import register as register_occlusion
-    from cnnviz_cli.featvis import register as register_featvis
-    from cnnviz_cli.filters import register as register_filters
-    from cnnviz_cli.rf import register as register_rf
-    from cnnviz_cli.topk import register as register_topk
+    """Every module of this package with a `register(cli)` adds its commands (an analysis declares
+    its command where it is defined, see cnnviz.analyses), then every plug-in of the
+    `cnnviz.analyses` entry point group that has one."""
+    import importlib
+    import pkgutil
 
-    register_occlusion(cli)
-    register_attribution(cli)
-    register_filters(cli)
-    register_rf(cli)
-    register_topk(cli)
-    register_featvis(cli)
-    register_experiments(cli)
+    import cnnviz_cli
+    from cnnviz.analyses import plugins
+
+    for info in pkgutil.iter_modules(cnnviz_cli.__path__, "cnnviz_cli."):
+        if info.name != __name__ and info.name != "cnnviz_cli.main":
+            module = importlib.import_module(info.name)
+            if callable(getattr(module, "register", None)):
+                module.register(cli)
+    for module in plugins():
+        if callable(getattr(module, "register", None)):
+            try:
+                module.register(cli)
+            except Exception as e:  # a broken plug-in must not break the built-in commands
+                import warnings
+
+                warnings.warn(f"cnnviz analysis plug-in {module.__name__!r} failed to register its commands: "
+                              f"{type(e).__name__}: {e}", stacklevel=2)
 
 
 _register_modules()

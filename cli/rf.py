@@ -8,7 +8,8 @@ from cnnviz_cli.options import use
 
 
 def register(cli):
-    from .main import _architecture_only, _given, _load, _parse_pair, _reject, model_options
+    from .main import _architecture_only, _given, _parse_pair, _reject, model_options
+    from cnnviz_cli import main as _main  # looked up at each call: tests hand over a loaded model
     from cnnviz_cli.output import figure_options, style
 
     @cli.command(short_help="Receptive field size, stride and padding of every layer (no weights needed).")
@@ -83,7 +84,7 @@ def register(cli):
         if input_size is not None:
             size = _parse_pair(input_size, "--input-size")
             size = size if isinstance(size, tuple) else (size, size)
-        lm = _load(model_spec, structure_only=True)
+        lm = _main._load(model_spec, structure_only=True)
         try:
             result = receptive_field(lm, size)
         except RuntimeError as e:  # an input too small for a kernel, or a size the model cannot take
@@ -141,7 +142,7 @@ def register(cli):
                 files.append(p)
             else:
                 raise ImageError(f"image or folder not found: {str(p)!r}")
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
         skipped = []
         x, names, channel = select_images(lm, layer, files, channel, max_images, device, skipped=skipped)
         for _, why in skipped:  # unreadable files are skipped; none readable is an error

@@ -11,7 +11,8 @@ from cnnviz_cli.options import use
 
 
 def register(cli) -> None:
-    from cnnviz_cli.main import _load, model_options
+    from cnnviz_cli.main import model_options
+    from cnnviz_cli import main as _main  # looked up at each call: tests hand over a loaded model
     from cnnviz_cli.output import figure_options, style
 
     @cli.command(short_help="The k images that activate each unit of a layer most.")
@@ -79,7 +80,7 @@ def register(cli) -> None:
         if rank0:
             for path in outputs:  # what a kill -9 in a previous run's write left behind
                 remove_stale_temporaries(path)
-        lm = _load(model_spec)
+        lm = _main._load(model_spec)
 
         def write(result):  # on rank 0, before the progress file goes: see scan()
             import matplotlib.pyplot as plt

@@ -2,8 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .engines import featvis
-from .engines.occlusion import occlusion
 from .errors import CnnvizError
 from .images import load_image
 from .layers import capture, resolve_layer, trace_layers
@@ -18,8 +16,9 @@ def render(result, path=None, **options):
     return _render(result, path, **options)
 
 
-# The other engines, imported when first used (`cnnviz.attribute(...)`): name -> module
-_LAZY = {"wrap": ".wrap", "attribute": ".engines.gradients", "sanity": ".engines.sanity", "scan": ".engines.topk",
+# The engines, imported when first used (`cnnviz.occlusion(...)`): name -> module (the name itself
+# when it is a module); `import cnnviz` and the result types stay free of engine imports
+_LAZY = {"featvis": ".engines.featvis", "occlusion": ".engines.occlusion", "wrap": ".wrap", "attribute": ".engines.gradients", "sanity": ".engines.sanity", "scan": ".engines.topk",
          "unit_patches": ".engines.patches", "receptive_field": ".engines.receptive_field",
          "effective_receptive_field": ".engines.receptive_field",
          "empirical_receptive_field": ".engines.empirical_rf", "first_layer_filters": ".engines.filters",
@@ -30,7 +29,8 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        module = importlib.import_module(_LAZY[name], __name__)
+        value = module if module.__name__.endswith("." + name) and not hasattr(module, name) else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'cnnviz' has no attribute {name!r}")
@@ -40,6 +40,6 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = [*_LAZY, "__version__", "featvis", "occlusion", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers",
+__all__ = [*_LAZY, "__version__", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers",
            "DEFAULT_MODEL", "LoadedModel", "Preprocessing", "available_models", "load_model", "OcclusionResult",
            "Result", "load_result", "render"]

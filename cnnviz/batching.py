@@ -15,9 +15,10 @@ remembered in `remembered_path()` (a small JSON file; CNNVIZ_CACHE_DIR=off keeps
 16 when the machine is busy (the 1-minute load average above 1.5x the cores this process may use);
 else 4 (16 on a GPU). From there the search goes up while that is clearly faster and, when the
 first step up loses, down, one batch per size; the final choice is remembered for next time with
-the time per item of every size timed, so a later call skips the neighbours already found slower
-(it runs at the remembered size from its first batch) and tries only those never timed (a small
-job that cut the first search short finishes it over the next calls).
+the time per item of every size timed, so a later call skips the neighbours already found clearly
+slower (it runs at the remembered size from its first batch) and tries those never timed (a small
+job that cut the first search short finishes it over the next calls) or lost by little (a noisy
+batch does not settle the choice for good).
 
 Exactness. On the CPU, oneDNN/MKL compute images in groups of `GROUP` = 4 along the batch axis:
 an image's outputs are bitwise the same in any batch whose groups are full, but an image in a
@@ -59,6 +60,7 @@ RECHECK_SLOWDOWN = 1.5  # re-check when the recent time per item exceeds the tun
 RECHECK_WINDOW = 5  # batches in the running median
 RECHECK_SPACING = 5  # batches at least between re-checks (and before the first)
 MIN_GAIN = 0.05  # a size other than the start is kept only when it is this much faster per item
+CLOSE_CALL = 0.15  # a remembered neighbour this much slower per item or less is timed again
 BUSY_LOAD = 1.5  # the machine is busy when the 1-minute load average exceeds this many times its cores
 CPU_BUSY_START = 16
 REMEMBERED_ENTRIES = 256  # the file keeps the most recent choices
@@ -295,9 +297,11 @@ class Batches:
         return size in self.times and self._rate(size) < (1 - MIN_GAIN) * self._rate(than)
 
     def _known_to_lose(self, size: int, than: int) -> bool:
-        """The remembered search timed both and `size` was not clearly faster: not worth a batch."""
+        """The remembered search timed both and `size` was clearly slower (by CLOSE_CALL): not worth
+        a batch. A close loser is timed again: one batch costs little when it is close, and one
+        noisy batch must not settle the choice for good."""
         k = self.known_rates
-        return size in k and than in k and not k[size] < (1 - MIN_GAIN) * k[than]
+        return size in k and than in k and k[size] > (1 + CLOSE_CALL) * k[than]
 
     # -- the schedule -----------------------------------------------------------------------------
     def __iter__(self):

@@ -157,6 +157,18 @@ def resolve_layer(model: nn.Module, address: str, example: torch.Tensor) -> Laye
     return info
 
 
+def require_maps(info: LayerInfo, *, vector_ok: bool = False) -> LayerInfo:
+    """`info` when its output is CxHxW feature maps (or, with `vector_ok`, a vector of units);
+    else a one-line LayerError naming the layer, its output and the fix. The one place that rule
+    is checked."""
+    dims = (1, 3) if vector_ok else (3,)
+    if info.shape is None or len(info.shape) not in dims:
+        want = "CxHxW feature maps or a vector of units" if vector_ok else "CxHxW feature maps"
+        raise LayerError(f"layer {info.address!r} outputs {_shape_str(info.shape) if info.shape else 'no tensor'}, "
+                         f"not {want}; choose a convolutional layer (see `cnnviz layers`)")
+    return info
+
+
 def _shape_str(shape) -> str:
     return "x".join(str(s) for s in shape) if shape else "-"
 

@@ -38,6 +38,10 @@ class Result:
     """Base of all results: NumPy array fields go to the npz, `params` and `provenance` to JSON."""
 
     kind: ClassVar[str] = "result"
+    # How its figure is drawn: figure(result, *, width, layout, **options) -> matplotlib Figure, given
+    # as the function or as "module:function" (imported when first drawn); None: no figure.
+    renderer: ClassVar = None
+    full_image: ClassVar[bool] = False  # the renderer can draw on the whole original photo
     # What a saved result of this kind must hold to be drawn (see cnnviz.schema).
     param_schema: ClassVar[dict] = {}
     array_schema: ClassVar[dict] = {}
@@ -213,9 +217,9 @@ def load_result(path: str | os.PathLike) -> Result:
         raise ResultError(f"{str(sidecar)!r} is not a cnnviz result sidecar ({e})") from None
     S.check_meta(meta, repr(str(sidecar)))
     kind = meta["kind"]
-    if kind not in _REGISTRY:  # result types defined beside their engines register on import
-        from .engines import filters, invariance, patches, receptive_field, topk  # noqa: F401
-    cls = _REGISTRY.get(kind)
+    from .analyses import result_type
+
+    cls = result_type(kind)
     if cls is None:
         raise ResultError(f"{str(p)!r} holds a {kind!r} result, which this cnnviz version does not know")
     S.check_params(meta["params"], cls.param_schema, repr(str(sidecar)), kind)
@@ -276,6 +280,8 @@ class OcclusionResult(Result):
     """
 
     kind: ClassVar[str] = "occlusion"
+    renderer: ClassVar = "cnnviz.render.occlusion:figure"
+    full_image: ClassVar[bool] = True
     param_schema: ClassVar[dict] = {
         "window": S.PAIR, "stride": S.PAIR, "target": S.INT, "target_name": S.TEXT, "layer": S.TEXT,
         "channel": S.INT, "baseline_prob": S.NUMBER, "baseline_activation": S.NUMBER,
@@ -334,6 +340,8 @@ class GradientResult(Result):
     """
 
     kind: ClassVar[str] = "gradients"
+    renderer: ClassVar = "cnnviz.render.gradients:figure"
+    full_image: ClassVar[bool] = True
     param_schema: ClassVar[dict] = {"method": S.TEXT}
     array_schema: ClassVar[dict] = {
         "image": S.Arr("u", ("N", "H", "W", 3)), "attribution": S.Arr("f", ("N", None, "H", "W")),
@@ -356,6 +364,7 @@ class CompareResult(Result):
     """
 
     kind: ClassVar[str] = "compare"
+    renderer: ClassVar = "cnnviz.render.compare:figure"
     param_schema: ClassVar[dict] = {"method_params": S.Check(
         lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, dict) and "method" in x for x in v),
         "a list of each method's params")}
@@ -389,22 +398,6 @@ class CompareResult(Result):
                                target_names=self.target_names, top1=self.top1)
                 for j, p in enumerate(self.params["method_params"])]
 
-    def render(self, path: str | os.PathLike | None = None, **options):
-        """The side-by-side figure of `cnnviz compare` (drawn by cnnviz.render.gradients)."""
-        from .errors import ParameterError
-        from .files import FIGURE_SUFFIXES, check_output
-        from .render.gradients import compare_figure
-        from .render.style import save_figure
-
-        if options.pop("full_image", False):
-            raise ParameterError("a compare result is drawn on the model's crop only; leave out --full-image")
-        target = check_output(path, FIGURE_SUFFIXES) if path is not None else None
-        fig = compare_figure(self.parts(), shared_scale=options.pop("shared_scale", self.params.get("shared_scale")),
-                             **options)
-        if target is not None:
-            save_figure(fig, target)
-        return fig
-
 
 @dataclasses.dataclass
 class SanityResult(Result):
@@ -422,6 +415,7 @@ class SanityResult(Result):
     """
 
     kind: ClassVar[str] = "sanity"
+    renderer: ClassVar = "cnnviz.render.sanity:figure"
     param_schema: ClassVar[dict] = {"target_name": S.optional(S.TEXT), "layer": S.optional(S.TEXT)}
     array_schema: ClassVar[dict] = {
         "image": S.Arr("u", ("H", "W", 3)), "steps": S.Arr("U", ("S",)), "methods": S.Arr("U", ("M",)),
@@ -455,6 +449,7 @@ class FeatvisResult(Result):
     """
 
     kind: ClassVar[str] = "featvis"
+    renderer: ClassVar = "cnnviz.render.featvis:figure"
     param_schema: ClassVar[dict] = {"mode": S.TEXT, "score_label": S.optional(S.TEXT)}
     array_schema: ClassVar[dict] = {
         "images": S.Arr("u", ("B", None, None, 3)), "labels": S.Arr("U", ("B",)), "objective": S.Arr("f", ("B",)),

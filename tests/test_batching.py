@@ -151,6 +151,22 @@ def test_a_search_cut_short_by_a_small_job_goes_on_in_the_next_call(monkeypatch,
     assert Batches(100, device="cpu", work=work).first == 64, "the last choice is the next start"
 
 
+def test_a_close_loser_is_timed_again_a_clear_one_is_not(monkeypatch):
+    # first call: 64 loses to 32 by 8 % (a noisy batch, say) and 16 by 24 %; later 64 is 10 % faster
+    def per_item(first):
+        return {4: 3.0, 8: 2.0, 16: 1.24, 32: 1.0, 64: 1.08 if first else 0.9, 128: 5.0}
+
+    work = {"engine": "test", "model": "close call"}
+    sizes = []
+    for call in range(2):
+        b = Batches(3000, device="cpu", work=work)
+        slices = _Clock(lambda k, lo, r=per_item(call == 0): k * r[k] if k in r else k * 9.0).run(b)
+        sizes.append(b.record()["batch_size"])
+    assert sizes == [32, 64], sizes
+    assert "16" not in b.record()["batch_trials"], "a clear loser is not timed again"
+    assert slices[:2] == [(0, 32), (32, 96)], "the remembered size first, then the close neighbour"
+
+
 @pytest.mark.parametrize("where", ["off", "damaged", "unwritable"])
 def test_remembering_never_gets_in_the_way(monkeypatch, tmp_path, where):
     store = tmp_path / "cache"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageError, LayerError, ParameterError
-from ..layers import capture, resolve_layer
+from ..layers import capture, require_maps, resolve_layer
 from .common import default_batch_size, model_on_device, resolve_device
 from .occlusion import occluded_batch
 from .receptive_field import RFInfo, receptive_fields
@@ -141,10 +141,7 @@ def select_images(lm, layer: str, images, channel: int | None = None, max_images
     dev = resolve_device(device)
     batch_size = int(batch_size or 2 * default_batch_size(dev))
     x_all, names = _as_inputs(lm, images, skipped)
-    info = resolve_layer(lm.model, layer, x_all[:1])
-    if info.shape is None or len(info.shape) != 3:
-        raise LayerError(f"layer {info.address!r} has output {info.shape}, not a CxHxW feature map; choose a "
-                         "convolutional layer")
+    info = require_maps(resolve_layer(lm.model, layer, x_all[:1]))
     nc = info.shape[0]
     if channel is not None and not (isinstance(channel, (int, np.integer)) and 0 <= channel < nc):
         raise LayerError(f"channel {channel!r} is out of range: layer {info.address!r} has channels 0..{nc - 1}")
@@ -203,10 +200,7 @@ def empirical_receptive_field(lm, layer: str, channel: int | None, images, occlu
     names = list(names) if names is not None and len(names) == len(x_all) else given
     h, w = x_all.shape[-2:]
     model = lm.model
-    info = resolve_layer(model, layer, x_all[:1])
-    if info.shape is None or len(info.shape) != 3:
-        raise LayerError(f"layer {info.address!r} has output {info.shape}, not a CxHxW feature map; choose a "
-                         "convolutional layer")
+    info = require_maps(resolve_layer(model, layer, x_all[:1]))
     rf = {i.address: i for i in receptive_fields(model, (h, w))}[info.address]
     if rf.rf is None:
         raise LayerError(f"layer {info.address!r} has no spatial receptive field")

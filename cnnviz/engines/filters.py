@@ -19,7 +19,7 @@ import torch
 
 from ..errors import LayerError, ParameterError
 from ..geometry import params_of, stack_thumbnails
-from ..layers import capture, default_feature_layer, resolve_layer, trace_layers
+from ..layers import capture, default_feature_layer, require_maps, resolve_layer, trace_layers
 from ..models import LoadedModel
 from .. import schema as S
 from ..results import Result, provenance
@@ -36,6 +36,7 @@ class FiltersResult(Result):
     """
 
     kind: ClassVar[str] = "filters"
+    renderer: ClassVar = "cnnviz.render.filters:filters_figure"
     param_schema: ClassVar[dict] = {"layer": S.TEXT, "kernel": S.PAIR, "in_channels": S.INT}
     array_schema: ClassVar[dict] = {"weights": S.Arr("f", ("C", None, None, None)), "bias": S.Arr("f", ("C",))}
     weights: np.ndarray = None
@@ -53,6 +54,7 @@ class ActivationsResult(Result):
     """
 
     kind: ClassVar[str] = "activations"
+    renderer: ClassVar = "cnnviz.render.filters:activations_figure"
     param_schema: ClassVar[dict] = {"layer": S.TEXT, "num_channels": S.INT}
     array_schema: ClassVar[dict] = {
         "image": S.Arr("u", (None, None, 3)), "maps": S.Arr("f", ("K", None, None)), "channels": S.Arr("iu", ("K",)),
@@ -100,11 +102,7 @@ def feature_maps(lm: LoadedModel, image, layer: str | None = None, top: int | No
     start = time.perf_counter()
     with model_on_device(lm.model, dev) as model, torch.inference_mode():
         x = x.to(dev)
-        info = default_feature_layer(model, x) if layer is None else resolve_layer(model, layer, x)
-        if info.shape is None or len(info.shape) != 3:
-            shape = "x".join(map(str, info.shape)) if info.shape else "none"
-            raise LayerError(f"layer {info.address!r} outputs {shape}, not CxHxW feature maps; choose a "
-                             "convolutional layer (see `cnnviz layers`)")
+        info = require_maps(default_feature_layer(model, x) if layer is None else resolve_layer(model, layer, x))
         with capture(model, info) as cap:
             logits = model(x)
         fmap = cap.values[0][0].float().cpu()

@@ -53,6 +53,7 @@ class InvarianceResult(Result):
     """
 
     kind: ClassVar[str] = "invariance"
+    renderer: ClassVar = "cnnviz.render.invariance:figure"
     param_schema: ClassVar[dict] = {"transforms": S.TEXTS, "layers": S.TEXTS, "class_names": S.TEXTS, "names": S.TEXTS}
     array_schema: ClassVar[dict] = {
         "images": S.Arr("u", ("N", None, None, 3)), "values": S.Arr("f", ("R", "T")),

@@ -46,6 +46,7 @@ class PatchesResult(Result):
     """
 
     kind: ClassVar[str] = "patches"
+    renderer: ClassVar = "cnnviz.render.patches:figure"
     param_schema: ClassVar[dict] = {"layer": S.TEXT, "input_size": S.PAIR, "rf": S.PAIR}
     array_schema: ClassVar[dict] = {
         "patches": S.Arr("u", ("U", "K", None, None, 3)), "projections": S.Arr("u", [("U", "K", None, None, 3), (0,)]),

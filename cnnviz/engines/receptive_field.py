@@ -409,6 +409,7 @@ class ReceptiveFieldResult(Result):
     """
 
     kind: ClassVar[str] = "receptive_field"
+    renderer: ClassVar = "cnnviz.render.receptive_field:figure"
     array_schema: ClassVar[dict] = {
         "layers": S.Arr("U", ("N",)), "types": S.Arr("U", ("N",)), "rf": S.Arr("iu", ("N", 2)),
         "stride": S.Arr("iu", ("N", 2)), "padding": S.Arr("iu", ("N", 2))}

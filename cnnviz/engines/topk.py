@@ -46,7 +46,7 @@ from ..batching import Batches, check_batch_size, model_work, pad
 from ..errors import CnnvizError, ImageError, LayerError, ParameterError
 from ..files import atomic_path, check_output
 from ..images import IMAGE_SUFFIXES, find_images, load_image
-from ..layers import capture, resolve_layer
+from ..layers import capture, require_maps, resolve_layer
 from ..models import LoadedModel
 from ..results import Result, provenance
 from .common import autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
@@ -381,9 +381,7 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
     root, files, ignored = list_files(source)
     h, w = lm.input_size
     example = torch.zeros(1, 3, h, w)
-    info = resolve_layer(lm.model, layer, example)
-    if len(info.shape) not in (1, 3):
-        raise LayerError(f"layer {info.address!r} has output {info.shape}, not CxHxW feature maps; choose another")
+    info = require_maps(resolve_layer(lm.model, layer, example), vector_ok=True)
     unit_list = parse_units(units, info.shape[0])
     rank, world, owns_group = _dist_setup()
     dev = resolve_device(device)

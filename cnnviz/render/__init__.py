@@ -8,25 +8,19 @@ from ..errors import ParameterError, ResultError
 from ..files import FIGURE_SUFFIXES, check_output
 from .style import DEFAULT_WIDTH, check_layout, check_width, save_figure
 
-FULL_IMAGE_KINDS = ("occlusion", "gradients")  # renderers that take full_image=True
-
-
 def render(result, path: str | os.PathLike | None = None, *, width: float = DEFAULT_WIDTH, layout: str = "row",
            **options):
     """Draw `result`'s figure `width` inches wide (default a page's text width, 7 in: the text is
     then at least 7 pt when printed at that width) with its panels side by side as far as they fit
     (`layout` "row") or about square ("grid"); write it to `path` (format from the extension) when
-    given. Returns the matplotlib Figure."""
-    from . import featvis, filters, gradients, invariance, occlusion, patches, receptive_field, sanity
+    given. Returns the matplotlib Figure. The drawing function is the one the result type declares
+    (its `renderer`, see cnnviz.analyses)."""
+    from ..analyses import renderer
 
-    drawers = {"occlusion": occlusion.figure, "gradients": gradients.figure, "sanity": sanity.figure,
-               "filters": filters.filters_figure, "activations": filters.activations_figure,
-               "receptive_field": receptive_field.figure, "patches": patches.figure,
-               "featvis": featvis.figure, "invariance": invariance.figure}
-    draw = drawers.get(result.kind)
+    draw = renderer(type(result))
     if draw is None:
         raise ResultError(f"no renderer for {result.kind!r} results")
-    if "full_image" in options and result.kind not in FULL_IMAGE_KINDS:
+    if "full_image" in options and not getattr(result, "full_image", False):
         if options.pop("full_image"):
             raise ParameterError(f"full_image draws occlusion and backprop (gradients) results on the original photo, "
                                  f"not {result.kind!r} results; leave out --full-image")
