@@ -15,11 +15,21 @@ slow spell of a shared machine hits all alike); the table gives medians and rati
                   the probability drop), baseline 0 in normalized space (= cnnviz's gray fill),
                   target = top-1, perturbations_per_eval=P for each P of --perturbations.
 
+  incremental first / incremental b=N
+                  (with --modes full,incremental) cnnviz.occlusion(mode="incremental"): the unoccluded
+                  image once, then per layer only the region each occluder changes (cnnviz.engines.
+                  incremental), batch chosen by measuring / fixed at each N of --mode-batch-sizes.
+
+The "MACs x" column is the theoretical saving of a contender's mode: the multiply-accumulates per
+position of the full network over those the mode computes (1 for full and Captum), counted from
+the regions (result params macs_full / macs_incremental).
+
 cnnviz computes three maps per pass (target probability, top class, one feature map's total),
 Captum one. Models other than EfficientNet-Lite0 use random weights (same structure and cost).
 
     python benchmarks/occlusion.py [--models efficientnet_lite0:8,efficientnet_lite0:16,alexnet:16,...]
                                    [--budget 660] [--repeats 5] [--out table.md] [--quick]
+                                   [--modes full,incremental] [--mode-batch-sizes 16,64]
 
 --budget (seconds) is shared equally by the model/stride rows: each runs rounds until its share is
 spent (at least 1, at most --repeats), so the whole run takes about that long. --quick: a smoke
@@ -78,15 +88,20 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
     with torch.inference_mode(), autocast():
         top1 = int(model(x).float().argmax(1))
     chosen: dict[str, list[int]] = {"first": [], "again": []}
+    macs: dict[str, float] = {}
 
-    def run_cnnviz(bs, forget=False):
+    def run_cnnviz(bs, forget=False, mode="full", label=None):
         def run():
             if forget:
                 batching._in_memory.clear()
             r = cnnviz.occlusion(lm, pixels, window=args.window, stride=stride, batch_size=bs, device=str(dev),
-                                 amp=amp, progress=False)
-            if bs is None:
+                                 amp=amp, progress=False, mode=mode)
+            if bs is None and mode == "full":
                 chosen["first" if forget else "again"].append(r.params["batch_size"])
+            if label is not None:
+                macs[label] = r.params.get("macs_ratio", 1.0)
+                if bs is None:
+                    chosen.setdefault(label, []).append(r.params["batch_size"])
             return r.params["num_positions"]
         return run
 
@@ -100,8 +115,13 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
             assert a.shape == x.shape
         return run
 
-    contenders = {"cnnviz first": run_cnnviz(None, forget=True), "cnnviz again": run_cnnviz(None)}
-    contenders.update({f"cnnviz b={b}": run_cnnviz(b) for b in args.sizes})
+    contenders = {}
+    if "full" in args.mode_list:
+        contenders = {"cnnviz first": run_cnnviz(None, forget=True), "cnnviz again": run_cnnviz(None)}
+        contenders.update({f"cnnviz b={b}": run_cnnviz(b) for b in args.sizes})
+    for mode in (m for m in args.mode_list if m != "full"):
+        contenders[f"{mode} first"] = run_cnnviz(None, True, mode, f"{mode} first")
+        contenders.update({f"{mode} b={b}": run_cnnviz(b, False, mode, f"{mode} b={b}") for b in args.mode_sizes})
     contenders.update({f"captum ppe={p}": run_captum(p) for p in args.ppes})
     # warm-up, not timed: the process's first passes pay one-off costs (thread pool, allocator, kernel
     # set-up) that would otherwise fall on whichever contender the first round happens to start with
@@ -124,14 +144,15 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
         round_s = time.perf_counter() - t_round
         if time.perf_counter() - started + round_s > share:
             break
-    print(f"  {name} stride {stride}: {len(times['cnnviz first'])} round(s) in {time.perf_counter() - started:.0f} s",
+    print(f"  {name} stride {stride}: {len(times[keys[0]])} round(s) in {time.perf_counter() - started:.0f} s",
           file=sys.stderr, flush=True)
-    return {"model": name, "stride": stride, "positions": n_pos, "times": times, "chosen": chosen}
+    return {"model": name, "stride": stride, "positions": n_pos, "times": times, "chosen": chosen, "macs": macs}
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model, stride | positions | contender | median s | min-max s | / best fixed cnnviz | / best captum |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| model, stride | positions | contender | median s | min-max s | / best fixed cnnviz | / best captum "
+           "| MACs x | captum / this |",
+           "|---|---|---|---|---|---|---|---|---|"]
     summary = ["", "| model, stride | call | chose | / best fixed | / best captum | best fixed | best captum |",
                "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -145,8 +166,13 @@ def table(rows: list[dict]) -> str:
             ts = row["times"][k]
             rf = f"{v / fixed[bf]:.2f}" if bf else "-"
             rc = f"{v / captum[bc]:.2f}" if bc else "-"
-            out.append(f"| {label} | {row['positions']} | {k} | {v:.2f} | {min(ts):.2f}-{max(ts):.2f} | {rf} | {rc} |")
+            mx = row.get("macs", {}).get(k, 1.0)
+            speed = f"{captum[bc] / v:.2f}" if bc else "-"
+            out.append(f"| {label} | {row['positions']} | {k} | {v:.2f} | {min(ts):.2f}-{max(ts):.2f} | {rf} | {rc} "
+                       f"| {mx:.2f} | {speed} |")
         for call in ("first", "again"):
+            if f"cnnviz {call}" not in med:
+                continue
             a = med[f"cnnviz {call}"]
             summary.append(f"| {label} | {call} | {', '.join(map(str, row['chosen'][call]))} | {a / fixed[bf]:.2f} |"
                            f" {a / captum[bc]:.2f} | {bf} | {bc} |" if bf and bc else f"| {label} | {call} | - | - | - | - | - |")
@@ -167,12 +193,18 @@ def main(argv=None) -> int:
     ap.add_argument("--amp", action="store_true", help="float16 autocast on CUDA for all")
     ap.add_argument("--out", default=None, help="also write the Markdown table to this file")
     ap.add_argument("--quick", action="store_true", help="smoke run: lite0 stride 32, b=4,16, ppe=16, one round")
+    ap.add_argument("--modes", default="full", help="comma-separated occlusion modes to run: full, incremental "
+                                                    "[%(default)s]")
+    ap.add_argument("--mode-batch-sizes", default="16,64",
+                    help="fixed batch sizes for the modes other than full [%(default)s]")
     args = ap.parse_args(argv)
     if args.quick:
         args.models = "efficientnet_lite0:32" if args.models == DEFAULT_MODELS else args.models
         args.batch_sizes, args.perturbations, args.repeats = "4,16", "16", 1
     args.sizes = [int(v) for v in args.batch_sizes.split(",") if v]
     args.ppes = [int(v) for v in args.perturbations.split(",") if v]
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    args.mode_sizes = [int(v) for v in args.mode_batch_sizes.split(",") if v]
     specs = [(m.split(":")[0], int(m.split(":")[1]) if ":" in m else 16) for m in args.models.split(",") if m]
 
     import captum
@@ -199,6 +231,10 @@ def main(argv=None) -> int:
         if args.out:
             Path(args.out).write_text(f"{head}\n\n{md}\n", encoding="utf-8")
     print(md)
+    import resource
+
+    print(f"\npeak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; "
+          f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
     return 0
 
 

@@ -322,24 +322,26 @@ def _register_modules():
     `cnnviz.analyses` entry point group that has one."""
     import importlib
     import pkgutil
+    import warnings
+    from importlib.metadata import entry_points
 
     import cnnviz_cli
-    from cnnviz.analyses import plugins
 
     for info in pkgutil.iter_modules(cnnviz_cli.__path__, "cnnviz_cli."):
         if info.name != __name__ and info.name != "cnnviz_cli.main":
             module = importlib.import_module(info.name)
             if callable(getattr(module, "register", None)):
                 module.register(cli)
-    for module in plugins():
-        if callable(getattr(module, "register", None)):
-            try:
+    # the plug-ins (cnnviz.analyses.ENTRY_POINT_GROUP; read here without importing cnnviz, which
+    # would import torch before any command needs it)
+    for ep in entry_points(group="cnnviz.analyses"):
+        try:
+            module = ep.load()
+            if callable(getattr(module, "register", None)):
                 module.register(cli)
-            except Exception as e:  # a broken plug-in must not break the built-in commands
-                import warnings
-
-                warnings.warn(f"cnnviz analysis plug-in {module.__name__!r} failed to register its commands: "
-                              f"{type(e).__name__}: {e}", stacklevel=2)
+        except Exception as e:  # a broken plug-in must not break the built-in commands
+            warnings.warn(f"cnnviz analysis plug-in {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}",
+                          stacklevel=2)
 
 
 _register_modules()

@@ -11,13 +11,30 @@ from .options import model_options, use
 from .output import figure_options
 
 
+def mode_summary(p: dict) -> str:
+    """'mode full', or 'mode incremental: 2.41 of 15.47 G multiply-accumulates per position
+    (6.4x fewer, counted)', or the fallback and its reason."""
+    if p.get("mode_fallback"):
+        return f"mode full (incremental unavailable: {p['mode_fallback']})"
+    if p.get("mode", "full") == "full" or "macs_full" not in p:
+        return f"mode {p.get('mode', 'full')}"
+    text = (f"mode {p['mode']}: {p['macs_incremental'] / 1e9:.2f} of {p['macs_full'] / 1e9:.2f} G "
+            f"multiply-accumulates per position ({p['macs_ratio']:.1f}x fewer, counted)")
+    drill = p.get("drill_down")
+    if drill:
+        done = drill["computed_positions"]
+        text += (f"; tau {p.get('tau', 1.0)}, {done} of {done + drill['filled_positions']} positions computed "
+                 f"({(done + drill['filled_positions']) / max(1, done) * p['macs_ratio']:.1f}x fewer in all)")
+    return text
+
+
 def register(cli) -> None:
     from .attribution import _load
 
     @cli.command()
     @click.argument("images", nargs=-1, required=True, type=click.Path())
     @model_options
-    @use("window", "stride", "fill", "target", "layer", "channel", "batch_size", "device", "amp", "out", "out_dir",
+    @use("window", "stride", "mode", "tau", "fill", "target", "layer", "channel", "batch_size", "device", "amp", "out", "out_dir",
          "save", "full_image", "quiet", cmd="occlusion",
          target={"help": "Class index or name to follow [default: top-1 class of the unoccluded image]."},
          layer={"help": "Layer whose feature map is followed [default: last convolutional block]. "
@@ -30,7 +47,7 @@ def register(cli) -> None:
          full_image={"help": "Draw on the whole original photo: the model's crop dashed, the rest hatched "
                              "(not analysed)."})
     @figure_options
-    def occlusion(images, model_spec, window, stride, fill, target, layer, channel, batch_size, device, amp, out,
+    def occlusion(images, model_spec, window, stride, mode, tau, fill, target, layer, channel, batch_size, device, amp, out,
                   out_dir, save, full_image, quiet):
         """Slide a gray square over each image and re-run the network at every position (Zeiler &
         Fergus 2014, Fig. 7). The figure shows the input with the occluder, the chosen feature map,
@@ -60,7 +77,7 @@ def register(cli) -> None:
         for f, img, path in zip(files, pics, figures):
             result = cnnviz.occlusion(lm, img, window=win, stride=step, fill=fill, target=target, layer=layer,
                                       channel=channel, batch_size=batch_size, device=device, amp=amp,
-                                      progress=False if quiet else None)
+                                      progress=False if quiet else None, mode=mode, tau=tau)
             result.params["image_file"] = str(f)
             make_folder(path)
             output.write(result, path, save, echo=False, full_image=full_image)
@@ -70,4 +87,6 @@ def register(cli) -> None:
                        f"unoccluded, {float(result.true_class_prob.min()):.3f} at the strongest occlusion; "
                        f"{p['num_positions']} positions in {p['seconds']:.1f} s on {result.provenance['device']}")
             click.echo(batch_summary(p))
+            if mode != "full":
+                click.echo(mode_summary(p))
         click.echo(wrote(figures if len(figures) > 1 else figures[0], save))

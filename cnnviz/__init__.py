@@ -22,7 +22,8 @@ _LAZY = {"featvis": ".engines.featvis", "occlusion": ".engines.occlusion", "wrap
          "unit_patches": ".engines.patches", "receptive_field": ".engines.receptive_field",
          "effective_receptive_field": ".engines.receptive_field",
          "empirical_receptive_field": ".engines.empirical_rf", "first_layer_filters": ".engines.filters",
-         "feature_maps": ".engines.filters"}
+         "feature_maps": ".engines.filters",
+         "audit": ".engines.audit"}
 
 
 def __getattr__(name: str):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import warnings
 from types import ModuleType
 
 ENTRY_POINT_GROUP = "cnnviz.analyses"
@@ -53,18 +52,10 @@ def plugins() -> list[ModuleType]:
     """The plug-in modules named by the `cnnviz.analyses` entry points, imported once."""
     global _plugins
     if _plugins is None:
-        from importlib.metadata import entry_points
+        from .plugins import load_entry_points
 
-        found = []
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                obj = ep.load()
-            except Exception as e:  # a broken plug-in must not break the built-in analyses
-                warnings.warn(f"cnnviz analysis plug-in {ep.name!r} ({ep.value}) failed to load: "
-                              f"{type(e).__name__}: {e}", stacklevel=2)
-                continue
-            found.append(obj if isinstance(obj, ModuleType) else importlib.import_module(ep.module))
-        _plugins = found
+        _plugins = [obj if isinstance(obj, ModuleType) else importlib.import_module(ep.module)
+                    for ep, obj in load_entry_points(ENTRY_POINT_GROUP, "analysis plug-in")]
     return _plugins
 
 

@@ -9,8 +9,10 @@ the `with` block ends, also on error.
 from __future__ import annotations
 
 import contextlib
+import math
 import difflib
 import weakref
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -31,6 +33,11 @@ class LayerInfo:
     shape: tuple[int, ...] | None  # output shape for one input image, without the batch axis
     order: int  # position in execution order
     is_conv: bool = False
+    # How the output is read as C x H x W maps when it is laid out otherwise (see `require_maps`):
+    # None (as it is), "hwc" (channels last: N x H x W x C) or "tokens" (N x L x C: `prefix` tokens,
+    # e.g. a class token, then an H x W grid of patches, row by row). `shape` is then the maps' shape.
+    view: str | None = None
+    prefix: int = 0
 
 
 def _tensor_of(output):
@@ -157,11 +164,62 @@ def resolve_layer(model: nn.Module, address: str, example: torch.Tensor) -> Laye
     return info
 
 
+MAX_PREFIX_TOKENS = 8  # class and distillation tokens, registers: tokens before the patch grid
+
+
+def map_view(shape: tuple[int, ...] | None) -> tuple[str, tuple[int, int, int], int] | None:
+    """How an output of per-image `shape` that is not C x H x W reads as maps: ("hwc", (C, H, W), 0)
+    for a channels-last block (H == W < C, the layout of Swin-style stages and NHWC blocks on the
+    square inputs cnnviz uses; a C x H x W map never has C == H < W there), ("tokens", (C, h, w), p)
+    for a sequence of p prefix tokens followed by a square grid of h x w patch tokens (a vision
+    transformer's or a hybrid's blocks); None otherwise."""
+    if shape is None:
+        return None
+    if len(shape) == 3 and shape[0] == shape[1] < shape[2]:
+        return "hwc", (shape[2], shape[0], shape[1]), 0
+    if len(shape) == 2:
+        length, channels = shape
+        for prefix in range(0, min(MAX_PREFIX_TOKENS, length - 4) + 1):
+            side = int(round((length - prefix) ** 0.5))
+            if side >= 2 and side * side == length - prefix:
+                return "tokens", (channels, side, side), prefix
+    return None
+
+
+def to_maps(t: torch.Tensor, info: LayerInfo) -> torch.Tensor:
+    """The layer's output `t` (batched, as the module returned it) as N x C x H x W maps (a view
+    where the layout allows; differentiable either way)."""
+    if info.view is None:
+        return t
+    c, h, w = info.shape
+    if info.view == "hwc":
+        return t.permute(0, 3, 1, 2)
+    return t[:, info.prefix:].reshape(t.shape[0], h, w, c).permute(0, 3, 1, 2)
+
+
+def from_maps(maps: torch.Tensor, t: torch.Tensor, info: LayerInfo) -> torch.Tensor:
+    """The inverse of `to_maps`: `maps` back in the layer's own layout, with the prefix tokens of
+    `t` (the original output) in front."""
+    if info.view is None:
+        return maps
+    n, c, h, w = maps.shape
+    if info.view == "hwc":
+        return maps.permute(0, 2, 3, 1)
+    return torch.cat([t[:, :info.prefix], maps.permute(0, 2, 3, 1).reshape(n, h * w, c)], dim=1)
+
+
 def require_maps(info: LayerInfo, *, vector_ok: bool = False) -> LayerInfo:
-    """`info` when its output is CxHxW feature maps (or, with `vector_ok`, a vector of units);
-    else a one-line LayerError naming the layer, its output and the fix. The one place that rule
-    is checked."""
+    """`info` when its output is CxHxW feature maps (or, with `vector_ok`, a vector of units); a
+    layer laid out otherwise (channels last, or patch tokens: see `map_view`) comes back with its
+    maps' shape and the `view` that `capture` and `record` apply, so every engine that asks here
+    addresses it as maps; anything else is a one-line LayerError naming the layer, its output and
+    the fix. The one place that rule is checked."""
     dims = (1, 3) if vector_ok else (3,)
+    if info.view is None and (info.shape is None or len(info.shape) != 3 or map_view(info.shape) is not None):
+        found = map_view(info.shape)
+        if found is not None:
+            view, shape, prefix = found
+            return dataclasses.replace(info, shape=shape, view=view, prefix=prefix)
     if info.shape is None or len(info.shape) not in dims:
         want = "CxHxW feature maps or a vector of units" if vector_ok else "CxHxW feature maps"
         raise LayerError(f"layer {info.address!r} outputs {_shape_str(info.shape) if info.shape else 'no tensor'}, "
@@ -221,11 +279,22 @@ def _last_conv_block(model: nn.Module, example: torch.Tensor) -> LayerInfo:
         if not spatial:
             raise LayerError("the model has no layer with a spatial (CxHxW) output; name one with --layer")
         return spatial[-1]
+    # the last map at the last convolution's resolution before the network pools or flattens it:
+    # the block (or stage) output, past its normalization and activation, and past the channel
+    # concatenation of an Inception or DenseNet block (more channels, same H x W). A block working
+    # channels last in between (ConvNeXt: norm and MLP on N x H x W x C) has as many values or more
+    # and does not end the search; pooling (fewer values) or a vector or token sequence does.
     chosen = infos[last_conv]
+    hw = chosen.shape[1:]
     for info in infos[last_conv + 1:]:
-        if info.shape != chosen.shape:
+        if info.shape is None:
+            continue
+        if len(info.shape) != 3:
             break
-        chosen = info
+        if info.shape[1:] == hw:
+            chosen = info
+        elif math.prod(info.shape) < math.prod(chosen.shape):
+            break
     return chosen
 
 
@@ -256,7 +325,7 @@ def capture(model: nn.Module, layer: LayerInfo,
         k = state["calls"]
         state["calls"] = k + 1
         if k == want:
-            t = _tensor_of(out)
+            t = to_maps(_tensor_of(out), layer)
             cap.values.append(reduce(t) if reduce is not None else t.detach().clone())
 
     handles = [model.register_forward_pre_hook(reset), module.register_forward_hook(hook)]
@@ -280,7 +349,7 @@ def record(model: nn.Module, layers: list[LayerInfo], stop: bool = False) -> Ite
     calls: dict = {}
     wanted: dict = {}
     for info in layers:
-        wanted.setdefault(info.name, {})[info.call or 0] = info.address
+        wanted.setdefault(info.name, {})[info.call or 0] = info
 
     def reset(mod, inp):
         calls.clear()
@@ -290,10 +359,18 @@ def record(model: nn.Module, layers: list[LayerInfo], stop: bool = False) -> Ite
         def hook(mod, inp, out):
             k = calls.get(name, 0)
             calls[name] = k + 1
-            address = wanted[name].get(k)
-            if address is None:
+            info = wanted[name].get(k)
+            if info is None:
                 return None
-            store[address] = _tensor_of(out)
+            if info.view is not None:  # recorded as maps; the network goes on from them (gradients reach them)
+                t = _tensor_of(out)
+                maps = to_maps(t, info).clone()
+                store[info.address] = maps
+                if stop and len(store) == len(layers):
+                    raise StopForward
+                back = from_maps(maps, t, info)
+                return back if isinstance(out, torch.Tensor) else (back, *out[1:])
+            store[info.address] = _tensor_of(out)
             if stop and len(store) == len(layers):
                 raise StopForward
             return out.clone() if isinstance(out, torch.Tensor) else None

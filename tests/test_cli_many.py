@@ -180,10 +180,12 @@ VALUE = {
     "--clip-percentile": "0", "--l2-decay": "0.001", "--octaves": "2", "--octave-scale": "1.3", "--jitter": "8",
     "--step-size": "0.01", "--tv": "0.1", "--beta": "2", "--alpha": "6", "--alpha-weight": "0.001",
     "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid",
+    "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
+    "--sanity-images": "1", "--num-units": "3",
     "--rule": "alphabeta",
 }
-POSITIONAL = {"render": ["r.npz"], "topk": ["photos"]}
-REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"]}
+POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"]}
+REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"]}
 
 
 @pytest.mark.parametrize("command", sorted(cli.commands))

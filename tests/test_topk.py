@@ -235,7 +235,10 @@ def test_two_processes_gloo_equal_single(folder, reference, tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Batch size chosen by measuring (cnnviz.batching)
 
-def test_measured_batch_size_is_recorded_and_gives_exactly_the_fixed_size_result(lm, folder, reference):
+def test_measured_batch_size_is_recorded_and_gives_exactly_the_fixed_size_result(lm, folder, reference, monkeypatch):
+    from cnnviz import batching
+
+    monkeypatch.setattr(batching, "machine_load", lambda device: (False, 0.1))  # a busy machine starts at 16
     auto = scan(lm, folder, LAYER, units=UNITS, k=K, device="cpu", progress=False)
     p = auto.params
     assert p["batch_size_auto"] is True and p["batch_size"] >= 4 and p["batch_trials"], p

@@ -8,6 +8,7 @@ class, and the total activation of one feature map of a chosen layer. Positions 
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -16,9 +17,10 @@ from ..batching import Batches, check_batch_size, model_work, pad
 from ..errors import LayerError, ParameterError
 from ..fold import folded
 from ..geometry import params_of, stack_thumbnails
-from ..layers import capture, default_feature_layer, resolve_layer, trace_layers
+from ..layers import capture, default_feature_layer, require_maps, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import OcclusionResult, provenance
+from .incremental import check_mode, check_tau
 from .common import as_pair, autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
 
 
@@ -55,7 +57,8 @@ def item_bytes(model, example: torch.Tensor) -> float:
 
 def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", target=None, layer: str | None = None,
               channel: int | None = None, batch_size: int | None = None, device: str = "auto", amp: bool | None = None,
-              fold: bool = True, progress: bool | None = None) -> OcclusionResult:
+              fold: bool = True, progress: bool | None = None, mode: str = "full",
+              tau: float = 0.5) -> OcclusionResult:
     """Occlusion sensitivity of `lm` on `image` (a path, a PIL image, or uint8 HxWx3 pixels of the
     model's input size).
 
@@ -71,7 +74,19 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     fold: sweep with a copy of the model whose eval-mode batch norms and symmetric paddings are
       folded into its convolutions (cnnviz.fold; 1.1-1.3x faster on EfficientNet-Lite0, equal to
       ~1e-6); False runs the model as it is.
+    mode: "full" runs every occluded image through the whole network; "incremental" runs the
+      unoccluded image once and then recomputes, layer by layer, only the region the occluder
+      changes (cnnviz.engines.incremental; equal to "full" up to float rounding; averaged over a
+      224 px grid with window 32, 2.1x fewer multiply-accumulates on AlexNet and ResNet-18, 5.3x on
+      VGG-16). A model torch.fx cannot trace falls back to
+      "full" with a warning; params record the mode, the multiply-accumulates per position of
+      both and the fraction of each layer recomputed. "approximate" adds Krypton's projective-
+      field thresholding (a changed region longer than `tau` of its map is cut to its centre) and
+      adaptive drill-down (a coarse grid first, the fine grid only near the largest drops); params
+      list the approximations used.
+    tau: the approximate mode's threshold, in (0, 1]; 1 keeps the regions whole.
     """
+    mode, tau = check_mode(mode), check_tau(tau)
     window, stride = as_pair(window, "window"), as_pair(stride, "stride")
     batch_size = check_batch_size(batch_size)
     dev = resolve_device(device)
@@ -80,10 +95,11 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     ys, xs = occluder_positions(tuple(x.shape[2:]), window, stride)
     fill_value = lm.preprocessing.fill_value(fill)
     target_index = None if target is None else lm.class_index(target)
-    info = default_feature_layer(lm.model, x) if layer is None else resolve_layer(lm.model, layer, x)
-    if info.shape is None or len(info.shape) != 3:
-        raise LayerError(f"layer {info.address!r} has output {info.shape}, not a CxHxW feature map; choose a "
-                         "convolutional layer")
+    info = require_maps(default_feature_layer(lm.model, x) if layer is None else resolve_layer(lm.model, layer, x))
+    if info.view is not None and mode != "full":
+        raise ParameterError(f"mode {mode!r} follows layers that output CxHxW maps; {info.address!r} is read as maps "
+                             f"from {'channels-last' if info.view == 'hwc' else 'token'} output: use mode full or "
+                             "another layer")
     if channel is not None and not 0 <= int(channel) < info.shape[0]:
         raise LayerError(f"channel {channel} is out of range: layer {info.address!r} has channels 0..{info.shape[0] - 1}")
 
@@ -95,8 +111,8 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
         x_dev = x.to(dev)
         sweep_model, fold_info = folded(model, x_dev, keep=[info]) if fold else (model, {"folded": False})
         result = _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, target_index, channel,
-                        batch_size, dev, use_amp, progress)
-    probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches = result
+                        batch_size, dev, use_amp, progress, mode, tau)
+    probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches, mode_info = result
     elapsed = time.perf_counter() - start
 
     shape = (len(ys), len(xs))
@@ -107,7 +123,7 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
         "fill_normalized": fill_value.flatten().tolist(), "target": target_index,
         "target_name": lm.class_name(target_index), "target_given": target is not None,
         "layer": info.address, "layer_type": info.type, "layer_shape": list(info.shape), "channel": channel,
-        **batches.record(), **fold_info,
+        **batches.record(), **fold_info, **mode_info,
         "memory_format": str(layout).replace("torch.", ""), "amp": use_amp, "num_positions": n,
         "baseline_prob": float(base_probs[target_index]), "baseline_top_class": int(base_probs.argmax()),
         "baseline_top_name": lm.class_name(int(base_probs.argmax())),
@@ -128,10 +144,29 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     )
 
 
+def _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode, tau=1.0):
+    """The traced graph for the incremental mode, or None and the reason it fell back to full."""
+    if mode == "full":
+        return None, {"mode": "full"}
+    from ..errors import ModelError
+    from .incremental.sweep import IncrementalGraph
+
+    try:
+        with autocast(dev, use_amp):
+            graph = IncrementalGraph(sweep_model, x_dev.contiguous(memory_format=layout), info.name, info.call,
+                                     layout=layout, tau=tau if mode == "approximate" else 1.0)
+    except ModelError as e:
+        warnings.warn(f"occlusion mode {mode!r} unavailable, running the full mode: {e}", stacklevel=3)
+        return None, {"mode": "full", "mode_requested": mode, "mode_fallback": str(e)}
+    return graph, {"mode": mode}
+
+
 def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, target_index, channel, batch_size, dev,
-           use_amp, progress):
+           use_amp, progress, mode="full", tau=1.0):
     """The unoccluded pass on `model`, then every occluder position through `sweep_model` (the
-    folded copy, or the model itself) in batches chosen by `Batches`, each padded to full groups."""
+    folded copy, or the model itself) in batches chosen by `Batches`, each padded to full groups;
+    in the incremental mode through the traced graph of `sweep_model`, recomputing only what each
+    occluder changes."""
     n = flat_y.numel()
     probs_t, top_c, top_p, feats = [], [], [], []
     with torch.inference_mode():
@@ -147,9 +182,21 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
         fill_dev = fill_value.to(dev)
         with autocast(dev, use_amp):
             layout = batch_memory_format(sweep_model, x_dev)
+        graph, mode_info = _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode, tau)
         work = model_work(sweep_model, x_dev.contiguous(memory_format=layout), engine="occlusion", amp=use_amp,
-                          folded=sweep_model is not model)
-        batches = Batches(n, batch_size, device=dev, item_bytes=item_bytes(model, x_dev), work=work)
+                          folded=sweep_model is not model, mode=mode_info["mode"])
+        if mode_info["mode"] == "approximate":
+            work["tau"] = tau
+        if graph is not None:
+            ny = int(torch.unique(flat_y).numel())
+            arrays, batches, extra = _graph_sweep(
+                graph, mode, ny, n // ny, lambda m: batches_of(m, batch_size, dev, model, x_dev, work), flat_y,
+                flat_x, window, fill_dev, target_index, channel, float(base_probs[target_index]), dev, use_amp,
+                progress)
+            probs_t, top_c, top_p, feats = ([a] for a in arrays)
+            return (probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches,
+                    {**mode_info, **graph.record(), **extra})
+        batches = batches_of(n, batch_size, dev, model, x_dev, work)
         with capture(sweep_model, info, reduce=lambda t: _channel_totals(t[:, channel: channel + 1])[:, 0]) as cap, \
                 progress_bar(n, "occlusion", progress) as bar:
             for lo, hi in batches:
@@ -165,4 +212,68 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
                 top_c.append(best_c.cpu())
                 feats.append(cap.values.pop()[:k].cpu())
                 bar.update(k)
-    return probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches
+    return probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches, mode_info
+
+
+def batches_of(n, batch_size, dev, model, x_dev, work) -> Batches:
+    return Batches(n, batch_size, device=dev, item_bytes=item_bytes(model, x_dev), work=work)
+
+
+def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill_dev, target_index, channel,
+                 base_prob, dev, use_amp, progress):
+    """Every position through the traced graph (incremental), or, in the approximate mode, the
+    coarse grid first and then the fine positions near its largest drops (drill.py), the rest
+    filled from the nearest coarse position. Returns the four per-position arrays, the `Batches`
+    of the first pass and what the drill-down did."""
+    from .incremental import drill
+
+    n = ny * nx
+    out = [torch.empty(n), torch.empty(n, dtype=torch.long), torch.empty(n), torch.empty(n)]
+    with progress_bar(n, "occlusion", progress) as bar:
+        if mode != "approximate":
+            batches = make_batches(n)
+            _graph_positions(graph, batches, np.arange(n), flat_y, flat_x, window, fill_dev, target_index, channel,
+                             dev, use_amp, out, bar)
+            extra = {}
+        else:
+            coarse = drill.coarse_positions(ny, nx)
+            batches = make_batches(len(coarse))
+            _graph_positions(graph, batches, coarse, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
+                             use_amp, out, bar)
+            fine = drill.fine_positions(ny, nx, coarse, base_prob - out[0][coarse].numpy())
+            if len(fine):
+                _graph_positions(graph, make_batches(len(fine)), fine, flat_y, flat_x, window, fill_dev, target_index,
+                                 channel, dev, use_amp, out, bar)
+            rest = np.ones(n, dtype=bool)
+            rest[coarse] = rest[fine] = False
+            near = torch.as_tensor(drill.nearest_coarse(ny, nx)[rest])
+            for a in out:
+                a[torch.as_tensor(rest)] = a[near]
+            bar.update(int(rest.sum()))
+            extra = {"approximations": [f"projective-field threshold tau={graph.tau}",
+                                        f"adaptive drill-down: every {drill.STEP}nd position, then the fine positions "
+                                        f"near the top {drill.TOP_FRACTION:.0%} of drops"],
+                     "drill_down": {"step": drill.STEP, "top_fraction": drill.TOP_FRACTION,
+                                    "computed_positions": int(len(coarse) + len(fine)), "filled_positions":
+                                    int(rest.sum())}}
+    if graph.unknown:
+        warnings.warn(f"incremental occlusion computed whole maps from operations it does not know: "
+                      f"{'; '.join(graph.unknown[:4])} (exact, but slower)", stacklevel=4)
+    return out, batches, extra
+
+
+def _graph_positions(graph, batches, idx, flat_y, flat_x, window, fill_dev, target_index, channel, dev, use_amp,
+                     out, bar):
+    """The positions `idx` (flat) through the graph, in `batches`; results written into `out`."""
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    ys, xs = flat_y[idx], flat_x[idx]
+    for lo, hi in batches:
+        k = hi - lo
+        with autocast(dev, use_amp):
+            logits, total = graph.run(pad(ys[lo:hi]), pad(xs[lo:hi]), window, fill_dev, k, channel)
+        p = torch.softmax(logits[:k].float(), dim=1)
+        best_p, best_c = p.max(dim=1)
+        at = idx[lo:hi]
+        out[0][at], out[1][at], out[2][at] = p[:, target_index].cpu(), best_c.cpu(), best_p.cpu()
+        out[3][at] = total[:k].float().cpu()
+        bar.update(k)

@@ -27,7 +27,6 @@ A scan in which no image could be read is an error (ImageError), not an empty re
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import operator
@@ -37,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -45,10 +44,10 @@ import torch
 from ..batching import Batches, check_batch_size, model_work, pad
 from ..errors import CnnvizError, ImageError, LayerError, ParameterError
 from ..files import atomic_path, check_output
-from ..images import IMAGE_SUFFIXES, find_images, load_image
 from ..layers import capture, require_maps, resolve_layer
 from ..models import LoadedModel
 from ..results import Result, provenance
+from .datasets import ImageListDataset, list_files  # noqa: F401  (importable from here too)
 from .common import autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
 
 _NO_IMAGE = np.iinfo(np.int64).max  # image index of an empty slot: loses every tie
@@ -87,70 +86,6 @@ class TopkResult(Result):
         r = hits[0]
         return [(str(self.files[i]), float(v), (int(p[0]), int(p[1])))
                 for v, i, p in zip(self.values[r], self.image_index[r], self.position[r]) if i >= 0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-
-def list_files(source) -> tuple[Path, list[str], list[str]]:
-    """(root, files relative to root, ignored non-image files) for a folder (searched recursively,
-    so class folders work), a CSV with a `file` or `path` column (relative to the CSV), or a list
-    of paths."""
-    if isinstance(source, (list, tuple)):
-        if not source:
-            raise ImageError("no images given")
-        return Path("."), [str(p) for p in source], []
-    p = Path(source)
-    if not p.exists():
-        raise ImageError(f"data source not found: {str(p)!r}; give a folder of images or a CSV list")
-    if p.is_dir():
-        files = [str(f.relative_to(p)) for f in find_images(p)]
-        ignored = sorted(str(f.relative_to(p)) for f in p.rglob("*")
-                         if f.is_file() and f.suffix.lower() not in IMAGE_SUFFIXES
-                         and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                         and not f.name.endswith(".partial"))
-        if not files:
-            raise ImageError(f"no images found in {str(p)!r} (looked for {', '.join(IMAGE_SUFFIXES)} in it and its "
-                             "subfolders)")
-        return p, files, ignored
-    if p.suffix.lower() == ".csv":
-        try:
-            with open(p, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-                col = cols.get("file") or cols.get("path")
-                if col is None:
-                    raise ImageError(f"CSV {str(p)!r} needs a 'file' or 'path' column; it has "
-                                     f"{', '.join(reader.fieldnames or []) or 'no header'}")
-                files = [row[col].strip() for row in reader if (row.get(col) or "").strip()]
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise ImageError(f"cannot read CSV {str(p)!r}: {e}") from None
-        if not files:
-            raise ImageError(f"CSV {str(p)!r} lists no files")
-        return p.parent, files, []
-    raise ImageError(f"{str(p)!r} is neither a folder nor a .csv list of images")
-
-
-class ImageListDataset(torch.utils.data.Dataset):
-    """Item i: (i, normalized 3xHxW tensor, readable flag, reason). An unreadable file gives zeros
-    and its reason instead of raising, so one bad file does not end a long scan."""
-
-    def __init__(self, root: Path, files: Sequence[str], preprocessing):
-        self.root, self.files, self.pre = Path(root), list(files), preprocessing
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            x = self.pre(load_image(self.root / self.files[i]))[0]
-            return i, x, True, ""
-        except ImageError as e:
-            reason = str(e)
-        except Exception as e:  # noqa: BLE001 - any decoder failure: skip and report
-            reason = f"cannot read {self.files[i]!r}: {type(e).__name__}: {e}"
-        h, w = self.pre.crop
-        return i, torch.zeros(3, h, w), False, reason
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,14 +47,13 @@ def register_source(source: ModelSource) -> None:
 def _entry_point_sources() -> list[ModelSource]:
     global _from_entry_points
     if _from_entry_points is None:
-        from importlib.metadata import entry_points
+        from ..plugins import load_entry_points
 
         found = []
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep, obj in load_entry_points(ENTRY_POINT_GROUP, "model source"):
             try:
-                obj = ep.load()
                 obj = obj() if callable(obj) and not isinstance(obj, ModelSource) else obj
-            except Exception as e:  # a broken plug-in must not break the built-in sources
+            except Exception as e:  # noqa: BLE001 - a broken factory must not break the built-in sources
                 import warnings
 
                 warnings.warn(f"cnnviz model source {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}",

@@ -1,0 +1,168 @@
+"""`cnnviz audit`: a static HTML report of a model on a data set. Registered by `register(cli)`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from cnnviz_cli.options import use
+
+
+def progress_path(out: Path) -> Path:
+    """Where a running audit keeps its progress: beside the report folder, not in it."""
+    return out.with_name(f".{out.name}.audit-progress.npz")
+
+
+def check_out(out: Path, resume: bool, force: bool) -> Path:
+    """Refuse, before any work, a report folder that cannot be written or would be overwritten."""
+    from cnnviz.errors import OutputError
+
+    if resume and force:
+        raise OutputError("--resume and --force contradict each other: --resume continues a stopped audit, --force "
+                          "starts over; drop one")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{str(out)!r} is a file; --out names a folder for the report")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {str(parent)!r} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {str(parent)!r} is not writable; choose another --out")
+    progress = progress_path(out)
+    if out.is_dir() and any(out.iterdir()) and not (resume or force):
+        raise OutputError(f"{str(out)!r} exists and is not empty; add --force to replace it (or --resume to continue "
+                          "a stopped audit into it)")
+    if progress.exists() and not (resume or force):
+        raise OutputError(f"a stopped audit left its progress in {str(progress)!r}; add --resume to continue it or "
+                          "--force to start over")
+    return progress
+
+
+def remove_leftovers(out: Path, progress: Path) -> None:
+    """What a run killed with -9 left beside the report: half-built report folders and the
+    temporary of a progress file being written (atomic renames never leave a half file in place)."""
+    from cnnviz.engines.topk import remove_stale_temporaries
+
+    remove_stale_temporaries(progress)
+    parent = out.parent if str(out.parent) else Path(".")
+    for leftover in list(parent.glob(f".{out.name}.*.partial")) + list(parent.glob(f".{out.name}.old.*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished report `tmp` in the place of `out` (renames only)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent if str(out.parent) else "."))
+        os.rmdir(old)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def register(cli) -> None:
+    from cnnviz_cli import main as _main  # looked up at each call: tests hand over a loaded model
+    from cnnviz_cli.main import model_options
+
+    @cli.command(short_help="A static HTML report: accuracy, calibration, maps, faithfulness.")
+    @click.argument("data", type=click.Path())
+    @model_options
+    @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), metavar="DIR",
+                  help="Report folder: index.html, figures/, audit.npz and audit.json.")
+    @click.option("--methods", default="gradcam,saliency", show_default=True,
+                  help="Comma-separated attribution methods: gradcam, saliency, occlusion (window 32, stride 16: "
+                       "the dearest), guided, deconv, guided_gradcam, gradcampp, layercam, scorecam, rise.")
+    @click.option("--limit", default=None, type=click.IntRange(min=1), metavar="N", help="Audit the first N files only.")
+    @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1),
+                  help="Deletion/insertion steps (the curve has steps + 1 points).")
+    @use("fill", fill={"default": "blur", "callback": None,
+                       "help": "What deleted pixels become: blur (the image blurred, sigma 10 px), mean, black, "
+                               "white, a gray level or R,G,B in [0,1]."})
+    @click.option("--boxes", default=None, type=click.Path(dir_okay=False), metavar="BOXES.json",
+                  help="Object boxes per file, {file: [[x0, y0, x1, y1], ...]} in photo pixels: pointing game and "
+                       "energy inside the boxes.")
+    @click.option("--show", default=8, show_default=True, type=click.IntRange(min=0),
+                  help="Images drawn with their maps.")
+    @click.option("--sanity-images", default=2, show_default=True, type=click.IntRange(min=0),
+                  help="Images of the model-randomization sanity check (0: none).")
+    @click.option("--layer", "-l", default=None, metavar="NAME",
+                  help="Layer of the units section (its most class-selective units and their top patches); see "
+                       "`cnnviz layers` [default: no units section].")
+    @click.option("--num-units", "num_units", default=6, show_default=True, type=click.IntRange(min=1),
+                  help="With --layer: how many of the most selective units are shown.")
+    @click.option("-k", "k", default=4, show_default=True, type=click.IntRange(min=1),
+                  help="With --layer: top images per unit.")
+    @click.option("--resume", is_flag=True, help="Continue a stopped audit from its progress file.")
+    @click.option("--force", is_flag=True, help="Replace an existing report folder (and any progress).")
+    @use("device", "quiet")
+    def audit(data, model_spec, out, methods, limit, steps, fill, boxes, show, sanity_images, layer, num_units, k,
+              resume, force, device, quiet):
+        """Audit a model on DATA (a folder of images, a folder of class folders, or a CSV with a `file`
+        column and optionally a `label` column) and write a static report to --out: accuracy and
+        calibration, where the model looks, how faithful each map is, and provenance. The page opens
+        from disk with no network.
+
+        \b
+        Example:
+          cnnviz audit photos/ --out report/ --methods gradcam,saliency --limit 50
+        """
+        from cnnviz.engines.audit import audit as run_audit, check_methods
+        from cnnviz.engines.audit.data import read_dataset
+        from cnnviz.engines.common import resolve_device
+        from cnnviz.errors import ParameterError
+        from cnnviz.models import Preprocessing
+
+        methods_t = check_methods(methods)
+        unused = [{"num_units": "--num-units", "k": "-k"}[n] for n in _main._given("num_units", "k")]
+        if layer is None and unused:
+            raise ParameterError(f"{' and '.join(unused)} choose the units of the units section, which needs --layer; "
+                                 "add --layer L (see `cnnviz layers`) or drop them")
+        if fill.strip().lower() != "blur":
+            try:
+                Preprocessing().fill_value(fill)
+            except ParameterError as e:
+                raise ParameterError(f"--fill: {e}") from None
+        out_p = Path(out)
+        progress = check_out(out_p, resume, force)
+        resolve_device(device)
+        read_dataset(data, None, limit)  # empty folders, missing CSV files: before the model loads
+        if boxes is not None and not Path(boxes).is_file():
+            raise ParameterError(f"boxes file not found: {boxes!r}")
+        remove_leftovers(out_p, progress)
+        if force and progress.exists():
+            progress.unlink()
+        lm = _main._load(model_spec)
+        result = run_audit(lm, data, methods_t, limit=limit, steps=steps, fill=fill, show=show, boxes=boxes,
+                           sanity_images=sanity_images, layer=layer, units=num_units, k=k, device=device,
+                           progress=False if quiet else None,
+                           checkpoint=progress, resume=resume)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_p.name}.", suffix=".partial",
+                                    dir=out_p.parent if str(out_p.parent) else "."))
+        try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder; a report gets the usual mode
+            written = result.write_html(tmp)
+            replace_folder(tmp, out_p)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with contextlib.suppress(OSError):
+            progress.unlink()
+        p = result.params
+        acc = (f"top-1 {p['top1']:.1%}, top-5 {p['top5']:.1%}, ECE {p['ece']:.3f}" if p["has_labels"]
+               else "no labels")
+        click.echo(f"{p['num_images']} of {p['num_files']} images audited ({acc}); "
+                   + ", ".join(f"{m}: deletion AUC {p['mean_deletion_auc'][m]:.3f}, insertion AUC "
+                               f"{p['mean_insertion_auc'][m]:.3f}" for m in p["methods"]))
+        if len(result.skipped):
+            click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
+            for why in p["skipped_reasons"]:
+                click.echo(f"  {why}")
+        click.echo(f"wrote {out_p / 'index.html'} ({len(written) - 3} figures, audit.npz, audit.json)")

@@ -1,0 +1,115 @@
+"""The result of `cnnviz.audit`: every number of the report, so that it can be redrawn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ... import schema as S
+from ...results import Result
+
+
+@dataclass
+class AuditResult(Result):
+    """An audit of a model on a data set (see `cnnviz.engines.audit`).
+
+    Per readable image (N, in scan order): files (str, relative to params["root"]), labels (int64,
+    -1 unknown), top5 (int64 N x 5), top5_prob (float32 N x 5), and per method (M, `methods`):
+    centre_share, deletion_auc, insertion_auc, pointing_hit, box_energy (float32 N x M; NaN where
+    undefined: no box for the image, or a map without positive mass).
+    Per method: deletion_curve, insertion_curve (float32 M x T, the mean over the images) at
+    `fractions` (T) of the pixels.
+    Calibration: reliability_conf, reliability_acc (float32 B; NaN for empty bins), reliability_count.
+    Per class seen (K; the true class where labels are given, else the predicted one): class_indices,
+    class_counts, class_correct (top-1 right, 0 without labels), class_maps (float32 K x M x s x s:
+    the mean of the images' maps, each scaled to sum 1), class_images (uint8 K x s x s x 3, the mean
+    input crop).
+    Examples: shown_index (into files), shown_images (uint8 k x H x W x 3), shown_maps (k x M x H x W);
+    misclassified ones: wrong_index, wrong_images, wrong_pred_maps and wrong_true_maps (maps of the
+    predicted and of the true class).
+    Sanity check (Adebayo et al. 2018): sanity_files (I), sanity_methods (M'), sanity_steps (S),
+    sanity_spearman (I x M' x S).
+    Units of params["layer"] (empty without a layer): unit_selectivity (float32, every unit's
+    class-selectivity index), unit_index (V, the most selective first), unit_top_files (V x k, index
+    into files, -1 empty), unit_top_values, unit_top_classes (true or predicted class of each top
+    image) and unit_patches (uint8 V x k x r x r x 3, the receptive field at the maximum).
+    skipped: unreadable files (reasons in params["skipped_reasons"]).
+    """
+
+    kind: ClassVar[str] = "audit"
+    renderer: ClassVar = "cnnviz.render.audit:figure"
+    param_schema: ClassVar[dict] = {"has_labels": S.BOOL, "num_images": S.INT, "steps": S.INT,
+                                    "ece": S.optional(S.NUMBER), "top1": S.optional(S.NUMBER)}
+    array_schema: ClassVar[dict] = {
+        "files": S.Arr("U", ("N",)), "labels": S.Arr("iu", ("N",)), "top5": S.Arr("iu", ("N", None)),
+        "top5_prob": S.Arr("f", ("N", None)), "methods": S.Arr("U", ("M",)),
+        "centre_share": S.Arr("f", ("N", "M")), "deletion_auc": S.Arr("f", ("N", "M")),
+        "insertion_auc": S.Arr("f", ("N", "M")), "fractions": S.Arr("f", ("T",)),
+        "deletion_curve": S.Arr("f", ("M", "T")), "insertion_curve": S.Arr("f", ("M", "T")),
+        "reliability_conf": S.Arr("f", ("B",)), "reliability_acc": S.Arr("f", ("B",)),
+        "reliability_count": S.Arr("iu", ("B",)), "class_indices": S.Arr("iu", ("K",)),
+        "class_counts": S.Arr("iu", ("K",)), "class_correct": S.Arr("iu", ("K",)),
+        "class_maps": S.Arr("f", ("K", "M", "s", "s")), "class_images": S.Arr("u", ("K", "s", "s", 3)),
+        "shown_index": S.Arr("iu", ("k",)), "shown_images": S.Arr("u", ("k", "H", "W", 3)),
+        "shown_maps": S.Arr("f", ("k", "M", "H", "W")), "wrong_index": S.Arr("iu", ("w",)),
+        "wrong_images": S.Arr("u", ("w", "H", "W", 3)), "wrong_pred_maps": S.Arr("f", ("w", "M", "H", "W")),
+        "wrong_true_maps": S.Arr("f", ("w", "M", "H", "W"))}
+    files: np.ndarray = None
+    labels: np.ndarray = None
+    top5: np.ndarray = None
+    top5_prob: np.ndarray = None
+    methods: np.ndarray = None
+    centre_share: np.ndarray = None
+    deletion_auc: np.ndarray = None
+    insertion_auc: np.ndarray = None
+    pointing_hit: np.ndarray = None
+    box_energy: np.ndarray = None
+    fractions: np.ndarray = None
+    deletion_curve: np.ndarray = None
+    insertion_curve: np.ndarray = None
+    reliability_conf: np.ndarray = None
+    reliability_acc: np.ndarray = None
+    reliability_count: np.ndarray = None
+    class_indices: np.ndarray = None
+    class_counts: np.ndarray = None
+    class_correct: np.ndarray = None
+    class_maps: np.ndarray = None
+    class_images: np.ndarray = None
+    shown_index: np.ndarray = None
+    shown_images: np.ndarray = None
+    shown_maps: np.ndarray = None
+    wrong_index: np.ndarray = None
+    wrong_images: np.ndarray = None
+    wrong_pred_maps: np.ndarray = None
+    wrong_true_maps: np.ndarray = None
+    sanity_files: np.ndarray = None
+    sanity_methods: np.ndarray = None
+    sanity_steps: np.ndarray = None
+    sanity_spearman: np.ndarray = None
+    unit_index: np.ndarray = None
+    unit_selectivity: np.ndarray = None
+    unit_top_files: np.ndarray = None
+    unit_top_values: np.ndarray = None
+    unit_top_classes: np.ndarray = None
+    unit_patches: np.ndarray = None
+    skipped: np.ndarray = None
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.top5[:, 0]
+
+    def accuracy(self, k: int = 1) -> float | None:
+        """Top-k accuracy over the labelled images (None without labels)."""
+        known = self.labels >= 0
+        if not known.any():
+            return None
+        return float((self.top5[known, :k] == self.labels[known, None]).any(1).mean())
+
+    def write_html(self, folder, **options):
+        """Write the static report (index.html and its figures) into `folder`; see
+        `cnnviz.render.audit_html.write_report`."""
+        from ...render.audit_html import write_report
+
+        return write_report(self, folder, **options)

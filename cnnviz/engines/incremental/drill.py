@@ -1,0 +1,49 @@
+"""Adaptive drill-down (Nakandala et al. 2019, Sec. 4.2): the occluder first at a coarse grid
+(every STEP-th position of the requested grid on each axis, and the last), then at the fine
+positions next to the coarse ones whose probability drop is in the top TOP_FRACTION; every other
+fine position takes the values of its nearest coarse position."""
+
+from __future__ import annotations
+
+import numpy as np
+
+STEP = 2
+TOP_FRACTION = 0.25
+
+
+def coarse_axis(n: int, step: int = STEP) -> np.ndarray:
+    """Every step-th index of 0..n-1, and n-1 (so the far border is seen)."""
+    idx = list(range(0, n, step))
+    if idx[-1] != n - 1:
+        idx.append(n - 1)
+    return np.array(idx)
+
+
+def coarse_positions(ny: int, nx: int, step: int = STEP) -> np.ndarray:
+    """Flat (row-major) indices of the coarse grid."""
+    cy, cx = coarse_axis(ny, step), coarse_axis(nx, step)
+    return (cy[:, None] * nx + cx[None, :]).ravel()
+
+
+def fine_positions(ny: int, nx: int, coarse: np.ndarray, drops: np.ndarray, step: int = STEP,
+                   top_fraction: float | None = None) -> np.ndarray:
+    """Flat indices, not coarse, within step-1 positions (each axis) of a coarse position whose drop
+    is among the largest `top_fraction` of the coarse drops."""
+    top_fraction = TOP_FRACTION if top_fraction is None else top_fraction
+    k = max(1, int(np.ceil(top_fraction * len(coarse))))
+    chosen = coarse[np.argsort(-drops, kind="stable")[:k]]
+    near = np.zeros((ny, nx), dtype=bool)
+    for flat in chosen:
+        y, x = divmod(int(flat), nx)
+        near[max(0, y - step + 1): y + step, max(0, x - step + 1): x + step] = True
+    near.ravel()[coarse] = False
+    return np.flatnonzero(near)
+
+
+def nearest_coarse(ny: int, nx: int, step: int = STEP) -> np.ndarray:
+    """For every fine position (flat), the flat index of its nearest coarse position."""
+    def axis(n):
+        c = coarse_axis(n, step)
+        return c[np.abs(np.arange(n)[:, None] - c[None, :]).argmin(1)]
+
+    return (axis(ny)[:, None] * nx + axis(nx)[None, :]).ravel()
