@@ -1,6 +1,7 @@
-"""The attribution commands: saliency, guided, deconv, smoothgrad, gradcam, ig (one command per
-backprop method), compare and sanity. Each takes image files and folders; options come from
-`cnnviz_cli.options`, figure paths from `cnnviz_cli.inputs` (checked before the model loads)."""
+"""The attribution commands: saliency, guided, deconv, smoothgrad, gradcam, gradcampp, layercam,
+scorecam, rise, lrp, ig (one command per backprop method), compare and sanity. Each takes image
+files and folders; options come from `cnnviz_cli.options`, figure paths from `cnnviz_cli.inputs`
+(checked before the model loads)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,20 @@ def _refuse_shared_scale(shared_scale, figures) -> None:
                              "up to 8 images in one figure with --out")
 
 
-CAM_LAYER = ("gradcam", "gradcampp", "layercam", "scorecam")  # the commands that take a --layer of maps
+# What each method takes, as its entry in the registry (`cnnviz.engines.methods.REGISTRY`) says:
+# (projects a unit of --layer, needs a --layer of maps, SmoothGrad can average it). Written out
+# here because building the commands must not import cnnviz (and torch): `cnnviz --help` stays
+# fast. tests/test_methods.py checks that it agrees with the registry; the engine's
+# `check_options`, which every command calls, reads the registry itself.
+METHOD_FLAGS = {
+    "saliency": (True, False, True), "guided": (True, False, True), "deconv": (True, False, True),
+    "gradcam": (False, True, False), "guided_gradcam": (False, True, False), "ig": (False, False, True),
+    "gradcampp": (False, True, False), "layercam": (False, True, False), "scorecam": (False, True, False),
+    "rise": (False, False, False), "lrp-epsilon": (False, False, True), "lrp-zplus": (False, False, True),
+    "lrp-alphabeta": (False, False, True), "lrp-alpha1beta0": (False, False, True)}
+CAM_LAYER = tuple(m for m, (_, layer, _) in METHOD_FLAGS.items() if layer)  # take a --layer of maps
+LRP_RULES = {"epsilon": "lrp-epsilon", "zplus": "lrp-zplus", "alphabeta": "lrp-alphabeta",
+             "alpha1beta0": "lrp-alpha1beta0"}  # `cnnviz lrp --rule`: the method of each rule
 
 
 def _gradient_command(cli, method: str, short: str, summary: str):
@@ -69,31 +83,31 @@ def _gradient_command(cli, method: str, short: str, summary: str):
     and --unit where a unit can be projected (Grad-CAM: --layer alone), the SmoothGrad options
     where copies can be averaged, the Integrated Gradients options on ig; a combination the method
     cannot use is a one-line error before the model loads."""
-    engine = "saliency" if method == "smoothgrad" else method
-    units = engine in ("saliency", "guided", "deconv")
-    smooths = engine in ("saliency", "guided", "deconv", "ig")
+    engine = {"smoothgrad": "saliency", "lrp": "lrp-zplus"}.get(method, method)
+    units, _, smooths = METHOD_FLAGS[engine]
     always = method == "smoothgrad"
 
     def command(images, model_spec, target, device, out, out_dir, save, shared_scale, full_image, batch_size=None,
                 layer=None, unit=None, samples=None, noise=None, seed=None, smooth=None, steps=None, baseline=None,
-                internal_batch=None):
+                internal_batch=None, rule=None):
         from cnnviz.engines.gradients import attribute, check_options
         from cnnviz.images import load_image
         from cnnviz_cli import output
 
+        engine_now = LRP_RULES[rule] if rule is not None else engine
         kw = dict(target=target, layer=layer, unit=unit, smooth=samples or 0, noise=noise, seed=seed,
                   smooth_mode=smooth)
         if engine == "ig":
             kw.update(ig_steps=steps, baseline=baseline, ig_internal_batch=internal_batch)
         else:
             kw.update(batch_size=batch_size)
-        check_options(engine, **kw)
+        check_options(engine_now, **kw)
         files = expand_images(images)
         figures = plan_figures(files, out, out_dir, save, method)
         _refuse_shared_scale(shared_scale, figures)
         pics = [load_image(p) for p in files]  # every file read before the model loads
         lm = _load(model_spec)
-        result = attribute(lm, pics, engine, device=device, **kw)
+        result = attribute(lm, pics, engine_now, device=device, **kw)
         result.params["image_files"] = [str(p) for p in files]
         result.params["class_names"] = {str(int(t)): lm.class_name(int(t)) for t in result.top1}
         if isinstance(figures, Path):
@@ -144,6 +158,10 @@ def _gradient_command(cli, method: str, short: str, summary: str):
             seed={"help": "Seed of the SmoothGrad noise [default: 0]."},
             smooth={"help": OPTIONS_HELP_SMOOTH_ALWAYS})
     command = use(*names, cmd=method, **overrides)(figure_options(command))
+    if method == "lrp":
+        command = click.option("--rule", type=click.Choice(list(LRP_RULES)), default="zplus", show_default=True,
+                               help="LRP rule on the convolutions: epsilon (ε everywhere), zplus (z⁺; ε on linear "
+                                    "layers), alphabeta (α2β1; ε on linear layers) or alpha1beta0.")(command)
     command = model_options(command)
     command = click.argument("images", nargs=-1, required=True, type=click.Path())(command)
     command.__doc__ = summary
@@ -191,6 +209,12 @@ def register(cli) -> None:
     (7x7 cells, each kept with probability 0.5, upsampled and shifted) weighted by the class
     probability of the masked image; needs no gradients and no layer. 2000 forward passes per
     image.""" + IMAGES_NOTE)
+    _gradient_command(cli, "lrp", "Layer-wise relevance propagation (signed map).", """Layer-wise relevance
+    propagation (Bach et al. 2015): the class score sent back layer by layer, each convolution and
+    linear layer splitting its output's relevance among its inputs by --rule; batch norms folded into
+    their convolutions first, activations pass relevance, max pooling to the maximum, average
+    pooling and residual additions in proportion. A signed map (diverging colours): red for evidence
+    for the class, blue against.""" + IMAGES_NOTE)
     _gradient_command(cli, "ig", "Integrated Gradients (signed map).", """Integrated Gradients (Sundararajan et al. 2017, via captum) from a baseline image
     (--baseline, black by default) in --steps steps: a signed map (diverging colours, centred on
     zero). Each image in turn, its scaled copies --internal-batch at a time (memory bounded).""" + IMAGES_NOTE)

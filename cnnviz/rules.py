@@ -29,12 +29,24 @@ recorded in the forward pass, which is exactly the deconvnet's unpooling with sw
 counts those max-pool calls (`switches`): under the deconv rule they are the only place where the
 image enters the backward pass of a network of convolutions, rectifiers, normalization and
 average pooling, so a network without them gives every image the same deconvnet map.
+
+Rules are values: `GRADIENT`, `GUIDED`, `DECONV` (instances of `Rule`; a name is looked up in
+`RULE_OBJECTS`), and the LRP rules of `cnnviz.engines.lrp`, which also act on convolutions, linear
+layers, average pooling, batch norms and additions (`Rule.linear`). A rule is chosen per layer:
+`BackwardRule({"features": "guided", "": "gradient"}, model=model)` applies, at each torch function
+the mode sees, the rule of the layer that is running, found from forward pre-hooks on the model's
+modules (removed when the block ends): the innermost module running, matched against the keys by
+the longest prefix that ends at a dot ("features" covers "features" and "features.3", not
+"features2"; "" covers every layer). A layer no key covers gets the plain gradient. A key that names
+no module of the model is refused.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +65,7 @@ class _Rectify(torch.autograd.Function):
         if slope:
             below = x <= lo
             y = torch.where(below, lo + slope * (x - lo), y)
-        if rule == "deconv":
+        if rule in ("deconv", "pass"):
             return y
         if hi == math.inf:
             inside = y > lo if not slope else ~below
@@ -65,6 +77,8 @@ class _Rectify(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         a = ctx.slope
+        if ctx.rule == "pass":  # LRP: relevance passes the activation unchanged
+            return g, None, None, None, None
         if ctx.rule == "deconv":
             return (g.clamp(min=0) if not a else torch.where(g > 0, g, a * g)), None, None, None, None
         (inside,) = ctx.saved_tensors
@@ -121,6 +135,8 @@ class _Smooth(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.rule == "pass":
+            return g, None, None, None
         if ctx.rule == "deconv":
             return g.clamp(min=0), None, None, None
         (slope,) = ctx.saved_tensors
@@ -159,6 +175,104 @@ def _smooth_slope(func, args, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     return y.detach(), d
 
 
+_QUIET = threading.local()  # set while a rule's own backward calls torch functions: the mode lets them through
+
+
+class quiet:
+    """`with quiet():` the mode passes every call through unchanged (a rule's backward computing
+    with torch functions while the mode is still active on the thread)."""
+
+    def __enter__(self):
+        self.was = getattr(_QUIET, "on", False)
+        _QUIET.on = True
+
+    def __exit__(self, *exc):
+        _QUIET.on = self.was
+
+
+class Rule:
+    """What the backward pass does at the functions `BackwardRule` sees, where this rule is chosen.
+    Each hook returns the output to use, or None for the plain function (its plain gradient).
+
+    rectifier(x, lo, hi, slope, in_place): ReLU, ReLU6, Hardtanh, LeakyReLU (y = clip(x, lo, hi),
+      slope below lo); smooth(func, args, kwargs): SiLU, GELU, Mish, Hardswish, ELU, ...;
+      linear(kind, func, args, kwargs): "conv", "linear", "avgpool", "add", "batchnorm"; called only
+      when `acts_on_linear`. `warns_on_gates`: the gates (sigmoid, hard sigmoid, tanh) are named in a
+      warning, as an activation without a rule."""
+
+    name = "rule"
+    acts_on_linear = False
+    warns_on_gates = False
+
+    def rectifier(self, x, lo, hi, slope):
+        return None
+
+    def smooth(self, func, args, kwargs):
+        return None
+
+    def linear(self, kind, func, args, kwargs):
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Gradient(Rule):
+    """The plain gradient everywhere."""
+
+    name = "gradient"
+
+
+class _Modified(Rule):
+    def rectifier(self, x, lo, hi, slope):
+        return _Rectify.apply(x, lo, hi, slope, self.name)
+
+    def smooth(self, func, args, kwargs):
+        y, slope = _smooth_slope(func, args, kwargs)
+        return _Smooth.apply(args[0], y, slope, self.name)
+
+
+class Guided(_Modified):
+    """Guided backprop: g * phi'(x) * [g > 0] at rectifiers, phi'(x) * max(g, 0) at smooth activations."""
+
+    name = "guided"
+
+
+class Deconv(_Modified):
+    """Zeiler-Fergus deconvnet: the signal rectified at every activation, whatever x was."""
+
+    name = "deconv"
+
+
+GRADIENT, GUIDED, DECONV = Gradient(), Guided(), Deconv()
+RULE_OBJECTS = {"gradient": GRADIENT, "guided": GUIDED, "deconv": DECONV}
+
+
+def as_rule(value) -> Rule:
+    """A Rule from a Rule or one of the names in RULE_OBJECTS."""
+    if isinstance(value, Rule):
+        return value
+    if isinstance(value, str) and value in RULE_OBJECTS:
+        return RULE_OBJECTS[value]
+    raise ValueError(f"unknown rule {value!r}; one of {tuple(RULE_OBJECTS)} or a cnnviz.rules.Rule "
+                     "(LRP rules: cnnviz.engines.lrp)")
+
+
+def covers(prefix: str, name: str) -> bool:
+    """Whether the rule key `prefix` covers the layer `name`: "" covers all, "a.b" covers "a.b" and
+    "a.b.c", not "a.bc"."""
+    return not prefix or name == prefix or name.startswith(prefix + ".")
+
+
+def rule_for(rules: Mapping[str, Rule], name: str) -> Rule:
+    """The rule of the longest key covering `name` (the plain gradient where none does)."""
+    best = None
+    for key in rules:
+        if covers(key, name) and (best is None or len(key) > len(best)):
+            best = key
+    return GRADIENT if best is None else rules[best]
+
+
 # max pooling as modules and functions call it (F.max_pool2d dispatches on return_indices, so the
 # mode sees the inner functions)
 _MAX_POOLS = {f for f in (getattr(F, n, None) for n in (
@@ -173,50 +287,141 @@ _MAX_POOLS |= {f for f in (getattr(torch, n, None) for n in ("max_pool1d", "max_
                if f is not None}
 
 
+def _funcs(owner, names):
+    return [f for f in (getattr(owner, n, None) for n in names) if f is not None]
+
+
+# the functions an LRP rule acts on (Rule.linear), by kind
+_LINEAR = {f: "conv" for f in _funcs(F, ("conv1d", "conv2d", "conv3d"))}
+_LINEAR.update({f: "linear" for f in _funcs(F, ("linear",))})
+_LINEAR.update({f: "avgpool" for f in _funcs(F, ("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+                                                 "adaptive_avg_pool2d", "adaptive_avg_pool3d"))})
+_LINEAR.update({f: "batchnorm" for f in _funcs(F, ("batch_norm",))})
+_LINEAR.update({f: "add" for f in (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
+                                   torch.Tensor.__iadd__, torch.Tensor.__radd__)})
+_LINEAR_IN_PLACE = {torch.Tensor.add_, torch.Tensor.__iadd__}
+
+
 class BackwardRule(TorchFunctionMode):
     """`with BackwardRule("guided"): ...` makes every rectifier called in the block use that rule
     in its backward pass. Forward values are unchanged. Counts the rectifier calls it replaced
-    (`replaced`) and the max-pool calls whose switches the backward pass follows (`switches`)."""
+    (`replaced`) and the max-pool calls whose switches the backward pass follows (`switches`).
 
-    def __init__(self, rule: str):
+    rule: a name ("gradient", "guided", "deconv"), a `Rule`, or a mapping {layer prefix: rule}
+      chosen per layer (see the module's docstring); a mapping needs `model`, whose modules get
+      forward pre-hooks (and forward hooks) for the block's duration only."""
+
+    def __init__(self, rule, model=None):
         super().__init__()
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; one of {RULES}")
-        self.rule = rule
+        if isinstance(rule, Mapping):
+            if model is None:
+                raise ValueError("rules per layer need the model: BackwardRule({...}, model=model)")
+            names = [n for n, _ in model.named_modules()]
+            for key in rule:
+                if not isinstance(key, str) or not any(covers(key, n) for n in names):
+                    raise ValueError(f"rules key {key!r} names no layer of the model; use a module name from "
+                                     "`cnnviz layers` (its sub-layers included) or \"\" for every layer")
+            self.rules = {k: as_rule(v) for k, v in rule.items()}
+            self._single = None
+            self.rule = "per-layer"
+        else:
+            if isinstance(rule, str) and rule not in RULE_OBJECTS:
+                raise ValueError(f"unknown rule {rule!r}; one of {RULES}")
+            self._single = as_rule(rule)
+            self.rules = {"": self._single}
+            self.rule = self._single.name
+        self.model = model if isinstance(rule, Mapping) else None
         self.replaced = 0
         self.switches = 0
         self.unruled: set[str] = set()
+        self._stack: list[str] = []
+        self._handles: list = []
+
+    # which layer is running: pre-hooks push its name, forward hooks (always called) pop it
+    def __enter__(self):
+        if self.model is not None:
+            for name, m in self.model.named_modules():
+                self._handles.append(m.register_forward_pre_hook(self._push(name)))
+                self._handles.append(m.register_forward_hook(self._pop(name), always_call=True))
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._remove()
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._remove()
+
+    def _remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._stack.clear()
+
+    def _push(self, name):
+        def hook(module, args):
+            if not name:
+                self._stack.clear()  # a new pass of the whole model
+            self._stack.append(name)
+        return hook
+
+    def _pop(self, name):
+        def hook(module, args, out):
+            while self._stack:
+                if self._stack.pop() == name:
+                    break
+        return hook
+
+    def current(self) -> Rule:
+        """The rule of the layer running now."""
+        if self._single is not None:
+            return self._single
+        return rule_for(self.rules, self._stack[-1] if self._stack else "")
+
+    def _warn(self, what: str, rule: Rule):
+        if what not in self.unruled:
+            self.unruled.add(what)
+            warnings.warn(f"{what} has no {rule.name} rule in cnnviz: the {rule.name} signal passes it as the plain "
+                          "gradient", stacklevel=3)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.rule != "gradient" and func in _SMOOTH and args and isinstance(args[0], torch.Tensor) \
-                and args[0].requires_grad and torch.is_grad_enabled():
-            return self._smooth(func, args, kwargs)
-        if self.rule != "gradient" and func in _UNRULED and _UNRULED[func] not in self.unruled:
-            self.unruled.add(_UNRULED[func])
-            warnings.warn(f"{_UNRULED[func]} has no {self.rule} rule in cnnviz: the {self.rule} signal passes it as "
-                          "the plain gradient", stacklevel=2)
-        spec = _TABLE.get(func)
-        if spec is None or not args or not isinstance(args[0], torch.Tensor):
-            if (args and isinstance(args[0], torch.Tensor) and args[0].requires_grad and torch.is_grad_enabled()
-                    and func in _MAX_POOLS):
+        if getattr(_QUIET, "on", False):
+            return func(*args, **kwargs)
+        tracked = bool(args) and isinstance(args[0], torch.Tensor) and args[0].requires_grad \
+            and torch.is_grad_enabled()
+        if not tracked:
+            return func(*args, **kwargs)
+        rule = self.current()
+        if isinstance(rule, Gradient):
+            if func in _MAX_POOLS:
                 self.switches += 1
             return func(*args, **kwargs)
-        x = args[0]
-        if not (x.requires_grad and torch.is_grad_enabled()):
-            return func(*args, **kwargs)
-        lo, hi, slope = spec(args, kwargs)
-        self.replaced += 1
-        y = _Rectify.apply(x, lo, hi, slope, self.rule)
-        if func in _IN_PLACE or kwargs.get("inplace") or (len(args) > 1 and args[-1] is True):
-            return x.copy_(y)  # callers of an in-place op may ignore the return value
-        return y
-
-    def _smooth(self, func, args, kwargs):
-        x = args[0]
-        y, slope = _smooth_slope(func, args, kwargs)
-        self.replaced += 1
-        out = _Smooth.apply(x, y, slope, self.rule)
-        if func in _SMOOTH_IN_PLACE or kwargs.get("inplace") or (len(args) > 1 and args[-1] is True):
-            return x.copy_(out)
-        return out
+        in_place = kwargs.get("inplace") or (len(args) > 1 and args[-1] is True)
+        if func in _SMOOTH:
+            out = rule.smooth(func, args, kwargs)
+            if out is not None:
+                self.replaced += 1
+                return args[0].copy_(out) if (func in _SMOOTH_IN_PLACE or in_place) else out
+        elif func in _TABLE:
+            lo, hi, slope = _TABLE[func](args, kwargs)
+            y = rule.rectifier(args[0], lo, hi, slope)
+            if y is not None:
+                self.replaced += 1
+                # callers of an in-place op may ignore the return value
+                return args[0].copy_(y) if (func in _IN_PLACE or in_place) else y
+        elif rule.acts_on_linear and func in _LINEAR:
+            out = rule.linear(_LINEAR[func], func, args, kwargs)
+            if out is not None:
+                self.replaced += 1
+                return args[0].copy_(out) if func in _LINEAR_IN_PLACE else out
+        elif func in _UNRULED:
+            self._warn(_UNRULED[func], rule)
+        elif rule.warns_on_gates and func in _GATES:
+            self._warn(getattr(func, "__name__", str(func)), rule)
+        elif func in _MAX_POOLS:
+            self.switches += 1
+        return func(*args, **kwargs)

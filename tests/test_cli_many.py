@@ -182,6 +182,7 @@ VALUE = {
     "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid",
     "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
     "--sanity-images": "1", "--num-units": "3",
+    "--rule": "alphabeta",
 }
 POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"]}
 REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"]}

@@ -29,14 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from ..layers import LayerInfo, record
+from .targets import Target, seed
 
 EPS = 1e-7
 
 
 def _score_seed(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    seed = torch.zeros_like(out)
-    seed[torch.arange(len(targets)), targets] = 1.0
-    return seed
+    return seed(out, Target.of_class(targets))  # the one seed of every backward pass
 
 
 def activations_and_gradients(model, x: torch.Tensor, targets: torch.Tensor | None, layer: LayerInfo):

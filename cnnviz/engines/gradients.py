@@ -13,7 +13,14 @@
   brighter on the object's texture; "mean" keeps only what has a consistent sign under the noise
   (`benchmarks/gradients.py --stability` measures both);
 - Grad-CAM (Selvaraju et al. 2017) and guided Grad-CAM;
-- Integrated Gradients (Sundararajan et al. 2017), through captum.
+- Integrated Gradients (Sundararajan et al. 2017), through captum;
+- Grad-CAM++, LayerCAM, Score-CAM, RISE (`cnnviz.engines.cams`) and LRP (`cnnviz.engines.lrp`).
+
+Each method is a `cnnviz.engines.methods.Method` in one registry (name, label, signed, needs a
+layer, how to compute it); this module checks the options, batches the images and assembles the
+result. `rules={"features": "guided", "": "gradient"}` chooses the backward rule per layer (the
+longest prefix of a layer's name that ends at a dot; "" is every layer) for saliency, guided,
+deconv and the LRP methods, in place of the method's own rule.
 
 Targets: a class (index or name; default each image's top-1), or a unit of a layer: a whole
 feature map, one position of it, or the strongest activation of the map. For a unit, every other
@@ -40,9 +47,8 @@ parameter's `.grad` is written.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -51,147 +57,109 @@ import torch.nn.functional as F
 from ..batching import Batches, check_batch_size, memory_limit, model_work, pad
 from ..errors import ParameterError
 from ..geometry import CropGeometry, params_of, stack_thumbnails
-from ..layers import (LayerInfo, StopForward, default_feature_layer, flattened_after, record, resolve_layer,
-                      trace_layers)
+from ..layers import LayerInfo, default_feature_layer, flattened_after, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import GradientResult, provenance
-from ..rules import BackwardRule
+from ..rules import RULE_OBJECTS, Rule
+from . import methods as M
 from .common import model_on_device, resolve_device
 from .dependence import UNINFORMATIVE_R, image_dependence, _uninformative  # noqa: F401
-from .ig import _baseline, _integrated_gradients, check_baseline
+from .ig import _baseline, check_baseline
+from .methods import SMOOTH_MODES, SmoothGrad, signal_at_input
+from .targets import Target, Unit, seed
 
-METHODS = ("saliency", "guided", "deconv", "gradcam", "guided_gradcam", "ig", "gradcampp", "layercam", "scorecam",
-           "rise")
-_RULE = {"saliency": "gradient", "guided": "guided", "deconv": "deconv"}
-SIGNED = {"ig"}
-CAM = ("gradcam", "guided_gradcam", "gradcampp", "layercam", "scorecam")  # a layer's maps, weighted
-# the class activation maps of cnnviz.engines.cams (Grad-CAM++, LayerCAM, Score-CAM), and RISE (no layer)
-_CAMS = {"gradcampp": "grad_cam_pp", "layercam": "layer_cam", "scorecam": "score_cam"}
-SMOOTH_MODES = ("mean", "mean-abs")
+METHODS = tuple(M.REGISTRY)
+SIGNED = set(M.names(signed=True))
+CAM = M.names(needs_layer=True)  # a layer's maps, weighted
 DEFAULT_NOISE = 0.15
+DEFAULT_SAMPLES = 25  # method="smoothgrad" without smooth=
 DEFAULT_IG_STEPS = 50
 IG_MEMORY_BUDGET = 1 << 30  # bytes the scaled copies of one IG forward + backward pass may take
 
 
-@dataclass(frozen=True)
-class Unit:
-    """A unit of a layer: channel `channel`, and where in its map: all of it (`where="map"`), one
-    position (`where=(y, x)`) or its strongest activation (`where="max"`)."""
-
-    channel: int
-    where: str | tuple[int, int] = "max"
-
-    @classmethod
-    def parse(cls, text: str | int | "Unit") -> "Unit":
-        """`12` or `12:max` (strongest activation of channel 12), `12:map` (whole map), `12:3,4`."""
-        if isinstance(text, Unit):
-            return text
-        if isinstance(text, (int, np.integer)):
-            return cls(int(text))
-        ch, _, where = str(text).strip().partition(":")
-        try:
-            channel = int(ch)
-            if where in ("", "max"):
-                return cls(channel, "max")
-            if where == "map":
-                return cls(channel, "map")
-            y, x = (int(v) for v in where.split(","))
-            return cls(channel, (y, x))
-        except ValueError:
-            raise ParameterError(f"bad unit {text!r}; use CHANNEL, CHANNEL:max, CHANNEL:map or CHANNEL:Y,X") from None
-
-    def describe(self) -> str:
-        where = self.where if isinstance(self.where, str) else f"({self.where[0]}, {self.where[1]})"
-        return f"channel {self.channel} {where}"
-
-
 def _unit_seed(act: torch.Tensor, unit: Unit) -> torch.Tensor:
     """The signal sent down from a layer for a unit: its activation(s), zero everywhere else."""
-    c = unit.channel
-    seed = torch.zeros_like(act)
-    a = act.detach()
-    if act.ndim == 2:  # a fully connected layer: the unit is one output
-        seed[:, c] = a[:, c]
-        return seed
-    if unit.where == "map":
-        seed[:, c] = a[:, c]
-    elif unit.where == "max":
-        flat = a[:, c].flatten(1)
-        idx = flat.argmax(1)
-        rows = torch.arange(len(idx), device=act.device)
-        w = a.shape[-1]
-        seed[rows, c, idx // w, idx % w] = flat[rows, idx]
-    else:
-        y, x = unit.where
-        seed[:, c, y, x] = a[:, c, y, x]
-    return seed
+    return seed(act, Target.of_unit(unit))
 
 
-def input_signal(model, x: torch.Tensor, rule: str, targets: torch.Tensor | None = None,
+def _target(targets: torch.Tensor | None, unit: Unit | None) -> Target:
+    return Target.of_unit(unit) if unit is not None else Target.of_class(targets)
+
+
+def input_signal(model, x: torch.Tensor, rule, targets: torch.Tensor | None = None,
                  layer: LayerInfo | None = None, unit: Unit | None = None) -> torch.Tensor:
-    """The backward signal at the input (N x 3 x H x W) under `rule`, from the class scores
-    `targets` (one per image) or from `unit` of `layer`."""
-    return _input_signal(model, x, rule, targets, layer, unit)[0]
-
-
-def _input_signal(model, x, rule, targets, layer, unit):
-    """input_signal, plus the top-1 classes of the same forward pass (None for a unit target);
-    `targets=None` with a class target means each image's top-1."""
-    x = x.detach().clone().requires_grad_(True)
-    mode = BackwardRule(rule) if rule != "gradient" else contextlib.nullcontext()
-    with torch.enable_grad(), mode:
-        if unit is not None:
-            with record(model, [layer], stop=True) as store:
-                with contextlib.suppress(StopForward):
-                    model(x)
-            act = store[layer.address]
-            (g,) = torch.autograd.grad(act, x, grad_outputs=_unit_seed(act, unit))
-            return g.detach(), None
-        out = model(x)
-        top1 = out.detach().argmax(1)
-        targets = top1 if targets is None else targets
-        seed = torch.zeros_like(out)
-        seed[torch.arange(len(targets)), targets] = 1.0
-        (g,) = torch.autograd.grad(out, x, grad_outputs=seed)
-    return g.detach(), top1
+    """The backward signal at the input (N x 3 x H x W) under `rule` (a name, a Rule or rules per
+    layer), from the class scores `targets` (one per image) or from `unit` of `layer`."""
+    return signal_at_input(model, x, _target(targets, unit), rule, layer)[0]
 
 
 def grad_cam(model, x: torch.Tensor, targets: torch.Tensor, layer: LayerInfo) -> torch.Tensor:
     """Grad-CAM maps (N x h x w at the layer's resolution): ReLU of the feature maps weighted by
     the spatial mean of the class score's gradient."""
-    return _grad_cam(model, x, targets, layer)[0]
+    return M.grad_cam(model, x, Target.of_class(targets), layer)["cam"]
 
 
-def _grad_cam(model, x, targets, layer):
-    from .cams import activations_and_gradients  # the same forward and backward as the other CAMs
+def resolve_rules(rules) -> dict[str, Rule]:
+    """{layer prefix: Rule} from {prefix: rule name or Rule}; names: gradient, guided, deconv and
+    the LRP methods (lrp-epsilon, lrp-zplus, lrp-alphabeta, lrp-alpha1beta0)."""
+    from .lrp import METHODS as LRP_RULES, lrp_rule
 
-    act, g, top1 = activations_and_gradients(model, x, targets, layer)
-    weights = g.mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * act).sum(1)), top1
+    if not isinstance(rules, Mapping) or not rules:
+        raise ParameterError(f"rules={rules!r}: give a dict {{layer prefix: rule}}, e.g. "
+                             "{'features': 'guided', '': 'gradient'}")
+    out = {}
+    for key, value in rules.items():
+        if not isinstance(key, str):
+            raise ParameterError(f"rules key {key!r} must be a layer name (a str; '' for every layer)")
+        if isinstance(value, Rule):
+            out[key] = value
+        elif value in RULE_OBJECTS:
+            out[key] = RULE_OBJECTS[value]
+        elif value in LRP_RULES:
+            out[key] = lrp_rule(value)
+        else:
+            raise ParameterError(f"rules[{key!r}] = {value!r} is not a rule; use one of "
+                                 f"{', '.join([*RULE_OBJECTS, *LRP_RULES])} or a cnnviz.rules.Rule")
+    return out
 
+
+def _check_rule_keys(model, rules: dict) -> None:
+    names = [n for n, _ in model.named_modules()]
+    for key in rules:
+        if key and not any(n == key or n.startswith(key + ".") for n in names):
+            near = sorted({n.split(".")[0] for n in names if n})[:8]
+            raise ParameterError(f"rules key {key!r} names no layer of the model; use a module name (see "
+                                 f"`cnnviz layers`; top level: {', '.join(near)}) or '' for every layer")
+
+
+def _and(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 def check_options(method: str, *, target=None, layer: str | None = None, unit=None, smooth: int = 0,
                   noise: float | None = None, seed: int | None = None, smooth_mode: str | None = None,
                   ig_steps: int | None = None, baseline: str | None = None, batch_size: int | None = None,
-                  ig_internal_batch: int | None = None) -> None:
+                  ig_internal_batch: int | None = None, rules=None) -> None:
     """Refuse, with one line naming the option and the fix, every option `method` would not use
     and every impossible value; needs no model (the CLI calls it before loading one). Layer names
-    and channels are checked against the model by `attribute`, before anything is computed."""
-    if method not in METHODS:
-        raise ParameterError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
-    if unit is not None and method not in _RULE:
-        raise ParameterError(f"--unit works with saliency, guided and deconv, not {method}; "
+    and channels are checked against the model by `attribute`, before anything is computed.
+    What a method takes comes from its entry in the registry (`cnnviz.engines.methods`)."""
+    if method not in M.REGISTRY:
+        raise ParameterError(f"unknown method {method!r}; one of {', '.join(M.REGISTRY)}")
+    m = M.get(method)
+    if unit is not None and not m.units:
+        raise ParameterError(f"--unit works with {_and(M.names(units=True))}, not {method}; "
                              "give a class --target instead")
     if unit is not None and target is not None:
         raise ParameterError(f"--target {target!r} and --unit {unit!r} exclude each other: a unit is projected "
                              "instead of a class; drop one")
-    if layer is not None and unit is None and method not in CAM:
+    if layer is not None and unit is None and not m.needs_layer:
         raise ParameterError(f"--layer {layer!r} is used by {method} only with --unit (the unit's layer); "
                              "add --unit C or drop --layer")
     if not isinstance(smooth, (int, np.integer)) or isinstance(smooth, bool) or smooth < 0:
         raise ParameterError(f"smooth={smooth!r}: SmoothGrad takes a whole number of noisy copies (0: off)")
-    if smooth and method not in ("saliency", "guided", "deconv", "ig"):
-        raise ParameterError(f"--samples {smooth}: SmoothGrad works with saliency, guided, deconv and ig, "
+    if smooth and not m.smoothable:
+        raise ParameterError(f"--samples {smooth}: SmoothGrad works with {_and(M.names(smoothable=True))}, "
                              f"not {method}; drop --samples")
     for name, value in (("--noise", noise), ("--seed", seed), ("--smooth", smooth_mode)):
         if value is not None and not smooth:
@@ -200,7 +168,7 @@ def check_options(method: str, *, target=None, layer: str | None = None, unit=No
         raise ParameterError(f"noise {noise!r} must be between 0 and 1 (a fraction of the input's range)")
     if smooth_mode is not None and smooth_mode not in SMOOTH_MODES:
         raise ParameterError(f"unknown SmoothGrad mode {smooth_mode!r}; one of {', '.join(SMOOTH_MODES)}")
-    if smooth_mode == "mean-abs" and method in SIGNED:
+    if smooth_mode == "mean-abs" and m.signed:
         raise ParameterError(f"--smooth mean-abs would drop the sign of {method}'s map; use --smooth mean")
     for name, value in (("ig_steps", ig_steps), ("baseline", baseline), ("ig_internal_batch", ig_internal_batch)):
         if value is not None and method != "ig":
@@ -214,6 +182,12 @@ def check_options(method: str, *, target=None, layer: str | None = None, unit=No
         raise ParameterError(f"batch_size={batch_size!r}: ig runs one image at a time and batches its scaled copies; "
                              "use ig_internal_batch (--internal-batch) instead")
     check_batch_size(batch_size)
+    if rules is not None:
+        if "rules" not in m.options:
+            takes = [n for n, x in M.REGISTRY.items() if "rules" in x.options]
+            raise ParameterError(f"rules= chooses backward rules per layer for {_and(takes)}, not {method}; "
+                                 "drop rules")
+        resolve_rules(rules)
 
 
 def backprop_item_bytes(model, example: torch.Tensor) -> int:
@@ -230,7 +204,15 @@ def backprop_item_bytes(model, example: torch.Tensor) -> int:
 def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> GradientResult:
     """Attribution maps of `lm` for `images` (a path, a PIL image, or a list of them).
 
-    method: saliency, guided, deconv, gradcam, guided_gradcam or ig.
+    method: a name of the registry (`cnnviz.engines.methods.REGISTRY`): saliency, guided, deconv,
+      gradcam, guided_gradcam, ig, gradcampp, layercam, scorecam, rise, lrp-epsilon, lrp-zplus,
+      lrp-alphabeta, lrp-alpha1beta0; or "smoothgrad" with `base` (default saliency): SmoothGrad over
+      that method with `smooth` copies (default 25).
+    rules: backward rules per layer, {layer prefix: rule} (saliency, guided, deconv, lrp-*), in
+      place of the method's own: e.g. {"features": "guided", "": "gradient"}. A layer takes the rule
+      of the longest key that is its name or a prefix of it ending at a dot ("" covers every layer);
+      a layer no key covers takes the plain gradient. Rules: gradient, guided, deconv, the lrp-*
+      names, or `cnnviz.rules.Rule` values (e.g. `cnnviz.engines.lrp.LRP`).
     target: class index or name for every image (default: each image's top-1).
     layer, unit: the unit of `layer` to project instead of a class (saliency, guided, deconv), or
       Grad-CAM's layer (default: the last convolutional block). A layer is refused where it would
@@ -258,10 +240,18 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
                unit: str | int | Unit | None = None, smooth: int = 0, noise: float | None = None,
                seed: int | None = None, smooth_mode: str | None = None, ig_steps: int | None = None,
                baseline: str | None = None, batch_size: int | None = None, ig_internal_batch: int | None = None,
-               device: str = "auto") -> GradientResult:
+               base: str | None = None, rules=None, device: str = "auto") -> GradientResult:
+    if method == "smoothgrad":  # SmoothGrad over the method `base`
+        method, smooth = base or "saliency", DEFAULT_SAMPLES if smooth in (0, None) else smooth
+    elif base is not None:
+        raise ParameterError(f"base={base!r} is used only with method='smoothgrad'; drop it")
     check_options(method, target=target, layer=layer, unit=unit, smooth=smooth, noise=noise, seed=seed,
                   smooth_mode=smooth_mode, ig_steps=ig_steps, baseline=baseline, batch_size=batch_size,
-                  ig_internal_batch=ig_internal_batch)
+                  ig_internal_batch=ig_internal_batch, rules=rules)
+    m = M.get(method)
+    rule_map = resolve_rules(rules) if rules is not None else None
+    if rule_map is not None:
+        _check_rule_keys(lm.model, rule_map)
     noise = DEFAULT_NOISE if noise is None else noise
     seed = 0 if seed is None else seed
     smooth_mode = smooth_mode or "mean"
@@ -285,29 +275,7 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     n = len(x)
     dev = resolve_device(device)
     unit_obj = Unit.parse(unit) if unit is not None else None
-    info = layer_note = None
-    if unit_obj is not None or method in CAM:
-        info = resolve_layer(lm.model, layer, x[:1]) if layer else (
-            default_feature_layer(lm.model, x[:1]) if method in CAM else None)
-        if info is None:
-            raise ParameterError("a --unit needs a --layer")
-        if method in CAM and len(info.shape) != 3:
-            raise ParameterError(f"Grad-CAM needs a layer with CxHxW feature maps; {info.address!r} outputs "
-                                 f"{'x'.join(map(str, info.shape))}")
-        if method in CAM and layer:  # named by the user: drawn, with a warning where it cannot be a spatial map
-            lost = flattened_after(lm.model, x[:1], info)
-            layer_note = None if lost is None else (
-                f"layer {info.address!r} becomes a sequence of tokens by {lost.address!r} "
-                f"({'x'.join(map(str, lost.shape))}) before the output: its map's positions need not be where the "
-                "class evidence is")
-        if unit_obj is not None and not 0 <= unit_obj.channel < info.shape[0]:
-            raise ParameterError(f"unit channel {unit_obj.channel} is out of range: layer {info.address!r} has "
-                                 f"channels 0..{info.shape[0] - 1}")
-        if unit_obj is not None and isinstance(unit_obj.where, tuple):
-            y, xx = unit_obj.where
-            if len(info.shape) != 3 or not (0 <= y < info.shape[1] and 0 <= xx < info.shape[2]):
-                raise ParameterError(f"unit position ({y}, {xx}) is outside layer {info.address!r} of shape "
-                                     f"{'x'.join(map(str, info.shape))}")
+    info, layer_note = _layer(lm, m, x, layer, unit_obj)
     gen = torch.Generator().manual_seed(seed)
     fixed = None if target is None else lm.class_index(target)
     dependence = None
@@ -323,13 +291,14 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
                           unit=unit_obj is not None, layer=info.address if info else None)
         batches = Batches(n * (smooth or 1), batch_size, device=dev,
                           item_bytes=item_bytes if dev.type != "cuda" else None, work=work)
+    prep = {}
     with model_on_device(lm.model, dev) as model:
         x = x.to(dev)
-        # the gradient pass of saliency, guided, deconv and Grad-CAM also gives the top-1 classes;
-        # the other methods need them before they start
-        one_pass = not smooth and method in ("saliency", "guided", "deconv", "gradcam") and unit_obj is None
+        if m.prepare is not None:  # e.g. LRP: batch norms folded, on a copy
+            model, prep = m.prepare(model, x[:1], info)
+        # the pass of a one-pass method also gives the top-1 classes; the others need them before they start
         top1 = None
-        if not one_pass:
+        if not (m.one_pass and not smooth and unit_obj is None):
             with torch.inference_mode():
                 top1 = torch.cat([model(pad(x[i:i + 32])).argmax(1)[:len(x[i:i + 32])].clone()
                                   for i in range(0, n, 32)])
@@ -337,38 +306,46 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
             targets = torch.full((n,), fixed, dtype=torch.long, device=dev) if fixed is not None else top1
         else:
             targets = None
+        tgt = _target(targets, unit_obj)
+        extra = {"rules": rule_map} if rule_map is not None else {}
         if method == "ig":
-            signal = {"input": _integrated_gradients(model, x, targets, _baseline(lm, x, baseline), ig_steps, smooth,
-                                                     noise, gen, internal)}
+            signal = m.compute(model, x, tgt, baseline=_baseline(lm, x, baseline), steps=ig_steps, smooth=smooth,
+                               noise=noise, gen=gen, internal=internal)
+        elif smooth:
+            signal = SmoothGrad(m, smooth, noise, smooth_mode).compute(model, x, tgt, info, gen=gen, batches=batches,
+                                                                       **extra)
         else:
-            signal = _run(model, x, method, targets, info, unit_obj, smooth, noise, gen, batches, smooth_mode)
+            signal = _run(model, m, x, tgt, info, batches, extra)
         if top1 is None:
             top1 = signal["top1"]
             if targets is None and unit_obj is None:
                 targets = top1
-        if method == "deconv":
+        if method == "deconv" and rule_map is None:
             dependence = image_dependence(model, x, targets, info, unit_obj,
                                           lm.preprocessing.fill_value("mean").to(dev), _half_batch(batches))
-    if method == "rise":
+    if "heat" in signal:
         attr, amap = signal["heat"][:, None], signal["heat"]
-    elif method in CAM:
-        cam = signal["cam"]
-        heat = F.interpolate(cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
-        if method == "guided_gradcam":
+    elif "cam" in signal:
+        heat = F.interpolate(signal["cam"][:, None], size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+        if "guided" in signal:
             attr = signal["guided"] * heat[:, None]
-            amap = _to_map("guided", attr)
+            amap = M.get("guided").to_map(attr)
         else:
             attr, amap = heat[:, None], heat
     else:
         attr = signal["input"]
-        amap = _to_map(method, attr)
+        amap = m.to_map(attr)
     names = [lm.class_name(int(t)) for t in targets] if targets is not None else [unit_obj.describe()] * n
-    params = {"method": method, "rule": _RULE.get(method, "gradient"), "layer": info.address if info else None,
+    params = {"method": method, "rule": m.rule if rule_map is None else "per-layer",
+              "layer": info.address if info else None,
               "unit": unit_obj.describe() if unit_obj else None, "target_given": target is not None,
               "smooth": smooth, "noise": noise if smooth else None, "seed": seed if smooth else None,
               "smooth_mode": smooth_mode if smooth else None,
               "ig_steps": ig_steps if method == "ig" else None, "baseline": baseline if method == "ig" else None,
-              "signed": method in SIGNED, "geometry": params_of(geos)}
+              "signed": m.signed, "geometry": params_of(geos)}
+    if rule_map is not None:
+        params["rules"] = {k: v.name for k, v in rule_map.items()}
+    params.update(prep)
     if layer_note:
         params["layer_note"] = layer_note
     if method == "ig":
@@ -386,10 +363,37 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         top1=top1.cpu().numpy().astype(np.int32))
 
 
+def _layer(lm, m, x, layer, unit_obj):
+    """(the layer of a unit or of a CAM's maps, a note on it), checked against the model."""
+    if unit_obj is None and not m.needs_layer:
+        return None, None
+    info = layer_note = None
+    info = resolve_layer(lm.model, layer, x[:1]) if layer else (
+        default_feature_layer(lm.model, x[:1]) if m.needs_layer else None)
+    if info is None:
+        raise ParameterError("a --unit needs a --layer")
+    if m.needs_layer and len(info.shape) != 3:
+        raise ParameterError(f"Grad-CAM needs a layer with CxHxW feature maps; {info.address!r} outputs "
+                             f"{'x'.join(map(str, info.shape))}")
+    if m.needs_layer and layer:  # named by the user: drawn, with a warning where it cannot be a spatial map
+        lost = flattened_after(lm.model, x[:1], info)
+        layer_note = None if lost is None else (
+            f"layer {info.address!r} becomes a sequence of tokens by {lost.address!r} "
+            f"({'x'.join(map(str, lost.shape))}) before the output: its map's positions need not be where the "
+            "class evidence is")
+    if unit_obj is not None and not 0 <= unit_obj.channel < info.shape[0]:
+        raise ParameterError(f"unit channel {unit_obj.channel} is out of range: layer {info.address!r} has "
+                             f"channels 0..{info.shape[0] - 1}")
+    if unit_obj is not None and isinstance(unit_obj.where, tuple):
+        y, xx = unit_obj.where
+        if len(info.shape) != 3 or not (0 <= y < info.shape[1] and 0 <= xx < info.shape[2]):
+            raise ParameterError(f"unit position ({y}, {xx}) is outside layer {info.address!r} of shape "
+                                 f"{'x'.join(map(str, info.shape))}")
+    return info, layer_note
+
+
 def _to_map(method: str, signal: torch.Tensor) -> torch.Tensor:
-    if method in SIGNED:
-        return signal.sum(1)
-    return signal.abs().amax(1)
+    return M.get(method).to_map(signal)
 
 
 def _half_batch(batches: Batches) -> int:
@@ -398,69 +402,14 @@ def _half_batch(batches: Batches) -> int:
     return max(4, (batches.size // 2) // 4 * 4)
 
 
-def _run(model, x, method, targets, info, unit, smooth, noise, gen, batches, smooth_mode):
-    """Every method but ig, over `batches` (of images; with SmoothGrad, of noisy copies). Each
-    batch is padded to full groups and the padding's rows dropped."""
-    if smooth:
-        return {"input": _smooth_signal(model, x, _RULE[method], targets, info, unit, smooth, noise, gen, batches,
-                                        smooth_mode)}
+def _run(model, m: M.Method, x, target: Target, info, batches, extra):
+    """A method over `batches` of images. Each batch is padded to full groups and the padding's
+    rows dropped."""
     parts: dict[str, list] = {}
     for lo, hi in batches:
         k = hi - lo
-        xb = pad(x[lo:hi])
-        tb = None if targets is None else pad(targets[lo:hi])
-        if method in _CAMS or method == "rise":
-            from . import cams
-
-            if method == "rise":
-                heat, top1 = cams.rise(model, xb, tb)
-                out = {"heat": heat, "top1": top1}
-            else:
-                cam, top1 = getattr(cams, _CAMS[method])(model, xb, tb, info)
-                out = {"cam": cam, "top1": top1}
-        elif method in CAM:
-            cam, top1 = _grad_cam(model, xb, tb, info)
-            out = {"cam": cam, "top1": top1}
-            if method == "guided_gradcam":
-                out["guided"] = input_signal(model, xb, "guided", tb)
-        else:
-            g, top1 = _input_signal(model, xb, _RULE[method], tb, info, unit)
-            out = {"input": g, "top1": top1}
+        tb = target.with_classes(pad(target.classes[lo:hi])) if target.classes is not None else target
+        out = m.compute(model, pad(x[lo:hi]), tb, info, **extra)
         for key, v in out.items():
             parts.setdefault(key, []).append(None if v is None else v[:k])
     return {key: None if any(v is None for v in vs) else torch.cat(vs) for key, vs in parts.items()}
-
-
-def _smooth_signal(model, x, rule, targets, info, unit, smooth, noise, gen, batches, smooth_mode):
-    """SmoothGrad: item k of `batches` is copy k % smooth of image k // smooth. Each image's noise is
-    drawn when its first copy is needed, image after image (the same draws in any batching), and
-    its copies averaged once all have come back."""
-    n = len(x)
-    acc = torch.zeros_like(x)
-    noisy: dict[int, torch.Tensor] = {}
-    done: dict[int, list] = {}
-    drawn = 0
-    for lo, hi in batches:
-        while drawn < n and drawn * smooth < hi:
-            xi = x[drawn:drawn + 1]
-            sigma = noise * float(xi.max() - xi.min())
-            noisy[drawn] = xi + sigma * torch.randn((smooth, *xi.shape[1:]), generator=gen).to(x.device)
-            drawn += 1
-        rows, tgts, spans = [], [], []
-        for i in range(lo // smooth, (hi - 1) // smooth + 1):
-            a, b = max(lo, i * smooth) - i * smooth, min(hi, (i + 1) * smooth) - i * smooth
-            rows.append(noisy[i][a:b])
-            if targets is not None:
-                tgts.append(targets[i:i + 1].expand(b - a))
-            spans.append((i, b - a))
-        t = pad(torch.cat(tgts)) if targets is not None else None
-        g = input_signal(model, pad(torch.cat(rows)), rule, t, info, unit)[:hi - lo]
-        at = 0
-        for i, m in spans:
-            done.setdefault(i, []).append(g[at:at + m])
-            at += m
-            if sum(len(p) for p in done[i]) == smooth:
-                gi = torch.cat(done.pop(i))
-                acc[i] = (gi if smooth_mode == "mean" else gi.abs()).mean(0)
-                del noisy[i]
-    return acc

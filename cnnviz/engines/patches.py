@@ -101,25 +101,15 @@ def deconv_projections(lm: LoadedModel, x: torch.Tensor, layer: str, channel: in
     """Deconvnet projections N x 3 x H x W of channel `channel` of `layer` at one position per image
     (`positions` N x 2, (y, x)): as `attribute(lm, x[i:i+1], "deconv", layer=layer,
     unit=f"{channel}:{y},{x}")` for each image, in one forward and one backward pass."""
-    from ..layers import StopForward, record, resolve_layer
-    from ..rules import BackwardRule
+    from ..layers import resolve_layer
     from .common import model_on_device
+    from .methods import signal_at_input
+    from .targets import Target
 
     info = info if info is not None else resolve_layer(lm.model, layer, x[:1])
-    with model_on_device(lm.model, torch.device(device)) as model, torch.inference_mode(False), \
-            torch.enable_grad(), BackwardRule("deconv"):
-        xx = x.detach().to(device).clone().requires_grad_(True)
-        with record(model, [info], stop=True) as store:
-            try:
-                model(xx)
-            except StopForward:
-                pass
-        act = store[info.address]
-        rows = torch.arange(len(xx), device=act.device)
-        ys, xs = positions[:, 0].to(act.device), positions[:, 1].to(act.device)
-        seed = torch.zeros_like(act)
-        seed[rows, channel, ys, xs] = act.detach()[rows, channel, ys, xs]
-        (g,) = torch.autograd.grad(act, xx, grad_outputs=seed)
+    with model_on_device(lm.model, torch.device(device)) as model, torch.inference_mode(False):
+        target = Target.at_positions(channel, positions)  # the seed of every backprop method
+        g, _ = signal_at_input(model, x.to(device), target, "deconv", info)
     return g.detach().float().cpu().numpy()
 
 

@@ -15,19 +15,39 @@ gray image is the same) carries a red note on its panel, so that no one reads it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import Normalize
 
+from ..engines.methods import REGISTRY
 from ..errors import ParameterError
 from .style import (DEFAULT_WIDTH, RC, SEQUENTIAL, TEXT_PT, Panels, bare, class_label, gray_background,
                     layer_label, model_label, wrap)
 
 DIVERGING = "RdBu_r"
-NAMES = {"saliency": "Saliency", "guided": "Guided backprop", "deconv": "Deconvnet", "gradcam": "Grad-CAM",
-         "guided_gradcam": "Guided Grad-CAM", "ig": "Integrated Gradients", "gradcampp": "Grad-CAM++",
-         "layercam": "LayerCAM", "scorecam": "Score-CAM", "rise": "RISE"}
-RGB_METHODS = ("guided", "deconv", "guided_gradcam")
+
+
+class _FromRegistry(Mapping):
+    """A field of every method of the registry (`cnnviz.engines.methods`), read when looked up, so
+    that a method registered later is named too."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __getitem__(self, name):
+        return getattr(REGISTRY[name], self.field)
+
+    def __iter__(self):
+        return iter(REGISTRY)
+
+    def __len__(self):
+        return len(REGISTRY)
+
+
+NAMES = _FromRegistry("label")  # method -> its name in figures
+RGB_METHODS = tuple(n for n, m in REGISTRY.items() if m.rgb)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,13 +110,9 @@ def _extend(values: np.ndarray, norm: Normalize) -> str:
 
 
 def _map_label(params: dict) -> str:
-    m = params.get("method")
+    m = REGISTRY.get(params.get("method"))
     of = "unit" if params.get("unit") else "score"
-    return {"saliency": f"max over RGB |∂{of}/∂x|", "guided": "max over RGB |signal|",
-            "deconv": "max over RGB |signal|", "gradcam": "Grad-CAM (upsampled)",
-            "guided_gradcam": "max over RGB |guided × CAM|", "ig": "attribution (sum over RGB)",
-            "gradcampp": "Grad-CAM++ (upsampled)", "layercam": "LayerCAM (upsampled)",
-            "scorecam": "Score-CAM (upsampled)", "rise": "RISE: E[P(class) | pixel kept]"}.get(m, "attribution")
+    return m.map_label.replace("{of}", of) if m is not None else "attribution"
 
 
 def _where(params: dict) -> str:
@@ -147,7 +163,8 @@ def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float
     signed = _signed(result)
     maps = np.asarray(result.map)
     n = maps.shape[0]
-    rgb = p.get("method") in RGB_METHODS and result.attribution is not None and result.attribution.shape[1] == 3
+    rgb = (p.get("method") in REGISTRY and REGISTRY[p["method"]].rgb and result.attribution is not None
+           and result.attribution.shape[1] == 3)
     cols = 2 + int(overlay) + int(rgb)
     shared_norm = map_norm(maps, signed, clip) if shared_scale else None
     shared_rgb = _top(result.attribution, clip) if (shared_scale and rgb) else None
@@ -267,9 +284,8 @@ def _suptitle(result, shared_scale: bool, clip) -> str:
 # deconvnet's projection passes through transposed filters and rectifiers, not the chain rule, and
 # comes out orders of magnitude larger; Grad-CAM is a weighted sum of activations; guided Grad-CAM
 # a product of the two; Integrated Gradients is input × gradient, signed, summing to a score change.
-SCALE_UNITS = {"saliency": "gradient", "guided": "gradient", "deconv": "deconvnet projection",
-               "gradcam": "Grad-CAM", "guided_gradcam": "guided Grad-CAM", "ig": "input × gradient",
-               "gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM", "rise": "RISE probability"}
+# LRP's relevance is a share of the class score. Each method's unit is its `scale_unit`.
+SCALE_UNITS = _FromRegistry("scale_unit")
 
 
 def scale_groups(results: list) -> list[int]:

@@ -1,0 +1,287 @@
+"""LRP (cnnviz.engines.lrp) through `attribute`: against zennit's composites on VGG and ResNet with
+random weights (batch norms with random statistics, so that folding matters), against the rules'
+definitions written out by hand on a small dense network, the user's model left as it was (also
+after a failure), one-line errors, and the `cnnviz lrp` command."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from torch import nn
+
+from cnnviz.engines.gradients import attribute
+from cnnviz.engines.lrp import AlphaBeta, Epsilon
+from cnnviz.errors import ParameterError
+from cnnviz.models import LoadedModel, Preprocessing
+
+from helpers import ASSETS, assert_untouched, one_line_error, snapshot
+
+zennit = pytest.importorskip("zennit")
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlus, LayerMapComposite  # noqa: E402
+from zennit.layer import Sum  # noqa: E402
+from zennit.rules import AlphaBeta as ZAlphaBeta, Epsilon as ZEpsilon, Norm, Pass  # noqa: E402
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
+from zennit.types import Activation, AvgPool, Convolution  # noqa: E402
+
+CLASSES = [str(i) for i in range(1000)]
+
+
+def _lm(model, name="toy", classes=CLASSES):
+    return LoadedModel(model.eval(), name, "random", Preprocessing(), list(classes))
+
+
+def _randomize_batch_norms(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+    return model
+
+
+def _composite(method, canonizer):
+    base = [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm())]
+    canonizers = [canonizer()] if canonizer else []
+    if method == "lrp-zplus":
+        return EpsilonPlus(canonizers=canonizers)
+    if method == "lrp-alphabeta":
+        return EpsilonAlpha2Beta1(canonizers=canonizers)
+    conv = ZEpsilon() if method == "lrp-epsilon" else ZAlphaBeta(alpha=1, beta=0)
+    return LayerMapComposite(base + [(Convolution, conv), (nn.Linear, ZEpsilon())], canonizers=canonizers)
+
+
+def _zennit(model, x, targets, method, canonizer):
+    """zennit's relevance at the input, from the class score (relevance = score at the output)."""
+    model = copy.deepcopy(model).eval()
+    with Gradient(model=model, composite=_composite(method, canonizer)) as attributor:
+        with torch.no_grad():
+            out = model(x)
+        seed = torch.zeros_like(out)
+        rows = torch.arange(len(x))
+        seed[rows, targets] = out[rows, targets]
+        _, relevance = attributor(x, seed)
+    return relevance.detach().numpy()
+
+
+_MODELS: dict = {}
+
+
+def _model(arch):
+    if arch not in _MODELS:
+        torch.manual_seed(3)
+        _MODELS[arch] = _randomize_batch_norms(getattr(torchvision.models, arch)(weights=None).eval(), 4)
+    return _MODELS[arch]
+
+
+CASES = [("vgg11_bn", VGGCanonizer, m) for m in ("lrp-epsilon", "lrp-zplus", "lrp-alphabeta", "lrp-alpha1beta0")]
+CASES += [("resnet18", ResNetCanonizer, m) for m in ("lrp-epsilon", "lrp-zplus", "lrp-alphabeta", "lrp-alpha1beta0")]
+CASES += [pytest.param("vgg16", VGGCanonizer, "lrp-zplus", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("arch, canonizer, method", CASES)
+def test_lrp_equals_zennit(arch, canonizer, method):
+    model = _model(arch)
+    lm = _lm(model, arch)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    before = snapshot(model, x)
+    r = attribute(lm, x, method, target=7)
+    expected = _zennit(model, x, torch.tensor([7, 7]), method, canonizer)
+    scale = np.abs(expected).max()
+    assert scale > 0
+    # batch norms are folded in float64 here, in float32 by zennit; the epsilon rule (eps 1e-6, almost
+    # LRP-0) amplifies that difference where a denominator is near zero: there, the error as a whole
+    rel_l2 = np.linalg.norm(r.attribution - expected) / np.linalg.norm(expected)
+    assert rel_l2 < 5e-3, rel_l2
+    if method != "lrp-epsilon":
+        np.testing.assert_allclose(r.attribution, expected, rtol=0, atol=1e-3 * scale)
+    elif arch.startswith("vgg"):  # zennit on the copy folded here: equal up to float32 rounding
+        from cnnviz.engines.lrp import prepare
+
+        same_fold = _zennit(prepare(model, x[:1])[0], x, torch.tensor([7, 7]), method, None)
+        np.testing.assert_allclose(r.attribution, same_fold, rtol=0, atol=1e-4 * scale)
+    assert r.params["signed"] and r.params["rule"] == method
+    assert r.params["folded"] == any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    np.testing.assert_allclose(r.map, r.attribution.sum(1), rtol=1e-6, atol=1e-6 * scale)
+    # a second oracle: in a ReLU network LRP-epsilon with epsilon -> 0 is gradient x input (Ancona et
+    # al. 2018), with the relevance sent back the score, and its gradient 1; the other rules differ
+    plain = attribute(lm, x, "saliency", target=7)
+    gxi = (plain.attribution * x.numpy()).sum(1)
+    if method == "lrp-epsilon":
+        assert np.linalg.norm(gxi - r.map) < 5e-3 * np.linalg.norm(r.map)
+    else:
+        assert np.abs(gxi - r.map).max() > 0.05 * np.abs(r.map).max()
+    assert_untouched(model, x, before)
+
+
+# --------------------------------------------------------------------------------------------------
+# The definitions, by hand, on Flatten -> Linear -> ReLU -> Linear
+
+def _dense():
+    torch.manual_seed(11)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 4))
+
+
+def _stab(z, eps=1e-6):
+    return z + eps * np.where(z >= 0, 1.0, -1.0)
+
+
+def _by_hand(model, x, target, first_rule):
+    """R at the input: the score at the output; epsilon (1e-6) on the top layer, `first_rule` on the
+    first ("epsilon" or (alpha, beta)); the ReLU passes relevance."""
+    W1, b1 = model[1].weight.detach().double().numpy(), model[1].bias.detach().double().numpy()
+    W2, b2 = model[3].weight.detach().double().numpy(), model[3].bias.detach().double().numpy()
+    a0 = x.double().flatten().numpy()
+    z1 = W1 @ a0 + b1
+    a1 = np.maximum(z1, 0)
+    z2 = W2 @ a1 + b2
+    R2 = np.zeros(4)
+    R2[target] = z2[target]
+    R1 = a1 * (W2.T @ (R2 / _stab(z2)))  # epsilon: a_j w_jk R_k / z_k, summed over k
+    if first_rule == "epsilon":
+        return (a0 * (W1.T @ (R1 / _stab(z1)))).reshape(x.shape)
+    alpha, beta = first_rule
+    xp, xn = np.maximum(a0, 0), np.minimum(a0, 0)
+    Wp, Wn = np.maximum(W1, 0), np.minimum(W1, 0)
+    zp = Wp @ xp + Wn @ xn + np.maximum(b1, 0)
+    zn = Wn @ xp + Wp @ xn + np.minimum(b1, 0)
+    pos = xp * (Wp.T @ (R1 / _stab(zp))) + xn * (Wn.T @ (R1 / _stab(zp)))
+    neg = xp * (Wn.T @ (R1 / _stab(zn))) + xn * (Wp.T @ (R1 / _stab(zn)))
+    return (alpha * pos - beta * neg).reshape(x.shape)
+
+
+@pytest.mark.parametrize("first_rule", ["epsilon", (2.0, 1.0), (1.0, 0.0)])
+def test_lrp_rules_follow_their_definitions(first_rule):
+    from cnnviz.engines.lrp import LRP
+
+    model = _dense()
+    lm = _lm(model, classes=["a", "b", "c", "d"])
+    x = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(2))
+    first = Epsilon() if first_rule == "epsilon" else AlphaBeta(*first_rule)
+    # rules per layer: the first linear layer's rule by its name, epsilon on the rest
+    rules = {"": LRP("top", Epsilon(), Epsilon()), "1": LRP("first", first, first)}
+    r = attribute(lm, x, "lrp-epsilon", target=2, rules=rules)
+    expected = _by_hand(model, x[0], 2, first_rule)
+    np.testing.assert_allclose(r.attribution[0], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    if first_rule == "epsilon":  # no bias would mean conservation; with biases, the score minus their share
+        plain = attribute(lm, x, "lrp-epsilon", target=2)
+        np.testing.assert_allclose(plain.attribution, r.attribution, rtol=1e-5, atol=1e-7)
+
+
+def test_relevance_is_conserved_without_biases():
+    """z+ with zero biases: the input's relevance sums to the score (every layer conserves it)."""
+    model = _dense()
+    with torch.no_grad():
+        model[1].bias.zero_()
+        model[3].bias.zero_()
+    lm = _lm(model, classes=["a", "b", "c", "d"])
+    x = torch.randn(3, 3, 2, 2, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        out = model(x)
+    for method in ("lrp-epsilon", "lrp-zplus", "lrp-alpha1beta0"):
+        r = attribute(lm, x, method, target=1)
+        np.testing.assert_allclose(r.attribution.reshape(3, -1).sum(1), out[:, 1].numpy(), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# The user's model, after a call and after a failure
+
+class _Fail(torch.autograd.Function):
+    when = None  # "forward" or "backward": class-wide, so that the folded copy fails too
+
+    @staticmethod
+    def forward(ctx, x):
+        if _Fail.when == "forward":
+            raise RuntimeError("simulated failure")
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        if _Fail.when == "backward":
+            raise RuntimeError("simulated failure")
+        return g
+
+
+class _FailNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.fc(_Fail.apply(self.pool(y)).flatten(1))
+
+
+@pytest.mark.parametrize("failure", [None, "forward", "backward"])
+def test_model_is_untouched_after_lrp_even_after_a_failure(failure):
+    torch.manual_seed(1)
+    model = _randomize_batch_norms(_FailNet(), 2)
+    model.train()  # the user's mode comes back
+    lm = LoadedModel(model, "failnet", "random", Preprocessing(), [str(i) for i in range(10)])
+    x = torch.randn(2, 3, 16, 16)
+    before = snapshot(model, x)
+    _Fail.when = failure
+    try:
+        if failure:
+            with pytest.raises(RuntimeError, match="simulated failure"):
+                attribute(lm, x, "lrp-zplus", target=1)
+        else:
+            r = attribute(lm, x, "lrp-zplus", target=1)
+            assert r.params["folded"] and np.abs(r.attribution).max() > 0
+    finally:
+        _Fail.when = None
+    assert_untouched(model, x, before)
+    assert torch._C._len_torch_function_stack() == 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors, warnings, the command line
+
+def test_bad_lrp_input_is_one_line_naming_the_value():
+    lm = _lm(_dense(), classes=["a", "b", "c", "d"])
+    x = torch.randn(1, 3, 2, 2)
+    for kwargs, fragment in (({"rules": {"nosuch": "lrp-zplus"}}, "'nosuch'"),
+                             ({"rules": {"": "lrp-nope"}}, "'lrp-nope'"),
+                             ({"layer": "1"}, "--layer '1'")):
+        with pytest.raises(ParameterError) as e:
+            attribute(lm, x, "lrp-epsilon", **kwargs)
+        assert fragment in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ParameterError, match=r"alpha 3.*alpha - beta = 1"):
+        AlphaBeta(3.0, 1.0)
+
+
+def test_a_gate_without_an_lrp_rule_is_named_in_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    lm = _lm(model, classes=["a", "b", "c"])
+    with pytest.warns(UserWarning, match="sigmoid has no lrp-epsilon rule"):
+        attribute(lm, torch.randn(1, 3, 8, 8), "lrp-epsilon", target=0)
+
+
+def test_cli_lrp_draws_a_signed_figure(tmp_path):
+    from cnnviz_cli.main import cli
+
+    fig = tmp_path / "lrp.png"
+    res = CliRunner().invoke(cli, ["lrp", str(ASSETS / "rocket.jpg"), "--rule", "alphabeta", "--model", "resnet18",
+                                   "--weights", "none", "--device", "cpu", "--out", str(fig), "--save",
+                                   str(tmp_path / "r.npz")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert fig.stat().st_size > 10_000 and "lrp for" in res.output
+    from cnnviz.results import load_result
+
+    r = load_result(tmp_path / "r.npz")
+    assert r.params["method"] == "lrp-alphabeta" and r.params["signed"] and r.map.min() < 0 < r.map.max()
+    one_line_error(CliRunner().invoke(cli, ["lrp", str(ASSETS / "rocket.jpg"), "--rule", "gamma"]), "gamma")
+    one_line_error(CliRunner().invoke(cli, ["lrp", str(ASSETS / "rocket.jpg"), "--unit", "3"]), "--unit")
