@@ -148,3 +148,25 @@ def test_occlusion_follows_a_token_layer_as_a_map_and_the_incremental_mode_says_
     np.testing.assert_allclose(r.params["baseline_activation"], float(raw[0, 1:, 5].sum()), rtol=1e-4)
     with pytest.raises(ParameterError, match="mode 'incremental' follows layers that output CxHxW maps"):
         cnnviz.occlusion(vit, photo, window=112, stride=112, layer="blocks.11", mode="incremental", progress=False)
+
+
+def test_grad_cam_on_a_transformer_block_equals_pytorch_grad_cam_with_its_reshape(vit):
+    """pytorch-grad-cam reads a ViT block through a `reshape_transform` (class token dropped, the
+    patches laid out 14 x 14); cnnviz reads it through its token view: the maps must agree. The
+    layer is the last block's first norm, as pytorch-grad-cam's guide takes it: at the block's
+    output the class score (read from the class token alone) has no gradient on the patches."""
+    gc = pytest.importorskip("pytorch_grad_cam")
+    photo = sample_image(0)
+    r = cnnviz.attribute(vit, photo, "gradcam", layer="blocks.11.norm1", target=3)
+    model = vit.model.eval()
+    x = vit.prepare(photo)[1]
+
+    def reshape(t):
+        return t[:, 1:].reshape(t.shape[0], 14, 14, t.shape[2]).permute(0, 3, 1, 2)
+
+    with gc.GradCAM(model=model, target_layers=[model.blocks[11].norm1], reshape_transform=reshape) as cam:
+        theirs = cam(input_tensor=x, targets=[gc.utils.model_targets.ClassifierOutputTarget(3)])[0]
+    ours = r.map[0]
+    assert float(theirs.max()) > 0 and float(ours.max()) > 0
+    ours = (ours - ours.min()) / max(float(ours.max() - ours.min()), 1e-12)
+    assert float(np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]) > 0.99

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from ..batching import Batches, check_batch_size, memory_limit, model_work, pad
 from ..errors import ParameterError
 from ..geometry import CropGeometry, params_of, stack_thumbnails
-from ..layers import LayerInfo, default_feature_layer, flattened_after, resolve_layer, trace_layers
+from ..layers import LayerInfo, default_feature_layer, flattened_after, require_maps, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import GradientResult, provenance
 from ..rules import RULE_OBJECTS, Rule
@@ -372,10 +372,9 @@ def _layer(lm, m, x, layer, unit_obj):
         default_feature_layer(lm.model, x[:1]) if m.needs_layer else None)
     if info is None:
         raise ParameterError("a --unit needs a --layer")
-    if m.needs_layer and len(info.shape) != 3:
-        raise ParameterError(f"Grad-CAM needs a layer with CxHxW feature maps; {info.address!r} outputs "
-                             f"{'x'.join(map(str, info.shape))}")
-    if m.needs_layer and layer:  # named by the user: drawn, with a warning where it cannot be a spatial map
+    if m.needs_layer:  # CxHxW maps, or a channels-last / token layer read as maps (layers.require_maps)
+        info = require_maps(info)
+    if m.needs_layer and layer and info.view is None:  # named by the user: drawn, with a warning where it cannot be a spatial map
         lost = flattened_after(lm.model, x[:1], info)
         layer_note = None if lost is None else (
             f"layer {info.address!r} becomes a sequence of tokens by {lost.address!r} "
