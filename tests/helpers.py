@@ -135,3 +135,13 @@ def paste(photo, box_size: int, top: int, left: int):
     square = photo.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
     canvas.paste(square.resize((box_size, box_size), Image.Resampling.BICUBIC), (left, top))
     return canvas
+
+
+def install_plugin(site, module: str, body: str, group: str, entry: str) -> None:
+    """A distribution as pip leaves it in `site`: the module and its .dist-info whose
+    entry_points.txt declares `entry` ("name = module[:attr]") in entry point `group`."""
+    (site / f"{module}.py").write_text(body)
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")

@@ -16,7 +16,7 @@ from PIL import Image
 from cnnviz import analyses
 from cnnviz.results import Result, load_result
 
-from helpers import sample_image
+from helpers import install_plugin, sample_image
 
 TOY = textwrap.dedent('''
     """A toy analysis: the mean brightness of each row of the photo."""
@@ -70,12 +70,7 @@ TOY = textwrap.dedent('''
 
 
 def _install(site, module: str, body: str, entry: str):
-    """A distribution as pip leaves it: the module and its .dist-info with entry_points.txt."""
-    (site / f"{module}.py").write_text(body)
-    info = site / f"{module}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[{analyses.ENTRY_POINT_GROUP}]\n{entry}\n")
+    install_plugin(site, module, body, analyses.ENTRY_POINT_GROUP, entry)
 
 
 def _cli(args, site, **kw):

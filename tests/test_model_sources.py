@@ -15,7 +15,7 @@ import cnnviz
 from cnnviz import sources
 from cnnviz.models import load_model
 
-from helpers import sample_image
+from helpers import install_plugin, sample_image
 
 PLUGIN = textwrap.dedent('''
     import torch
@@ -35,12 +35,7 @@ PLUGIN = textwrap.dedent('''
 
 
 def _install(folder, module: str, body: str, entry: str):
-    """A distribution as pip leaves it: the module and its .dist-info with entry_points.txt."""
-    (folder / f"{module}.py").write_text(body)
-    info = folder / f"{module}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[cnnviz.model_sources]\n{entry}\n")
+    install_plugin(folder, module, body, "cnnviz.model_sources", entry)
 
 
 @pytest.fixture

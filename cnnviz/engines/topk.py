@@ -256,15 +256,22 @@ def _save_checkpoint(path: Path, key: str, state: dict, batches_done: int, skipp
         fault_pause("progress-write")
 
 
-def _load_checkpoint(path: Path, key: str, num_units: int, k: int):
+def read_progress(path: Path, key: str, what: str, fresh: str) -> dict:
+    """The arrays of progress file `path`, checked to belong to the same work (`key`); else a
+    one-line CheckpointError naming `what` ("a scan", "an audit") and how to start over (`fresh`)."""
     try:
         with np.load(path, allow_pickle=False) as d:
             data = {n: d[n] for n in d.files}
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"cannot read progress file {str(path)!r} ({e}); delete it to start over") from None
     if str(data.get("key", "")) != key:
-        raise CheckpointError(f"progress file {str(path)!r} belongs to a scan with other arguments or other files; "
-                              "delete it (or use --no-resume) to start over")
+        raise CheckpointError(f"progress file {str(path)!r} belongs to {what} with other arguments or other files; "
+                              f"delete it ({fresh}) to start over")
+    return data
+
+
+def _load_checkpoint(path: Path, key: str, num_units: int, k: int):
+    data = read_progress(path, key, "a scan", "or use --no-resume")
     state = {n: data[n] for n in ("values", "image_index", "position")}
     if state["values"].shape != (num_units, k):
         raise CheckpointError(f"progress file {str(path)!r} does not fit this scan; delete it to start over")

@@ -412,16 +412,9 @@ def _save_checkpoint(path: Path, key: str, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path, key: str, empty: dict) -> dict:
-    from ..topk import CheckpointError
+    from ..topk import CheckpointError, read_progress
 
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            data = {k: d[k] for k in d.files}
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot read progress file {str(path)!r} ({e}); delete it to start over") from None
-    if str(data.get("key", "")) != key:
-        raise CheckpointError(f"progress file {str(path)!r} belongs to an audit with other arguments or other files; "
-                              "delete it (or use --force) to start over")
+    data = read_progress(path, key, "an audit", "or use --force")
     out = dict(empty)
     for k in empty:
         if k not in data:
