@@ -161,7 +161,7 @@ def register(cli):
                 raise ParameterError(f"layer {layer!r} has no spatial receptive field; name a convolutional "
                                      "layer (with @K for a module that runs several times)")
         if measure in ("effective", "both"):
-            from cnnviz.engines.receptive_field import effective_receptive_field
+            from cnnviz.engines.effective_rf import effective_receptive_field
 
             eff = effective_receptive_field(lm.model, theo.address, x)
         click.echo(f"# {lm.name}, layer {theo.address}, channel {channel}, {len(names)} image(s): "

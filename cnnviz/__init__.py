@@ -20,7 +20,7 @@ def render(result, path=None, **options):
 # when it is a module); `import cnnviz` and the result types stay free of engine imports
 _LAZY = {"featvis": ".engines.featvis", "occlusion": ".engines.occlusion", "wrap": ".wrap", "attribute": ".engines.gradients", "sanity": ".engines.sanity", "scan": ".engines.topk",
          "unit_patches": ".engines.patches", "receptive_field": ".engines.receptive_field",
-         "effective_receptive_field": ".engines.receptive_field",
+         "effective_receptive_field": ".engines.effective_rf",
          "empirical_receptive_field": ".engines.empirical_rf", "first_layer_filters": ".engines.filters",
          "feature_maps": ".engines.filters",
          "audit": ".engines.audit"}

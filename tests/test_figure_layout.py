@@ -100,7 +100,8 @@ def test_compare_figure_fits_the_width(grads, width, overlay):
 def test_receptive_field_comparison_fits_the_width(lite0):
     import torch
 
-    from cnnviz.engines.receptive_field import effective_receptive_field, receptive_fields
+    from cnnviz.engines.effective_rf import effective_receptive_field
+    from cnnviz.engines.receptive_field import receptive_fields
     from cnnviz.render.rf_compare import compare_figure as rf_figure
 
     theo = {i.address: i for i in receptive_fields(lite0.model, (96, 96))}["_blocks.2"]

@@ -170,3 +170,12 @@ def test_grad_cam_on_a_transformer_block_equals_pytorch_grad_cam_with_its_reshap
     assert float(theirs.max()) > 0 and float(ours.max()) > 0
     ours = (ours - ours.min()) / max(float(ours.max() - ours.min()), 1e-12)
     assert float(np.corrcoef(ours.ravel(), theirs.ravel())[0, 1]) > 0.99
+
+
+def test_feature_visualization_of_a_token_layer_raises_the_unit_read_as_a_map(vit):
+    from cnnviz import featvis
+
+    vis = featvis.visualize_units(vit, "blocks.10", "0:2", steps=6, seed=0, priors="none", progress=False)
+    hist = np.asarray(vis.history)
+    assert vis.images.shape[1:3] == (224, 224) and hist.shape[1] == 2
+    assert (hist[-1] > hist[0]).all(), "the units' mean over the patch tokens must rise"

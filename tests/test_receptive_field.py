@@ -323,7 +323,7 @@ def test_cli_rf_errors(tmp_path):
 # effective receptive field
 
 def test_effective_rf_inside_theoretical(tmp_path):
-    from cnnviz.engines.receptive_field import effective_receptive_field
+    from cnnviz.engines.effective_rf import effective_receptive_field
     from cnnviz.render.receptive_field import effective_figure
     from cnnviz.render.style import plt
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..layers import eval_mode
+from .receptive_field import receptive_fields
 
 
 @dataclass
@@ -45,7 +46,6 @@ def effective_receptive_field(model: nn.Module, address: str, images: torch.Tens
     channels summed) is taken for each image; the model is left as it was (eval mode for the
     pass, no parameter gradients kept)."""
     from ..layers import capture, resolve_layer
-    from .receptive_field import receptive_fields  # that module re-exports this one's names
 
     h, w = images.shape[-2:]
     infos = {i.address: i for i in receptive_fields(model, (h, w), channels=images.shape[1])}

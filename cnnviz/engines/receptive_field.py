@@ -446,5 +446,3 @@ def receptive_field(lm, input_size: tuple[int, int] | None = None) -> ReceptiveF
                                 rf=arr(lambda i: i.rf), stride=arr(lambda i: i.stride),
                                 padding=arr(lambda i: i.padding))
 
-
-from .effective_rf import EffectiveRF, effective_receptive_field  # noqa: E402,F401  (importable from here too)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ...errors import ParameterError
-from ...layers import StopForward, record, resolve_layer
+from ...layers import StopForward, map_view, record, require_maps, resolve_layer
 from ...models import LoadedModel
 from ..common import autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
 from .objectives import Context, Objective
@@ -23,7 +23,9 @@ class _Runner:
         self.objective = objective
         self.device = device
         self.amp = amp
-        self.infos = [resolve_layer(lm.model, a, example) for a in objective.layers]
+        # a channels-last or token layer is read as C x H x W maps (layers.require_maps), as elsewhere
+        self.infos = [i if map_view(i.shape) is None else require_maps(i)
+                      for i in (resolve_layer(lm.model, a, example) for a in objective.layers)]
         self.needs_logits = objective.logits
         p = lm.preprocessing
         self.mean = torch.tensor(p.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)

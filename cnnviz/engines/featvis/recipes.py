@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ...errors import LayerError, ParameterError
 from ...geometry import CropGeometry, params_of, stack_thumbnails, thumbnail
-from ...layers import LayerInfo, StopForward, record, resolve_layer
+from ...layers import LayerInfo, StopForward, map_view, record, require_maps, resolve_layer
 from ...models import LoadedModel
 from ...results import FeatvisResult, provenance
 from ..common import model_on_device, progress_bar, resolve_device
@@ -66,6 +66,8 @@ def _common_params(**kw) -> dict:
 def _unit_layer(lm: LoadedModel, layer: str, size) -> LayerInfo:
     example = lm.preprocessing.normalize(np.full((*size, 3), 128, np.uint8))
     info = resolve_layer(lm.model, layer, example)
+    if map_view(info.shape) is not None:  # channels last or patch tokens: read as maps
+        return require_maps(info)
     if info.shape is None or len(info.shape) not in (1, 3):
         raise LayerError(f"layer {layer!r} outputs {info.shape}; feature visualization needs CxHxW maps or a vector")
     return info
