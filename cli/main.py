@@ -367,11 +367,28 @@ def _defer_interrupt(unraisable, _default=sys.unraisablehook):
     _default(unraisable)
 
 
+def _importing() -> bool:
+    """A module is being imported right now (importlib marks its spec while the module runs)."""
+    return any(getattr(getattr(m, "__spec__", None), "_initializing", False) for m in list(sys.modules.values()))
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C during a command: KeyboardInterrupt (cleanups run, `Aborted.`, exit 130), except while
+    a module is still importing. torch's import calls back into Python from C++, where an exception
+    ends the process with a C++ abort ("terminate called after throwing ... KeyboardInterrupt");
+    imports come before anything is written, so ending at once is the same as at start-up."""
+    if _importing():
+        _abort_while_starting(signum, frame)
+    raise KeyboardInterrupt
+
+
 def main():
     def terminate(signum, frame):  # kill / a scheduler's SIGTERM ends like Ctrl-C: cleanups run, exit 130
-        raise KeyboardInterrupt
+        _interrupt(signum, frame)
 
     signal.signal(signal.SIGTERM, terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _defer_interrupt
     try:
         cli(prog_name="cnnviz")
