@@ -446,3 +446,14 @@ def receptive_field(lm, input_size: tuple[int, int] | None = None) -> ReceptiveF
                                 rf=arr(lambda i: i.rf), stride=arr(lambda i: i.stride),
                                 padding=arr(lambda i: i.padding))
 
+
+
+def __getattr__(name: str):
+    """The effective receptive field lives in `effective_rf` (which imports this module); its names
+    stay importable from here, resolved on first use so that neither module imports the other at
+    load time."""
+    if name in ("effective_receptive_field", "EffectiveRF"):
+        from . import effective_rf
+
+        return getattr(effective_rf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
