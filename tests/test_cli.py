@@ -625,6 +625,7 @@ def test_failed_result_save_leaves_no_npz_json_or_temp_file(occ_run, out, monkey
 @pytest.fixture
 def no_compute(monkeypatch):
     """Fails the test if any engine starts computing."""
+    import cnnviz.engines.effective_rf as eff
     import cnnviz.engines.empirical_rf as erf
     import cnnviz.engines.featvis as fv
     import cnnviz.engines.filters as fl
@@ -637,7 +638,7 @@ def no_compute(monkeypatch):
 
     for mod, names in ((fv, ["visualize_units", "visualize_classes", "deep_dream", "invert"]),
                        (fl, ["feature_maps", "first_layer_filters"]),
-                       (rfe, ["receptive_field", "effective_receptive_field"]),
+                       (rfe, ["receptive_field"]), (eff, ["effective_receptive_field"]),
                        (erf, ["select_images", "empirical_receptive_field"]), (occ, ["occluded_batch"])):
         for name in names:
             monkeypatch.setattr(mod, name, boom)

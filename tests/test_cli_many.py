@@ -181,7 +181,7 @@ VALUE = {
     "--step-size": "0.01", "--tv": "0.1", "--beta": "2", "--alpha": "6", "--alpha-weight": "0.001",
     "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid",
     "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
-    "--sanity-images": "1", "--num-units": "3",
+    "--sanity-images": "1", "--num-units": "3", "--scale": "1.5",
     "--rule": "alphabeta",
 }
 POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"]}
