@@ -58,7 +58,9 @@ def python_start_up() -> float:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], env=_env(), check=True)
         times.append(time.perf_counter() - t0)
-    return 1.2 * max(times)
+    # plus the entry script's own first import (the editable install's finder locating cnnviz_cli), which
+    # comes before cnnviz's first line can set a handler: a signal landing there was seen in CI at 0.0 s
+    return 1.2 * max(times) + 0.03
 
 
 @pytest.mark.slow
