@@ -13,12 +13,17 @@ a busy machine (AlexNet, ResNet-18 there: 64 is 2-3x faster than 4). So the star
 the size chosen last time for the same work (engine, model, input, device, threads, busy or not),
 remembered in `remembered_path()` (a small JSON file; CNNVIZ_CACHE_DIR=off keeps it in memory);
 16 when the machine is busy (the 1-minute load average above 1.5x the cores this process may use);
-else 4 (16 on a GPU). From there the search goes up while that is clearly faster and, when the
+16 for a weight-heavy model (more than WEIGHT_BOUND = 0.03 parameters per multiply-accumulate:
+AlexNet's 0.086 and MobileNetV3-Small's 0.045, against 0.006-0.018 for ResNets, VGG and
+EfficientNet-Lite; a small batch there re-reads large weight matrices for few images, and
+AlexNet at 4 is 2x slower per image than at 32); else 4 (16 on a GPU). From there the search goes up while that is clearly faster and, when the
 first step up loses, down, one batch per size; the final choice is remembered for next time with
 the time per item of every size timed, so a later call skips the neighbours already found clearly
 slower (it runs at the remembered size from its first batch) and tries those never timed (a small
 job that cut the first search short finishes it over the next calls) or lost by little (a noisy
-batch does not settle the choice for good).
+batch does not settle the choice for good). Two sizes within RETIME (10 %) of each other on their
+first batch are each timed once more before the choice (on a shared machine one batch in three
+or four is disturbed by 10 % or more).
 
 Exactness. On the CPU, oneDNN/MKL compute images in groups of `GROUP` = 4 along the batch axis:
 an image's outputs are bitwise the same in any batch whose groups are full, but an image in a
@@ -63,6 +68,9 @@ MIN_GAIN = 0.05  # a size other than the start is kept only when it is this much
 CLOSE_CALL = 0.15  # a remembered neighbour this much slower per item or less is timed again
 BUSY_LOAD = 1.5  # the machine is busy when the 1-minute load average exceeds this many times its cores
 CPU_BUSY_START = 16
+WEIGHT_BOUND = 0.03  # parameters per multiply-accumulate above which a model is weight-heavy (see below)
+CPU_WEIGHTS_START = 16
+RETIME = 0.10  # two sizes this close per item (by one batch each) are timed once more before a choice
 REMEMBERED_ENTRIES = 256  # the file keeps the most recent choices
 
 
@@ -196,12 +204,40 @@ def remember(key: str, size: int, rates: dict[int, float] | None = None) -> None
                 pass
 
 
+def multiply_accumulates(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one item's forward pass in the convolutions and linear layers,
+    counted from the layers' output shapes (cnnviz.layers.trace_layers: remembered per model and
+    input shape, at most one forward pass of one item). 0 when it cannot be counted."""
+    from .layers import trace_layers
+
+    try:
+        infos = trace_layers(model, example[:1])
+    except Exception:  # a model the tracer cannot run on one item: no count, no harm
+        return 0
+    macs = 0
+    for info in infos:
+        if info.shape is None:
+            continue
+        try:
+            m = model.get_submodule(info.name)
+        except AttributeError:
+            continue
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            macs += int(np.prod(info.shape)) * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
+        elif isinstance(m, torch.nn.Linear):
+            macs += int(np.prod(info.shape)) * m.in_features
+    return macs
+
+
 def model_work(model: torch.nn.Module, x: torch.Tensor, **more) -> dict:
     """The usual `work` description of a forward pass: the model's class and size, the input's
-    shape and memory layout, plus the caller's options that change the cost."""
+    shape and memory layout, the parameters per multiply-accumulate (how weight-heavy it is:
+    where the search starts), plus the caller's options that change the cost."""
     layout = "channels_last" if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else "plain"
-    return {"model": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
-            "input": list(x.shape[1:]), "dtype": str(x.dtype), "layout": layout, **more}
+    params = sum(p.numel() for p in model.parameters())
+    macs = multiply_accumulates(model, x) if x.ndim == 4 else 0
+    return {"model": type(model).__name__, "parameters": params, "input": list(x.shape[1:]), "dtype": str(x.dtype),
+            "layout": layout, "weights_per_mac": float(f"{params / macs:.4g}") if macs else None, **more}
 
 
 def work_key(work: dict, device: torch.device, busy: bool) -> str:
@@ -248,6 +284,8 @@ class Batches:
                 self.first, self.first_from = known, "remembered"
             elif busy and not gpu:
                 self.first, self.first_from = max(self.start, CPU_BUSY_START), "busy machine"
+            elif not gpu and (work or {}).get("weights_per_mac") and work["weights_per_mac"] > WEIGHT_BOUND:
+                self.first, self.first_from = max(self.start, CPU_WEIGHTS_START), "weight-heavy model"
             self.first = min(max(self.first, self.start), self.limit)
         self.size = self.fixed or self.first
         self.times: dict[int, list[float]] = {}  # size -> seconds per item of each full batch timed
@@ -296,6 +334,17 @@ class Batches:
     def _better(self, size: int, than: int) -> bool:
         return size in self.times and self._rate(size) < (1 - MIN_GAIN) * self._rate(than)
 
+    def _settle(self, lo: int, size: int, best: int):
+        """When `size` and `best` came out within RETIME of each other on one batch each, time one
+        more batch of each (both real work, and cheap: they are about as fast) so that a single
+        disturbed batch does not decide; judged then by the faster batch of each."""
+        if not (size in self.times and best in self.times and len(self.times[size]) < 2):
+            return lo
+        if abs(self._rate(size) / self._rate(best) - 1) > RETIME or self.n - lo < size + best:
+            return lo
+        lo = yield from self._run(lo, best)
+        return (yield from self._run(lo, size))
+
     def _known_to_lose(self, size: int, than: int) -> bool:
         """The remembered search timed both and `size` was clearly slower (by CLOSE_CALL): not worth
         a batch. A close loser is timed again: one batch costs little when it is close, and one
@@ -320,8 +369,9 @@ class Batches:
 
     def _explore(self, lo: int):
         """From the first size, double while that is clearly faster (by MIN_GAIN), one batch per
-        size (each size's first batch pays for setting up its shape, so all are judged alike); when the first step up loses (or cannot be tried), halve while that is clearly
-        faster. A neighbour the remembered search found slower is not tried again, so a repeated
+        size (each size's first batch pays for setting up its shape, so all are judged alike; a close
+        call gets one more batch of each, see `_settle`); when the first step up loses (or cannot
+        be tried), halve while that is clearly faster. A neighbour the remembered search found slower is not tried again, so a repeated
         call runs at the remembered size from its first batch; one it never timed is (a search cut
         short by a small job finishes over later calls)."""
         best = self.first
@@ -331,6 +381,7 @@ class Batches:
             while (best in self.times and self._affordable(lo, size)
                    and not self._known_to_lose(size, best)):
                 lo = yield from self._trial(lo, size)
+                lo = yield from self._settle(lo, size, best)
                 if not self._better(size, best):
                     break
                 best, size = size, int(size * step)
@@ -396,6 +447,7 @@ def summary(params: dict) -> str:
     trials = ", ".join(f"{s}: {v:.0f}/s" for s, v in params.get("batch_trials", {}).items())
     if not trials:
         return f"batch {params['batch_size']} (too few items to time: none filled a batch)"
-    origin = {"remembered": ", starting from the remembered {}", "busy machine": ", starting from {} on a busy machine"}
+    origin = {"remembered": ", starting from the remembered {}", "busy machine": ", starting from {} on a busy machine",
+              "weight-heavy model": ", starting from {} for a weight-heavy model"}
     origin = origin.get(params.get("batch_first_from"), "").format(params.get("batch_first"))
     return f"batch {params['batch_size']} (chosen by measuring{origin}: {trials})"

@@ -96,6 +96,57 @@ def test_a_busy_machine_starts_the_search_at_16(monkeypatch):
     assert "starting from 16 on a busy machine" in batching.summary(rec)
 
 
+def test_a_weight_heavy_model_starts_the_search_at_16():
+    work = {"engine": "test", "weights_per_mac": 0.086}  # AlexNet's
+    b = Batches(2000, device="cpu", work=work)
+    slices = _Clock(lambda k, lo: 0.05 + 0.001 * k).run(b)
+    _covers(slices, 2000)
+    rec = b.record()
+    assert slices[0] == (0, 16) and rec["batch_first_from"] == "weight-heavy model"
+    assert "for a weight-heavy model" in batching.summary(rec)
+    light = Batches(2000, device="cpu", work={"engine": "test", "weights_per_mac": 0.012})  # lite0's
+    assert next(iter(light)) == (0, 4)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18", "mobilenet_v3_small"])
+def test_multiply_accumulates_equal_torchs_flop_counter(name):
+    """An independent count: torch.utils.flop_counter counts 2 FLOPs per multiply-accumulate in
+    the convolutions and matrix products (the residual adds, pooling and activations neither
+    counts), on a small input so that it is quick."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.zeros(1, 3, 96, 96)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x)
+    assert batching.multiply_accumulates(model, x) == fc.get_total_flops() // 2
+    work = batching.model_work(model, x)
+    assert work["weights_per_mac"] == pytest.approx(sum(p.numel() for p in model.parameters())
+                                                    / (fc.get_total_flops() // 2), rel=1e-3)
+
+
+def test_a_close_call_is_timed_once_more_so_one_disturbed_batch_does_not_decide():
+    # 8 is 10 % faster per item than 4, but the first batch of 8 is disturbed (+15 %): one batch
+    # each would keep 4; with the close call timed again, 8 wins
+    seen = {}
+
+    def cost(k, lo):
+        seen[k] = seen.get(k, 0) + 1
+        per_item = {4: 1.0, 8: 0.9, 16: 1.5}.get(k, 2.0)
+        return k * per_item * (1.15 if (k == 8 and seen[k] == 1) else 1.0)
+
+    b = Batches(400, device="cpu")
+    slices = _Clock(cost).run(b)
+    _covers(slices, 400)
+    rec = b.record()
+    assert rec["batch_size"] == 8
+    assert [hi - lo for lo, hi in slices[:5]] == [4, 8, 4, 8, 16], "one more batch of each, then on up"
+    # a clear difference is not timed again: one batch per size
+    b = Batches(400, device="cpu")
+    slices = _Clock(lambda k, lo: k * {4: 1.0, 8: 0.5, 16: 2.0}.get(k, 2.0)).run(b)
+    assert [hi - lo for lo, hi in slices[:3]] == [4, 8, 16] and b.record()["batch_size"] == 8
+
+
 def test_when_the_first_step_up_loses_the_search_goes_down(monkeypatch):
     monkeypatch.setattr(batching, "machine_load", lambda device: (True, 9.0))
     b = Batches(1000, device="cpu")
