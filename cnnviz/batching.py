@@ -23,7 +23,9 @@ slower (it runs at the remembered size from its first batch) and tries those nev
 job that cut the first search short finishes it over the next calls) or lost by little (a noisy
 batch does not settle the choice for good). Two sizes within RETIME (10 %) of each other on their
 first batch are each timed once more before the choice (on a shared machine one batch in three
-or four is disturbed by 10 % or more).
+or four is disturbed by 10 % or more). Going up, a size as fast as the one below (at most TIE = 2 %
+slower) is kept and the climb stops there: a larger batch amortizes the per-batch costs and
+holds up better when the machine gets busy (AlexNet on 2 cores: 32 and 64 within 2 %).
 
 Exactness. On the CPU, oneDNN/MKL compute images in groups of `GROUP` = 4 along the batch axis:
 an image's outputs are bitwise the same in any batch whose groups are full, but an image in a
@@ -70,6 +72,7 @@ BUSY_LOAD = 1.5  # the machine is busy when the 1-minute load average exceeds th
 CPU_BUSY_START = 16
 WEIGHT_BOUND = 0.03  # parameters per multiply-accumulate above which a model is weight-heavy (see below)
 CPU_WEIGHTS_START = 16
+TIE = 0.02  # a larger size at most this much slower per item (after a close call is settled) is kept
 RETIME = 0.10  # two sizes this close per item (by one batch each) are timed once more before a choice
 REMEMBERED_ENTRIES = 256  # the file keeps the most recent choices
 
@@ -229,13 +232,15 @@ def multiply_accumulates(model: torch.nn.Module, example: torch.Tensor) -> int:
     return macs
 
 
-def model_work(model: torch.nn.Module, x: torch.Tensor, **more) -> dict:
+def model_work(model: torch.nn.Module, x: torch.Tensor, *, macs_of: torch.nn.Module | None = None, **more) -> dict:
     """The usual `work` description of a forward pass: the model's class and size, the input's
     shape and memory layout, the parameters per multiply-accumulate (how weight-heavy it is:
-    where the search starts), plus the caller's options that change the cost."""
+    where the search starts), plus the caller's options that change the cost. macs_of: a model
+    with the same convolutions and linear layers to count them on (the user's model, whose trace
+    is remembered, for a folded copy of it)."""
     layout = "channels_last" if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else "plain"
     params = sum(p.numel() for p in model.parameters())
-    macs = multiply_accumulates(model, x) if x.ndim == 4 else 0
+    macs = multiply_accumulates(macs_of if macs_of is not None else model, x) if x.ndim == 4 else 0
     return {"model": type(model).__name__, "parameters": params, "input": list(x.shape[1:]), "dtype": str(x.dtype),
             "layout": layout, "weights_per_mac": float(f"{params / macs:.4g}") if macs else None, **more}
 
@@ -383,6 +388,8 @@ class Batches:
                 lo = yield from self._trial(lo, size)
                 lo = yield from self._settle(lo, size, best)
                 if not self._better(size, best):
+                    if step == 2 and self._rate(size) <= (1 + TIE) * self._rate(best):
+                        best = size  # as fast: the larger batch, which amortizes per-batch costs
                     break
                 best, size = size, int(size * step)
             if best != self.first:

@@ -147,6 +147,18 @@ def test_a_close_call_is_timed_once_more_so_one_disturbed_batch_does_not_decide(
     assert [hi - lo for lo, hi in slices[:3]] == [4, 8, 16] and b.record()["batch_size"] == 8
 
 
+def test_a_larger_size_as_fast_is_kept_and_the_climb_stops_there():
+    # 16 is 1 % slower per item than 8 (a tie, also after timing both again): keep the larger
+    b = Batches(600, device="cpu")
+    slices = _Clock(lambda k, lo: k * {4: 1.0, 8: 0.8, 16: 0.808}.get(k, 2.0)).run(b)
+    _covers(slices, 600)
+    assert b.record()["batch_size"] == 16 and "32" not in b.record()["batch_trials"]
+    # 3 % slower is not a tie: the smaller stays
+    b = Batches(600, device="cpu")
+    _Clock(lambda k, lo: k * {4: 1.0, 8: 0.8, 16: 0.824}.get(k, 2.0)).run(b)
+    assert b.record()["batch_size"] == 8
+
+
 def test_when_the_first_step_up_loses_the_search_goes_down(monkeypatch):
     monkeypatch.setattr(batching, "machine_load", lambda device: (True, 9.0))
     b = Batches(1000, device="cpu")

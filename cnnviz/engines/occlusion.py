@@ -183,8 +183,8 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
         with autocast(dev, use_amp):
             layout = batch_memory_format(sweep_model, x_dev)
         graph, mode_info = _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode, tau)
-        work = model_work(sweep_model, x_dev.contiguous(memory_format=layout), engine="occlusion", amp=use_amp,
-                          folded=sweep_model is not model, mode=mode_info["mode"])
+        work = model_work(sweep_model, x_dev.contiguous(memory_format=layout), macs_of=model, engine="occlusion",
+                          amp=use_amp, folded=sweep_model is not model, mode=mode_info["mode"])
         if mode_info["mode"] == "approximate":
             work["tau"] = tau
         if graph is not None:
@@ -223,7 +223,7 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
                  base_prob, dev, use_amp, progress):
     """Every position through the traced graph (incremental), or, in the approximate mode, the
     coarse grid first and then the fine positions near its largest drops (drill.py), the rest
-    filled from the nearest coarse position. Returns the four per-position arrays, the `Batches`
+    interpolated bilinearly between the coarse positions (the top class: the nearest one's). Returns the four per-position arrays, the `Batches`
     of the first pass and what the drill-down did."""
     from .incremental import drill
 
@@ -247,12 +247,14 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
             rest = np.ones(n, dtype=bool)
             rest[coarse] = rest[fine] = False
             near = torch.as_tensor(drill.nearest_coarse(ny, nx)[rest])
-            for a in out:
-                a[torch.as_tensor(rest)] = a[near]
+            fill = torch.as_tensor(rest)
+            out[1][fill] = out[1][near]  # the top class: a category, from the nearest coarse position
+            for a in (out[0], out[2], out[3]):
+                a[fill] = torch.as_tensor(drill.interpolate(ny, nx, a[coarse].double().numpy())[rest], dtype=a.dtype)
             bar.update(int(rest.sum()))
             extra = {"approximations": [f"projective-field threshold tau={graph.tau}",
                                         f"adaptive drill-down: every {drill.STEP}nd position, then the fine positions "
-                                        f"near the top {drill.TOP_FRACTION:.0%} of drops"],
+                                        f"near the top {drill.TOP_FRACTION:.0%} of drops, the others interpolated"],
                      "drill_down": {"step": drill.STEP, "top_fraction": drill.TOP_FRACTION,
                                     "computed_positions": int(len(coarse) + len(fine)), "filled_positions":
                                     int(rest.sum())}}

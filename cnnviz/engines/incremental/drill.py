@@ -1,7 +1,8 @@
 """Adaptive drill-down (Nakandala et al. 2019, Sec. 4.2): the occluder first at a coarse grid
 (every STEP-th position of the requested grid on each axis, and the last), then at the fine
 positions next to the coarse ones whose probability drop is in the top TOP_FRACTION; every other
-fine position takes the values of its nearest coarse position."""
+fine position is interpolated bilinearly between the coarse positions around it (its top class,
+a category, is the nearest coarse position's)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,14 @@ def nearest_coarse(ny: int, nx: int, step: int = STEP) -> np.ndarray:
         return c[np.abs(np.arange(n)[:, None] - c[None, :]).argmin(1)]
 
     return (axis(ny)[:, None] * nx + axis(nx)[None, :]).ravel()
+
+
+def interpolate(ny: int, nx: int, values: np.ndarray, step: int = STEP) -> np.ndarray:
+    """The ny x nx grid (flat) interpolated bilinearly from `values`, the coarse positions' values
+    in the order of `coarse_positions` (row-major over coarse_axis(ny) x coarse_axis(nx)): exact
+    at the coarse positions, linear in between along each axis."""
+    cy, cx = coarse_axis(ny, step), coarse_axis(nx, step)
+    grid = np.asarray(values, dtype=np.float64).reshape(len(cy), len(cx))
+    rows = np.stack([np.interp(np.arange(nx), cx, r) for r in grid])             # len(cy) x nx
+    full = np.stack([np.interp(np.arange(ny), cy, c) for c in rows.T], axis=1)   # ny x nx
+    return full.ravel()
