@@ -18,7 +18,8 @@ AlexNet's 0.086 and MobileNetV3-Small's 0.045, against 0.006-0.018 for ResNets, 
 EfficientNet-Lite; a small batch there re-reads large weight matrices for few images, and
 AlexNet at 4 is 2x slower per image than at 32); else 4 (16 on a GPU). From there the search goes up while that is clearly faster and, when the
 first step up loses, down, one batch per size; the final choice is remembered for next time with
-the time per item of every size timed, so a later call skips the neighbours already found clearly
+the time per item of every size timed (the best seen over all calls, which a later call's
+batches add to), so a later call skips the neighbours already found clearly
 slower (it runs at the remembered size from its first batch) and tries those never timed (a small
 job that cut the first search short finishes it over the next calls) or lost by little (a noisy
 batch does not settle the choice for good). Two sizes within RETIME (10 %) of each other on their
@@ -304,8 +305,11 @@ class Batches:
         return time.perf_counter()
 
     def _rate(self, size: int) -> float:
-        """Best (least disturbed) seconds per item seen at `size`."""
-        return min(self.times[size])
+        """Best (least disturbed) seconds per item seen at `size`: in this call's batches and, for the
+        same work on the same machine, in the earlier calls' (the remembered rates; a disturbance
+        only ever slows a batch down, so the evidence of several calls adds up)."""
+        known = self.known_rates.get(size)
+        return min(self.times[size] + ([known] if known is not None else []))
 
     def _run(self, lo: int, size: int):
         """Yield one slice at `size` and time it; returns the new lo."""
@@ -412,6 +416,7 @@ class Batches:
     def _recheck(self, lo: int, current: float):
         """Throughput fell: time the neighbouring sizes afresh and keep the fastest of the three."""
         fresh = {self.size: current}
+        self.known_rates = {}  # the machine changed: what earlier calls saw no longer holds
         for size in (self.size // 2, self.size * 2):
             if size < self.start or not self._affordable(lo, size):
                 continue

@@ -159,6 +159,29 @@ def test_a_larger_size_as_fast_is_kept_and_the_climb_stops_there():
     assert b.record()["batch_size"] == 8
 
 
+def test_the_evidence_of_several_calls_adds_up(monkeypatch):
+    # AlexNet-like: 64 is 8 % faster per item than 32. The first call finds it; in the second, the
+    # batch at 64 is disturbed (+15 %) and 32, a close loser, is timed again: on this call's
+    # batches alone 32 would now win, but with the best time of each size over both calls 64
+    # stays (a disturbance only ever slows a batch down)
+    monkeypatch.setenv("CNNVIZ_CACHE_DIR", "off")
+    monkeypatch.setattr(batching, "_in_memory", {})
+    rates = {4: 2.0, 8: 1.4, 16: 1.2, 32: 1.0, 64: 0.92}
+    work = {"engine": "test", "weights_per_mac": 0.086}
+    chosen, sizes = [], []
+    for call in range(3):
+        def cost(k, lo, _call=call):
+            return k * rates.get(k, 3.0) * (1.15 if (k == 64 and _call == 1) else 1.0)
+
+        b = Batches(169, device="cpu", work=work)
+        slices = _Clock(cost).run(b)
+        _covers(slices, 169)
+        chosen.append(b.record()["batch_size"])
+        sizes.append([hi - lo for lo, hi in slices])
+    assert chosen == [64, 64, 64]
+    assert sizes[1][:2] == [64, 32], "the second call starts at 64 and times the close loser 32 again"
+
+
 def test_when_the_first_step_up_loses_the_search_goes_down(monkeypatch):
     monkeypatch.setattr(batching, "machine_load", lambda device: (True, 9.0))
     b = Batches(1000, device="cpu")
