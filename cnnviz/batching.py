@@ -74,6 +74,7 @@ CPU_BUSY_START = 16
 WEIGHT_BOUND = 0.03  # parameters per multiply-accumulate above which a model is weight-heavy (see below)
 CPU_WEIGHTS_START = 16
 TIE = 0.02  # a larger size at most this much slower per item (after a close call is settled) is kept
+TAIL = 4  # the last batch may be up to 1/TAIL larger than the chosen size, rather than leave a small tail
 RETIME = 0.10  # two sizes this close per item (by one batch each) are timed once more before a choice
 REMEMBERED_ENTRIES = 256  # the file keeps the most recent choices
 
@@ -405,6 +406,14 @@ class Batches:
     def _steady(self, lo: int):
         since = 0
         while lo < self.n:
+            rest = self.n - lo
+            if self.size < rest <= min(self.size + self.size // TAIL, self.limit):
+                # one batch for the rest rather than a full one and a small tail (which pays a small
+                # batch's time per item): at most a quarter more than the chosen size, not timed
+                hi = self.n
+                yield lo, hi
+                lo = hi
+                break
             lo = yield from self._run(lo, self.size)
             since += 1
             recent = self.times.get(self.size, [])[-RECHECK_WINDOW:]

@@ -182,6 +182,18 @@ def test_the_evidence_of_several_calls_adds_up(monkeypatch):
     assert sizes[1][:2] == [64, 32], "the second call starts at 64 and times the close loser 32 again"
 
 
+def test_a_small_tail_joins_the_last_batch():
+    # 4 is best; after the trials (4, 8) 5 items are left: one batch of 5, not 4 and a tail of 1
+    b = Batches(17, device="cpu")
+    slices = _Clock(lambda k, lo: k * (1.0 if k <= 4 else 1.5)).run(b)
+    _covers(slices, 17)
+    assert [hi - lo for lo, hi in slices] == [4, 8, 5]
+    assert set(b.record()["batch_trials"]) == {"4", "8"}, "the joined batch is not timed as a size"
+    # a tail over a quarter of the size stays a batch of its own
+    b = Batches(18, device="cpu")
+    assert [hi - lo for lo, hi in _Clock(lambda k, lo: k * (1.0 if k <= 4 else 1.5)).run(b)] == [4, 8, 4, 2]
+
+
 def test_when_the_first_step_up_loses_the_search_goes_down(monkeypatch):
     monkeypatch.setattr(batching, "machine_load", lambda device: (True, 9.0))
     b = Batches(1000, device="cpu")
