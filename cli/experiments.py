@@ -86,6 +86,9 @@ def register(cli):
     @click.option("--draws", default=20, show_default=True, type=click.IntRange(min=2),
                   help="Random draws of boxes of the parts' size (the random row and its spread).")
     @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random boxes.")
+    @click.option("--random-within", default=None, metavar="PART",
+                  help="A part of the parts file (e.g. head) whose box bounds the random boxes, as ZF drew random "
+                       "parts of the object; it is not a row of the table [default: anywhere in the crop].")
     @use("fill")
     @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
     @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
@@ -93,7 +96,7 @@ def register(cli):
     @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
                   help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
     @figure_options
-    def correspondence(images, model_spec, parts_file, layers, draws, seed, fill, device, out, save):
+    def correspondence(images, model_spec, parts_file, layers, draws, seed, random_within, fill, device, out, save):
         """Occlude each part (e.g. the left eye) in every image and measure how consistently the sign
         of the feature change agrees across image pairs, Zeiler & Fergus' Delta = sum over pairs i != j
         of the Hamming distance between sign(x_i - x~_i) and sign(x_j - x~_j), as a share of the
@@ -116,9 +119,14 @@ def register(cli):
         for p in images:  # unreadable images: one line before the model loads
             load_image(p)
         parts = read_parts(parts_file, list(images))  # a bad parts file too
+        if random_within is not None and random_within not in parts:
+            from cnnviz.errors import ParameterError
+
+            raise ParameterError(f"--random-within {random_within!r} is not a part of {parts_file!r}, which names "
+                                 f"{', '.join(repr(n) for n in parts)}")
         lm = _main._load(model_spec)
         result = run(lm, [str(p) for p in images], parts, layers=layer_list, draws=draws, seed=seed, fill=fill,
-                     device=device)
+                     random_within=random_within, device=device)
         output.write(result, out, save, echo=False)
         p = result.params
         labels = list(p["parts"]) + ["random"]

@@ -123,6 +123,20 @@ def test_occluding_the_same_part_changes_pooled_features_more_alike_than_random_
     figure_checks.check(r.render(width=3.5), 3.5)
 
 
+def test_random_boxes_can_be_kept_inside_a_region_that_is_no_row(toy):
+    """ZF drew random parts of the object: with random_within, every random box lies in that
+    part's box (here the upper-left 40 x 40 of each image) and the part is not a row."""
+    lm, images, boxes = toy
+    region = [[0, 0, 40, 40]] * len(images)
+    r = correspondence(lm, images, {"pattern": boxes, "area": region}, layers=["5"], draws=6,
+                       random_within="area", device="cpu")
+    assert r.params["parts"] == ["pattern"] and r.delta.shape == (2, 1) and r.part_boxes.shape[0] == 1
+    assert r.random_boxes[..., :2].min() >= 0 and r.random_boxes[..., 2:].max() <= 40
+    np.testing.assert_array_equal(r.region_boxes, region)
+    with pytest.raises(ParameterError, match="random_within 'body' is not a part"):
+        correspondence(lm, images, {"pattern": boxes}, layers=["5"], random_within="body", device="cpu")
+
+
 def test_boxes_are_carried_from_the_photo_into_the_crop(tmp_path):
     """A 256 x 256 photo, resized to 256 and cropped to 224: the crop starts at (16, 16)."""
     photo = tmp_path / "p.png"

@@ -63,6 +63,7 @@ class CorrespondenceResult(Result):
     delta: float32 (P + 1) x L, the table's values: each part's normalized Delta, then the random
       draws' mean. spread: float32 (P + 1) x L, the std over pairs (parts) or over draws (random).
     p_value: float32 P x L, the share of random draws whose Delta is at or below the part's.
+    region_boxes: int64 N x 4 (or 0 x 4), the region the random boxes were drawn in, when given.
     params: parts (P names), layers (L addresses), layer_sizes (D_l), names, draws, seed...
     """
 
@@ -73,7 +74,8 @@ class CorrespondenceResult(Result):
         "images": S.Arr("u", ("N", None, None, 3)), "part_boxes": S.Arr("iu", ("P", "N", 4)),
         "random_boxes": S.Arr("iu", ("R", "N", 4)), "part_hamming": S.Arr("iu", ("P", "L", "N", "N")),
         "random_hamming": S.Arr("iu", ("R", "L", "N", "N")), "delta": S.Arr("f", (None, "L")),
-        "spread": S.Arr("f", (None, "L")), "p_value": S.Arr("f", ("P", "L"))}
+        "spread": S.Arr("f", (None, "L")), "p_value": S.Arr("f", ("P", "L")),
+        "region_boxes": S.Arr("iu", (None, 4))}
     images: np.ndarray = None
     part_boxes: np.ndarray = None
     random_boxes: np.ndarray = None
@@ -82,6 +84,7 @@ class CorrespondenceResult(Result):
     delta: np.ndarray = None
     spread: np.ndarray = None
     p_value: np.ndarray = None
+    region_boxes: np.ndarray = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,18 +181,27 @@ def _fmt(box) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-def random_boxes(part_boxes: np.ndarray, size: tuple[int, int], draws: int, seed: int) -> np.ndarray:
-    """R x N x 4 boxes placed uniformly at random in the crop, each as large as the mean of that
-    image's part boxes."""
+def random_boxes(part_boxes: np.ndarray, size: tuple[int, int], draws: int, seed: int,
+                 within: np.ndarray | None = None) -> np.ndarray:
+    """R x N x 4 boxes placed uniformly at random, each as large as the mean of that image's part
+    boxes: anywhere in the crop, or inside image n's box `within[n]` (N x 4; where the region is
+    smaller than the box, the box is centred on it)."""
     h, w = size
     rng = np.random.default_rng(seed)
     bw = np.round((part_boxes[..., 2] - part_boxes[..., 0]).mean(0)).astype(int).clip(1, w)
     bh = np.round((part_boxes[..., 3] - part_boxes[..., 1]).mean(0)).astype(int).clip(1, h)
+    region = np.asarray(within if within is not None else [[0, 0, w, h]] * part_boxes.shape[1], np.int64)
     out = np.zeros((draws, part_boxes.shape[1], 4), np.int64)
+
+    def start(lo, hi, size_, limit):
+        if hi - lo >= size_:
+            return int(rng.integers(lo, hi - size_ + 1))
+        return int(np.clip((lo + hi - size_) // 2, 0, limit - size_))
+
     for r in range(draws):
         for n in range(part_boxes.shape[1]):
-            x0 = int(rng.integers(0, w - bw[n] + 1))
-            y0 = int(rng.integers(0, h - bh[n] + 1))
+            x0 = start(region[n, 0], region[n, 2], bw[n], w)
+            y0 = start(region[n, 1], region[n, 3], bh[n], h)
             out[r, n] = (x0, y0, x0 + bw[n], y0 + bh[n])
     return out
 
@@ -231,13 +243,15 @@ def default_layers(model, example: torch.Tensor):
 
 
 def correspondence(lm: LoadedModel, images, parts, layers=None, draws: int = DEFAULT_DRAWS, seed: int = 0,
-                   fill="mean", device: str = "auto") -> CorrespondenceResult:
+                   fill="mean", random_within: str | None = None, device: str = "auto") -> CorrespondenceResult:
     """Sign-change consistency Delta of occluding each part of `parts` in every image of `images`
     (paths, PIL images or uint8 crops), against random boxes of the same size.
 
     parts: a JSON file path, or {part: [box per image]} / {image name: {part: box}}, boxes
     (x0, y0, x1, y1) in the photos' pixels. layers: addresses (default: the last convolutional
     block and the features entering the last linear layer). draws: random draws (>= 2).
+    random_within: the name of a part (e.g. "head") whose box bounds the random boxes, as ZF drew
+    random parts of the object; it is not a row of the table. Default: anywhere in the crop.
     """
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2:
         raise ParameterError(f"draws {draws!r} must be a whole number of at least 2 (the random row's spread needs "
@@ -252,7 +266,20 @@ def correspondence(lm: LoadedModel, images, parts, layers=None, draws: int = DEF
         parts = parts_of(parts, images)
     elif not isinstance(parts, dict) or not parts or any(len(v) != len(images) for v in parts.values()):
         raise ParameterError("parts must be a JSON file, {image: {part: box}} or {part: [one box per image]}")
+    region = None
+    if random_within is not None:
+        if random_within not in parts:
+            raise ParameterError(f"random_within {random_within!r} is not a part of the parts file, which names "
+                                 f"{', '.join(repr(n) for n in parts)}")
+        if len(parts) < 2:
+            raise ParameterError(f"the parts file names only {random_within!r}, the region of the random boxes; "
+                                 "add the parts to compare")
     part_boxes, prepared, pixels = crop_boxes(lm, images, parts)
+    if random_within is not None:
+        k = list(parts).index(random_within)
+        region = part_boxes[k]
+        part_boxes = np.delete(part_boxes, k, axis=0)
+        parts = {n: v for n, v in parts.items() if n != random_within}
     x = torch.cat([t for _, t, _ in prepared])
     if layers is None:
         infos = default_layers(lm.model, x[:1])
@@ -260,7 +287,7 @@ def correspondence(lm: LoadedModel, images, parts, layers=None, draws: int = DEF
         infos = [resolve_layer(lm.model, a, x[:1]) for a in layers]
         if len({i.address for i in infos}) != len(infos):
             raise LayerError(f"layers {list(layers)!r} name a layer twice")
-    rand = random_boxes(part_boxes, lm.input_size, int(draws), int(seed))
+    rand = random_boxes(part_boxes, lm.input_size, int(draws), int(seed), region)
     fill_t = lm.preprocessing.fill_value(fill)
     dev = resolve_device(device)
     N, L = len(images), len(infos)
@@ -295,12 +322,13 @@ def correspondence(lm: LoadedModel, images, parts, layers=None, draws: int = DEF
     params = {"parts": list(parts), "layers": [i.address for i in infos], "layer_labels": labels,
               "layer_shapes": [list(i.shape) for i in infos], "layer_sizes": sizes, "names": names, "draws": int(draws),
               "seed": int(seed), "fill": fill if isinstance(fill, str) else list(np.ravel(fill)),
-              "random_box_size": "the mean of the image's part boxes",
+              "random_box_size": "the mean of the image's part boxes", "random_within": random_within,
               "delta": "sum_{i!=j} H(sign(eps_i), sign(eps_j)) / (N (N-1) D), eps = x - x_occluded",
               "spread": "parts: std over image pairs; random: std over draws"}
     return CorrespondenceResult(params=params, provenance=provenance(lm.identity(), str(dev)), images=pixels,
                                 part_boxes=part_boxes, random_boxes=rand, part_hamming=part_h, random_hamming=rand_h,
-                                delta=delta, spread=spread, p_value=p_value)
+                                delta=delta, spread=spread, p_value=p_value,
+                                region_boxes=region if region is not None else np.zeros((0, 4), np.int64))
 
 
 def _features(model, infos, x):

@@ -30,9 +30,10 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     title_in = 0.2
     legend_in = 0.3
     first_col = min(1.5, 0.25 * width)
-    table_h = ROW_IN * (P + 2) + 0.05
+    table_h = ROW_IN * (P + 2.4) + 0.05
     note = wrap("Δ: share of features whose sign of change (image − occluded) differs between two images, mean "
-                "over image pairs (± std over pairs); random: a box of the parts' mean size at random, mean (± std) "
+                "over image pairs (± std over pairs); random: a box of the parts' mean size at random"
+                + (f" in the {p['random_within']!r} box" if p.get("random_within") else "") + ", mean (± std) "
                 f"over {p['draws']} draws; p: share of random draws with Δ at or below the part's. Lower = more "
                 "consistent.", width - 0.3, 7)
     note_in = 7 * 1.22 / 72 * (note.count("\n") + 1) + 0.1
@@ -52,6 +53,11 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                 bx0, by0, bx1, by1 = result.part_boxes[k, n]
                 ax.add_patch(Rectangle((bx0 - 0.5, by0 - 0.5), bx1 - bx0, by1 - by0, fill=False, lw=1.3,
                                        edgecolor=colors[k]))
+            region = getattr(result, "region_boxes", None)
+            if region is not None and len(region):
+                bx0, by0, bx1, by1 = region[n]
+                ax.add_patch(Rectangle((bx0 - 0.5, by0 - 0.5), bx1 - bx0, by1 - by0, fill=False, lw=0.8,
+                                       edgecolor="white", ls=":"))
             if len(result.random_boxes):
                 bx0, by0, bx1, by1 = result.random_boxes[0, n]
                 ax.add_patch(Rectangle((bx0 - 0.5, by0 - 0.5), bx1 - bx0, by1 - by0, fill=False, lw=1.0,
@@ -61,6 +67,10 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
         handles = [Line2D([], [], color=colors[k], lw=1.5) for k in range(P)]
         handles.append(Line2D([], [], color="0.4", lw=1.0, ls="--"))
         labels = [short(n, 24) for n in parts] + ["a random box (draw 1)"]
+        region = getattr(result, "region_boxes", None)
+        if region is not None and len(region):
+            handles.append(Line2D([], [], color="0.4", lw=0.8, ls=":"))
+            labels.append(f"region of the random boxes ({short(str(p.get('random_within')), 12)})")
         leg_top = 0.1 + rows * (pic + title_in) + 0.08 * (rows - 1)
         fig.legend(handles, labels, loc="center", bbox_to_anchor=(0.5, 1 - (leg_top + legend_in / 2) / height),
                    ncol=min(len(labels), max(1, int(width // 1.5))), fontsize=7, frameon=False, handlelength=1.6)
@@ -69,7 +79,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
         t_top = leg_top + legend_in
         ax = fig.add_axes([0.1 / width, 1 - (t_top + table_h) / height, (width - 0.2) / width, table_h / height])
         ax.set_xlim(0, width - 0.2)
-        ax.set_ylim(P + 1.6, 0)
+        ax.set_ylim(P + 2.05, 0)
         ax.axis("off")
         col_w = (width - 0.2 - first_col) / max(L, 1)
         ax.text(0.05, 0.5, "occluded", fontsize=7, fontweight="bold", va="center")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from .style import DEFAULT_WIDTH, RC, bare, short
+from .style import DEFAULT_WIDTH, RC, bare, short, wrap
 
 LABEL_IN = 0.55  # the unit labels at the left
 VALUE_IN = 0.16  # the activation under each tile
@@ -20,7 +20,10 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", patches: b
     per = 2 if patches else 1
     gap = 0.06
     tile = min((width - LABEL_IN - 0.1 - (C * per - 1) * gap) / (C * per), 1.1)
-    head = 0.42
+    what = "deconvnet projection | image patch" if patches else "deconvnet projection"
+    headline = wrap(f"layer {short(str(p['layer']), 30)}: each unit's strongest activation over the data at each "
+                    f"checkpoint ({what}, at the receptive field)", width - 0.16, 7)
+    head = 0.3 + 7 * 1.22 / 72 * (headline.count("\n") + 1)
     height = head + U * (tile + VALUE_IN + gap) + 0.15
     with plt.rc_context(RC):
         fig = plt.figure(figsize=(width, height))
@@ -44,6 +47,5 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", patches: b
             top = head + u * (tile + VALUE_IN + gap)
             fig.text(0.08 / width, 1 - (top + tile / 2) / height, f"unit {int(result.units[u])}", ha="left",
                      va="center", fontsize=7)
-        fig.text(0.08 / width, 1 - 0.08 / height, f"{short(str(p['layer']), 30)}: strongest activation per "
-                 "checkpoint, deconvnet projection", fontsize=7, va="top")
+        fig.text(0.08 / width, 1 - 0.08 / height, headline, fontsize=7, va="top", linespacing=1.1)
     return fig
