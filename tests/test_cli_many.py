@@ -183,6 +183,7 @@ VALUE = {
     "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
     "--sanity-images": "1", "--num-units": "3", "--scale": "1.5",
     "--parts": "parts.json", "--draws": "3", "--checkpoints": "ckpt_*.pt", "--segments": "20", "--compactness": "5",
+    "--random-within": "head",
     "--rule": "alphabeta",
 }
 POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"]}
