@@ -90,7 +90,7 @@ def test_delta_equals_a_brute_force_loop_over_image_pairs(toy):
     lm, images, boxes = toy
     layers = ["3", "5"]
     before = snapshot(lm.model, lm.preprocessing.normalize(images[0]))
-    r = correspondence(lm, images, {"pattern": boxes}, layers=layers, draws=3, seed=1, device="cpu")
+    r = correspondence(lm, images, {"pattern": boxes}, layers=layers, draws=2, seed=1, device="cpu")
     assert_untouched(lm.model, lm.preprocessing.normalize(images[0]), before)
     H, sizes = _brute_hamming(lm, images, boxes, layers)
     np.testing.assert_array_equal(r.part_hamming[0], H)
@@ -99,7 +99,7 @@ def test_delta_equals_a_brute_force_loop_over_image_pairs(toy):
     for li, D in enumerate(sizes):
         delta = sum(H[li, i, j] for i in range(N) for j in range(N) if i != j) / (N * (N - 1) * D)
         assert r.delta[0, li] == pytest.approx(delta, rel=1e-6)
-    for d in range(3):  # the random draws: the stored boxes, recomputed by hand
+    for d in range(2):  # the random draws: the stored boxes, recomputed by hand
         Hr, _ = _brute_hamming(lm, images, r.random_boxes[d].tolist(), layers)
         np.testing.assert_array_equal(r.random_hamming[d], Hr)
     w = r.random_boxes[..., 2] - r.random_boxes[..., 0]
@@ -111,12 +111,12 @@ def test_occluding_the_same_part_changes_pooled_features_more_alike_than_random_
     """Zeiler & Fergus' finding, on a model where it must hold: lower Delta for the part than for
     every random draw at the pooled features."""
     lm, images, boxes = toy
-    r = correspondence(lm, images, {"pattern": boxes}, layers=["3", "5"], draws=12, seed=0, device="cpu")
-    part, rand = r.delta[0, 1], r.delta[1, 1]
-    per_draw = [r.random_hamming[d, 1][~np.eye(5, dtype=bool)].mean() / 32 for d in range(12)]
+    r = correspondence(lm, images, {"pattern": boxes}, layers=["5"], draws=10, seed=0, device="cpu")
+    part, rand = r.delta[0, 0], r.delta[1, 0]
+    per_draw = [r.random_hamming[d, 0][~np.eye(5, dtype=bool)].mean() / 32 for d in range(10)]
     assert part < min(per_draw), (part, per_draw)
-    assert part < rand - 2 * r.spread[1, 1], (part, rand, r.spread[1, 1])
-    assert r.p_value[0, 1] == 0.0
+    assert part < rand - 2 * r.spread[1, 0], (part, rand, r.spread[1, 0])
+    assert r.p_value[0, 0] == 0.0
     import figure_checks
 
     figure_checks.check(r.render(), 7.0)
@@ -198,10 +198,10 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     base = ["correspondence", *map(str, photos), "--model", "resnet18", "--weights", "none", "--device", "cpu"]
-    res = runner.invoke(cli, [*base, "--parts", "parts.json", "--draws", "2", "--layers", "layer3,avgpool",
+    res = runner.invoke(cli, [*base, "--parts", "parts.json", "--draws", "2", "--layers", "layer4,avgpool",
                               "--out", "f.png", "--save", "r.npz"])
     assert res.exit_code == 0, res.output
-    assert "centre" in res.stdout and "random" in res.stdout and "layer3" in res.stdout
+    assert "centre" in res.stdout and "random" in res.stdout and "layer4" in res.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"parts.json", "f.png", "r.npz", "r.json"}
     again = cnnviz.load_result(tmp_path / "r.npz")
     assert again.params["parts"] == ["centre"] and again.delta.shape == (2, 2)
@@ -214,8 +214,6 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     for args, fragment in (([*base, "--parts", str(tmp_path / "nope.json")], "parts file not found"),
                            ([*base, "--parts", str(tmp_path / "bad.json")], "lies outside the image"),
-                           ([*base, "--parts", str(tmp_path / "parts.json"), "--layers", "layer9"],
-                            "unknown layer 'layer9'"),
                            ([*base[:2], str(tmp_path / "missing.jpg"), *base[3:], "--parts",
                              str(tmp_path / "parts.json")], "missing.jpg")):
         one_line_error(runner.invoke(cli, args), fragment)

@@ -27,7 +27,7 @@ def digits_cnn():
                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
 '''
-LAYER, UNITS, SCANNED = "4", [0, 3, 5, 9], 120
+LAYER, UNITS, SCANNED, EPOCHS = "4", [0, 3, 5, 9], 120, 2
 
 
 def _net(tmp):
@@ -38,8 +38,8 @@ def _net(tmp):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """The digits as 16 x 16 RGB PNGs (the first 200 are the scanned data), and checkpoints
-    ckpt_0.pt (initial) .. ckpt_3.pt of three epochs of training."""
+    """The digits as 16 x 16 RGB PNGs (the first SCANNED are the scanned data), and checkpoints
+    ckpt_0.pt (initial) .. ckpt_2.pt of two epochs of training."""
     from sklearn.datasets import load_digits
 
     root = tmp_path_factory.mktemp("digits")
@@ -65,7 +65,7 @@ def digits(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # batches this small: one thread is 10-40x faster on a busy machine (no spinning)
     try:
-        for epoch in range(1, 4):
+        for epoch in range(1, EPOCHS + 1):
             for idx in torch.randperm(len(x), generator=gen).split(64):
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
@@ -109,17 +109,18 @@ def fresh(digits):
 def test_the_strongest_activation_per_checkpoint_equals_a_brute_force_forward(digits, fresh):
     root, lm, make = digits
     r = fresh
-    assert list(r.checkpoints) == [f"ckpt_{i}.pt" for i in range(4)] and r.params["labels"][0] == "ckpt_0"
-    assert r.values.shape == (4, 4) and r.projections.shape[:2] == (4, 4)
-    for c in range(4):
+    C = EPOCHS + 1
+    assert list(r.checkpoints) == [f"ckpt_{i}.pt" for i in range(C)] and r.params["labels"][0] == "ckpt_0"
+    assert r.values.shape == (C, 4) and r.projections.shape[:2] == (C, 4)
+    for c in range(C):
         best, where, per_image = _brute_force(root, make, root / f"ckpt_{c}.pt", list(r.files))
         np.testing.assert_allclose(r.values[c], best, rtol=1e-5, atol=1e-6)
         for u in range(4):  # the image: the brute force's, or one whose value ties with it
             assert per_image[r.image_index[c, u], u] == pytest.approx(best[u], rel=1e-5, abs=1e-6)
     # units change between epochs: the strongest activations and their projections move
-    for c in range(3):
+    for c in range(C - 1):
         assert not np.allclose(r.values[c], r.values[c + 1], rtol=0.05), (c, r.values)
-    change = np.abs(r.projections[0].astype(float) - r.projections[3].astype(float)).mean(axis=(1, 2, 3))
+    change = np.abs(r.projections[0].astype(float) - r.projections[-1].astype(float)).mean(axis=(1, 2, 3))
     assert (change > 5).sum() >= 3, change
     assert r.params["rf"] == [8, 8] and r.projections.shape[2:4] == (8, 8)
     import figure_checks
@@ -137,7 +138,7 @@ def test_a_stopped_run_resumes_to_the_same_result(digits, fresh, tmp_path):
 
     def stop_after_two(c, total, row):
         if c == 1:
-            raise Stop
+            raise Stop  # as a kill after the second checkpoint
 
     args = (lm, str(root / "ckpt_*.pt"), root / "data", LAYER)
     with pytest.raises(Stop):
@@ -147,7 +148,7 @@ def test_a_stopped_run_resumes_to_the_same_result(digits, fresh, tmp_path):
     seen = []
     resumed = evolution(*args, units=UNITS, device="cpu", progress=progress, show_progress=False,
                         on_checkpoint=lambda c, total, row: seen.append(c))
-    assert resumed.params["resumed_checkpoints"] == 2 and seen == [2, 3]
+    assert resumed.params["resumed_checkpoints"] == 2 and seen == list(range(2, EPOCHS + 1))
     assert not progress.exists() and not list(tmp_path.iterdir())
     np.testing.assert_array_equal(resumed.values, fresh.values)
     np.testing.assert_array_equal(resumed.projections, fresh.projections)
@@ -187,10 +188,10 @@ def test_the_command_draws_the_figure_saves_and_refuses_bad_input(digits, tmp_pa
     res = runner.invoke(cli, [*base, "--units", "0:3", "--checkpoints", ckpts[0], *ckpts[1:], str(root / "data"),
                               "--out", "f.png", "--save", "r.npz"])
     assert res.exit_code == 0, res.output
-    assert "ckpt_3.pt (4/4): strongest 0:" in res.stdout
+    assert f"ckpt_{EPOCHS}.pt ({EPOCHS + 1}/{EPOCHS + 1}): strongest 0:" in res.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"f.png", "r.npz", "r.json"}
     again = cnnviz.load_result(tmp_path / "r.npz")
-    assert again.values.shape == (4, 3) and list(again.checkpoints)[-1] == "ckpt_3.pt"
+    assert again.values.shape == (EPOCHS + 1, 3) and list(again.checkpoints)[-1] == f"ckpt_{EPOCHS}.pt"
     res = runner.invoke(cli, ["render", "r.npz", "--out", "g.png", "--width", "3.5"])
     assert res.exit_code == 0, res.output
 

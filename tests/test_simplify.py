@@ -26,7 +26,7 @@ def tiny():
     lm = LoadedModel(model, "tiny", "random", Preprocessing(crop=(SIDE, SIDE), resize=None), ["a", "b", "c"])
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
-    blocks = (np.arange(SIDE)[:, None] // 8) * 4 + (np.arange(SIDE)[None, :] // 8)  # 16 squares of 8 x 8
+    blocks = (np.arange(SIDE)[:, None] // 11) * 3 + (np.arange(SIDE)[None, :] // 11)  # 9 squares of about 11 x 11
     return lm, image, blocks
 
 
@@ -65,7 +65,7 @@ def test_the_greedy_search_equals_a_brute_force_loop(tiny):
     assert r.params["classes"] == [cls] and k == len(order) >= 3, (k, order)
     assert r.order[0, :k].tolist() == order and np.all(r.order[0, k:] == -1)
     np.testing.assert_allclose(r.prob[0, :k + 1], probs, rtol=1e-5, atol=1e-7)
-    assert r.fraction[0, k] == pytest.approx(k / 16)
+    assert r.fraction[0, k] == pytest.approx(np.isin(blocks, order).mean())
     if stop is not None:
         assert r.params["next_class"] == [stop[2]] and r.next_prob[0] == pytest.approx(stop[1], rel=1e-5)
     removed = np.isin(blocks, order)
@@ -86,11 +86,11 @@ def test_slic_superpixels_cover_the_image_with_consecutive_labels():
 
 @pytest.mark.slow
 def test_lite0_keeps_the_class_of_real_photos_with_half_of_the_image_removed():
-    """Zhou et al.: a small part of the image suffices for the class. Here with 10 superpixels (to
-    keep the test short; the README figure uses 50)."""
+    """Zhou et al.: a small part of the image suffices for the class. Here with 8 superpixels
+    requested (SLIC makes 5-6; to keep the test short; the README figure uses 40)."""
     lm = cnnviz.load_model("efficientnet_lite0")
     photos = [sample_image(8), sample_image(94)]  # hen, hummingbird
-    r = simplify(lm, photos, n_segments=10, progress=False)
+    r = simplify(lm, photos, n_segments=8, progress=False)
     for n in range(2):
         k = r.params["removed"][n]
         assert r.fraction[n, k] >= 0.5, (r.params["names"][n], r.fraction[n, k])
