@@ -182,10 +182,13 @@ VALUE = {
     "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid",
     "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
     "--sanity-images": "1", "--num-units": "3", "--scale": "1.5",
+    "--parts": "parts.json", "--draws": "3", "--checkpoints": "ckpt_*.pt", "--segments": "20", "--compactness": "5",
+    "--random-within": "head",
     "--rule": "alphabeta",
 }
 POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"]}
-REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"]}
+REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"],
+            "correspondence": ["--parts", "parts.json"], "evolution": ["--layer", "layer4"]}
 
 
 @pytest.mark.parametrize("command", sorted(cli.commands))

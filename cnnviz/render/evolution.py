@@ -1,0 +1,51 @@
+"""The evolution figure in the layout of Zeiler & Fergus Fig. 4: one row per unit, one column per
+checkpoint (training order, left to right); each tile is the deconvnet projection of the unit's
+strongest activation over the data at that checkpoint, cut at its receptive field, with the
+activation under it."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from .style import DEFAULT_WIDTH, RC, bare, short, wrap
+
+LABEL_IN = 0.55  # the unit labels at the left
+VALUE_IN = 0.16  # the activation under each tile
+
+
+def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", patches: bool = False):
+    """`width` inches wide; with `patches`, each tile's image patch beside its projection."""
+    p = result.params
+    C, U = result.values.shape
+    per = 2 if patches else 1
+    gap = 0.06
+    tile = min((width - LABEL_IN - 0.1 - (C * per - 1) * gap) / (C * per), 1.1)
+    what = "deconvnet projection | image patch" if patches else "deconvnet projection"
+    headline = wrap(f"layer {short(str(p['layer']), 30)}: each unit's strongest activation over the data at each "
+                    f"checkpoint ({what}, at the receptive field)", width - 0.16, 7)
+    head = 0.3 + 7 * 1.22 / 72 * (headline.count("\n") + 1)
+    height = head + U * (tile + VALUE_IN + gap) + 0.15
+    with plt.rc_context(RC):
+        fig = plt.figure(figsize=(width, height))
+        x0 = LABEL_IN + (width - LABEL_IN - 0.1 - (C * per * tile + (C * per - 1) * gap)) / 2
+        for c in range(C):
+            left = x0 + c * per * (tile + gap)
+            fig.text((left + per * tile / 2 + (per - 1) * gap / 2) / width, 1 - (head - 0.06) / height,
+                     short(str(p["labels"][c]), max(6, int(per * tile / 0.055))), ha="center", va="bottom",
+                     fontsize=7, fontweight="bold")
+            for u in range(U):
+                top = head + u * (tile + VALUE_IN + gap)
+                tiles = [result.projections[c, u]] + ([result.patches[c, u]] if patches else [])
+                for j, img in enumerate(tiles):
+                    ax = fig.add_axes([(left + j * (tile + gap)) / width, 1 - (top + tile) / height, tile / width,
+                                       tile / height])
+                    ax.imshow(img, interpolation="nearest")
+                    bare(ax)
+                fig.text((left + per * tile / 2 + (per - 1) * gap / 2) / width, 1 - (top + tile + 0.02) / height,
+                         f"{result.values[c, u]:.3g}", ha="center", va="top", fontsize=7, color="0.3")
+        for u in range(U):
+            top = head + u * (tile + VALUE_IN + gap)
+            fig.text(0.08 / width, 1 - (top + tile / 2) / height, f"unit {int(result.units[u])}", ha="left",
+                     va="center", fontsize=7)
+        fig.text(0.08 / width, 1 - 0.08 / height, headline, fontsize=7, va="top", linespacing=1.1)
+    return fig
