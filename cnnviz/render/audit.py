@@ -53,7 +53,7 @@ def draw_reliability(ax, result) -> None:
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", frameon=False)
+    ax.legend(loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")  # readable over the bars
 
 
 def draw_curves(ax, result, which: str) -> None:
