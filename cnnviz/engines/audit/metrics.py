@@ -73,9 +73,20 @@ def centre_share(maps: np.ndarray) -> np.ndarray:
         return np.where(total > 0, inside / np.where(total > 0, total, 1), np.nan).astype(np.float32)
 
 
+def peak(amap: np.ndarray) -> tuple[int, int]:
+    """(y, x) of a map's maximum. Where the maximum is a plateau of equal values (a coarse map made
+    of blocks, as occlusion's), the plateau's pixel nearest to the plateau's mean position: its
+    centre, not its first pixel in reading order, which would favour the top-left corner of every
+    block (ties: the first in reading order)."""
+    m = np.nan_to_num(np.asarray(amap, dtype=np.float64), nan=-np.inf)
+    ys, xs = np.nonzero(m == m.max())
+    k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return int(ys[k]), int(xs[k])
+
+
 def box_scores(maps: np.ndarray, boxes: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pointing game hit (the map's maximum inside a box) and energy share inside the boxes, per
-    map. maps N x H x W; boxes per map: a list of [x0, y0, x1, y1] in crop pixels (corners)."""
+    """Pointing game hit (the map's maximum, `peak`, inside a box) and energy share inside the boxes,
+    per map. maps N x H x W; boxes per map: a list of [x0, y0, x1, y1] in crop pixels (corners)."""
     n, h, w = maps.shape
     hit = np.zeros(n, np.float32)
     energy = np.zeros(n, np.float32)
@@ -86,7 +97,7 @@ def box_scores(maps: np.ndarray, boxes: list[list[list[float]]]) -> tuple[np.nda
             c0, c1 = (int(np.clip(v, 0, w)) for v in (np.floor(x0), np.ceil(x1)))
             mask[r0:r1, c0:c1] = True
         m = np.clip(np.nan_to_num(maps[i].astype(np.float64)), 0, None)
-        y, x = np.unravel_index(np.argmax(maps[i]), (h, w))
+        y, x = peak(maps[i])
         hit[i] = float(mask[y, x])
         energy[i] = float(m[mask].sum() / m.sum()) if m.sum() > 0 else np.nan
     return hit, energy
