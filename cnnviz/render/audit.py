@@ -71,11 +71,14 @@ def draw_curves(ax, result, which: str) -> None:
     if base is not None:
         every += [result.baseline_deletion_curve.ravel(), result.baseline_insertion_curve.ravel()]
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, max(1e-3, float(np.nanmax(np.concatenate(every)))) * 1.05)
+    top = max(1e-3, float(np.nanmax(np.concatenate(every)))) * 1.05
+    ax.set_ylim(0, top * 1.7)  # room above the curves for the legend: inside them it would hide them
+    ticks = [t for t in np.linspace(0, 1, 5) if t <= top]
+    ax.set_yticks(ticks if len(ticks) >= 3 else np.linspace(0, top, 3))
     ax.set_xlabel("fraction of pixels " + ("removed" if which == "deletion" else "inserted"))
     ax.set_ylabel("p(explained class)")
     ax.set_title(f"{which.capitalize()} ({'lower' if which == 'deletion' else 'higher'} is better)")
-    ax.legend(loc="upper right" if which == "deletion" else "lower right", frameon=False)
+    ax.legend(loc="upper right", frameon=False)
 
 
 def figure(result, *, width: float = 7.0, layout: str = "row", **_):
