@@ -48,7 +48,6 @@ def test_random_map_is_clearly_less_faithful_than_occlusion_and_gradcam(lite0):
         d, i = r.deletion_auc[:, j].astype(float), r.insertion_auc[:, j].astype(float)
         for name, diff in (("deletion", bd - d), ("insertion", i - bi)):
             seen[m, name] = (diff.mean(), diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff))), (diff > 0).mean())
-    print({k: tuple(round(float(v), 3) for v in vals) for k, vals in seen.items()})
     for (m, name), (margin, t, wins) in seen.items():
         # t: the one-sided 5 % level of a paired t-test on 16 images is 1.75
         assert margin > (0.04 if name == "deletion" else 0.08) and t > 1.75 and wins > 0.6, (m, name, margin, t, wins)
@@ -92,7 +91,6 @@ def test_pointing_game_finds_objects_pasted_into_a_gray_canvas(lite0, tmp_path):
     assert list(r.files) == sorted(boxes)
     assert r.pointing_hit.shape == (len(PLACES), 2) and np.isfinite(r.pointing_hit).all()
     rate = r.pointing_hit.mean(0)
-    print(dict(zip(r.methods, rate)), r.pointing_hit.T.tolist(), np.nanmean(r.box_energy, 0))
     assert rate[0] >= 0.8 and rate[1] >= 0.8, dict(zip(r.methods, rate))
     assert r.params["pointing_game"] == {"gradcam": pytest.approx(rate[0]), "occlusion": pytest.approx(rate[1])}
     # by hand: Grad-CAM of each image on its own, its argmax, the box mapped into the crop
