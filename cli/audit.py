@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -36,10 +35,12 @@ def check_out(out: Path, resume: bool, force: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (resume or force):
         raise OutputError(f"{str(out)!r} exists and is not empty; add --force to replace it (or --resume to continue "
                           "a stopped audit into it)")
-    if progress.exists() and not (resume or force):
+    ranks = list(progress.parent.glob(f"{progress.name}.rank*")) if progress.parent.is_dir() else []
+    if (progress.exists() or ranks) and not (resume or force):
+        progress = progress if progress.exists() else ranks[0]
         raise OutputError(f"a stopped audit left its progress in {str(progress)!r}; add --resume to continue it or "
                           "--force to start over")
-    return progress
+    return progress_path(out)
 
 
 def remove_leftovers(out: Path, progress: Path) -> None:
@@ -64,6 +65,41 @@ def replace_folder(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_folder(result, out: Path) -> list[Path]:
+    """Write the report of `result` into a temporary folder beside `out` and rename it into place:
+    a failed or killed write leaves `out` as it was."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent if str(out.parent) else "."))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder; a report gets the usual mode
+        written = result.write_html(tmp)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / p.relative_to(tmp) for p in written]
+
+
+def render_folder(source: str, out: str) -> None:
+    """`cnnviz render RESULT --out DIR/`: the HTML report of a saved audit, redrawn from its numbers
+    into the folder DIR (which must be new or empty)."""
+    from cnnviz.errors import OutputError
+    from cnnviz.results import load_result
+
+    out_p = Path(out)
+    if out_p.is_dir() and any(out_p.iterdir()):
+        raise OutputError(f"{str(out)!r} exists and is not empty; give a new or empty folder for the report")
+    check_out(out_p, resume=False, force=True)  # writable place, not a file
+    loaded = load_result(source)
+    if not callable(getattr(loaded, "write_html", None)):
+        raise OutputError(f"{str(out)!r} has no extension: a folder is written only for an audit's result (its HTML "
+                          f"report); {type(loaded).__name__} draws a figure: give --out a .png, .pdf or .svg file")
+    remove_leftovers(out_p, progress_path(out_p))
+    written = write_folder(loaded, out_p)
+    click.echo(f"wrote {out_p / 'index.html'} ({len(written) - 3} figures, audit.npz, audit.json)")
 
 
 def register(cli) -> None:
@@ -138,29 +174,23 @@ def register(cli) -> None:
         if force and progress.exists():
             progress.unlink()
         lm = _main._load(model_spec)
+        written: list = []
+
+        def write(result):
+            written.extend(write_folder(result, out_p))
+
         result = run_audit(lm, data, methods_t, limit=limit, steps=steps, fill=fill, show=show, boxes=boxes,
                            sanity_images=sanity_images, layer=layer, units=num_units, k=k, device=device,
-                           progress=False if quiet else None,
-                           checkpoint=progress, resume=resume)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_p.name}.", suffix=".partial",
-                                    dir=out_p.parent if str(out_p.parent) else "."))
-        try:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder; a report gets the usual mode
-            written = result.write_html(tmp)
-            replace_folder(tmp, out_p)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        with contextlib.suppress(OSError):
-            progress.unlink()
+                           progress=False if quiet else None, checkpoint=progress, resume=resume, finish=write)
+        if not written:  # under torchrun: rank 0 wrote the report and says so
+            return
         p = result.params
         acc = (f"top-1 {p['top1']:.1%}, top-5 {p['top5']:.1%}, ECE {p['ece']:.3f}" if p["has_labels"]
                else "no labels")
         click.echo(f"{p['num_images']} of {p['num_files']} images audited ({acc}); "
                    + ", ".join(f"{m}: deletion AUC {p['mean_deletion_auc'][m]:.3f}, insertion AUC "
-                               f"{p['mean_insertion_auc'][m]:.3f}" for m in p["methods"]))
+                               f"{p['mean_insertion_auc'][m]:.3f}" for m in p["methods"])
+                   + f"; random map: {p['baseline_deletion_auc']:.3f}, {p['baseline_insertion_auc']:.3f}")
         if len(result.skipped):
             click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
             for why in p["skipped_reasons"]:

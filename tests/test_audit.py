@@ -218,6 +218,23 @@ def test_units_selectivity_and_top_images_match_a_hook(lite0, result):
     assert result.unit_patches.shape[:2] == (3, 2) and result.unit_patches.max() > 0
 
 
+def test_pointing_game_peak_of_a_plateau_is_its_centre():
+    """A map made of blocks has its maximum on a plateau: the pointing game takes the plateau's
+    centre, not its top-left pixel (np.argmax's first), so a block straddling a box's edge counts
+    by where most of it lies."""
+    from cnnviz.engines.audit import metrics
+
+    amap = np.zeros((64, 64))
+    amap[0:32, 0:32] = 1.0  # the top-left block is the maximum
+    assert metrics.peak(amap) == (15, 15)  # of the 4 central pixels (15.5, 15.5), the first
+    hit, _ = metrics.box_scores(amap[None], [[[8, 8, 60, 60]]])  # the block's corner lies outside the box
+    assert hit[0] == 1
+    two = np.zeros((8, 8))
+    two[1, 1] = two[1, 6] = 5.0  # two separate maxima: one of them, never the empty middle
+    assert metrics.peak(two) in ((1, 1), (1, 6))
+    assert metrics.peak(np.array([[0.0, np.nan], [3.0, 1.0]])) == (1, 0)
+
+
 def test_occlusion_map_is_the_mean_drop_of_the_covering_windows():
     from types import SimpleNamespace
 

@@ -58,14 +58,16 @@ def report(tmp_path_factory, lite0):
         w.writerow(["file", "label"])
         for c, name in zip(CLASSES, files):
             w.writerow([name, names[c]])
-    real = climain._load
+    real, cwd = climain._load, os.getcwd()
     climain._load = lambda spec, structure_only=False: lite0
+    os.chdir(root)  # paths as a user types them: the page (and the README's screenshot) shows "data.csv"
     try:
-        out = CliRunner().invoke(climain.cli, ["audit", str(root / "data.csv"), "--out", str(root / "report"),
-                                               "--methods", "gradcam,saliency", "--steps", "4", "--sanity-images",
-                                               "1", "--layer", "_blocks.10", "--num-units", "3", "-k", "3", "-q"])
+        out = CliRunner().invoke(climain.cli, ["audit", "data.csv", "--out", "report", "--methods", "gradcam,saliency",
+                                               "--steps", "4", "--sanity-images", "1", "--layer", "_blocks.10",
+                                               "--num-units", "3", "-k", "3", "-q"])
     finally:
         climain._load = real
+        os.chdir(cwd)
     assert out.exit_code == 0, out.output
     return root / "report", [root / f for f in files]
 

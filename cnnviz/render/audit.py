@@ -53,7 +53,7 @@ def draw_reliability(ax, result) -> None:
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", frameon=False)
+    ax.legend(loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")  # readable over the bars
 
 
 def draw_curves(ax, result, which: str) -> None:
@@ -63,13 +63,22 @@ def draw_curves(ax, result, which: str) -> None:
         auc = np.nanmean(getattr(result, key)[:, j]) if len(getattr(result, key)) else np.nan
         ax.plot(result.fractions, curves[j], color=CATEGORICAL[j % 10], lw=1.2,
                 label=f"{method_name(m)} (AUC {auc:.3f})")
+    base = getattr(result, f"baseline_{which}_curve", None)
+    if base is not None and len(base):
+        auc = np.nanmean(getattr(result, f"baseline_{key}")) if len(getattr(result, f"baseline_{key}")) else np.nan
+        ax.plot(result.fractions, base, color="0.35", lw=1.0, ls="--", label=f"random map (AUC {auc:.3f})")
+    every = [result.deletion_curve.ravel(), result.insertion_curve.ravel()]
+    if base is not None:
+        every += [result.baseline_deletion_curve.ravel(), result.baseline_insertion_curve.ravel()]
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, max(1e-3, float(np.nanmax(np.concatenate([result.deletion_curve.ravel(),
-                                                              result.insertion_curve.ravel()])))) * 1.05)
+    top = max(1e-3, float(np.nanmax(np.concatenate(every)))) * 1.05
+    ax.set_ylim(0, top * 1.7)  # room above the curves for the legend: inside them it would hide them
+    ticks = [t for t in np.linspace(0, 1, 5) if t <= top]
+    ax.set_yticks(ticks if len(ticks) >= 3 else np.linspace(0, top, 3))
     ax.set_xlabel("fraction of pixels " + ("removed" if which == "deletion" else "inserted"))
     ax.set_ylabel("p(explained class)")
     ax.set_title(f"{which.capitalize()} ({'lower' if which == 'deletion' else 'higher'} is better)")
-    ax.legend(loc="upper right" if which == "deletion" else "lower right", frameon=False)
+    ax.legend(loc="upper right", frameon=False)
 
 
 def figure(result, *, width: float = 7.0, layout: str = "row", **_):

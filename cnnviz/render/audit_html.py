@@ -192,6 +192,8 @@ def _faithfulness(result, figs) -> str:
     p = result.params
     rows = [[F.method_name(m), _num(p["mean_deletion_auc"].get(m)), _num(p["mean_insertion_auc"].get(m))]
             for m in result.methods]
+    if p.get("baseline_deletion_auc") is not None:
+        rows.append(["random map (baseline)", _num(p["baseline_deletion_auc"]), _num(p["baseline_insertion_auc"])])
     body = [_table(["method", "deletion AUC (lower is better)", "insertion AUC (higher is better)"], rows, {1, 2},
                    "faith"),
             figs.add("curves", F.curves_figure(result), "deletion and insertion curves",
@@ -206,8 +208,9 @@ def _faithfulness(result, figs) -> str:
                "most important first, and follows the probability of the predicted class: if the map is right it "
                "falls fast, and the area under the curve (AUC) is small. Insertion starts from the emptied image and "
                "puts the pixels back in the same order: the probability should rise fast (large AUC). Petsiuk et "
-               "al. 2018. The sanity check of Adebayo et al. 2018 randomizes the model's layers from the top: a "
-               "faithful map must change.")
+               "al. 2018. The random map (smooth noise, a new one per image) is the baseline: a method whose areas "
+               "are no better than the random map's tells nothing about this model. The sanity check of Adebayo et "
+               "al. 2018 randomizes the model's layers from the top: a faithful map must change.")
     return _section("faithfulness", "3. Faithfulness of each method on this model", explain, "\n".join(body))
 
 

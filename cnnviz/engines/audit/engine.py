@@ -5,11 +5,19 @@ The images are read in chunks of `chunk`; each chunk goes through
 2. per method, the map of the predicted class (`cnnviz.attribute`, or occlusion sensitivity), of
    which the centre share, the energy in the boxes and the pointing game are taken, and which is
    added (downsampled, scaled to sum 1) to its class's mean map;
-3. the deletion and insertion curves of each map (`metrics.deletion_insertion`).
+3. the deletion and insertion curves of each map and of a random baseline map
+   (`metrics.deletion_insertion`, `metrics.random_maps`).
 Only per-image numbers, running sums and a few example images are kept, so memory does not grow
 with the maps of the data set. With `checkpoint` the state is written atomically after every chunk
 and a rerun with the same arguments continues from it; on a CPU every pass is padded to full batch
 groups, so a resumed audit equals an uninterrupted one.
+
+Under torchrun (or with torch.distributed initialized) rank r audits chunks r, r + W, ... (each
+chunk holds the same images as in a single process, and the random baseline map of an image is
+seeded by its index), each rank keeps its own progress file (PATH.rankR), and the ranks' states are
+merged: per-image rows from the rank that owns them, running sums added (kept in fixed point,
+`metrics.to_fixed`, so that the order of the additions does not matter), examples and top images
+taken in file order. At equal thread counts the merged result equals a single-process run.
 """
 
 from __future__ import annotations
@@ -38,7 +46,12 @@ from .data import read_dataset
 from .result import AuditResult
 
 DEFAULT_METHODS = ("gradcam", "saliency")  # occlusion on request: 169 forward passes per image
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+CURVE_BITS = 40   # fixed-point resolution of the summed curves (probabilities <= 1) and class maps (sum 1)
+IMAGE_BITS = 32   # of the summed mean crops (pixel values <= 255)
+PER_IMAGE = ("readable", "top5", "top5_prob", "centre_share", "deletion_auc", "insertion_auc", "baseline_deletion_auc",
+             "baseline_insertion_auc", "pointing_hit", "box_energy")
+SUMS = ("deletion_sum", "insertion_sum", "class_count", "class_map_sum", "class_image_sum", "unit_class_sum")
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -88,9 +101,11 @@ def _empty_state(n: int, m: int, steps: int, num_classes: int, s: int, show: int
         "top5_prob": np.zeros((n, 5), np.float32), "centre_share": np.full((n, m), nan),
         "deletion_auc": np.full((n, m), nan), "insertion_auc": np.full((n, m), nan),
         "pointing_hit": np.full((n, m), nan), "box_energy": np.full((n, m), nan),
-        "deletion_sum": np.zeros((m, steps + 1)), "insertion_sum": np.zeros((m, steps + 1)),
-        "class_count": np.zeros(num_classes, np.int64), "class_map_sum": np.zeros((num_classes, m, s, s), np.float32),
-        "class_image_sum": np.zeros((num_classes, s, s, 3), np.float32),
+        "baseline_deletion_auc": np.full(n, nan), "baseline_insertion_auc": np.full(n, nan),
+        # fixed point (metrics.to_fixed); the last row of the curves is the random baseline
+        "deletion_sum": np.zeros((m + 1, steps + 1), np.int64), "insertion_sum": np.zeros((m + 1, steps + 1), np.int64),
+        "class_count": np.zeros(num_classes, np.int64), "class_map_sum": np.zeros((num_classes, m, s, s), np.int64),
+        "class_image_sum": np.zeros((num_classes, s, s, 3), np.int64),
         "shown_index": np.zeros(0, np.int64), "shown_images": np.zeros((0, h, w, 3), np.uint8),
         "shown_maps": np.zeros((0, m, h, w), np.float32), "wrong_index": np.zeros(0, np.int64),
         "wrong_images": np.zeros((0, h, w, 3), np.uint8), "wrong_pred_maps": np.zeros((0, m, h, w), np.float32),
@@ -159,7 +174,8 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
           sanity_images: int = 2, sanity_steps: int = 4, chunk: int = 8, occlusion_window: int = 32,
           occlusion_stride: int = 16, layer: str | None = None, units: int = 6, k: int = 4,
           device: str = "auto", progress: bool | None = None,
-          checkpoint: str | os.PathLike | None = None, resume: bool = True, on_chunk=None) -> AuditResult:
+          checkpoint: str | os.PathLike | None = None, resume: bool = True, on_chunk=None,
+          finish=None) -> AuditResult:
     """Audit `lm` on `data` (a folder, class folders, a CSV with a file column and optionally a
     label column, or a list of paths; see `data.read_dataset`): predictions and calibration, where
     the model looks (maps of `methods`), how faithful each map is (deletion and insertion, and the
@@ -173,8 +189,14 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
       game and the energy inside the boxes.
     layer: the layer of the units section: its `units` most class-selective units, each with its
       `k` top images and their patches (None: no units section).
-    checkpoint: progress file, written after every chunk; resumed from when `resume`.
-    on_chunk(done, total): called after every chunk (tests use it to stop a run midway).
+    checkpoint: progress file, written after every chunk; resumed from when `resume`; removed when
+      the audit is complete and `finish` has returned. Under torchrun each rank keeps its own
+      (PATH.rankR).
+    on_chunk(done, total): called after every chunk of this process (tests use it to stop a run).
+    finish(result): called (on rank 0 only) before the progress file is removed: write the report
+      there, so that a kill before it is written leaves the progress to resume from.
+    Under torchrun each rank audits every W-th chunk; the states are merged exactly and every rank
+    returns the merged result (see the module's docstring).
     """
     methods = check_methods(methods)
     for name, v, lo in (("limit", limit, 1), ("steps", steps, 1), ("show", show, 0), ("wrong", wrong, 0),
@@ -197,12 +219,23 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
                   **{kk: v for kk, v in options.items() if kk != "unit_info"},
                   "files": hashlib.sha256("\n".join(ds.files).encode()).hexdigest(),
                   "labels": hashlib.sha256(ds.labels.tobytes()).hexdigest()}
+    from ..topk import _dist_setup, fault_pause, remove_stale_temporaries
+
+    rank, world, owns_group = _dist_setup()
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    params_key.update(rank=rank, world=world)
     key = hashlib.sha256(json.dumps(params_key, sort_keys=True, default=str).encode()).hexdigest()
-    state = _empty_state(n, m, steps, C, s, show, wrong, h, w)
+    empty = _empty_state(n, m, steps, C, s, show, wrong, h, w)
     if unit_info is not None:
-        state.update(U.empty(C, unit_info.shape[0], k))
+        empty.update(U.empty(C, unit_info.shape[0], k))
+    state = empty
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and world > 1:
+        ckpt = ckpt.with_name(f"{ckpt.name}.rank{rank}")
     resumed_from = 0
+    if ckpt is not None:
+        remove_stale_temporaries(ckpt)
     if ckpt is not None and ckpt.exists():
         if resume:
             state = _load_checkpoint(ckpt, key, state)
@@ -212,15 +245,18 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     seconds = json.loads(str(state["seconds"]))
     skipped = [tuple(v) for v in json.loads(str(state["skipped"]))]
     chunks = [range(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    mine = list(range(rank, len(chunks), world))
 
     def tick(name: str, t0: float) -> float:
         t = time.perf_counter()
         seconds[name] = seconds.get(name, 0.0) + (t - t0)
         return t
 
-    with progress_bar(n, "audit", progress, unit="img") as bar:
-        bar.update(min(n, int(state["done"]) * chunk))
-        for c in range(int(state["done"]), len(chunks)):
+    with progress_bar(sum(len(chunks[c]) for c in mine), "audit", progress if rank == 0 else False,
+                      unit="img") as bar:
+        bar.update(sum(len(chunks[c]) for c in mine[: int(state["done"])]))
+        for done in range(int(state["done"]), len(mine)):
+            c = mine[done]
             t0 = time.perf_counter()
             good, pixels, tensors, geos, bad = _read_chunk(lm, ds.root, ds.files, chunks[c])
             skipped.extend(bad)
@@ -228,28 +264,86 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
             if good:
                 _chunk(lm, ds, methods, good, np.stack(pixels), torch.cat(tensors), geos, state, box_map, dev,
                        steps, fill, show, wrong, s, options, seconds, tick, t0)
-            state["done"] = np.int64(c + 1)
+            state["done"] = np.int64(done + 1)
             state["skipped"] = np.array(json.dumps(skipped))
             state["seconds"] = np.array(json.dumps(seconds))
             if ckpt is not None:
                 _save_checkpoint(ckpt, key, state)
             bar.update(len(chunks[c]))
             if on_chunk is not None:
-                on_chunk(c + 1, len(chunks))
-    readable = state["readable"]
-    if not readable.any():
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
-        reasons = " | ".join(" ".join(why.split()) for _, why in skipped[:3])
-        raise ImageError(f"no image could be read from {str(data)!r}: all {len(skipped)} file(s) are unreadable "
-                         f"({reasons}); check the files or point to another folder")
-    t0 = time.perf_counter()
-    sanity = _sanity(lm, ds, readable, methods, sanity_images, sanity_steps, dev)
-    tick("sanity", t0)
-    return _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, dict(
-        limit=limit, steps=steps, fill=fill, show=show, wrong=wrong, class_map_size=s, chunk=chunk,
-        sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map), **options,
-        resumed_from_chunk=resumed_from))
+                on_chunk(done + 1, len(mine))
+    try:
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, (state, skipped, seconds))
+            owner = (np.arange(n) // chunk) % world
+            state = _merge([g[0] for g in gathered], owner, show, wrong, k)
+            skipped = sorted((tuple(v) for g in gathered for v in g[1]), key=lambda v: ds.files.index(v[0]))
+            seconds = {}
+            for g in gathered:
+                for name, v in g[2].items():
+                    seconds[name] = seconds.get(name, 0.0) + v
+        readable = state["readable"]
+        if not readable.any():
+            if ckpt is not None and ckpt.exists():
+                ckpt.unlink()
+            reasons = " | ".join(" ".join(why.split()) for _, why in skipped[:3])
+            raise ImageError(f"no image could be read from {str(data)!r}: all {len(skipped)} file(s) are unreadable "
+                             f"({reasons}); check the files or point to another folder")
+        t0 = time.perf_counter()
+        sanity = _sanity(lm, ds, readable, methods, sanity_images, sanity_steps, dev)
+        tick("sanity", t0)
+        result = _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, dict(
+            limit=limit, steps=steps, fill=fill, show=show, wrong=wrong, class_map_size=s, chunk=chunk,
+            sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map), **options,
+            random_baseline={"cell": M.RANDOM_CELL, "seed": M.RANDOM_SEED}, world_size=world,
+            resumed_from_chunk=resumed_from))
+        if rank == 0:
+            fault_pause("finish")
+            if finish is not None:
+                finish(result)
+        if world > 1:
+            dist.barrier()  # rank 0 has written the report: now every rank may drop its progress
+    finally:
+        if world > 1 and owns_group:
+            dist.destroy_process_group()
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+    return result
+
+
+def _merge(states: list[dict], owner: np.ndarray, show: int, wrong: int, k: int) -> dict:
+    """One state from the ranks' states: per-image rows from the rank that audited them, running
+    sums added (integers: exact in any order), the first `show` / `wrong` examples in file order,
+    the units' top-k merged as `topk` merges them."""
+    out = dict(states[0])
+    for name in PER_IMAGE:
+        out[name] = states[0][name].copy()
+        for r, st in enumerate(states):
+            out[name][owner == r] = st[name][owner == r]
+    for name in SUMS:
+        if name in out:
+            out[name] = sum(st[name] for st in states)
+    for prefix, limit, arrays in (("shown", show, ("images", "maps")),
+                                  ("wrong", wrong, ("images", "pred_maps", "true_maps"))):
+        index = np.concatenate([st[f"{prefix}_index"] for st in states])
+        take = np.argsort(index, kind="stable")[:limit]
+        out[f"{prefix}_index"] = index[take]
+        for a in arrays:
+            out[f"{prefix}_{a}"] = np.concatenate([st[f"{prefix}_{a}"] for st in states])[take]
+    if "unit_top_values" in out:
+        from ..topk import merge
+
+        top = {"values": states[0]["unit_top_values"], "image_index": states[0]["unit_top_image"],
+               "position": states[0]["unit_top_position"]}
+        for st in states[1:]:
+            top = merge(top, st["unit_top_values"], st["unit_top_image"], st["unit_top_position"], k)
+        out["unit_top_values"], out["unit_top_image"], out["unit_top_position"] = (
+            top["values"], top["image_index"], top["position"])
+    out["done"] = np.int64(sum(int(st["done"]) for st in states))
+    return out
 
 
 def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, fill, show, wrong, s, options,
@@ -277,6 +371,7 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
     small = M.downsample(M.normalized(maps.reshape(-1, *x.shape[2:])), s).reshape(len(good), len(methods), s, s)
     img_small = M.downsample(pixels.transpose(0, 3, 1, 2).reshape(-1, *x.shape[2:]).astype(np.float32), s)
     img_small = img_small.reshape(len(good), 3, s, s).transpose(0, 2, 3, 1)
+    small, img_small = M.to_fixed(small, CURVE_BITS), M.to_fixed(img_small, IMAGE_BITS)
     for i, k in enumerate(cls):
         state["class_count"][k] += 1
         state["class_map_sum"][k] += small[i]
@@ -289,14 +384,16 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
     t0 = tick("boxes and class maps", t0)
     filled = M.fill_images(lm, x, fill)
     targets = torch.as_tensor(pred)
+    both = np.concatenate([maps, M.random_maps(good_a, x.shape[2:])[:, None]], 1)  # the random baseline last
     with model_on_device(lm.model, dev) as model:
-        for j, meth in enumerate(methods):
-            d, ins = M.deletion_insertion(model, x.to(dev), filled.to(dev), torch.as_tensor(maps[:, j]).to(dev),
-                                          targets.to(dev), steps)
-            state["deletion_auc"][good_a, j], state["insertion_auc"][good_a, j] = M.auc(d), M.auc(ins)
-            state["deletion_sum"][j] += d.sum(0)
-            state["insertion_sum"][j] += ins.sum(0)
-            t0 = tick(f"faithfulness:{meth}", t0)
+        d, ins = M.deletion_insertion(model, x.to(dev), filled.to(dev), torch.as_tensor(both).to(dev),
+                                      targets.to(dev), steps)
+    d_auc, i_auc = M.auc(d), M.auc(ins)
+    state["deletion_auc"][good_a], state["insertion_auc"][good_a] = d_auc[:, :-1], i_auc[:, :-1]
+    state["baseline_deletion_auc"][good_a], state["baseline_insertion_auc"][good_a] = d_auc[:, -1], i_auc[:, -1]
+    state["deletion_sum"] += M.to_fixed(d, CURVE_BITS).sum(0)
+    state["insertion_sum"] += M.to_fixed(ins, CURVE_BITS).sum(0)
+    t0 = tick("faithfulness", t0)
     take = max(0, show - len(state["shown_index"]))
     if take:
         state["shown_index"] = np.concatenate([state["shown_index"], good_a[:take]])
@@ -369,6 +466,8 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         "mean_centre_share": {mm: _nanmean(state["centre_share"][idx, j]) for j, mm in enumerate(methods)},
         "mean_deletion_auc": {mm: _nanmean(state["deletion_auc"][idx, j]) for j, mm in enumerate(methods)},
         "mean_insertion_auc": {mm: _nanmean(state["insertion_auc"][idx, j]) for j, mm in enumerate(methods)},
+        "baseline_deletion_auc": _nanmean(state["baseline_deletion_auc"][idx]),
+        "baseline_insertion_auc": _nanmean(state["baseline_insertion_auc"][idx]),
         "pointing_game": {mm: _nanmean(state["pointing_hit"][idx, j]) for j, mm in enumerate(methods)},
         "mean_box_energy": {mm: _nanmean(state["box_energy"][idx, j]) for j, mm in enumerate(methods)},
         "explained_class": "each image's top-1 predicted class",
@@ -381,13 +480,18 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         centre_share=state["centre_share"][idx], deletion_auc=state["deletion_auc"][idx],
         insertion_auc=state["insertion_auc"][idx], pointing_hit=state["pointing_hit"][idx],
         box_energy=state["box_energy"][idx], fractions=np.linspace(0, 1, steps + 1).astype(np.float32),
-        deletion_curve=(state["deletion_sum"] / max(n, 1)).astype(np.float32),
-        insertion_curve=(state["insertion_sum"] / max(n, 1)).astype(np.float32),
+        deletion_curve=(M.from_fixed(state["deletion_sum"][:-1], CURVE_BITS) / max(n, 1)).astype(np.float32),
+        insertion_curve=(M.from_fixed(state["insertion_sum"][:-1], CURVE_BITS) / max(n, 1)).astype(np.float32),
+        baseline_deletion_auc=state["baseline_deletion_auc"][idx].astype(np.float32),
+        baseline_insertion_auc=state["baseline_insertion_auc"][idx].astype(np.float32),
+        baseline_deletion_curve=(M.from_fixed(state["deletion_sum"][-1], CURVE_BITS) / max(n, 1)).astype(np.float32),
+        baseline_insertion_curve=(M.from_fixed(state["insertion_sum"][-1], CURVE_BITS) / max(n, 1)).astype(np.float32),
         reliability_conf=conf, reliability_acc=acc, reliability_count=count.astype(np.int64),
         class_indices=seen.astype(np.int64), class_counts=counts.astype(np.int64), class_correct=class_correct,
-        class_maps=(state["class_map_sum"][seen] / counts[:, None, None, None]).astype(np.float32),
-        class_images=np.clip(state["class_image_sum"][seen] / counts[:, None, None, None], 0, 255).round()
-        .astype(np.uint8),
+        class_maps=(M.from_fixed(state["class_map_sum"][seen], CURVE_BITS) / counts[:, None, None, None])
+        .astype(np.float32),
+        class_images=np.clip(M.from_fixed(state["class_image_sum"][seen], IMAGE_BITS) / counts[:, None, None, None],
+                             0, 255).round().astype(np.uint8),
         shown_index=remap[state["shown_index"]], shown_images=state["shown_images"], shown_maps=state["shown_maps"],
         wrong_index=remap[state["wrong_index"]], wrong_images=state["wrong_images"],
         wrong_pred_maps=state["wrong_pred_maps"], wrong_true_maps=state["wrong_true_maps"],

@@ -12,6 +12,8 @@
   image and puts the pixels back in the same order. The area under each curve (trapezoids over the
   fraction of pixels changed, 0..1) summarizes it: a faithful map gives a low deletion area and a
   high insertion area;
+- the random baseline: a map of smooth noise (`random_maps`) run through deletion and insertion
+  like the methods: a method whose areas are no better than it does not explain the model;
 - pointing game and energy in a box (Zhang et al. 2016; Wang et al. 2020).
 """
 
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from ...batching import pad
 
 BLUR_SIGMA = 10.0  # px of the model's input, as Integrated Gradients' "blur" baseline
+RANDOM_CELL = 32  # px: the cells of the random baseline map (the stride of Lite0's and ResNet's last maps)
+RANDOM_SEED = 20180816
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 15):
@@ -69,9 +73,20 @@ def centre_share(maps: np.ndarray) -> np.ndarray:
         return np.where(total > 0, inside / np.where(total > 0, total, 1), np.nan).astype(np.float32)
 
 
+def peak(amap: np.ndarray) -> tuple[int, int]:
+    """(y, x) of a map's maximum. Where the maximum is a plateau of equal values (a coarse map made
+    of blocks, as occlusion's), the plateau's pixel nearest to the plateau's mean position: its
+    centre, not its first pixel in reading order, which would favour the top-left corner of every
+    block (ties: the first in reading order)."""
+    m = np.nan_to_num(np.asarray(amap, dtype=np.float64), nan=-np.inf)
+    ys, xs = np.nonzero(m == m.max())
+    k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return int(ys[k]), int(xs[k])
+
+
 def box_scores(maps: np.ndarray, boxes: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pointing game hit (the map's maximum inside a box) and energy share inside the boxes, per
-    map. maps N x H x W; boxes per map: a list of [x0, y0, x1, y1] in crop pixels (corners)."""
+    """Pointing game hit (the map's maximum, `peak`, inside a box) and energy share inside the boxes,
+    per map. maps N x H x W; boxes per map: a list of [x0, y0, x1, y1] in crop pixels (corners)."""
     n, h, w = maps.shape
     hit = np.zeros(n, np.float32)
     energy = np.zeros(n, np.float32)
@@ -82,7 +97,7 @@ def box_scores(maps: np.ndarray, boxes: list[list[list[float]]]) -> tuple[np.nda
             c0, c1 = (int(np.clip(v, 0, w)) for v in (np.floor(x0), np.ceil(x1)))
             mask[r0:r1, c0:c1] = True
         m = np.clip(np.nan_to_num(maps[i].astype(np.float64)), 0, None)
-        y, x = np.unravel_index(np.argmax(maps[i]), (h, w))
+        y, x = peak(maps[i])
         hit[i] = float(mask[y, x])
         energy[i] = float(m[mask].sum() / m.sum()) if m.sum() > 0 else np.nan
     return hit, energy
@@ -111,33 +126,74 @@ def pixel_order(maps: torch.Tensor) -> torch.Tensor:
 
 
 def deletion_insertion(model, x: torch.Tensor, filled: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                       steps: int, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Deletion and insertion curves (N x (steps + 1) probabilities of `targets`): at step k the
+                       steps: int, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Deletion and insertion curves: probabilities of `targets` at step k = 0..steps, when the
     first round(k * H * W / steps) pixels of the map's order are filled (deletion) or restored
-    (insertion). The model runs under inference mode in batches of `batch`, padded to full groups."""
-    n, _, h, w = x.shape
-    order = pixel_order(maps)
+    (insertion). maps: N x H x W (curves N x (steps + 1)) or N x M x H x W, M maps per image
+    (curves N x M x (steps + 1)). The two ends of every curve are the image itself and the filled
+    image, the same for every map: each is one forward pass per image. The model runs under
+    inference mode on `batch` images at a time, padded to full groups."""
+    single = maps.dim() == 3
+    maps = maps[:, None] if single else maps
+    n, m = maps.shape[:2]
+    _, _, h, w = x.shape
+    order = pixel_order(maps.reshape(n * m, h, w)).view(n, m, h * w)
     counts = [round(k * h * w / steps) for k in range(steps + 1)]
-    dele = np.zeros((n, steps + 1), np.float32)
-    ins = np.zeros((n, steps + 1), np.float32)
-    jobs = [(i, k) for i in range(n) for k in range(steps + 1)]
+    # a job: (image, map, step, restore): restore=False fills the first counts[step] pixels (deletion),
+    # restore=True keeps them and fills the rest (insertion); map -1: the image (0) or the filled image
+    jobs = [(i, -1, e, False) for i in range(n) for e in (0, steps)]
+    jobs += [(i, j, k, r) for i in range(n) for j in range(m) for k in range(1, steps) for r in (False, True)]
+    prob = np.zeros(len(jobs), np.float32)
     with torch.inference_mode():
         for lo in range(0, len(jobs), batch):
             part = jobs[lo:lo + batch]
             masks = torch.zeros(len(part), h * w, dtype=torch.bool, device=x.device)
-            for j, (i, k) in enumerate(part):
-                masks[j, order[i, :counts[k]]] = True
+            for q, (i, j, k, _) in enumerate(part):
+                if j < 0:
+                    masks[q] = k > 0
+                else:
+                    masks[q, order[i, j, :counts[k]]] = True
             masks = masks.view(len(part), 1, h, w)
-            idx = torch.tensor([i for i, _ in part], device=x.device)
+            idx = torch.tensor([i for i, *_ in part], device=x.device)
+            restore = torch.tensor([r for *_, r in part], device=x.device).view(-1, 1, 1, 1)
             xi, fi = x[idx], filled[idx]
-            both = torch.cat([torch.where(masks, fi, xi), torch.where(masks, xi, fi)])
-            prob = F.softmax(model(pad(both))[: len(both)].float(), dim=1)
-            t = targets[idx]
-            p_del = prob[: len(part)].gather(1, t[:, None])[:, 0].cpu().numpy()
-            p_ins = prob[len(part):].gather(1, t[:, None])[:, 0].cpu().numpy()
-            for j, (i, k) in enumerate(part):
-                dele[i, k], ins[i, k] = p_del[j], p_ins[j]
-    return dele, ins
+            inputs = torch.where(masks ^ restore, fi, xi)
+            p = F.softmax(model(pad(inputs))[: len(part)].float(), dim=1)
+            prob[lo:lo + len(part)] = p.gather(1, targets[idx][:, None])[:, 0].cpu().numpy()
+    dele = np.zeros((n, m, steps + 1), np.float32)
+    ins = np.zeros((n, m, steps + 1), np.float32)
+    for (i, j, k, r), v in zip(jobs, prob):
+        if j < 0:  # the image (k = 0) and the filled image (k = steps): the two ends of every curve
+            dele[i, :, k] = v
+            ins[i, :, steps - k] = v
+        elif r:
+            ins[i, j, k] = v
+        else:
+            dele[i, j, k] = v
+    return (dele[:, 0], ins[:, 0]) if single else (dele, ins)
+
+
+def random_maps(indices, size: tuple[int, int], cell: int = RANDOM_CELL, seed: int = RANDOM_SEED) -> np.ndarray:
+    """The random baseline of the faithfulness section: per image, uniform noise on a grid of
+    `cell`-pixel cells, upsampled bilinearly to `size` (smooth blobs at the scale of a Grad-CAM map,
+    not pixel noise, whose scattered deletion fools a network in its own way). Drawn from a
+    generator seeded with (seed, image index): the same map whatever the chunks, resumes or ranks."""
+    h, w = size
+    gh, gw = max(1, -(-h // cell)), max(1, -(-w // cell))
+    grids = np.stack([np.random.default_rng([seed, int(i)]).random((gh, gw)) for i in indices]).astype(np.float32)
+    up = F.interpolate(torch.as_tensor(grids)[:, None], size=(h, w), mode="bilinear", align_corners=False)
+    return up[:, 0].numpy()
+
+
+def to_fixed(values, bits: int) -> np.ndarray:
+    """Values as int64 multiples of 2**-bits. Running sums kept so are exact whatever the order of the
+    additions: a resumed, a distributed and an uninterrupted audit add the same numbers in other
+    orders and must end with the same bits."""
+    return np.round(np.asarray(values, dtype=np.float64) * 2.0 ** bits).astype(np.int64)
+
+
+def from_fixed(values, bits: int) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64) / 2.0 ** bits
 
 
 def auc(curves: np.ndarray) -> np.ndarray:

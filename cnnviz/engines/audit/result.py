@@ -21,6 +21,8 @@ class AuditResult(Result):
     undefined: no box for the image, or a map without positive mass).
     Per method: deletion_curve, insertion_curve (float32 M x T, the mean over the images) at
     `fractions` (T) of the pixels.
+    The random baseline (a smooth random map per image, `metrics.random_maps`): baseline_deletion_auc,
+    baseline_insertion_auc (float32 N) and baseline_deletion_curve, baseline_insertion_curve (T).
     Calibration: reliability_conf, reliability_acc (float32 B; NaN for empty bins), reliability_count.
     Per class seen (K; the true class where labels are given, else the predicted one): class_indices,
     class_counts, class_correct (top-1 right, 0 without labels), class_maps (float32 K x M x s x s:
@@ -48,6 +50,8 @@ class AuditResult(Result):
         "centre_share": S.Arr("f", ("N", "M")), "deletion_auc": S.Arr("f", ("N", "M")),
         "insertion_auc": S.Arr("f", ("N", "M")), "fractions": S.Arr("f", ("T",)),
         "deletion_curve": S.Arr("f", ("M", "T")), "insertion_curve": S.Arr("f", ("M", "T")),
+        "baseline_deletion_auc": S.Arr("f", ("N",)), "baseline_insertion_auc": S.Arr("f", ("N",)),
+        "baseline_deletion_curve": S.Arr("f", ("T",)), "baseline_insertion_curve": S.Arr("f", ("T",)),
         "reliability_conf": S.Arr("f", ("B",)), "reliability_acc": S.Arr("f", ("B",)),
         "reliability_count": S.Arr("iu", ("B",)), "class_indices": S.Arr("iu", ("K",)),
         "class_counts": S.Arr("iu", ("K",)), "class_correct": S.Arr("iu", ("K",)),
@@ -69,6 +73,10 @@ class AuditResult(Result):
     fractions: np.ndarray = None
     deletion_curve: np.ndarray = None
     insertion_curve: np.ndarray = None
+    baseline_deletion_auc: np.ndarray = None
+    baseline_insertion_auc: np.ndarray = None
+    baseline_deletion_curve: np.ndarray = None
+    baseline_insertion_curve: np.ndarray = None
     reliability_conf: np.ndarray = None
     reliability_acc: np.ndarray = None
     reliability_count: np.ndarray = None

@@ -19,6 +19,9 @@ import torch
 
 from ...layers import require_maps, resolve_layer
 from ..topk import TopkResult, empty_state, merge
+from .metrics import from_fixed, to_fixed
+
+UNIT_BITS = 24  # fixed-point resolution of the per-class sums of mean activations (exact in any order)
 
 
 def resolve(lm, layer: str):
@@ -37,13 +40,13 @@ def reduce(t: torch.Tensor):
 
 def empty(num_classes: int, units: int, k: int) -> dict:
     top = empty_state(units, k)
-    return {"unit_class_sum": np.zeros((num_classes, units)), "unit_top_values": top["values"],
+    return {"unit_class_sum": np.zeros((num_classes, units), np.int64), "unit_top_values": top["values"],
             "unit_top_image": top["image_index"], "unit_top_position": top["position"]}
 
 
 def update(state: dict, reduced, images: np.ndarray, classes: np.ndarray, k: int) -> None:
     mean, val, ys, xs = (a[: len(images)].numpy() for a in reduced)
-    np.add.at(state["unit_class_sum"], classes, mean.astype(np.float64))
+    np.add.at(state["unit_class_sum"], classes, to_fixed(mean, UNIT_BITS))
     U = mean.shape[1]
     top = merge({"values": state["unit_top_values"], "image_index": state["unit_top_image"],
                  "position": state["unit_top_position"]},
@@ -71,7 +74,7 @@ def finish(lm, info, state: dict, class_count: np.ndarray, files: list[str], roo
     into the result's files, -1 empty), values, classes of those images and patches."""
     from ..patches import unit_patches
 
-    si = selectivity(state["unit_class_sum"], class_count)
+    si = selectivity(from_fixed(state["unit_class_sum"], UNIT_BITS), class_count)
     order = np.lexsort((np.arange(len(si)), -np.nan_to_num(si, nan=-np.inf)))[:show]
     image = state["unit_top_image"][order]
     empty_slot = image == np.iinfo(np.int64).max
