@@ -182,10 +182,13 @@ VALUE = {
     "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid",
     "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
     "--sanity-images": "1", "--num-units": "3", "--scale": "1.5",
-    "--rule": "alphabeta",
+    "--rule": "alphabeta", "--image-labels": "labels.csv", "--group": "family", "--folds": "3", "--penalty-c": "0.5",
+    "--metric": "cosine", "--threshold": "0.4", "--significance": "0.05", "--colour-iou": "0.3",
 }
-POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"]}
-REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"]}
+POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"], "probe": ["photos"],
+              "semantics": ["photos"], "neighbours": ["photo.jpg", "photos"]}
+REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"],
+            "semantics": ["--layer", "layer4"]}
 
 
 @pytest.mark.parametrize("command", sorted(cli.commands))
