@@ -245,10 +245,10 @@ def read_labels(files: list[str], labels=None) -> list[str | None]:
     and a label column, or a dict file -> label) or, without it, from class folders (the first
     folder of each relative path). A one-line ImageError when no file gets a label."""
     if labels is None:
-        out = [Path(f).parts[0] if len(Path(f).parts) > 1 else None for f in files]
+        out = [Path(f).parts[0] if len(Path(f).parts) > 1 and not Path(f).is_absolute() else None for f in files]
         if not any(o is not None for o in out):
-            raise ImageError("the images have no labels: put them in class folders or give a CSV with --labels "
-                             "(columns file and class_index or label)")
+            raise ImageError("the images have no labels: put them in class folders or give a labels CSV "
+                             "(--image-labels; columns file and class_index or label)")
         return out
     if isinstance(labels, dict):
         table = {str(k): str(v) for k, v in labels.items()}
