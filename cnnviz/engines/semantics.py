@@ -283,7 +283,7 @@ def _label(lm, info, top, feats, raw, groups, used, threshold, alpha, colour_iou
     label_type[(iou.max(1) >= colour_iou)] = 1
     label_type[(p_value < alpha) & (counts >= 2)] = 0
     examples = _pick_examples(label_type, p_value, iou, sel)
-    m = EXAMPLE_IMAGES
+    m = min(EXAMPLE_IMAGES, int(k))
     ex_img = np.zeros((len(examples), m, THUMB, THUMB, 3), np.uint8)
     ex_mask = np.zeros((len(examples), m, THUMB, THUMB), bool)
     for e, u in enumerate(examples):

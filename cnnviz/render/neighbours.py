@@ -7,7 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from .style import DEFAULT_WIDTH, RC, bare, model_label, short
+from .style import DEFAULT_WIDTH, RC, SUPTITLE_PT, bare, lines_of, model_label, short, wrap
 
 SAME = (0.1, 0.6, 0.2)
 
@@ -19,8 +19,16 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     gap = 0.12  # inches between the query column and its neighbours
     tile = (width - 0.1 - gap) / cols
     label_h = 0.36  # two 7 pt lines under each tile
-    head = 0.55
-    foot = 0.3 if p.get("hit_rate") is not None else 0.1
+    title = wrap(f"Nearest neighbours in feature space — {model_label(result.provenance, p)}", width - 0.1, SUPTITLE_PT)
+    what = wrap(f"{K} nearest by {p['metric']} distance of pooled {p['layer']} features, nearest first",
+                width - 0.2 - tile, 7.0)
+    head = 0.15 + 0.15 * lines_of(title) + 0.13 * lines_of(what) + 0.08
+    note = None
+    if p.get("hit_rate") is not None:
+        note = wrap(f"framed: same {p['grouping']} as the query. Over the data set ({p['num_labelled']} images, "
+                    f"leave-one-out): {100 * p['hit_rate']:.0f}% of the {K} nearest share the {p['grouping']}, "
+                    f"chance {100 * p['hit_chance']:.0f}%", width - 0.2, 7.0)
+    foot = 0.1 + (0.13 * lines_of(note) + 0.05 if note else 0)
     height = head + Q * (tile + label_h) + foot
     qgroups = p.get("query_groups") or [None] * Q
     ngroups = p.get("neighbour_groups") or [[None] * K] * Q
@@ -34,8 +42,9 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                 bare(ax)
                 if j == 0:
                     ax.imshow(result.queries[q])
-                    name = short(str(p["query_names"][q]), 20)
-                    text = name + (f"\n{short(str(qgroups[q]), 20)}" if qgroups[q] is not None else "")
+                    n = max(6, int(tile * 13))  # characters a tile's width holds at 7 pt
+                    name = short(str(p["query_names"][q]), n)
+                    text = name + (f"\n{short(str(qgroups[q]), n)}" if qgroups[q] is not None else "")
                     ax.set_xlabel(text, fontsize=7, labelpad=2, fontweight="bold")
                     continue
                 ax.imshow(result.neighbours[q, j - 1])
@@ -44,17 +53,13 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                     ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=2.5, ec=SAME,
                                            clip_on=False))
                 file = str(result.files[int(result.index[q, j - 1])]).rsplit("/", 1)[-1]
-                ax.set_xlabel(f"{short(file, 18)}\nd = {result.distance[q, j - 1]:.3g}", fontsize=7, labelpad=2)
-        fig.text(0.05 / width + 0.5 * (tile - 0.05) / width, 1 - 0.38 / height, "query", ha="center", fontsize=7.5,
-                 fontweight="bold")
-        fig.text((0.05 + gap + tile * (1 + K / 2)) / width, 1 - 0.38 / height,
-                 f"{K} nearest by {p['metric']} distance of pooled {p['layer']} features, nearest first",
-                 ha="center", fontsize=7.5)
-        fig.suptitle(f"Nearest neighbours in feature space — {model_label(result.provenance, p)}", fontsize=8.5,
-                     y=1 - 0.06 / height, va="top")
-        if p.get("hit_rate") is not None:
-            fig.text(0.5, 0.1 / height,
-                     f"framed: same {p['grouping']} as the query. Over the data set ({p['num_labelled']} images, "
-                     f"leave-one-out): {100 * p['hit_rate']:.0f}% of the {K} nearest share the {p['grouping']}, "
-                     f"chance {100 * p['hit_chance']:.0f}%", ha="center", fontsize=7, color="0.2")
+                n = max(6, int(tile * 13))
+                ax.set_xlabel(f"{short(file, n)}\nd = {result.distance[q, j - 1]:.3g}", fontsize=7, labelpad=2)
+        fig.text(0.05 / width + 0.5 * (tile - 0.05) / width, (height - head + 0.04) / height, "query", ha="center",
+                 va="bottom", fontsize=7, fontweight="bold")
+        fig.text((0.05 + gap + tile * (1 + K / 2)) / width, (height - head + 0.04) / height, what, ha="center",
+                 va="bottom", fontsize=7)
+        fig.suptitle(title, fontsize=SUPTITLE_PT, y=1 - 0.05 / height, va="top")
+        if note:
+            fig.text(0.5, 0.08 / height, note, ha="center", va="bottom", fontsize=7, color="0.2")
     return fig
