@@ -15,7 +15,7 @@ from cnnviz.models import LoadedModel, Preprocessing
 
 from helpers import SAMPLE, assert_untouched, sample_rows, snapshot
 
-ROWS = sample_rows()[::25]
+ROWS = sample_rows()[::42]
 FILES = [str(SAMPLE / "images" / r["file"]) for r in ROWS]
 QUERIES = [FILES[3], str(SAMPLE / "images" / sample_rows()[1]["file"])]  # one in the data, one not
 
@@ -99,7 +99,7 @@ def test_bad_input_is_a_one_line_error(small, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     before = snapshot(small.model, torch.zeros(1, 3, 80, 80))
-    for kw, error, fragment in [(dict(k=20), ParameterError, r"k=20 is larger than the 19 image\(s\)"),
+    for kw, error, fragment in [(dict(k=12), ParameterError, r"k=12 is larger than the 11 image\(s\)"),
                                 (dict(k=0), ParameterError, "k must be a positive"),
                                 (dict(layer="features.99"), LayerError, "unknown layer 'features.99'"),
                                 (dict(metric="manhattan"), ParameterError, "unknown metric"),
@@ -139,12 +139,16 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     again = cnnviz.load_result(out / "r.npz")
     assert again.index.shape == (1, 3) and again.params["layer"] == "classifier.5"
     assert runner.invoke(cli, ["render", "r.npz", "-o", "again.png", "--width", "3.5"]).exit_code == 0
+    import figure_checks
+
+    figure_checks.check(again.render(), 7.0)  # a page wide, text >= 7 pt, nothing outside, no overlaps
+    figure_checks.check(again.render(width=3.5), 3.5)
 
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.chdir(empty)
     (tmp_path / "notes.txt").write_text("hello\n")
-    for args, fragment in (([QUERIES[1], str(data), "-k", "21"], "-k 21 is larger than the 20"),
+    for args, fragment in (([QUERIES[1], str(data), "-k", "13"], "-k 13 is larger than the 12"),
                            ([str(tmp_path / "notes.txt"), str(data)], "notes.txt"),
                            ([QUERIES[1], str(data), "--layer", "nope"], "unknown layer 'nope'"),
                            ([QUERIES[1], str(empty)], "no images found")):

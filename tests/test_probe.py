@@ -16,7 +16,7 @@ from cnnviz.models import LoadedModel, Preprocessing
 
 from helpers import SAMPLE, assert_untouched, sample_rows, snapshot
 
-ROWS = sample_rows()[::25]  # 20 photos, classes 0, 50, 100, ... 950
+ROWS = sample_rows()[::42]  # 12 photos, classes 0, 84, 168, ... 924
 FILES = [str(SAMPLE / "images" / r["file"]) for r in ROWS]
 # natural kinds (ImageNet indices below 398) against artifacts: a label a probe can learn
 LABELS = {r["file"]: ("natural" if int(r["class_index"]) < 398 else "artifact") for r in ROWS}
@@ -29,8 +29,17 @@ def small():
     return LoadedModel(model, "resnet18", "random", Preprocessing(crop=(64, 64), resize=73), [f"k{i}" for i in range(7)])
 
 
+_HOOKED = {}
+
+
 def hooked_features(lm, files, layer):
     """Each image alone through the model, the layer's output averaged over positions by hand."""
+    if (id(lm), layer) not in _HOOKED:
+        _HOOKED[(id(lm), layer)] = _hooked(lm, files, layer)
+    return _HOOKED[(id(lm), layer)]
+
+
+def _hooked(lm, files, layer):
     module = dict(lm.model.named_modules())[layer]
     store = []
     h = module.register_forward_hook(lambda m, i, o: store.append(o.detach().mean((2, 3))[0].numpy().copy()))
@@ -50,7 +59,7 @@ def test_pooled_features_equal_a_forward_hook_and_do_not_depend_on_the_batch(sma
     for layer in ("layer1", "layer4"):
         np.testing.assert_allclose(a.features[layer], hooked_features(small, FILES, layer), rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(a.features[layer], b.features[layer])
-    assert a.ok.all() and a.features["layer4"].shape == (20, 512)
+    assert a.ok.all() and a.features["layer4"].shape == (12, 512)
     assert_untouched(small.model, torch.zeros(1, 3, 64, 64), before)
 
 
@@ -70,13 +79,13 @@ def test_probe_accuracy_equals_a_direct_scikit_learn_fit(small):
         direct = cross_val_score(clf, X, y, cv=StratifiedKFold(3, shuffle=True, random_state=0))
         np.testing.assert_allclose(r.fold_accuracy[li], direct, atol=1e-6)
         # recall per group from the confusion matrix agrees with the accuracy
-        assert r.confusion[li].sum() == 20
-        assert np.trace(r.confusion[li]) / 20 == pytest.approx(np.mean(direct), abs=0.06)
+        assert r.confusion[li].sum() == 12
+        assert np.trace(r.confusion[li]) / 12 == pytest.approx(np.mean(direct), abs=0.06)
 
 
 def test_an_interrupted_scan_resumes_to_the_same_result(small, tmp_path):
     ckpt = tmp_path / "probe.partial"
-    ref = probe(small, FILES, layers=["layer2"], labels=LABELS, folds=3, batch_size=4, device="cpu", progress=False)
+    ref = probe(small, FILES, layers=["layer2"], labels=LABELS, folds=3, batch_size=2, device="cpu", progress=False)
     calls = {"n": 0}
 
     def stop(m, i, o):
@@ -87,12 +96,12 @@ def test_an_interrupted_scan_resumes_to_the_same_result(small, tmp_path):
     h = small.model.layer2.register_forward_hook(stop)
     try:
         with pytest.raises(KeyboardInterrupt):
-            probe(small, FILES, layers=["layer2"], labels=LABELS, folds=3, batch_size=4, device="cpu", progress=False,
+            probe(small, FILES, layers=["layer2"], labels=LABELS, folds=3, batch_size=2, device="cpu", progress=False,
                   checkpoint=ckpt, checkpoint_every=1)
     finally:
         h.remove()
     assert ckpt.exists(), "the progress of the 3 batches done is on disk"
-    again = probe(small, FILES, layers=["layer2"], labels=LABELS, folds=3, batch_size=4, device="cpu", progress=False,
+    again = probe(small, FILES, layers=["layer2"], labels=LABELS, folds=3, batch_size=2, device="cpu", progress=False,
                   checkpoint=ckpt, checkpoint_every=1)
     assert again.params["resumed_from_batch"] == 3 and not ckpt.exists()
     np.testing.assert_array_equal(again.fold_accuracy, ref.fold_accuracy)
@@ -111,8 +120,8 @@ def test_bad_input_is_a_one_line_error_and_leaves_the_model_alone(small, tmp_pat
              (dict(source=str(empty)), ImageError, "no images found"),
              (dict(source=str(junk), labels={"a.jpg": "x", "b.png": "y"}), ImageError, "no image could be read"),
              (dict(folds=1), ParameterError, "folds must be"),
-             (dict(folds=11), ParameterError, "at least 2 label groups with 11 or more images"),
-             (dict(labels={"nothing.jpg": "x"}), ImageError, "none of the 20 images is listed"),
+             (dict(folds=8), ParameterError, "at least 2 label groups with 8 or more images"),
+             (dict(labels={"nothing.jpg": "x"}), ImageError, "none of the 12 images is listed"),
              (dict(labels=None), ImageError, "put them in class folders"),
              (dict(grouping="family"), ParameterError, "needs ImageNet-1k class indices")]
     for kw, error, fragment in cases:
@@ -144,12 +153,16 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     res = runner.invoke(cli, ["probe", str(data), "--layers", "layer1,layer4", "--folds", "3", "--save", "r.npz",
                               "-q"])
     assert res.exit_code == 0, res.output
-    assert "20 images in 2 label groups, 3-fold" in res.stdout and "layer4:" in res.stdout
+    assert "12 images in 2 label groups, 3-fold" in res.stdout and "layer4:" in res.stdout
     assert {p.name for p in out.iterdir()} == {"probe.png", "r.npz", "r.json"}
     again = cnnviz.load_result(out / "r.npz")
     assert again.params["layers"] == ["layer1", "layer4"] and again.fold_accuracy.shape == (2, 3)
     res = runner.invoke(cli, ["render", "r.npz", "-o", "again.pdf", "--width", "3.5"])
     assert res.exit_code == 0, res.output
+    import figure_checks
+
+    figure_checks.check(again.render(), 7.0)  # a page wide, text >= 7 pt, nothing outside, no overlaps
+    figure_checks.check(again.render(width=3.5), 3.5)
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -21,7 +21,7 @@ from cnnviz.models import LoadedModel, Preprocessing
 
 from helpers import SAMPLE, assert_untouched, sample_rows, snapshot
 
-ROWS = sample_rows()[::25]
+ROWS = sample_rows()[::42]
 FILES = [str(SAMPLE / "images" / r["file"]) for r in ROWS]
 LABELS = {r["file"]: ("natural" if int(r["class_index"]) < 398 else "artifact") for r in ROWS}
 
@@ -153,7 +153,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(small, result, tmp_path):
 
     def stop(m, i, o):
         calls["n"] += o.shape[0] == 4  # the scans' batches (traces and layout probes run single images)
-        if calls["n"] == 7:  # the top-k scan is done (5 batches), the feature scan has one batch
+        if calls["n"] == 5:  # the top-k scan is done (3 batches), the feature scan has one batch
             raise KeyboardInterrupt
 
     h = small.model.layer2.register_forward_hook(stop)
@@ -176,12 +176,12 @@ def test_bad_input_is_a_one_line_error(small, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     before = snapshot(small.model, torch.zeros(1, 3, 64, 64))
-    for kw, error, fragment in [(dict(k=21), ParameterError, "k=21 is larger than the 20 images"),
+    for kw, error, fragment in [(dict(k=13), ParameterError, "k=13 is larger than the 12 images"),
                                 (dict(layer="layer9"), LayerError, "unknown layer 'layer9'"),
                                 (dict(units="0:999"), LayerError, "out of range"),
                                 (dict(threshold=1.5), ParameterError, "threshold must lie between 0 and 1"),
                                 (dict(source=str(empty)), ImageError, "no images found"),
-                                (dict(labels={"x.jpg": "a"}), ImageError, "none of the 20 images")]:
+                                (dict(labels={"x.jpg": "a"}), ImageError, "none of the 12 images")]:
         args = dict(source=FILES, layer="layer2", units="0:4", k=3, labels=LABELS, device="cpu", progress=False)
         args.update(kw)
         with pytest.raises(error, match=fragment) as e:
@@ -215,12 +215,16 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     again = cnnviz.load_result(out / "r.npz")
     assert again.units.tolist() == list(range(8)) and again.params["grouping"] == "family"
     assert runner.invoke(cli, ["render", "r.npz", "-o", "again.png", "--width", "3.5"]).exit_code == 0
+    import figure_checks
+
+    figure_checks.check(again.render(), 7.0)  # a page wide, text >= 7 pt, nothing outside, no overlaps
+    figure_checks.check(again.render(width=3.5), 3.5)
 
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.chdir(empty)
     for args, fragment in ((["--layer", "layer9"], "unknown layer 'layer9'"),
-                           (["--layer", "layer3", "-k", "30"], "-k 30 is larger than the 20 images"),
+                           (["--layer", "layer3", "-k", "30"], "-k 30 is larger than the 12 images"),
                            (["--layer", "layer3", "--units", "5:2"], "empty or negative range"),
                            (["--layer", "layer3", "--image-labels", "nope.csv"], "labels file not found")):
         labels = [] if "--image-labels" in args else ["--image-labels", str(SAMPLE / "labels.csv")]

@@ -173,7 +173,12 @@ def neighbours(lm: LoadedModel, queries, source, layer: str | None = None, k: in
             for q, row in enumerate(exclude):
                 if qgroups[q] is None and row.any():
                     qgroups[q] = groups[int(np.flatnonzero(row)[0])]
+                    qlab[q] = raw[int(np.flatnonzero(row)[0])]
             rate, chance = hit_rate(np.where(feats.ok[:, None], X, np.nan), groups, k, metric)
+            from .semantics import _class_text
+
+            p.update(neighbour_labels=[[_class_text(lm, raw[i]) for i in row] for row in idx],
+                     query_labels=[_class_text(lm, x) for x in qlab])
             p.update(grouping=used, query_groups=qgroups, neighbour_groups=[[groups[i] for i in row] for row in idx],
                      hit_rate=rate, hit_chance=chance, num_labelled=int(sum(g is not None for g in groups)))
         r = NeighboursResult(params=p, provenance=provenance(lm.identity(), str(dev)), queries=_thumb(lm, qx),

@@ -43,7 +43,8 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                 if j == 0:
                     ax.imshow(result.queries[q])
                     n = max(6, int(tile * 13))  # characters a tile's width holds at 7 pt
-                    name = short(str(p["query_names"][q]), n)
+                    qlabels = p.get("query_labels") or []
+                    name = short(str(qlabels[q] if q < len(qlabels) and qlabels[q] else p["query_names"][q]), n)
                     text = name + (f"\n{short(str(qgroups[q]), n)}" if qgroups[q] is not None else "")
                     ax.set_xlabel(text, fontsize=7, labelpad=2, fontweight="bold")
                     continue
@@ -52,9 +53,12 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                 if g is not None and qgroups[q] is not None and g == qgroups[q]:
                     ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=2.5, ec=SAME,
                                            clip_on=False))
-                file = str(result.files[int(result.index[q, j - 1])]).rsplit("/", 1)[-1]
+                name = str(result.files[int(result.index[q, j - 1])]).rsplit("/", 1)[-1]
+                labels = p.get("neighbour_labels")
+                if labels and labels[q][j - 1]:
+                    name = labels[q][j - 1]  # the class, where the labels name one
                 n = max(6, int(tile * 13))
-                ax.set_xlabel(f"{short(file, n)}\nd = {result.distance[q, j - 1]:.3g}", fontsize=7, labelpad=2)
+                ax.set_xlabel(f"{short(name, n)}\nd = {result.distance[q, j - 1]:.3g}", fontsize=7, labelpad=2)
         fig.text(0.05 / width + 0.5 * (tile - 0.05) / width, (height - head + 0.04) / height, "query", ha="center",
                  va="bottom", fontsize=7, fontweight="bold")
         fig.text((0.05 + gap + tile * (1 + K / 2)) / width, (height - head + 0.04) / height, what, ha="center",
