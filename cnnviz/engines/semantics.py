@@ -248,50 +248,37 @@ def _label(lm, info, top, feats, raw, groups, used, threshold, alpha, colour_iou
     for u in range(U):
         for j in np.flatnonzero(valid[u]):
             owners.setdefault(int(gidx[u, j]), []).append((u, int(j)))
-    units_t = torch.as_tensor(units, dtype=torch.long)
-    order = sorted(owners)
-    masks_kept: dict[tuple[int, int], np.ndarray] = {}
-    pixels_kept: dict[int, np.ndarray] = {}
     label_type = np.full(U, 2, np.int64)
-    with model_on_device(lm.model, dev) as model, torch.inference_mode(), \
-            capture(model, info, reduce=lambda t: t.detach().index_select(1, units_t.to(t.device)).float().cpu()) as cap:
-        for lo in range(0, len(order), 8):
-            chunk = order[lo:lo + 8]
-            prepared = [lm.prepare(load_image(Path(feats.root) / files[i])) for i in chunk]
-            x = torch.cat([t for _, t in prepared])
-            from ..batching import pad
 
-            model(pad(x).to(dev))
-            maps = cap.values.pop()[:len(chunk)]
-            h, w = x.shape[2:]
-            for n, i in enumerate(chunk):
-                px = prepared[n][0]
-                names = colour_names(px)
-                onehot = names[None] == np.arange(len(COLOURS))[:, None, None]  # 11 x H x W
-                us = [u for u, _ in owners[i]]
-                up = torch.nn.functional.interpolate(maps[n:n + 1, us] if maps.ndim == 4 else
-                                                     maps[n:n + 1, us, None, None], size=(h, w), mode="bilinear",
-                                                     align_corners=False)[0].numpy()
-                for (u, j), m in zip(owners[i], up):
-                    mask = m > threshold * peak[u]
-                    inter[u] += (onehot & mask).sum((1, 2))
-                    union[u] += (onehot | mask).sum((1, 2))
-                    if j < EXAMPLE_IMAGES:
-                        masks_kept[(u, j)] = mask
-                        pixels_kept[i] = px
+    def measure(i, px, pairs, masks):
+        names = colour_names(px)
+        onehot = names[None] == np.arange(len(COLOURS))[:, None, None]  # 11 x H x W
+        for (u, _), mask in zip(pairs, masks):
+            inter[u] += (onehot & mask).sum((1, 2))
+            union[u] += (onehot | mask).sum((1, 2))
+
+    _unit_masks(lm, info, units, feats.root, files, owners, peak, threshold, dev, measure)
     iou = (inter / np.maximum(union, 1)).astype(np.float32)
     label_type[(iou.max(1) >= colour_iou)] = 1
     label_type[(p_value < alpha) & (counts >= 2)] = 0
     examples = _pick_examples(label_type, p_value, iou, sel)
+    # the examples' top images and masks, as thumbnails: a second, small pass (nothing kept from the first)
     m = min(EXAMPLE_IMAGES, int(k))
     ex_img = np.zeros((len(examples), m, THUMB, THUMB, 3), np.uint8)
     ex_mask = np.zeros((len(examples), m, THUMB, THUMB), bool)
+    wanted: dict[int, list[tuple[int, int]]] = {}
     for e, u in enumerate(examples):
         for j in range(m):
-            if (u, j) in masks_kept:
-                i = int(gidx[u, j])
-                ex_img[e, j] = _resize(pixels_kept[i], THUMB)
-                ex_mask[e, j] = _resize(masks_kept[(u, j)].astype(np.uint8) * 255, THUMB) > 127
+            if valid[u, j]:
+                wanted.setdefault(int(gidx[u, j]), []).append((u, e * m + j))
+
+    def keep(i, px, pairs, masks):
+        thumb = _resize(px, THUMB)
+        for (_, slot), mask in zip(pairs, masks):
+            ex_img[slot // m, slot % m] = thumb
+            ex_mask[slot // m, slot % m] = _resize(mask.astype(np.uint8) * 255, THUMB) > 127
+
+    _unit_masks(lm, info, units, feats.root, files, wanted, peak, threshold, dev, keep)
     params = {**feats.params, "layer": info.address, "layer_shape": list(info.shape), "k": int(k), "grouping": used,
               "groups": names_all, "group_shares": [float(s) for s in shares], "top_group": top_groups,
               "top_count": [int(c) for c in counts], "top_class": top_class, "top_labels": top_labels, "chance_purity": chance,
@@ -306,6 +293,32 @@ def _label(lm, info, top, feats, raw, groups, used, threshold, alpha, colour_iou
                            p_value=p_value, selectivity=sel, colour_iou=iou, label_type=label_type,
                            example_units=np.asarray(examples, np.int64), example_images=ex_img,
                            example_masks=ex_mask, files=np.asarray(files, dtype=str))
+
+
+def _unit_masks(lm, info, units, root, files, owners, peak, threshold, dev, visit) -> None:
+    """For each image i of `owners` (image -> [(unit row, tag), ...]), read it, compute the units'
+    maps, upsample them (bilinear) to the input crop and threshold each at `threshold` x the unit's
+    `peak`; call visit(i, crop pixels, pairs, masks). Batches of 8 images; nothing is kept."""
+    from ..batching import pad
+
+    units_t = torch.as_tensor(units, dtype=torch.long)
+    order = sorted(owners)
+    with model_on_device(lm.model, dev) as model, torch.inference_mode(), \
+            capture(model, info, reduce=lambda t: t.detach().index_select(1, units_t.to(t.device)).float().cpu()) as cap:
+        for lo in range(0, len(order), 8):
+            chunk = order[lo:lo + 8]
+            prepared = [lm.prepare(load_image(Path(root) / files[i])) for i in chunk]
+            x = torch.cat([t for _, t in prepared])
+            model(pad(x).to(dev))
+            maps = cap.values.pop()[:len(chunk)]
+            if maps.ndim == 2:
+                maps = maps[:, :, None, None]
+            h, w = x.shape[2:]
+            for n, i in enumerate(chunk):
+                rows = [u for u, _ in owners[i]]
+                up = torch.nn.functional.interpolate(maps[n:n + 1, rows], size=(h, w), mode="bilinear",
+                                                     align_corners=False)[0].numpy()
+                visit(i, prepared[n][0], owners[i], [m > threshold * peak[u] for u, m in zip(rows, up)])
 
 
 def _class_text(lm, label) -> str:
