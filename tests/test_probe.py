@@ -174,3 +174,16 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
         assert_empty(empty)
     one_line_error(runner.invoke(cli, ["probe", str(empty)]), "no images found")
     assert_empty(empty)
+
+
+def test_an_unreadable_image_is_skipped_and_listed_the_others_are_used(small, tmp_path):
+    for f in FILES[:4]:
+        (tmp_path / f.rsplit("/", 1)[-1]).symlink_to(f)
+    (tmp_path / "broken.jpg").write_text("not a JPEG\n")
+    feats = pooled_features(small, tmp_path, ["layer4"], batch_size=2, device="cpu", progress=False)
+    bad = feats.files.index("broken.jpg")
+    assert feats.ok.sum() == 4 and not feats.ok[bad] and np.isnan(feats.features["layer4"][bad]).all()
+    assert [f for f, _ in feats.skipped] == ["broken.jpg"] and "broken.jpg" in feats.skipped[0][1]
+    good = [feats.files.index(f.rsplit("/", 1)[-1]) for f in FILES[:4]]
+    np.testing.assert_allclose(feats.features["layer4"][good], hooked_features(small, FILES, "layer4")[:4],
+                               rtol=1e-4, atol=1e-5)
