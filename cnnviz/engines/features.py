@@ -124,14 +124,16 @@ def check_data(source) -> tuple[Path, list[str], list[str]]:
     return list_files(source)
 
 
-def pooled_features(lm: LoadedModel, source, layers, pool: str = "mean", batch_size: int | None = None,
+def pooled_features(lm: LoadedModel, source, layers, pool: str | dict = "mean", batch_size: int | None = None,
                     device: str = "auto", checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 10,
                     resume: bool = True, progress: bool | None = None, amp: bool | None = None,
                     finish: Callable[[Features], None] | None = None, what: str = "features") -> Features:
     """Pooled features of every image of `source` (folder, CSV list or list of paths) at `layers`
-    (addresses or LayerInfos). See the module docstring for pooling, batching and resuming.
+    (addresses or LayerInfos). pool: one of POOLS, or a dict address -> pool (one pass, a pooling
+    per layer). See the module docstring for pooling, batching and resuming.
     Raises ImageError when no image can be read (writing nothing)."""
-    check_pool(pool)
+    for kind in (pool.values() if isinstance(pool, dict) else [pool]):
+        check_pool(kind)
     batch_size = check_batch_size(batch_size)
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every <= 0:
         raise ParameterError(f"checkpoint_every must be a positive whole number, got {checkpoint_every!r}")
@@ -139,6 +141,7 @@ def pooled_features(lm: LoadedModel, source, layers, pool: str = "mean", batch_s
                                                                  else list(layers))]
     if any(i is None for i in infos):
         infos = resolve_layers(lm, layers)
+    pools = {i.address: (pool.get(i.address, "mean") if isinstance(pool, dict) else pool) for i in infos}
     root, files, ignored = list_files(source)
     n = len(files)
     dev = resolve_device(device)
@@ -148,7 +151,7 @@ def pooled_features(lm: LoadedModel, source, layers, pool: str = "mean", batch_s
     if batch_size is None and not measured:
         batch_size = FIXED_BATCH
     key_src = json.dumps({"v": PROGRESS_VERSION, "what": what, "model": lm.identity(),
-                          "layers": [i.address for i in infos], "pool": pool, "batch_size": batch_size,
+                          "layers": [i.address for i in infos], "pool": pools, "batch_size": batch_size,
                           "amp": use_amp, "files": hashlib.sha256("\n".join(files).encode()).hexdigest()},
                          sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()
@@ -188,7 +191,7 @@ def pooled_features(lm: LoadedModel, source, layers, pool: str = "mean", batch_s
         with autocast(dev, use_amp):
             layout = batch_memory_format(model, example.to(dev))
         with contextlib.ExitStack() as stack:
-            caps = [stack.enter_context(capture(model, i, reduce=_pool(pool))) for i in infos]
+            caps = [stack.enter_context(capture(model, i, reduce=_pool(pools[i.address]))) for i in infos]
             bar = stack.enter_context(progress_bar(n, what, progress, unit="img"))
             bar.update(int(ok.sum()) + len(skipped))
             for idx, x, good, reason in loader:
@@ -212,7 +215,7 @@ def pooled_features(lm: LoadedModel, source, layers, pool: str = "mean", batch_s
         raise ImageError(_nothing_read(source, root, skipped))
     skipped.sort(key=lambda s: files.index(s[0]) if s[0] in files else n)
     params = {**(batches.record() if batches is not None else {"batch_size": batch_size, "batch_size_auto": False}),
-              "seconds": round(elapsed, 3), "resumed_from_batch": resumed, "device": str(dev), "pool": pool, "amp": use_amp,
+              "seconds": round(elapsed, 3), "resumed_from_batch": resumed, "device": str(dev), "pool": pools, "amp": use_amp,
               "num_files": n, "num_scanned": int(ok.sum()), "num_ignored": len(ignored),
               "root": str(Path(root).resolve()),
               "source": str(source) if not isinstance(source, (list, tuple)) else "list"}
