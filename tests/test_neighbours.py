@@ -40,6 +40,7 @@ def hooked(lm, files, layer):
     return np.stack(store).astype(np.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_neighbours_equal_brute_force_distances(small, metric):
     before = snapshot(small.model, torch.zeros(1, 3, 80, 80))
@@ -113,6 +114,7 @@ def test_bad_input_is_a_one_line_error(small, tmp_path):
     assert_untouched(small.model, torch.zeros(1, 3, 80, 80), before)
 
 
+@pytest.mark.slow
 def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, monkeypatch, small):
     from click.testing import CliRunner
 

@@ -52,6 +52,7 @@ def _hooked(lm, files, layer):
     return np.stack(store)
 
 
+@pytest.mark.slow
 def test_pooled_features_equal_a_forward_hook_and_do_not_depend_on_the_batch(small):
     before = snapshot(small.model, torch.zeros(1, 3, 64, 64))
     a = pooled_features(small, FILES, ["layer1", "layer4"], batch_size=3, device="cpu", progress=False)
@@ -63,6 +64,7 @@ def test_pooled_features_equal_a_forward_hook_and_do_not_depend_on_the_batch(sma
     assert_untouched(small.model, torch.zeros(1, 3, 64, 64), before)
 
 
+@pytest.mark.slow
 def test_probe_accuracy_equals_a_direct_scikit_learn_fit(small):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -83,6 +85,7 @@ def test_probe_accuracy_equals_a_direct_scikit_learn_fit(small):
         assert np.trace(r.confusion[li]) / 12 == pytest.approx(np.mean(direct), abs=0.06)
 
 
+@pytest.mark.slow
 def test_an_interrupted_scan_resumes_to_the_same_result(small, tmp_path):
     ckpt = tmp_path / "probe.partial"
     ref = probe(small, FILES, layers=["layer2"], labels=LABELS, folds=3, batch_size=2, device="cpu", progress=False)
@@ -108,6 +111,7 @@ def test_an_interrupted_scan_resumes_to_the_same_result(small, tmp_path):
     np.testing.assert_array_equal(again.confusion, ref.confusion)
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_one_line_error_and_leaves_the_model_alone(small, tmp_path):
     before = snapshot(small.model, torch.zeros(1, 3, 64, 64))
     empty = tmp_path / "empty"
@@ -133,6 +137,7 @@ def test_bad_input_is_a_one_line_error_and_leaves_the_model_alone(small, tmp_pat
     assert_untouched(small.model, torch.zeros(1, 3, 64, 64), before)
 
 
+@pytest.mark.slow
 def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, monkeypatch, small):
     from click.testing import CliRunner
 

@@ -85,6 +85,7 @@ def test_colour_terms_follow_the_rules_and_name_plain_colours():
         assert COLOURS[int(colour_names(np.array([rgb], np.uint8))[0])] == name, name
 
 
+@pytest.mark.slow
 def test_top_images_and_purity_agree_with_the_topk_scan(small, result):
     top = scan(small, FILES, "layer2", units="0:6", k=4, batch_size=4, device="cpu", progress=False)
     np.testing.assert_array_equal(result.top_index, top.image_index)
@@ -109,6 +110,7 @@ def hooked_maps(lm, files, layer):
     return store
 
 
+@pytest.mark.slow
 def test_selectivity_and_colour_iou_equal_a_direct_computation(small, result):
     before = snapshot(small.model, torch.zeros(1, 3, 64, 64))
     maps = hooked_maps(small, FILES, "layer2")
@@ -147,6 +149,7 @@ def test_purity_p_values_equal_an_exact_count():
     assert chance == pytest.approx(sum(c * v for c, v in law.items()) / 4, abs=0.01)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_result(small, result, tmp_path):
     ckpt = tmp_path / "s.npz.partial"
     calls = {"n": 0}
@@ -190,6 +193,7 @@ def test_bad_input_is_a_one_line_error(small, tmp_path):
     assert_untouched(small.model, torch.zeros(1, 3, 64, 64), before)
 
 
+@pytest.mark.slow
 def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, monkeypatch, small):
     from click.testing import CliRunner
 
