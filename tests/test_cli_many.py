@@ -184,11 +184,14 @@ VALUE = {
     "--sanity-images": "1", "--num-units": "3", "--scale": "1.5",
     "--parts": "parts.json", "--draws": "3", "--checkpoints": "ckpt_*.pt", "--segments": "20", "--compactness": "5",
     "--random-within": "head",
-    "--rule": "alphabeta",
+    "--rule": "alphabeta", "--image-labels": "labels.csv", "--group": "family", "--folds": "3", "--penalty-c": "0.5",
+    "--metric": "cosine", "--threshold": "0.4", "--significance": "0.05", "--colour-iou": "0.3",
 }
-POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"]}
+POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"], "probe": ["photos"],
+              "semantics": ["photos"], "neighbours": ["photo.jpg", "photos"]}
 REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"],
-            "correspondence": ["--parts", "parts.json"], "evolution": ["--layer", "layer4"]}
+            "correspondence": ["--parts", "parts.json"], "evolution": ["--layer", "layer4"],
+            "semantics": ["--layer", "layer4"]}
 
 
 @pytest.mark.parametrize("command", sorted(cli.commands))
