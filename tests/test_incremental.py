@@ -270,3 +270,61 @@ def test_approximate_mode_records_its_approximations_and_tau_one_without_drill_d
     assert same.params["drill_down"]["filled_positions"] == 0
     np.testing.assert_allclose(same.true_class_prob, exact.true_class_prob, atol=1e-6)
     np.testing.assert_allclose(same.feature_activation, exact.feature_activation, rtol=1e-5)
+
+
+def test_auto_tau_measures_each_tried_tau_against_the_exact_map_and_keeps_the_first_within_tolerance(monkeypatch):
+    """tau="auto": the errors it records for each tried tau equal the relative RMS difference, at its
+    calibration positions, between an all-positions map at that tau (drill-down made to compute
+    everything) and the full mode's map; it keeps the first within TAU_TOLERANCE, else 1; and the
+    calibration positions themselves come out exact."""
+    from cnnviz.engines import incremental
+    from cnnviz.engines.incremental import drill
+
+    lm = _random("resnet18", 96, seed=5)
+    pixels, _ = lm.prepare(sample_image(10))
+    kw = dict(window=24, stride=12, batch_size=8, progress=False)
+    exact = occlusion(lm, pixels, mode="full", **kw).true_class_prob.ravel().astype(np.float64)
+    auto = occlusion(lm, pixels, mode="approximate", tau="auto", **kw)
+    info = auto.params["tau_auto"]
+    ny, nx = auto.true_class_prob.shape
+    coarse = drill.coarse_positions(ny, nx)
+    calib = coarse[np.unique(np.linspace(0, len(coarse) - 1, info["positions"]).round().astype(int))]
+    np.testing.assert_allclose(auto.true_class_prob.ravel()[calib], exact[calib], atol=1e-5)
+    monkeypatch.setattr(drill, "TOP_FRACTION", 1.0)  # every position computed at the given tau
+    errors = {}
+    for tau in incremental.AUTO_TAUS:
+        at = occlusion(lm, pixels, mode="approximate", tau=tau, **kw).true_class_prob.ravel().astype(np.float64)
+        d = at[calib] - exact[calib]
+        errors[str(tau)] = np.sqrt(np.mean(d ** 2)) / exact[calib].std()
+    for tau, err in info["tried"].items():
+        assert err == pytest.approx(errors[tau], rel=1e-3, abs=1e-4)
+    within = [float(t) for t in info["tried"] if info["tried"][t] <= incremental.TAU_TOLERANCE]
+    assert info["chosen"] == (within[0] if within else 1.0) == auto.params["tau"]
+    assert list(info["tried"]) == [str(t) for t in incremental.AUTO_TAUS[: len(info["tried"])]]
+    # a tolerance nothing fails keeps the first tau, and the map is then that tau's at every computed position
+    monkeypatch.setattr(drill, "TOP_FRACTION", 0.35)
+    monkeypatch.setattr(incremental, "TAU_TOLERANCE", 1e9)
+    import cnnviz.engines.occlusion as occ
+
+    monkeypatch.setattr(occ, "TAU_TOLERANCE", 1e9)
+    loose = occlusion(lm, pixels, mode="approximate", tau="auto", **kw)
+    fixed = occlusion(lm, pixels, mode="approximate", tau=incremental.AUTO_TAUS[0], **kw)
+    assert loose.params["tau"] == incremental.AUTO_TAUS[0] and list(loose.params["tau_auto"]["tried"]) == ["0.5"]
+    rest = np.setdiff1d(np.arange(ny * nx), calib)
+    np.testing.assert_allclose(loose.true_class_prob.ravel()[rest], fixed.true_class_prob.ravel()[rest], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_approximate_default_keeps_lite0_map_on_a_real_photo(lite0):
+    """On a real photo with real weights the default approximate map ranks positions like the exact
+    map (Spearman >= 0.9 at stride 16, the coarser and harder grid) and its largest drop is at or
+    next to the exact one's; a tau fixed at 0.5 would not keep it (the auto rule must reject it)."""
+    from scipy.stats import spearmanr
+
+    kw = dict(window=32, stride=16, progress=False)
+    exact = occlusion(lite0, sample_image(80), mode="incremental", **kw).true_class_prob
+    auto = occlusion(lite0, sample_image(80), mode="approximate", **kw)
+    assert auto.params["tau"] > 0.5 and auto.params["tau_auto"]["tried"]["0.5"] > 0.1
+    assert spearmanr(exact.ravel(), auto.true_class_prob.ravel())[0] >= 0.9
+    (ya, xa), (ye, xe) = (np.unravel_index(np.argmin(m), m.shape) for m in (auto.true_class_prob, exact))
+    assert max(abs(int(ya) - int(ye)), abs(int(xa) - int(xe))) <= 1

@@ -20,7 +20,8 @@ from ..geometry import params_of, stack_thumbnails
 from ..layers import capture, default_feature_layer, require_maps, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import OcclusionResult, provenance
-from .incremental import check_mode, check_tau
+from .incremental import (AUTO, AUTO_TAUS, CALIBRATION_POSITIONS, TAU_TOLERANCE, check_mode, check_tau,
+                          relative_error)
 from .common import as_pair, autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
 
 
@@ -58,7 +59,7 @@ def item_bytes(model, example: torch.Tensor) -> float:
 def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", target=None, layer: str | None = None,
               channel: int | None = None, batch_size: int | None = None, device: str = "auto", amp: bool | None = None,
               fold: bool = True, progress: bool | None = None, mode: str = "full",
-              tau: float = 0.5) -> OcclusionResult:
+              tau: float | str = "auto") -> OcclusionResult:
     """Occlusion sensitivity of `lm` on `image` (a path, a PIL image, or uint8 HxWx3 pixels of the
     model's input size).
 
@@ -84,7 +85,10 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
       field thresholding (a changed region longer than `tau` of its map is cut to its centre) and
       adaptive drill-down (a coarse grid first, the fine grid only near the largest drops); params
       list the approximations used.
-    tau: the approximate mode's threshold, in (0, 1]; 1 keeps the regions whole.
+    tau: the approximate mode's threshold, in (0, 1]; 1 keeps the regions whole. "auto" (the
+      default) measures it on each run: the first of 0.5 and 0.75 whose map differs little from
+      the exact one at 16 positions computed both ways, else 1 (see cnnviz.engines.incremental;
+      params["tau_auto"] gives what was tried).
     """
     mode, tau = check_mode(mode), check_tau(tau)
     window, stride = as_pair(window, "window"), as_pair(stride, "stride")
@@ -154,7 +158,8 @@ def _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode, tau
     try:
         with autocast(dev, use_amp):
             graph = IncrementalGraph(sweep_model, x_dev.contiguous(memory_format=layout), info.name, info.call,
-                                     layout=layout, tau=tau if mode == "approximate" else 1.0)
+                                     layout=layout, tau=(1.0 if tau == AUTO else tau) if mode == "approximate" else 1.0)
+        graph.tau_request = tau if mode == "approximate" else 1.0
     except ModelError as e:
         warnings.warn(f"occlusion mode {mode!r} unavailable, running the full mode: {e}", stacklevel=3)
         return None, {"mode": "full", "mode_requested": mode, "mode_fallback": str(e)}
@@ -186,7 +191,7 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
         work = model_work(sweep_model, x_dev.contiguous(memory_format=layout), macs_of=model, engine="occlusion",
                           amp=use_amp, folded=sweep_model is not model, mode=mode_info["mode"])
         if mode_info["mode"] == "approximate":
-            work["tau"] = tau
+            work["tau"] = tau  # "auto" or the given value: the batch remembered for this kind of work
         if graph is not None:
             ny = int(torch.unique(flat_y).numel())
             arrays, batches, extra = _graph_sweep(
@@ -237,8 +242,13 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
             extra = {}
         else:
             coarse = drill.coarse_positions(ny, nx)
-            batches = make_batches(len(coarse))
-            _graph_positions(graph, batches, coarse, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
+            tau_info, done = {}, np.zeros(0, dtype=np.int64)
+            if graph.tau_request == AUTO:
+                done, tau_info = _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev,
+                                                target_index, channel, dev, use_amp, out, bar)
+            first = coarse[~np.isin(coarse, done)]
+            batches = make_batches(len(first))
+            _graph_positions(graph, batches, first, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
                              use_amp, out, bar)
             fine = drill.fine_positions(ny, nx, coarse, base_prob - out[0][coarse].numpy())
             if len(fine):
@@ -252,9 +262,12 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
             for a in (out[0], out[2], out[3]):
                 a[fill] = torch.as_tensor(drill.interpolate(ny, nx, a[coarse].double().numpy())[rest], dtype=a.dtype)
             bar.update(int(rest.sum()))
-            extra = {"approximations": [f"projective-field threshold tau={graph.tau}",
+            how = (f" (auto: the first of {', '.join(map(str, AUTO_TAUS))} within relative error {TAU_TOLERANCE} "
+                   f"on {tau_info.get('positions')} positions computed exactly, else 1)" if tau_info else "")
+            extra = {"approximations": [f"projective-field threshold tau={graph.tau}{how}",
                                         f"adaptive drill-down: every {drill.STEP}nd position, then the fine positions "
                                         f"near the top {drill.TOP_FRACTION:.0%} of drops, the others interpolated"],
+                     "tau": graph.tau, **({"tau_auto": tau_info} if tau_info else {}),
                      "drill_down": {"step": drill.STEP, "top_fraction": drill.TOP_FRACTION,
                                     "computed_positions": int(len(coarse) + len(fine)), "filled_positions":
                                     int(rest.sum())}}
@@ -264,12 +277,45 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
     return out, batches, extra
 
 
+def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
+                   use_amp, out, bar):
+    """tau="auto" (see cnnviz.engines.incremental): CALIBRATION_POSITIONS coarse positions, spread
+    over the grid, computed exactly into `out`, then at each of AUTO_TAUS until one is within
+    TAU_TOLERANCE of them; sets graph.tau. Returns the positions computed and what was tried
+    (the trials' work is counted apart from the result's multiply-accumulates per position)."""
+    k = min(CALIBRATION_POSITIONS, len(coarse))
+    calib = coarse[np.unique(np.linspace(0, len(coarse) - 1, k).round().astype(int))]
+    graph.tau = 1.0
+    spans = _graph_positions(graph, make_batches(len(calib)), calib, flat_y, flat_x, window, fill_dev, target_index,
+                             channel, dev, use_amp, out, bar)
+    exact = out[0][calib].double().numpy()
+    kept = (graph.stats_macs, graph.stats_items, dict(graph.fraction), dict(graph.truncated))
+    scratch = [torch.empty_like(a) for a in out]
+    tried, chosen = {}, 1.0
+    for tau in AUTO_TAUS:
+        graph.tau = tau
+        _graph_positions(graph, spans, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev, use_amp,
+                         scratch, None)
+        tried[str(tau)] = round(relative_error(scratch[0][calib].double().numpy(), exact), 4)
+        if tried[str(tau)] <= TAU_TOLERANCE:
+            chosen = tau
+            break
+    trial_macs = graph.stats_macs - kept[0]
+    graph.stats_macs, graph.stats_items, graph.fraction, graph.truncated = kept
+    graph.tau = chosen
+    return calib, {"chosen": chosen, "tried": tried, "tolerance": TAU_TOLERANCE, "positions": int(len(calib)),
+                   "trial_macs_per_position": int(round(trial_macs / max(1, len(calib))))}
+
+
 def _graph_positions(graph, batches, idx, flat_y, flat_x, window, fill_dev, target_index, channel, dev, use_amp,
                      out, bar):
-    """The positions `idx` (flat) through the graph, in `batches`; results written into `out`."""
+    """The positions `idx` (flat) through the graph, in `batches`; results written into `out`.
+    Returns the (lo, hi) spans run."""
     idx = torch.as_tensor(idx, dtype=torch.long)
     ys, xs = flat_y[idx], flat_x[idx]
+    spans = []
     for lo, hi in batches:
+        spans.append((lo, hi))
         k = hi - lo
         with autocast(dev, use_amp):
             logits, total = graph.run(pad(ys[lo:hi]), pad(xs[lo:hi]), window, fill_dev, k, channel)
@@ -278,4 +324,6 @@ def _graph_positions(graph, batches, idx, flat_y, flat_x, window, fill_dev, targ
         at = idx[lo:hi]
         out[0][at], out[1][at], out[2][at] = p[:, target_index].cpu(), best_c.cpu(), best_p.cpu()
         out[3][at] = total[:k].float().cpu()
-        bar.update(k)
+        if bar is not None:
+            bar.update(k)
+    return spans

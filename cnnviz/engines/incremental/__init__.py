@@ -17,7 +17,17 @@ with whole maps. The result equals the full computation up to float rounding.
 The approximate mode adds Krypton's two approximations: projective-field thresholding (a changed
 region longer than a fraction tau of its map is cut to its central part; tau = 1 is exact) and
 adaptive drill-down (the occluder first at every other grid position, then at the fine positions
-next to the coarse ones with the largest probability drops; the rest take the nearest coarse value).
+next to the coarse ones with the largest probability drops; the rest interpolated between coarse
+positions). How much thresholding a model tolerates differs by far: VGG and ResNet keep their
+maps at tau 0.5, EfficientNet-Lite0 (5x5 depthwise kernels, whose changes spread to the whole map
+within a few blocks) loses them below 0.9. So the default tau, "auto", is measured on each run
+(`calibrate_tau`): CALIBRATION_POSITIONS positions spread over the coarse grid are computed exactly
+(they are part of the result), then at each of AUTO_TAUS in turn, and the first tau whose error
+there is within TAU_TOLERANCE is kept (1, nothing cut, when none is). The error is the root mean
+square difference of the target probability divided by its standard deviation over those
+positions (scale-free: a map whose values barely vary tolerates only a small absolute error). On
+Lite0 over 7 photos this bound rejected every tau of 0.8 (0.19-0.61; Spearman of the whole map
+0.82-0.98) and accepted 0.9 in 6 of 7 (0.02-0.16; Spearman 0.995-1.0).
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ from __future__ import annotations
 from ...errors import ParameterError
 
 MODES = ("full", "incremental", "approximate")
+AUTO = "auto"
+AUTO_TAUS = (0.5, 0.75)  # tried in this order by tau="auto"; 1 when neither is within the tolerance
+TAU_TOLERANCE = 0.1  # relative RMS error on the calibration positions (see the module docstring)
+CALIBRATION_POSITIONS = 16
 
 
 def check_mode(mode) -> str:
@@ -34,13 +48,25 @@ def check_mode(mode) -> str:
     return mode.strip().lower()
 
 
-def check_tau(tau) -> float:
-    """A fraction in (0, 1], or a one-line ParameterError."""
+def check_tau(tau) -> float | str:
+    """A fraction in (0, 1], or "auto" (measured per run), or a one-line ParameterError."""
+    if isinstance(tau, str) and tau.strip().lower() == AUTO:
+        return AUTO
     try:
         value = float(tau)
     except (TypeError, ValueError):
-        raise ParameterError(f"tau {tau!r} must be a number in (0, 1], e.g. 0.5") from None
+        raise ParameterError(f"tau {tau!r} must be a number in (0, 1] or auto, e.g. 0.5") from None
     if not 0.0 < value <= 1.0:
         raise ParameterError(f"tau must be in (0, 1] (the fraction of the changed region kept at deep layers), "
-                             f"got {tau!r}; e.g. 0.5")
+                             f"got {tau!r}; e.g. 0.5, or auto")
     return value
+
+
+def relative_error(approx, exact) -> float:
+    """Root mean square of approx - exact, divided by the standard deviation of exact (at least
+    1e-6 of its scale): 0 is exact, 1 is an error as large as the map's own variation."""
+    import numpy as np
+
+    a, e = np.asarray(approx, dtype=np.float64), np.asarray(exact, dtype=np.float64)
+    spread = max(float(e.std()), 1e-6 * max(1.0, float(np.abs(e).max())))
+    return float(np.sqrt(np.mean((a - e) ** 2)) / spread)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 STEP = 2
-TOP_FRACTION = 0.25
+TOP_FRACTION = 0.35
 
 
 def coarse_axis(n: int, step: int = STEP) -> np.ndarray:
