@@ -19,6 +19,9 @@ slow spell of a shared machine hits all alike); the table gives medians and rati
                   (with --modes full,incremental) cnnviz.occlusion(mode="incremental"): the unoccluded
                   image once, then per layer only the region each occluder changes (cnnviz.engines.
                   incremental), batch chosen by measuring / fixed at each N of --mode-batch-sizes.
+  approximate first, approximate:T first
+                  (--modes ...,approximate,approximate:0.5) the approximate mode at its default tau
+                  ("auto": measured per run, the choices listed) or at a fixed tau T.
 
 The "MACs x" column is the theoretical saving of a contender's mode: the multiply-accumulates per
 position of the full network over those the mode computes (1 for full and Captum), counted from
@@ -29,7 +32,8 @@ Captum one. Models other than EfficientNet-Lite0 use random weights (same struct
 
     python benchmarks/occlusion.py [--models efficientnet_lite0:8,efficientnet_lite0:16,alexnet:16,...]
                                    [--budget 660] [--repeats 5] [--out table.md] [--quick]
-                                   [--modes full,incremental] [--mode-batch-sizes 16,64]
+                                   [--modes full,incremental,approximate,approximate:0.5]
+                                   [--mode-batch-sizes 16,64]
 
 --budget (seconds) is shared equally by the model/stride rows: each runs rounds until its share is
 spent (at least 1, at most --repeats), so the whole run takes about that long. --quick: a smoke
@@ -91,17 +95,22 @@ def bench_one(name: str, stride: int, args, dev, amp: bool, share: float) -> dic
     macs: dict[str, float] = {}
 
     def run_cnnviz(bs, forget=False, mode="full", label=None):
+        mode, _, tau = mode.partition(":")  # "approximate:0.5": a fixed tau (default: auto)
+        more = {"tau": float(tau)} if tau else {}
+
         def run():
             if forget:
                 batching._in_memory.clear()
             r = cnnviz.occlusion(lm, pixels, window=args.window, stride=stride, batch_size=bs, device=str(dev),
-                                 amp=amp, progress=False, mode=mode)
+                                 amp=amp, progress=False, mode=mode, **more)
             if bs is None and mode == "full":
                 chosen["first" if forget else "again"].append(r.params["batch_size"])
             if label is not None:
                 macs[label] = r.params.get("macs_ratio", 1.0)
                 if bs is None:
                     chosen.setdefault(label, []).append(r.params["batch_size"])
+                if "tau_auto" in r.params:
+                    chosen.setdefault(f"{label} tau", []).append(r.params["tau"])
             return r.params["num_positions"]
         return run
 
@@ -176,6 +185,9 @@ def table(rows: list[dict]) -> str:
             a = med[f"cnnviz {call}"]
             summary.append(f"| {label} | {call} | {', '.join(map(str, row['chosen'][call]))} | {a / fixed[bf]:.2f} |"
                            f" {a / captum[bc]:.2f} | {bf} | {bc} |" if bf and bc else f"| {label} | {call} | - | - | - | - | - |")
+        for k, v in row["chosen"].items():  # the other modes' chosen batch sizes and auto taus
+            if k not in ("first", "again") and v:
+                summary.append(f"| {label} | {k} | {', '.join(map(str, v))} | - | - | - | - |")
     return "\n".join(out + summary)
 
 

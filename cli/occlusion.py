@@ -23,7 +23,8 @@ def mode_summary(p: dict) -> str:
     drill = p.get("drill_down")
     if drill:
         done = drill["computed_positions"]
-        text += (f"; tau {p.get('tau', 1.0)}, {done} of {done + drill['filled_positions']} positions computed "
+        auto = " (auto)" if p.get("tau_auto") else ""
+        text += (f"; tau {p.get('tau', 1.0)}{auto}, {done} of {done + drill['filled_positions']} positions computed "
                  f"({(done + drill['filled_positions']) / max(1, done) * p['macs_ratio']:.1f}x fewer in all)")
     return text
 

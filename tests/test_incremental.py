@@ -328,3 +328,17 @@ def test_approximate_default_keeps_lite0_map_on_a_real_photo(lite0):
     assert spearmanr(exact.ravel(), auto.true_class_prob.ravel())[0] >= 0.9
     (ya, xa), (ye, xe) = (np.unravel_index(np.argmin(m), m.shape) for m in (auto.true_class_prob, exact))
     assert max(abs(int(ya) - int(ye)), abs(int(xa) - int(xe))) <= 1
+
+
+def test_the_cache_of_layer_outputs_is_reported():
+    """params["cache_mb"]["kept"]: the unoccluded outputs kept, counted by hand on a small stack
+    (input 3x32x32, conv 8x32x32, relu 8x32x32, pool 8x16x16, flatten 2048, linear 10; float32)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 16 * 16, 10)).eval()
+    lm = LoadedModel(model, "stack", "random", Preprocessing(crop=(32, 32), resize=32), NAMES[:10])
+    r = occlusion(lm, np.full((32, 32, 3), 128, np.uint8), window=8, stride=8, mode="incremental", layer="0",
+                  batch_size=4, progress=False)
+    kept = 4 * (3 * 32 * 32 + 8 * 32 * 32 * 2 + 8 * 16 * 16 + 8 * 16 * 16 + 10)
+    assert r.params["cache_mb"]["kept"] == round(kept / 2**20, 2)
+    assert r.params["cache_mb"]["padded"] > 0

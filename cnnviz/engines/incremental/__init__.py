@@ -18,9 +18,11 @@ The approximate mode adds Krypton's two approximations: projective-field thresho
 region longer than a fraction tau of its map is cut to its central part; tau = 1 is exact) and
 adaptive drill-down (the occluder first at every other grid position, then at the fine positions
 next to the coarse ones with the largest probability drops; the rest interpolated between coarse
-positions). How much thresholding a model tolerates differs by far: VGG and ResNet keep their
-maps at tau 0.5, EfficientNet-Lite0 (5x5 depthwise kernels, whose changes spread to the whole map
-within a few blocks) loses them below 0.9. So the default tau, "auto", is measured on each run
+positions). How much thresholding a map tolerates differs by model and weights: EfficientNet-Lite0
+(5x5 depthwise kernels, whose changes spread over the whole map within a few blocks) loses its
+maps below tau 0.9, and the random-weight VGG-16, ResNet-18 and AlexNet of the tests and
+benchmarks lose theirs even at 0.75 (pretrained VGG/ResNet weights cannot be loaded here to say
+how they fare). So the default tau, "auto", is measured on each run
 (`calibrate_tau`): CALIBRATION_POSITIONS positions spread over the coarse grid are computed exactly
 (they are part of the result), then at each of AUTO_TAUS in turn, and the first tau whose error
 there is within TAU_TOLERANCE is kept (1, nothing cut, when none is). The error is the root mean

@@ -324,11 +324,21 @@ class IncrementalGraph:
         region = integral[y + h, x + w] - integral[y, x + w] - integral[y + h, x] + integral[y, x]
         return (base.sum() + v.data[:, c].double().flatten(1).sum(1) - region).float()
 
+    def cache_bytes(self) -> tuple[int, int]:
+        """Memory held for the sweep: every node's kept unoccluded output (the input image's
+        too; not the weights), and the padded copies of them that windows read from (with room
+        for one batch of patches)."""
+        kept = sum(v.numel() * v.element_size() for n, v in self.base.items()
+                   if isinstance(v, torch.Tensor) and n.op != "get_attr")
+        padded = sum(s.buf.numel() * s.buf.element_size() for s in self._padded.values())
+        return int(kept), int(padded)
+
     def record(self) -> dict:
         n = max(1, self.stats_items)
         return {"macs_full": int(self.macs_full), "macs_incremental": int(round(self.stats_macs / n)),
                 "macs_ratio": round(self.macs_full / max(1.0, self.stats_macs / n), 3),
                 "recomputed_fraction": {k: round(v / n, 4) for k, v in self.fraction.items()},
+                "cache_mb": {k: round(v / 2**20, 2) for k, v in zip(("kept", "padded"), self.cache_bytes())},
                 "whole_from": dict(list(self.went_whole.items())[:8]), "not_understood": self.unknown[:8],
                 **({"tau": self.tau, "tau_truncated_layers": sorted(self.truncated)} if self.tau < 1.0 else {})}
 
