@@ -13,6 +13,8 @@ a busy machine (AlexNet, ResNet-18 there: 64 is 2-3x faster than 4). So the star
 the size chosen last time for the same work (engine, model, input, device, threads, busy or not),
 remembered in `remembered_path()` (a small JSON file; CNNVIZ_CACHE_DIR=off keeps it in memory);
 16 when the machine is busy (the 1-minute load average above 1.5x the cores this process may use);
+16 in the incremental occlusion modes (they step through the model's graph in Python once per
+batch, and chose 16-64 on every model and stride benchmarked, never 4 or 8);
 16 for a weight-heavy model (more than WEIGHT_BOUND = 0.03 parameters per multiply-accumulate:
 AlexNet's 0.086 and MobileNetV3-Small's 0.045, against 0.006-0.018 for ResNets, VGG and
 EfficientNet-Lite; a small batch there re-reads large weight matrices for few images, and
@@ -73,6 +75,8 @@ BUSY_LOAD = 1.5  # the machine is busy when the 1-minute load average exceeds th
 CPU_BUSY_START = 16
 WEIGHT_BOUND = 0.03  # parameters per multiply-accumulate above which a model is weight-heavy (see below)
 CPU_WEIGHTS_START = 16
+CPU_GRAPH_START = 16  # the incremental occlusion modes (a Python step per graph node and batch)
+GRAPH_MODES = ("incremental", "approximate")
 TIE = 0.02  # a larger size at most this much slower per item (after a close call is settled) is kept
 TAIL = 4  # the last batch may be up to 1/TAIL larger than the chosen size, rather than leave a small tail
 RETIME = 0.10  # two sizes this close per item (by one batch each) are timed once more before a choice
@@ -293,6 +297,8 @@ class Batches:
                 self.first, self.first_from = max(self.start, CPU_BUSY_START), "busy machine"
             elif not gpu and (work or {}).get("weights_per_mac") and work["weights_per_mac"] > WEIGHT_BOUND:
                 self.first, self.first_from = max(self.start, CPU_WEIGHTS_START), "weight-heavy model"
+            elif not gpu and (work or {}).get("mode") in GRAPH_MODES:
+                self.first, self.first_from = max(self.start, CPU_GRAPH_START), "incremental mode"
             self.first = min(max(self.first, self.start), self.limit)
         self.size = self.fixed or self.first
         self.times: dict[int, list[float]] = {}  # size -> seconds per item of each full batch timed
@@ -469,6 +475,7 @@ def summary(params: dict) -> str:
     if not trials:
         return f"batch {params['batch_size']} (too few items to time: none filled a batch)"
     origin = {"remembered": ", starting from the remembered {}", "busy machine": ", starting from {} on a busy machine",
-              "weight-heavy model": ", starting from {} for a weight-heavy model"}
+              "weight-heavy model": ", starting from {} for a weight-heavy model",
+              "incremental mode": ", starting from {} in an incremental mode"}
     origin = origin.get(params.get("batch_first_from"), "").format(params.get("batch_first"))
     return f"batch {params['batch_size']} (chosen by measuring{origin}: {trials})"

@@ -358,3 +358,15 @@ def test_occlusion_records_the_chosen_size_and_equals_fixed_sizes_exactly(alexne
         for name in ("true_class_prob", "top_class", "top_class_prob", "feature_activation"):
             np.testing.assert_array_equal(getattr(auto, name), getattr(fixed, name), err_msg=f"{name}, batch {size}")
             np.testing.assert_array_equal(getattr(auto, name), getattr(again, name), err_msg=f"{name}, remembered")
+
+
+def test_the_incremental_modes_start_the_search_at_16_on_a_cpu():
+    """Their per-batch cost is a Python step per graph node: the search starts at 16 there, not at
+    the full mode's 4 (same model, same input)."""
+    work = {"engine": "occlusion", "weights_per_mac": 0.012, "mode": "incremental"}
+    b = Batches(2000, device="cpu", work=work)
+    slices = _Clock(lambda k, lo: 0.05 + 0.001 * k).run(b)
+    _covers(slices, 2000)
+    assert slices[0] == (0, 16) and b.record()["batch_first_from"] == "incremental mode"
+    assert "in an incremental mode" in batching.summary(b.record())
+    assert next(iter(Batches(2000, device="cpu", work={**work, "mode": "full"}))) == (0, 4)

@@ -286,8 +286,12 @@ def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev
     k = min(CALIBRATION_POSITIONS, len(coarse))
     calib = coarse[np.unique(np.linspace(0, len(coarse) - 1, k).round().astype(int))]
     graph.tau = 1.0
-    spans = _graph_positions(graph, make_batches(len(calib)), calib, flat_y, flat_x, window, fill_dev, target_index,
-                             channel, dev, use_amp, out, bar)
+    given = make_batches(len(calib))
+    # one batch of the 16 unless the user fixed the size: a batch-size search over 16 items would
+    # spend them all on small sizes, and the searches of the passes that follow start afresh anyway
+    plan = given if given.fixed is not None else [(0, len(calib))]
+    spans = _graph_positions(graph, plan, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
+                             use_amp, out, bar)
     exact = out[0][calib].double().numpy()
     kept = (graph.stats_macs, graph.stats_items, dict(graph.fraction), dict(graph.truncated))
     scratch = [torch.empty_like(a) for a in out]
