@@ -210,3 +210,23 @@ def model_options(f):
         return f(*args, model_spec=spec, **kw)
 
     return wrapper
+
+
+def result_options(figure: str, progress: str | None = None, resume_from: str = "RESULT.npz.partial",
+                   save: str | None = None):
+    """--out FIG (its default: `figure` here) and --save RESULT.npz, for a command that draws one
+    figure; for a resumable one (`progress`: where --save's progress goes, as its help says) also
+    --resume/--no-resume, which continues from `resume_from`. `save` replaces --save's help."""
+    if save is None:
+        save = (f"Save the result (npz + JSON sidecar); {progress}" if progress is not None else
+                "Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+
+    def decorate(f):
+        if progress is not None:
+            f = click.option("--resume/--no-resume", default=True, show_default=True,
+                             help=f"Continue from {resume_from} when a previous run with the same arguments was "
+                                  "stopped.")(f)
+        f = click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz", help=save)(f)
+        return click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
+                            help=f"Figure file: .png, .pdf or .svg [default: {figure} here].")(f)
+    return decorate
