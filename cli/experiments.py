@@ -135,7 +135,7 @@ def register(cli):
 
     @cli.command(short_help="Each unit's strongest activation at each training checkpoint, projected (ZF Fig. 4).")
     @click.argument("args", nargs=-1, required=True, type=click.Path(), metavar="[CHECKPOINTS]... DATA")
-    @model_options
+    @model_options(weights_from="--checkpoints")
     @click.option("--checkpoints", "patterns", multiple=True, metavar="'ckpt_*.pt'",
                   help="State dicts saved during training, for the architecture of --model (a glob pattern, quoted "
                        "or not, or files; repeatable); natural order (ckpt_2 before ckpt_10) is training order.")
@@ -186,7 +186,7 @@ def register(cli):
             check_output(Path(f"{save}.partial"), (".partial",))
         paths = find_checkpoints(list(patterns) + extra)  # nothing matched: one line before the model loads
         list_files(data)  # an empty or missing folder too
-        lm = _main._load(model_spec, structure_only=True)
+        lm = _main._load({**model_spec, "trust_checkpoint": False}, structure_only=True)  # for the checkpoints
         if input_size is not None:
             size = _main._parse_pair(input_size, "--input-size")
             h, w = (size, size) if isinstance(size, int) else size

@@ -182,29 +182,39 @@ def use(*names: str, cmd: str = "", **overrides: dict):
     return decorate
 
 
-def model_options(f):
-    """--model, --weights, --weights-file, --labels, --trust-checkpoint."""
+def model_options(f=None, *, weights_from: str | None = None):
+    """--model, --weights, --weights-file, --labels, --trust-checkpoint. With `weights_from` (the
+    option a command takes its weights from, e.g. "--checkpoints"), --weights and --weights-file
+    are left out of --help (still parsed, for the command's one-line refusal) and
+    --trust-checkpoint applies to the files of `weights_from`."""
+    if f is None:
+        return functools.partial(model_options, weights_from=weights_from)
+    own = " with --weights-file" if weights_from is None else ""
+    trusted = "--weights-file" if weights_from is None else f"the {weights_from} files"
+
     @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, metavar="NAME",
                   help="A torchvision model (alexnet, vgg16, resnet50, ...), efficientnet_lite0/1/2, or your "
                        "own model as package.module:factory (importable from the installed packages; the "
-                       "working directory is not searched) or path/to/file.py:factory, with --weights-file. "
+                       f"working directory is not searched) or path/to/file.py:factory{',' if own else ''}{own}. "
                        "CAUTION: a factory is code that runs (the module is imported, the file executed); "
                        "name only code you trust, as with --trust-checkpoint.")
-    @click.option("--weights", default=None, metavar="ENTRY",
+    @click.option("--weights", default=None, metavar="ENTRY", hidden=weights_from is not None,
                   help="torchvision weights entry, e.g. IMAGENET1K_V1 [default: the model's DEFAULT]; "
                        "'none' for random weights.")
     @click.option("--weights-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+                  hidden=weights_from is not None,
                   help="Load this checkpoint (a state dict) instead of downloading weights.")
     @click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="PATH",
                   help="Text file with one class name per line (for your own models).")
     @click.option("--trust-checkpoint", is_flag=True, default=False,
-                  help="Allow full unpickling of --weights-file. DANGEROUS: a pickled checkpoint can run "
+                  help=f"Allow full unpickling of {trusted}. DANGEROUS: a pickled checkpoint can run "
                        "arbitrary code when loaded; use only for files you made or fully trust.")
     @functools.wraps(f)
     def wrapper(*args, model, weights, weights_file, labels, trust_checkpoint, **kw):
         from cnnviz.models import check_weights_options
 
-        check_weights_options(weights, weights_file, trust_checkpoint)  # before any work
+        # before any work; --trust-checkpoint of `weights_from` is the command's to use
+        check_weights_options(weights, weights_file, trust_checkpoint and weights_from is None)
         spec = dict(name=model, weights=weights, weights_file=weights_file, labels=labels,
                     trust_checkpoint=trust_checkpoint)
         return f(*args, model_spec=spec, **kw)
