@@ -31,6 +31,9 @@ def _charts(n: int, width: float, layout: str, height: float = 2.1):
     return fig, list(axes.flat[:n])
 
 
+RELIABILITY_TOP = 1.42  # the accuracy axis's top: above 1, the legend's band
+
+
 def draw_reliability(ax, result) -> None:
     """Accuracy per confidence bin against the diagonal (a calibrated model lies on it)."""
     acc = result.reliability_acc.astype(float)
@@ -50,10 +53,12 @@ def draw_reliability(ax, result) -> None:
         ax.text(0.5, 0.5, "no labels:\nno calibration", ha="center", va="center", transform=ax.transAxes)
         ax.set_title("Reliability")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, RELIABILITY_TOP)  # a band above accuracy 1 for the legend: no bar or point reaches it
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.spines["left"].set_bounds(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")  # readable over the bars
+    ax.legend(loc="upper left", ncol=2, frameon=False, borderaxespad=0.2, handlelength=1.5, columnspacing=1.0)
 
 
 def draw_curves(ax, result, which: str) -> None:
