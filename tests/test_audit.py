@@ -261,6 +261,19 @@ def test_the_reliability_legend_covers_no_bar_and_no_point(accuracy):
         assert ax.get_ylim()[0] == 0 and max(b.y1 for b in bars) <= ax.transData.transform((0, 1))[1] + 0.5
 
 
+def test_audit_methods_are_checked_in_one_line():
+    from cnnviz.engines.audit.engine import check_methods
+    from cnnviz.errors import ParameterError
+
+    assert check_methods(" gradcam, occlusion ") == ("gradcam", "occlusion")
+    for given, fragment in (("", "no methods given; e.g. --methods gradcam,saliency"),
+                            ("gradcam,ig", "unknown audit method 'ig'; one of saliency, "),
+                            ("saliency,saliency", "methods repeat: saliency, saliency")):
+        with pytest.raises(ParameterError, match=fragment) as e:
+            check_methods(given)
+        assert "\n" not in str(e.value)
+
+
 def test_occlusion_map_is_the_mean_drop_of_the_covering_windows():
     from types import SimpleNamespace
 

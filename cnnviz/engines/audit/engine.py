@@ -39,7 +39,7 @@ from ...files import atomic_path
 from ...layers import capture
 from ...models import LoadedModel
 from ...results import provenance
-from ..common import model_on_device, progress_bar, resolve_device
+from ..common import check_method_list, model_on_device, progress_bar, resolve_device
 from . import metrics as M
 from . import units as U
 from .data import read_dataset
@@ -59,16 +59,8 @@ def check_methods(methods) -> tuple[str, ...]:
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
-    methods = tuple(methods)
     allowed = tuple(m for m in METHODS if m != "ig") + ("occlusion",)
-    if not methods:
-        raise ParameterError("no methods given; e.g. --methods gradcam,saliency")
-    for m in methods:
-        if m not in allowed:
-            raise ParameterError(f"unknown audit method {m!r}; one of {', '.join(allowed)}")
-    if len(set(methods)) != len(methods):
-        raise ParameterError(f"methods repeat: {', '.join(methods)}")
-    return methods
+    return check_method_list(methods, allowed, "audit method", "; e.g. --methods gradcam,saliency")
 
 
 def read_boxes(boxes, files: list[str]) -> dict[str, list]:
