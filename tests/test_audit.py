@@ -239,7 +239,8 @@ def test_pointing_game_peak_of_a_plateau_is_its_centre():
 def test_the_reliability_legend_covers_no_bar_and_no_point(accuracy):
     """Every confidence bin filled, all right (bars to the top: an underconfident model fills the
     upper left, where the legend used to sit) or all wrong: the legend lies clear of every bar and
-    every mean-confidence point, in the report's figure and in the summary `cnnviz render` draws."""
+    every mean-confidence point and stays inside the axes, in the report's figure and in the summary
+    `cnnviz render` draws."""
     from cnnviz.engines.audit.result import AuditResult
     from cnnviz.render import audit as R
 
@@ -253,7 +254,8 @@ def test_the_reliability_legend_covers_no_bar_and_no_point(accuracy):
     for fig in (R.reliability_figure(result), R.figure(result), R.figure(result, width=3.5)):
         fig.canvas.draw()
         ax = fig.axes[0]
-        legend = ax.get_legend().get_window_extent()
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert box.x0 <= legend.x0 and legend.x1 <= box.x1 and legend.y1 <= box.y1  # inside the axes, not clipped
         bars = [b.get_window_extent() for b in ax.patches]
         assert len(bars) == B and not [b for b in bars if b.overlaps(legend)]
         points = ax.transData.transform(np.c_[result.reliability_conf, result.reliability_acc])

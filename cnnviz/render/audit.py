@@ -45,7 +45,7 @@ def draw_reliability(ax, result) -> None:
     if result.params.get("has_labels"):
         ok = count > 0
         ax.bar(edges[:-1][ok], acc[ok], width=1 / bins, align="edge", color=CATEGORICAL[0], alpha=0.8,
-               edgecolor="white", lw=0.5, label="accuracy")
+               edgecolor="white", lw=0.5)  # the bars are the accuracy the y axis names: no legend entry
         ax.plot(conf[ok], acc[ok], "o", ms=2.5, color="black", label="mean confidence")
         ece = result.params.get("ece")
         ax.set_title(f"Reliability (ECE {ece:.3f})" if ece is not None else "Reliability")
@@ -58,7 +58,7 @@ def draw_reliability(ax, result) -> None:
     ax.spines["left"].set_bounds(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", ncol=2, frameon=False, borderaxespad=0.2, handlelength=1.5, columnspacing=1.0)
+    ax.legend(loc="upper left", frameon=False, borderaxespad=0.2, handlelength=1.5)
 
 
 def draw_curves(ax, result, which: str) -> None:
