@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cnnviz_cli.options import use
+from cnnviz_cli.options import result_options, use
 
 TRANSFORMS = ("translate", "scale", "rotate")
 
@@ -40,10 +40,7 @@ def register(cli):
     @click.option("--target", "-t", default=None, metavar="CLASS",
                   help="Class whose probability is followed, for every image [default: each image's top-1].")
     @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_invariance.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+    @result_options("FIRST-IMAGE-STEM_invariance.png")
     @figure_options
     def invariance(images, model_spec, transforms, layers, target, device, out, save):
         """Transform each image over the ranges of Zeiler & Fergus Fig. 5 (vertical shifts of -60..60
@@ -91,10 +88,7 @@ def register(cli):
                        "parts of the object; it is not a row of the table [default: anywhere in the crop].")
     @use("fill")
     @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu or cuda.")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_correspondence.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+    @result_options("FIRST-IMAGE-STEM_correspondence.png")
     @figure_options
     def correspondence(images, model_spec, parts_file, layers, draws, seed, random_within, fill, device, out, save):
         """Occlude each part (e.g. the left eye) in every image and measure how consistently the sign
@@ -141,7 +135,7 @@ def register(cli):
 
     @cli.command(short_help="Each unit's strongest activation at each training checkpoint, projected (ZF Fig. 4).")
     @click.argument("args", nargs=-1, required=True, type=click.Path(), metavar="[CHECKPOINTS]... DATA")
-    @model_options
+    @model_options(weights_from="--checkpoints")
     @click.option("--checkpoints", "patterns", multiple=True, metavar="'ckpt_*.pt'",
                   help="State dicts saved during training, for the architecture of --model (a glob pattern, quoted "
                        "or not, or files; repeatable); natural order (ckpt_2 before ckpt_10) is training order.")
@@ -154,13 +148,8 @@ def register(cli):
     @use("batch_size", batch_size={"help": "Images per forward pass [default: chosen by measuring; 32 with --save, "
                                            "whose progress files count batches of one size]."})
     @use("device")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: evolution_LAYER.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Save the result (npz + JSON sidecar); progress goes to RESULT.npz.partial meanwhile, and a "
-                       "rerun resumes from it.")
-    @click.option("--resume/--no-resume", default=True, show_default=True,
-                  help="Continue from RESULT.npz.partial when a previous run with the same arguments was stopped.")
+    @result_options("evolution_LAYER.png", progress="progress goes to RESULT.npz.partial meanwhile, and a rerun "
+                                                     "resumes from it.")
     @click.option("--patches", is_flag=True, help="Show each activation's image patch beside its projection.")
     @use("quiet")
     @figure_options
@@ -197,7 +186,7 @@ def register(cli):
             check_output(Path(f"{save}.partial"), (".partial",))
         paths = find_checkpoints(list(patterns) + extra)  # nothing matched: one line before the model loads
         list_files(data)  # an empty or missing folder too
-        lm = _main._load(model_spec, structure_only=True)
+        lm = _main._load({**model_spec, "trust_checkpoint": False}, structure_only=True)  # for the checkpoints
         if input_size is not None:
             size = _main._parse_pair(input_size, "--input-size")
             h, w = (size, size) if isinstance(size, int) else size
@@ -230,10 +219,7 @@ def register(cli):
                   help="Class kept [default: each image's top-1]; the image must be classified as it.")
     @use("batch_size", batch_size={"help": "Candidate removals per forward pass [default: chosen by measuring]."})
     @use("device")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: FIRST-IMAGE-STEM_simplify.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+    @result_options("FIRST-IMAGE-STEM_simplify.png")
     @use("quiet")
     @figure_options
     def simplify(images, model_spec, segments, compactness, fill, target, batch_size, device, out, save, quiet):

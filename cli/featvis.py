@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cnnviz_cli.options import use
+from cnnviz_cli.options import result_options, use
 
 PRIORS = click.Choice(["full", "none"])
 SIZE = click.IntRange(16, 4096)
@@ -253,9 +253,7 @@ def register(cli):
     @use("amp")
     @click.option("--history/--no-history", default=True, show_default=True,
                   help="Plot the objective against the step under the images.")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_dream.png here].")
-    @use("save")
+    @result_options("IMAGE-STEM_dream.png")
     @use("quiet")
     @figure_options
     def dream(image, model_spec, layer, octaves, octave_scale, steps, step_size, jitter, size, seed, device, amp,
@@ -328,9 +326,7 @@ def register(cli):
     @click.option("--columns", default=None, type=click.IntRange(min=1), metavar="N",
                   help="Images per row of the figure [default: up to 8].")
     @click.option("--history", is_flag=True, help="Add a plot of the objective against the step to the figure.")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_invert.png here].")
-    @use("save")
+    @result_options("IMAGE-STEM_invert.png")
     @use("quiet")
     @figure_options
     def invert(image, model_spec, layers, steps, priors, param, transforms, lr, tv, beta, alpha, alpha_weight, seed,

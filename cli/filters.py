@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cnnviz_cli.options import use
+from cnnviz_cli.options import result_options, use
 
 
 def register(cli):
@@ -17,9 +17,7 @@ def register(cli):
 
     @cli.command(short_help="The first convolution's filters as images (Zeiler & Fergus Fig. 6).")
     @model_options
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: MODEL_filters.png here].")
-    @use("save")
+    @result_options("MODEL_filters.png")
     @figure_options
     def filters(model_spec, out, save):
         """Draw every filter of the model's first convolution (the first Conv2d it runs) as an RGB
@@ -46,10 +44,8 @@ def register(cli):
     @click.option("--top", default=32, show_default=True, type=click.IntRange(min=1),
                   help="Show this many maps, the strongest by maximum activation.")
     @use("device")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: IMAGE-STEM_activations.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Also save the result (the --top maps) to redraw it with `cnnviz render`.")
+    @result_options("IMAGE-STEM_activations.png",
+                    save="Also save the result (the --top maps) to redraw it with `cnnviz render`.")
     @figure_options
     def activations(image, model_spec, layer, top, device, out, save):
         """Draw the feature maps of --layer for IMAGE as a grid, strongest first (by each map's

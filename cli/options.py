@@ -183,31 +183,61 @@ def use(*names: str, cmd: str = "", **overrides: dict):
     return decorate
 
 
-def model_options(f):
-    """--model, --weights, --weights-file, --labels, --trust-checkpoint."""
+def model_options(f=None, *, weights_from: str | None = None):
+    """--model, --weights, --weights-file, --labels, --trust-checkpoint. With `weights_from` (the
+    option a command takes its weights from, e.g. "--checkpoints"), --weights and --weights-file
+    are left out of --help (still parsed, for the command's one-line refusal) and
+    --trust-checkpoint applies to the files of `weights_from`."""
+    if f is None:
+        return functools.partial(model_options, weights_from=weights_from)
+    own = " with --weights-file" if weights_from is None else ""
+    trusted = "--weights-file" if weights_from is None else f"the {weights_from} files"
+
     @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, metavar="NAME",
                   help="A torchvision model (alexnet, vgg16, resnet50, ...), efficientnet_lite0/1/2, or your "
                        "own model as package.module:factory (importable from the installed packages; the "
-                       "working directory is not searched) or path/to/file.py:factory, with --weights-file. "
+                       f"working directory is not searched) or path/to/file.py:factory{',' if own else ''}{own}. "
                        "CAUTION: a factory is code that runs (the module is imported, the file executed); "
                        "name only code you trust, as with --trust-checkpoint.")
-    @click.option("--weights", default=None, metavar="ENTRY",
+    @click.option("--weights", default=None, metavar="ENTRY", hidden=weights_from is not None,
                   help="torchvision weights entry, e.g. IMAGENET1K_V1 [default: the model's DEFAULT]; "
                        "'none' for random weights.")
     @click.option("--weights-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+                  hidden=weights_from is not None,
                   help="Load this checkpoint (a state dict) instead of downloading weights.")
     @click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="PATH",
                   help="Text file with one class name per line (for your own models).")
     @click.option("--trust-checkpoint", is_flag=True, default=False,
-                  help="Allow full unpickling of --weights-file. DANGEROUS: a pickled checkpoint can run "
+                  help=f"Allow full unpickling of {trusted}. DANGEROUS: a pickled checkpoint can run "
                        "arbitrary code when loaded; use only for files you made or fully trust.")
     @functools.wraps(f)
     def wrapper(*args, model, weights, weights_file, labels, trust_checkpoint, **kw):
         from cnnviz.models import check_weights_options
 
-        check_weights_options(weights, weights_file, trust_checkpoint)  # before any work
+        # before any work; --trust-checkpoint of `weights_from` is the command's to use
+        check_weights_options(weights, weights_file, trust_checkpoint and weights_from is None)
         spec = dict(name=model, weights=weights, weights_file=weights_file, labels=labels,
                     trust_checkpoint=trust_checkpoint)
         return f(*args, model_spec=spec, **kw)
 
     return wrapper
+
+
+def result_options(figure: str, progress: str | None = None, resume_from: str = "RESULT.npz.partial",
+                   save: str | None = None):
+    """--out FIG (its default: `figure` here) and --save RESULT.npz, for a command that draws one
+    figure; for a resumable one (`progress`: where --save's progress goes, as its help says) also
+    --resume/--no-resume, which continues from `resume_from`. `save` replaces --save's help."""
+    if save is None:
+        save = (f"Save the result (npz + JSON sidecar); {progress}" if progress is not None else
+                "Also save the result (npz + JSON sidecar) to redraw it with `cnnviz render`.")
+
+    def decorate(f):
+        if progress is not None:
+            f = click.option("--resume/--no-resume", default=True, show_default=True,
+                             help=f"Continue from {resume_from} when a previous run with the same arguments was "
+                                  "stopped.")(f)
+        f = click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz", help=save)(f)
+        return click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
+                            help=f"Figure file: .png, .pdf or .svg [default: {figure} here].")(f)
+    return decorate

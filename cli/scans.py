@@ -12,13 +12,25 @@ from pathlib import Path
 
 import click
 
-from cnnviz_cli.options import use
+from cnnviz_cli.options import result_options, use
 
 IMAGE_LABELS_HELP = ("CSV with a file column (file or path: relative path or file name) and a class_index or label "
                      "column [default: class folders]. ImageNet class indices are grouped into coarse families "
                      "(see --group).")
+SCAN_PROGRESS = "the scan's progress goes to RESULT.npz.partial meanwhile."
 GROUP_HELP = ("family: the coarse family of an ImageNet-1k class index (cnnviz.taxonomy: dogs, birds, vehicles, ...); "
               "label: the label itself; auto: family when every label is an ImageNet class index.")
+
+
+def label_options(image_labels: str = IMAGE_LABELS_HELP):
+    """--image-labels CSV (help: `image_labels`) and --group: how a scan reads the images' labels
+    and groups them."""
+    def decorate(f):
+        f = click.option("--group", "grouping", default="auto", show_default=True,
+                         type=click.Choice(["auto", "family", "label"]), help=GROUP_HELP)(f)
+        return click.option("--image-labels", default=None, type=click.Path(dir_okay=False), metavar="CSV",
+                            help=image_labels)(f)
+    return decorate
 
 
 def _layers(text):
@@ -75,20 +87,13 @@ def register(cli):
     @click.option("--layers", default=None, metavar="L1,L2,...",
                   help="Layers probed, shallow to deep [default: the first convolution and the last stage at each "
                        "resolution]. See `cnnviz layers`.")
-    @click.option("--image-labels", default=None, type=click.Path(dir_okay=False), metavar="CSV", help=IMAGE_LABELS_HELP)
-    @click.option("--group", "grouping", default="auto", show_default=True, type=click.Choice(["auto", "family", "label"]),
-                  help=GROUP_HELP)
+    @label_options()
     @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2),
                   help="Cross-validation folds (stratified); groups with fewer images are left out.")
     @click.option("--penalty-c", "C", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
                   help="Inverse L2 regularization strength of the logistic regression.")
     @use("batch_size", "device", "quiet")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: probe.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Save the result (npz + JSON sidecar); the scan's progress goes to RESULT.npz.partial meanwhile.")
-    @click.option("--resume/--no-resume", default=True, show_default=True,
-                  help="Continue from RESULT.npz.partial when a previous run with the same arguments was stopped.")
+    @result_options("probe.png", progress=SCAN_PROGRESS)
     @figure_options
     def probe(data, model_spec, layers, image_labels, grouping, folds, C, batch_size, device, quiet, out, save, resume):
         """Pool each layer's output over positions for every image of DATA (a folder, class folders or
@@ -132,19 +137,11 @@ def register(cli):
     @click.option("-k", "k", default=6, show_default=True, type=int, help="Neighbours per query.")
     @click.option("--metric", default="euclidean", show_default=True, type=click.Choice(["euclidean", "cosine"]),
                   help="Distance between feature vectors.")
-    @click.option("--image-labels", default=None, type=click.Path(dir_okay=False), metavar="CSV",
-                  help="Optional: " + IMAGE_LABELS_HELP.replace(" [default: class folders]", "") +
-                       " Frames the neighbours of the query's group and measures how often the data set's images "
-                       "have neighbours of their own group.")
-    @click.option("--group", "grouping", default="auto", show_default=True, type=click.Choice(["auto", "family", "label"]),
-                  help=GROUP_HELP)
+    @label_options("Optional: " + IMAGE_LABELS_HELP.replace(" [default: class folders]", "") +
+                   " Frames the neighbours of the query's group and measures how often the data set's images have "
+                   "neighbours of their own group.")
     @use("batch_size", "device", "quiet")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: FIRST-QUERY-STEM_neighbours.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Save the result (npz + JSON sidecar); the scan's progress goes to RESULT.npz.partial meanwhile.")
-    @click.option("--resume/--no-resume", default=True, show_default=True,
-                  help="Continue from RESULT.npz.partial when a previous run with the same arguments was stopped.")
+    @result_options("FIRST-QUERY-STEM_neighbours.png", progress=SCAN_PROGRESS)
     @figure_options
     def neighbours(query, data, model_spec, layer, k, metric, image_labels, grouping, batch_size, device, quiet, out,
                    save, resume):
@@ -201,9 +198,7 @@ def register(cli):
     @click.option("--units", "-u", default=None, metavar="A:B|I,J,...",
                   help="Channels to label, e.g. 0:64 or 3,7,9 [default: all].")
     @click.option("-k", "k", default=10, show_default=True, type=int, help="Top images per unit.")
-    @click.option("--image-labels", default=None, type=click.Path(dir_okay=False), metavar="CSV", help=IMAGE_LABELS_HELP)
-    @click.option("--group", "grouping", default="auto", show_default=True, type=click.Choice(["auto", "family", "label"]),
-                  help=GROUP_HELP)
+    @label_options()
     @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
                   help="A unit's map segments an image where it exceeds this share of the unit's largest activation.")
     @click.option("--significance", "alpha", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -212,13 +207,8 @@ def register(cli):
     @click.option("--colour-iou", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                   help="Otherwise by a colour when its thresholded maps overlap the colour's pixels this much (IoU).")
     @use("batch_size", "device", "quiet")
-    @click.option("--out", "-o", default=None, type=click.Path(), metavar="FIG",
-                  help="Figure file: .png, .pdf or .svg [default: semantics.png here].")
-    @click.option("--save", default=None, type=click.Path(), metavar="RESULT.npz",
-                  help="Save the result (npz + JSON sidecar); the scans' progress goes to RESULT.npz.partial and "
-                       "RESULT.npz.features.partial meanwhile.")
-    @click.option("--resume/--no-resume", default=True, show_default=True,
-                  help="Continue from the progress files when a previous run with the same arguments was stopped.")
+    @result_options("semantics.png", progress="the scans' progress goes to RESULT.npz.partial and "
+                                              "RESULT.npz.features.partial meanwhile.", resume_from="the progress files")
     @figure_options
     def semantics(data, model_spec, layer, units, k, image_labels, grouping, threshold, alpha, colour_iou, batch_size,
                   device, quiet, out, save, resume):

@@ -145,3 +145,75 @@ def install_plugin(site, module: str, body: str, group: str, entry: str) -> None
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset-scan tests (probe, neighbours, semantics): the photos, a small model, the hook oracle, the command
+
+def twelve_photos() -> tuple[list[dict], list[str], dict[str, str]]:
+    """Every 42nd sample photo (12: classes 0, 84, 168, ... 924): their rows of labels.csv, their
+    paths, and a label a probe can learn per file name: natural kinds (ImageNet indices below 398)
+    against artifacts."""
+    rows = sample_rows()[::42]
+    files = [str(SAMPLE / "images" / r["file"]) for r in rows]
+    labels = {r["file"]: ("natural" if int(r["class_index"]) < 398 else "artifact") for r in rows}
+    return rows, files, labels
+
+
+def random_model(factory, classes: int, crop: int, resize: int):
+    """A torchvision architecture with random weights (torch seed 0), `classes` outputs named k0,
+    k1, ..., fed a crop x crop square after resizing to `resize`: for tests where the structure
+    matters, not the weights."""
+    from cnnviz.models import LoadedModel, Preprocessing
+
+    torch.manual_seed(0)
+    model = factory(num_classes=classes).eval()
+    return LoadedModel(model, factory.__name__, "random", Preprocessing(crop=(crop, crop), resize=resize),
+                       [f"k{i}" for i in range(classes)])
+
+
+def layer_outputs(lm, files, layer: str) -> list[torch.Tensor]:
+    """Each image alone through the model (its own preprocessing), the output of `layer` for it
+    (batch dimension dropped), caught by a plain forward hook: the oracle for the scans."""
+    module = dict(lm.model.named_modules())[layer]
+    store = []
+    h = module.register_forward_hook(lambda m, i, o: store.append(o.detach()[0].clone()))
+    try:
+        with torch.no_grad():
+            for f in files:
+                lm.model(lm.prepare(f)[1])
+    finally:
+        h.remove()
+    return store
+
+
+def command_on_photos(monkeypatch, tmp_path: Path, lm, files, folder_of=None):
+    """A command test's setup: the commands get `lm` instead of loading a model; DATA is
+    tmp_path/data with a link to each of `files` (in the subfolder `folder_of(file name)` when
+    given: class folders); the working directory is tmp_path/out, empty. Returns (runner, cli,
+    data, out)."""
+    from click.testing import CliRunner
+
+    import cnnviz_cli.main as climain
+
+    monkeypatch.setattr(climain, "_load", lambda spec, structure_only=False: lm)
+    data = tmp_path / "data"
+    for f in files:
+        folder = data / folder_of(Path(f).name) if folder_of is not None else data
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / Path(f).name).symlink_to(f)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    return CliRunner(), climain.cli, data, out
+
+
+def assert_redraws(runner, cli, result, saved: str, figure: str) -> None:
+    """`cnnviz render` redraws the saved result at half width, and the result's figure passes the
+    figure checks at a page wide and at half width (text >= 7 pt, nothing outside, no overlaps)."""
+    import figure_checks
+
+    res = runner.invoke(cli, ["render", saved, "-o", figure, "--width", "3.5"])
+    assert res.exit_code == 0, res.output
+    figure_checks.check(result.render(), 7.0)
+    figure_checks.check(result.render(width=3.5), 3.5)

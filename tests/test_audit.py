@@ -235,6 +235,47 @@ def test_pointing_game_peak_of_a_plateau_is_its_centre():
     assert metrics.peak(np.array([[0.0, np.nan], [3.0, 1.0]])) == (1, 0)
 
 
+@pytest.mark.parametrize("accuracy", [1.0, 0.0])
+def test_the_reliability_legend_covers_no_bar_and_no_point(accuracy):
+    """Every confidence bin filled, all right (bars to the top: an underconfident model fills the
+    upper left, where the legend used to sit) or all wrong: the legend lies clear of every bar and
+    every mean-confidence point and stays inside the axes, in the report's figure and in the summary
+    `cnnviz render` draws."""
+    from cnnviz.engines.audit.result import AuditResult
+    from cnnviz.render import audit as R
+
+    B, S = 15, 5
+    curve = np.linspace(1, 0, S + 1, dtype=np.float32)[None]
+    result = AuditResult(params={"has_labels": True, "ece": 0.5, "num_images": 45}, provenance={},
+                         reliability_acc=np.full(B, accuracy, np.float32), reliability_count=np.full(B, 3),
+                         reliability_conf=((np.arange(B) + 0.5) / B).astype(np.float32), methods=np.array(["gradcam"]),
+                         fractions=np.linspace(0, 1, S + 1, dtype=np.float32), deletion_curve=curve,
+                         insertion_curve=curve[:, ::-1], deletion_auc=np.zeros((1, 1)), insertion_auc=np.zeros((1, 1)))
+    for fig in (R.reliability_figure(result), R.figure(result), R.figure(result, width=3.5)):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert box.x0 <= legend.x0 and legend.x1 <= box.x1 and legend.y1 <= box.y1  # inside the axes, not clipped
+        bars = [b.get_window_extent() for b in ax.patches]
+        assert len(bars) == B and not [b for b in bars if b.overlaps(legend)]
+        points = ax.transData.transform(np.c_[result.reliability_conf, result.reliability_acc])
+        assert not [q for q in points if legend.contains(*q)]
+        assert ax.get_ylim()[0] == 0 and max(b.y1 for b in bars) <= ax.transData.transform((0, 1))[1] + 0.5
+
+
+def test_audit_methods_are_checked_in_one_line():
+    from cnnviz.engines.audit.engine import check_methods
+    from cnnviz.errors import ParameterError
+
+    assert check_methods(" gradcam, occlusion ") == ("gradcam", "occlusion")
+    for given, fragment in (("", "no methods given; e.g. --methods gradcam,saliency"),
+                            ("gradcam,ig", "unknown audit method 'ig'; one of saliency, "),
+                            ("saliency,saliency", "methods repeat: saliency, saliency")):
+        with pytest.raises(ParameterError, match=fragment) as e:
+            check_methods(given)
+        assert "\n" not in str(e.value)
+
+
 def test_occlusion_map_is_the_mean_drop_of_the_covering_windows():
     from types import SimpleNamespace
 

@@ -1,39 +1,33 @@
 """The audit report in a real headless browser (Debian's chromium + chromedriver, driven by
 selenium), with networking disabled: no console errors, every image loads, the sections and the
 accuracy are there, nothing is fetched from outside the report folder, text from file names is
-escaped. The browser's screenshot is the README's figure (CNNVIZ_WRITE_SCREENSHOT=1 writes it)."""
+escaped. The browser is the one assets/figures/make_audit_screenshot.py takes the README's
+screenshot with (of a 50-photo report)."""
 
 from __future__ import annotations
 
 import csv
 import os
-import shutil
-from pathlib import Path
+import sys
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import sample_image, sample_rows
+from helpers import ASSETS, sample_image, sample_rows
+
+sys.path.insert(0, str(ASSETS / "figures"))
+import make_audit_screenshot as screenshot  # noqa: E402  (the README screenshot's browser)
 
 CLASSES = [0, 2, 4]
 SECTIONS = ["1. Predictions", "2. Where the model looks", "3. Faithfulness of each method on this model", "4. Units",
             "5. Provenance"]
 ODD_NAME = 'odd <i>name<b> & "quote\'.jpg'
-SCREENSHOT = Path(__file__).resolve().parents[1] / "assets" / "figures" / "audit.png"
-
-
-def _chromedriver():
-    for name in ("chromedriver", "/usr/lib/chromium/chromedriver"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(_chromedriver() is None, reason="needs chromium and chromedriver (apt-get install -y "
+              pytest.mark.skipif(screenshot.chromedriver() is None, reason="needs chromium and chromedriver (apt-get install -y "
                                                                  "chromium chromium-driver; .ci/run does it)")]
 
 
@@ -74,24 +68,8 @@ def report(tmp_path_factory, lite0):
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,1300",
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--no-first-run",
-                "--disable-background-networking", "--allow-file-access-from-files"):
-        opts.add_argument(arg)
-    if os.path.exists("/usr/lib/chromium/chromium"):
-        opts.binary_location = "/usr/lib/chromium/chromium"
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(_chromedriver()), options=opts)
-    try:
-        driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
+    with screenshot.chromium() as driver:  # headless, offline
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_report_in_a_headless_browser_offline(report, browser, lite0, tmp_path):
@@ -129,18 +107,11 @@ def test_report_in_a_headless_browser_offline(report, browser, lite0, tmp_path):
     assert any(ODD_NAME in c.text for c in browser.find_elements(By.TAG_NAME, "figcaption"))
     shot = tmp_path / "shot.png"
     browser.save_screenshot(str(shot))
-    _small_screenshot(shot, SCREENSHOT if os.environ.get("CNNVIZ_WRITE_SCREENSHOT") else tmp_path / "small.png")
-
-
-def _small_screenshot(shot: Path, target: Path) -> None:
+    screenshot.shrink(shot, tmp_path / "small.png")  # as the README's screenshot is made
     from PIL import Image
 
-    with Image.open(shot) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        im = im.resize((700, round(h * 700 / w)), Image.Resampling.LANCZOS)
-        im = im.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-        im.save(target, optimize=True)
+    with Image.open(tmp_path / "small.png") as im:
+        assert im.width == screenshot.WIDTH and im.height > screenshot.WIDTH  # the top of the page, upright
 
 
 def test_report_renders_again_from_its_numbers(report, tmp_path):

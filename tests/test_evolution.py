@@ -206,6 +206,15 @@ def test_the_command_draws_the_figure_saves_and_refuses_bad_input(digits, tmp_pa
                             "out of range"),
                            ([*base, "--checkpoints", str(root / "ckpt_*.pt"), "--layer", "x9", str(root / "data")],
                             "unknown layer 'x9'"),
-                           ([*base, str(root / "data")], "no checkpoints given")):
+                           ([*base, str(root / "data")], "no checkpoints given"),
+                           ([*base, "--weights", "IMAGENET1K_V1", "--checkpoints", str(root / "ckpt_*.pt"),
+                             str(root / "data")], "--weights has no effect on `cnnviz evolution`"),
+                           ([*base, "--weights-file", str(other), "--checkpoints", str(root / "ckpt_*.pt"),
+                             str(root / "data")], "--weights-file has no effect"),
+                           # --trust-checkpoint is for --checkpoints: it gets past the options to the misfit
+                           ([*base, "--trust-checkpoint", "--checkpoints", str(other), str(root / "data")],
+                            "does not fit the model")):
         one_line_error(runner.invoke(cli, args), fragment)
         assert_empty(empty)
+    text = runner.invoke(cli, ["evolution", "--help"]).stdout
+    assert "--weights" not in text and "--trust-checkpoint" in text  # not offered: the weights come from --checkpoints

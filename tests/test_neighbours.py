@@ -11,33 +11,21 @@ import torchvision
 import cnnviz
 from cnnviz.engines.neighbours import hit_rate, neighbours
 from cnnviz.errors import ImageError, LayerError, ParameterError
-from cnnviz.models import LoadedModel, Preprocessing
 
-from helpers import SAMPLE, assert_untouched, sample_rows, snapshot
+from helpers import SAMPLE, assert_untouched, layer_outputs, random_model, sample_rows, snapshot, twelve_photos
 
-ROWS = sample_rows()[::42]
-FILES = [str(SAMPLE / "images" / r["file"]) for r in ROWS]
+ROWS, FILES, _ = twelve_photos()
 QUERIES = [FILES[3], str(SAMPLE / "images" / sample_rows()[1]["file"])]  # one in the data, one not
 
 
 @pytest.fixture(scope="module")
 def small():
-    torch.manual_seed(0)
-    model = torchvision.models.alexnet(num_classes=5).eval()
-    return LoadedModel(model, "alexnet", "random", Preprocessing(crop=(80, 80), resize=90), [f"k{i}" for i in range(5)])
+    return random_model(torchvision.models.alexnet, 5, crop=80, resize=90)
 
 
 def hooked(lm, files, layer):
-    module = dict(lm.model.named_modules())[layer]
-    store = []
-    h = module.register_forward_hook(lambda m, i, o: store.append(o.detach().flatten(2).mean(2)[0].numpy().copy()))
-    try:
-        with torch.no_grad():
-            for f in files:
-                lm.model(lm.prepare(f)[1])
-    finally:
-        h.remove()
-    return np.stack(store).astype(np.float64)
+    """Each image's output of `layer`, averaged over positions by hand."""
+    return np.stack([o.flatten(1).mean(1).numpy() for o in layer_outputs(lm, files, layer)]).astype(np.float64)
 
 
 @pytest.mark.slow
@@ -116,22 +104,9 @@ def test_bad_input_is_a_one_line_error(small, tmp_path):
 
 @pytest.mark.slow
 def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, monkeypatch, small):
-    from click.testing import CliRunner
+    from helpers import assert_empty, assert_redraws, command_on_photos, one_line_error
 
-    import cnnviz_cli.main as climain
-    from cnnviz_cli.main import cli
-
-    from helpers import assert_empty, one_line_error
-
-    monkeypatch.setattr(climain, "_load", lambda spec, structure_only=False: small)
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in FILES:
-        (data / f.rsplit("/", 1)[-1]).symlink_to(f)
-    out = tmp_path / "out"
-    out.mkdir()
-    monkeypatch.chdir(out)
-    runner = CliRunner()
+    runner, cli, data, out = command_on_photos(monkeypatch, tmp_path, small, FILES)
     res = runner.invoke(cli, ["neighbours", QUERIES[1], str(data), "-k", "3", "--image-labels",
                               str(SAMPLE / "labels.csv"), "--save", "r.npz", "-q"])
     assert res.exit_code == 0, res.output
@@ -140,11 +115,7 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     assert {p.name for p in out.iterdir()} == {f"{stem}_neighbours.png", "r.npz", "r.json"}
     again = cnnviz.load_result(out / "r.npz")
     assert again.index.shape == (1, 3) and again.params["layer"] == "classifier.5"
-    assert runner.invoke(cli, ["render", "r.npz", "-o", "again.png", "--width", "3.5"]).exit_code == 0
-    import figure_checks
-
-    figure_checks.check(again.render(), 7.0)  # a page wide, text >= 7 pt, nothing outside, no overlaps
-    figure_checks.check(again.render(width=3.5), 3.5)
+    assert_redraws(runner, cli, again, "r.npz", "again.png")
 
     empty = tmp_path / "empty"
     empty.mkdir()

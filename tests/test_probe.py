@@ -12,21 +12,15 @@ import cnnviz
 from cnnviz.engines.features import pooled_features
 from cnnviz.engines.probe import probe
 from cnnviz.errors import CnnvizError, ImageError, LayerError, ParameterError
-from cnnviz.models import LoadedModel, Preprocessing
 
-from helpers import SAMPLE, assert_untouched, sample_rows, snapshot
+from helpers import assert_untouched, layer_outputs, random_model, snapshot, twelve_photos
 
-ROWS = sample_rows()[::42]  # 12 photos, classes 0, 84, 168, ... 924
-FILES = [str(SAMPLE / "images" / r["file"]) for r in ROWS]
-# natural kinds (ImageNet indices below 398) against artifacts: a label a probe can learn
-LABELS = {r["file"]: ("natural" if int(r["class_index"]) < 398 else "artifact") for r in ROWS}
+_, FILES, LABELS = twelve_photos()  # 12 photos; labels natural / artifact, which a probe can learn
 
 
 @pytest.fixture(scope="module")
 def small():
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=7).eval()
-    return LoadedModel(model, "resnet18", "random", Preprocessing(crop=(64, 64), resize=73), [f"k{i}" for i in range(7)])
+    return random_model(torchvision.models.resnet18, 7, crop=64, resize=73)
 
 
 _HOOKED = {}
@@ -35,21 +29,8 @@ _HOOKED = {}
 def hooked_features(lm, files, layer):
     """Each image alone through the model, the layer's output averaged over positions by hand."""
     if (id(lm), layer) not in _HOOKED:
-        _HOOKED[(id(lm), layer)] = _hooked(lm, files, layer)
+        _HOOKED[(id(lm), layer)] = np.stack([o.mean((1, 2)).numpy() for o in layer_outputs(lm, files, layer)])
     return _HOOKED[(id(lm), layer)]
-
-
-def _hooked(lm, files, layer):
-    module = dict(lm.model.named_modules())[layer]
-    store = []
-    h = module.register_forward_hook(lambda m, i, o: store.append(o.detach().mean((2, 3))[0].numpy().copy()))
-    try:
-        with torch.no_grad():
-            for f in files:
-                lm.model(lm.prepare(f)[1])
-    finally:
-        h.remove()
-    return np.stack(store)
 
 
 @pytest.mark.slow
@@ -139,22 +120,10 @@ def test_bad_input_is_a_one_line_error_and_leaves_the_model_alone(small, tmp_pat
 
 @pytest.mark.slow
 def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, monkeypatch, small):
-    from click.testing import CliRunner
+    from helpers import assert_empty, assert_redraws, command_on_photos, one_line_error
 
-    import cnnviz_cli.main as climain
-    from cnnviz_cli.main import cli
-
-    from helpers import assert_empty, one_line_error
-
-    monkeypatch.setattr(climain, "_load", lambda spec, structure_only=False: small)
-    data = tmp_path / "data"
-    for f in FILES:  # class folders: the label is the folder
-        (data / LABELS[f.rsplit("/", 1)[-1]]).mkdir(parents=True, exist_ok=True)
-        (data / LABELS[f.rsplit("/", 1)[-1]] / f.rsplit("/", 1)[-1]).symlink_to(f)
-    out = tmp_path / "out"
-    out.mkdir()
-    monkeypatch.chdir(out)
-    runner = CliRunner()
+    runner, cli, data, out = command_on_photos(monkeypatch, tmp_path, small, FILES,
+                                               folder_of=LABELS.get)  # class folders: the label is the folder
     res = runner.invoke(cli, ["probe", str(data), "--layers", "layer1,layer4", "--folds", "3", "--save", "r.npz",
                               "-q"])
     assert res.exit_code == 0, res.output
@@ -162,12 +131,7 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     assert {p.name for p in out.iterdir()} == {"probe.png", "r.npz", "r.json"}
     again = cnnviz.load_result(out / "r.npz")
     assert again.params["layers"] == ["layer1", "layer4"] and again.fold_accuracy.shape == (2, 3)
-    res = runner.invoke(cli, ["render", "r.npz", "-o", "again.pdf", "--width", "3.5"])
-    assert res.exit_code == 0, res.output
-    import figure_checks
-
-    figure_checks.check(again.render(), 7.0)  # a page wide, text >= 7 pt, nothing outside, no overlaps
-    figure_checks.check(again.render(width=3.5), 3.5)
+    assert_redraws(runner, cli, again, "r.npz", "again.pdf")
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -17,20 +17,15 @@ import cnnviz
 from cnnviz.engines.semantics import (COLOURS, colour_names, purity_p_values, selectivity_index, semantics)
 from cnnviz.engines.topk import scan
 from cnnviz.errors import ImageError, LayerError, ParameterError
-from cnnviz.models import LoadedModel, Preprocessing
 
-from helpers import SAMPLE, assert_untouched, sample_rows, snapshot
+from helpers import SAMPLE, assert_untouched, layer_outputs, random_model, snapshot, twelve_photos
 
-ROWS = sample_rows()[::42]
-FILES = [str(SAMPLE / "images" / r["file"]) for r in ROWS]
-LABELS = {r["file"]: ("natural" if int(r["class_index"]) < 398 else "artifact") for r in ROWS}
+_, FILES, LABELS = twelve_photos()
 
 
 @pytest.fixture(scope="module")
 def small():
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=7).eval()
-    return LoadedModel(model, "resnet18", "random", Preprocessing(crop=(64, 64), resize=73), [f"k{i}" for i in range(7)])
+    return random_model(torchvision.models.resnet18, 7, crop=64, resize=73)
 
 
 @pytest.fixture(scope="module")
@@ -97,23 +92,10 @@ def test_top_images_and_purity_agree_with_the_topk_scan(small, result):
         assert result.purity[u] == pytest.approx(groups.count(best) / 4)
 
 
-def hooked_maps(lm, files, layer):
-    module = dict(lm.model.named_modules())[layer]
-    store = []
-    h = module.register_forward_hook(lambda m, i, o: store.append(o.detach()[0].clone()))
-    try:
-        with torch.no_grad():
-            for f in files:
-                lm.model(lm.prepare(f)[1])
-    finally:
-        h.remove()
-    return store
-
-
 @pytest.mark.slow
 def test_selectivity_and_colour_iou_equal_a_direct_computation(small, result):
     before = snapshot(small.model, torch.zeros(1, 3, 64, 64))
-    maps = hooked_maps(small, FILES, "layer2")
+    maps = layer_outputs(small, FILES, "layer2")
     acts = np.stack([m.clamp_min(0).mean((1, 2)).numpy() for m in maps])[:, :6]
     groups = [LABELS[f.rsplit("/", 1)[-1]] for f in FILES]
     for u in range(6):  # selectivity over the two groups, by hand
@@ -195,22 +177,9 @@ def test_bad_input_is_a_one_line_error(small, tmp_path):
 
 @pytest.mark.slow
 def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, monkeypatch, small):
-    from click.testing import CliRunner
+    from helpers import assert_empty, assert_redraws, command_on_photos, one_line_error
 
-    import cnnviz_cli.main as climain
-    from cnnviz_cli.main import cli
-
-    from helpers import assert_empty, one_line_error
-
-    monkeypatch.setattr(climain, "_load", lambda spec, structure_only=False: small)
-    data = tmp_path / "data"
-    data.mkdir()
-    for f in FILES:
-        (data / f.rsplit("/", 1)[-1]).symlink_to(f)
-    out = tmp_path / "out"
-    out.mkdir()
-    monkeypatch.chdir(out)
-    runner = CliRunner()
+    runner, cli, data, out = command_on_photos(monkeypatch, tmp_path, small, FILES)
     res = runner.invoke(cli, ["semantics", str(data), "--layer", "layer3", "--units", "0:8", "-k", "4",
                               "--image-labels", str(SAMPLE / "labels.csv"), "--save", "r.npz", "-q"])
     assert res.exit_code == 0, res.output
@@ -218,11 +187,7 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     assert {p.name for p in out.iterdir()} == {"semantics.png", "r.npz", "r.json"}
     again = cnnviz.load_result(out / "r.npz")
     assert again.units.tolist() == list(range(8)) and again.params["grouping"] == "family"
-    assert runner.invoke(cli, ["render", "r.npz", "-o", "again.png", "--width", "3.5"]).exit_code == 0
-    import figure_checks
-
-    figure_checks.check(again.render(), 7.0)  # a page wide, text >= 7 pt, nothing outside, no overlaps
-    figure_checks.check(again.render(width=3.5), 3.5)
+    assert_redraws(runner, cli, again, "r.npz", "again.png")
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -20,7 +20,7 @@ from cnnviz.errors import CnnvizError
 from cnnviz.models import load_model
 from cnnviz.results import load_result
 
-from helpers import SAMPLE, assert_untouched, snapshot
+from helpers import SAMPLE, assert_untouched, layer_outputs, snapshot
 
 LAYER, UNITS, K, BS = "_blocks.6", "0:16", 4, 6
 SIZE = dict(crop=(112, 112), resize=128)  # small inputs keep the scans fast on 2 cores
@@ -62,16 +62,7 @@ def test_matches_brute_force(lm, folder, reference):
     r = reference
     files = [folder / f for f in r.files]
     assert len(files) == 24 and r.values.shape == (16, K) and r.position.shape == (16, K, 2)
-    module = dict(lm.model.named_modules())[LAYER]
-    acts = []
-    h = module.register_forward_hook(lambda m, i, o: acts.append(o.detach().clone()))
-    try:
-        with torch.no_grad():
-            for f in files:
-                lm.model(lm.prepare(f)[1])
-    finally:
-        h.remove()
-    a = torch.cat(acts)[:, :16].numpy()  # N x U x H x W
+    a = torch.stack(layer_outputs(lm, files, LAYER))[:, :16].numpy()  # N x U x H x W, from a plain forward hook
     n, u, hh, ww = a.shape
     flat = a.reshape(n, u, -1)
     best = flat.max(2)  # N x U

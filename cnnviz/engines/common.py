@@ -103,6 +103,21 @@ def batch_memory_format(model: nn.Module, example: torch.Tensor) -> torch.memory
     return torch.channels_last
 
 
+def check_method_list(methods: tuple, allowed, what: str = "method", example: str = "") -> tuple:
+    """`methods` as given when it names some methods, each once and each one of `allowed`; else a
+    one-line error ("no methods given" + `example`, "unknown {what} ...; one of ...", "methods
+    repeat: ...")."""
+    methods = tuple(methods)
+    if not methods:
+        raise ParameterError(f"no methods given{example}")
+    for m in methods:
+        if m not in allowed:
+            raise ParameterError(f"unknown {what} {m!r}; one of {', '.join(allowed)}")
+    if len(set(methods)) != len(methods):
+        raise ParameterError(f"methods repeat: {', '.join(methods)}")
+    return methods
+
+
 def as_pair(value, what: str) -> tuple[int, int]:
     """An int or a pair of ints (height, width), each positive."""
     if isinstance(value, (tuple, list)):

@@ -53,7 +53,7 @@ from ..geometry import params_of, stack_thumbnails
 from ..layers import default_feature_layer, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import SanityResult, provenance
-from .common import resolve_device
+from .common import check_method_list, resolve_device
 from .gradients import CAM, METHODS, attribute
 
 DEFAULT_STEPS = 12
@@ -181,14 +181,7 @@ def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), se
       only; smooth, noise, smooth_mode for all).
     The class followed at every step is the original model's top-1 for the image.
     """
-    methods = tuple(methods)
-    if not methods:
-        raise ParameterError("no methods given")
-    for m in methods:
-        if m not in METHODS:
-            raise ParameterError(f"unknown method {m!r}; one of {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise ParameterError(f"methods repeat: {', '.join(methods)}")
+    methods = check_method_list(methods, METHODS)
     if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 1):
         raise ParameterError(f"steps {steps!r} must be a positive whole number")
     for key in ("target", "unit", "method"):

@@ -213,6 +213,35 @@ def _dist_setup() -> tuple[int, int, bool]:
     return 0, 1, False
 
 
+def release_group(world: int, owns_group: bool) -> None:
+    """Destroy the process group if this run initialized it (`_dist_setup`'s third value)."""
+    if world > 1 and owns_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def finish_and_release(result, finish, rank: int, world: int, owns_group: bool, ckpt: Path | None):
+    """The end of a resumable, torchrun-split run, shared by the top-k scan and the audit: rank 0
+    hands `result` to `finish` (which writes it), every rank waits at the barrier until it has, the
+    process group is released, and only then each rank drops its progress file `ckpt`: a run killed
+    before the result is written keeps the progress to resume from. Returns `result`."""
+    try:
+        if rank == 0:
+            fault_pause("finish")
+            if finish is not None:
+                finish(result)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 has written the result: now every rank may drop its progress
+    finally:
+        release_group(world, owns_group)
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+    return result
+
+
 # --------------------------------------------------------------------------------------------------
 # Checkpoint
 
@@ -408,8 +437,7 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
             skipped.extend(sk)
     skipped.sort(key=lambda s: files.index(s[0]) if s[0] in files else len(files))
     if len(skipped) >= len(files):  # every rank sees the merged list: all of them stop here
-        if world > 1 and owns_group:
-            dist.destroy_process_group()
+        release_group(world, owns_group)
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
         raise ImageError(_nothing_read(source, root, skipped))
@@ -430,19 +458,7 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
                         values=state["values"], image_index=image_index, position=state["position"],
                         units=np.asarray(unit_list, dtype=np.int64), files=np.asarray(files, dtype=str),
                         skipped=np.asarray([f for f, _ in skipped], dtype=str))
-    try:
-        if rank == 0:
-            fault_pause("finish")
-            if finish is not None:
-                finish(result)
-        if world > 1:
-            dist.barrier()  # rank 0 has written the result: now every rank may drop its progress
-    finally:
-        if world > 1 and owns_group:
-            dist.destroy_process_group()
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
-    return result
+    return finish_and_release(result, finish, rank, world, owns_group, ckpt)
 
 
 def _nothing_read(source, root: Path, skipped: list[tuple[str, str]]) -> str:

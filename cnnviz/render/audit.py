@@ -31,6 +31,9 @@ def _charts(n: int, width: float, layout: str, height: float = 2.1):
     return fig, list(axes.flat[:n])
 
 
+RELIABILITY_TOP = 1.42  # the accuracy axis's top: above 1, the legend's band
+
+
 def draw_reliability(ax, result) -> None:
     """Accuracy per confidence bin against the diagonal (a calibrated model lies on it)."""
     acc = result.reliability_acc.astype(float)
@@ -42,7 +45,7 @@ def draw_reliability(ax, result) -> None:
     if result.params.get("has_labels"):
         ok = count > 0
         ax.bar(edges[:-1][ok], acc[ok], width=1 / bins, align="edge", color=CATEGORICAL[0], alpha=0.8,
-               edgecolor="white", lw=0.5, label="accuracy")
+               edgecolor="white", lw=0.5)  # the bars are the accuracy the y axis names: no legend entry
         ax.plot(conf[ok], acc[ok], "o", ms=2.5, color="black", label="mean confidence")
         ece = result.params.get("ece")
         ax.set_title(f"Reliability (ECE {ece:.3f})" if ece is not None else "Reliability")
@@ -50,10 +53,12 @@ def draw_reliability(ax, result) -> None:
         ax.text(0.5, 0.5, "no labels:\nno calibration", ha="center", va="center", transform=ax.transAxes)
         ax.set_title("Reliability")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, RELIABILITY_TOP)  # a band above accuracy 1 for the legend: no bar or point reaches it
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.spines["left"].set_bounds(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")  # readable over the bars
+    ax.legend(loc="upper left", frameon=False, borderaxespad=0.2, handlelength=1.5)
 
 
 def draw_curves(ax, result, which: str) -> None:

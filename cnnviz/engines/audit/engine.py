@@ -39,7 +39,7 @@ from ...files import atomic_path
 from ...layers import capture
 from ...models import LoadedModel
 from ...results import provenance
-from ..common import model_on_device, progress_bar, resolve_device
+from ..common import check_method_list, model_on_device, progress_bar, resolve_device
 from . import metrics as M
 from . import units as U
 from .data import read_dataset
@@ -59,16 +59,8 @@ def check_methods(methods) -> tuple[str, ...]:
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
-    methods = tuple(methods)
     allowed = tuple(m for m in METHODS if m != "ig") + ("occlusion",)
-    if not methods:
-        raise ParameterError("no methods given; e.g. --methods gradcam,saliency")
-    for m in methods:
-        if m not in allowed:
-            raise ParameterError(f"unknown audit method {m!r}; one of {', '.join(allowed)}")
-    if len(set(methods)) != len(methods):
-        raise ParameterError(f"methods repeat: {', '.join(methods)}")
-    return methods
+    return check_method_list(methods, allowed, "audit method", "; e.g. --methods gradcam,saliency")
 
 
 def read_boxes(boxes, files: list[str]) -> dict[str, list]:
@@ -219,7 +211,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
                   **{kk: v for kk, v in options.items() if kk != "unit_info"},
                   "files": hashlib.sha256("\n".join(ds.files).encode()).hexdigest(),
                   "labels": hashlib.sha256(ds.labels.tobytes()).hexdigest()}
-    from ..topk import _dist_setup, fault_pause, remove_stale_temporaries
+    from ..topk import _dist_setup, finish_and_release, release_group, remove_stale_temporaries
 
     rank, world, owns_group = _dist_setup()
     if dev.type == "cuda" and world > 1 and dev.index is None:
@@ -300,18 +292,10 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
             sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map), **options,
             random_baseline={"cell": M.RANDOM_CELL, "seed": M.RANDOM_SEED}, world_size=world,
             resumed_from_chunk=resumed_from))
-        if rank == 0:
-            fault_pause("finish")
-            if finish is not None:
-                finish(result)
-        if world > 1:
-            dist.barrier()  # rank 0 has written the report: now every rank may drop its progress
-    finally:
-        if world > 1 and owns_group:
-            dist.destroy_process_group()
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
-    return result
+    except BaseException:
+        release_group(world, owns_group)
+        raise
+    return finish_and_release(result, finish, rank, world, owns_group, ckpt)  # rank 0 writes the report
 
 
 def _merge(states: list[dict], owner: np.ndarray, show: int, wrong: int, k: int) -> dict:

@@ -104,16 +104,23 @@ def _units_arg(unit) -> int | list[int]:
 
 def _pick(act: torch.Tensor, unit: int | list[int]) -> torch.Tensor:
     """Channel `unit` of every image, or channel unit[i] of image i."""
-    n, c = act.shape[:2]
-    units = [unit] if isinstance(unit, int) else unit
-    bad = [u for u in units if not 0 <= u < c]
+    return _column(act, unit, "unit", "the layer has channels")
+
+
+def _column(x: torch.Tensor, index: int | list[int], what: str, has: str) -> torch.Tensor:
+    """Column `index` of dimension 1 for every image, or column index[i] of image i; an index out
+    of range or a list not one per image is a one-line error naming the `what` ("unit", "class")
+    and the range ("the layer has channels" 0..C-1)."""
+    n, c = x.shape[:2]
+    bad = [i for i in ([index] if isinstance(index, int) else index) if not 0 <= i < c]
     if bad:
-        raise ParameterError(f"unit {bad[0]} is out of range: the layer has channels 0..{c - 1}")
-    if isinstance(unit, int):
-        return act[:, unit]
-    if len(unit) != n:
-        raise ParameterError(f"{len(unit)} units for a batch of {n} images; give one unit per image")
-    return act[torch.arange(n, device=act.device), torch.tensor(unit, device=act.device)]
+        raise ParameterError(f"{what} {bad[0]} is out of range: {has} 0..{c - 1}")
+    if isinstance(index, int):
+        return x[:, index]
+    if len(index) != n:
+        plural = "classes" if what == "class" else f"{what}s"
+        raise ParameterError(f"{len(index)} {plural} for a batch of {n} images; give one {what} per image")
+    return x[torch.arange(n, device=x.device), torch.tensor(index, device=x.device)]
 
 
 def channel(layer: str, unit, batch: int | None = None) -> Objective:
@@ -150,16 +157,7 @@ def neuron(layer: str, unit, y: int | None = None, x: int | None = None, batch: 
 
 
 def _class_values(logits: torch.Tensor, cls) -> torch.Tensor:
-    n, k = logits.shape
-    classes = [cls] if isinstance(cls, int) else cls
-    bad = [c for c in classes if not 0 <= c < k]
-    if bad:
-        raise ParameterError(f"class {bad[0]} is out of range: the model has classes 0..{k - 1}")
-    if isinstance(cls, int):
-        return logits[:, cls]
-    if len(cls) != n:
-        raise ParameterError(f"{len(cls)} classes for a batch of {n} images; give one class per image")
-    return logits[torch.arange(n, device=logits.device), torch.tensor(cls, device=logits.device)]
+    return _column(logits, cls, "class", "the model has classes")
 
 
 def class_logit(cls, batch: int | None = None) -> Objective:
