@@ -116,7 +116,7 @@ def test_largest_probability_drop_falls_on_the_pasted_object(lite0):
         if pred != int(row["class_index"]):
             continue
         kept += 1
-        r = occlusion(lite0, pixels, window=32, stride=16, target=pred, batch_size=64, progress=False)
+        r = occlusion(lite0, pixels, window=32, stride=16, target=pred, batch_size=4, progress=False)
         i, j = np.unravel_index(np.argmin(r.true_class_prob), r.true_class_prob.shape)
         cy, cx = r.positions_y[i] + 16, r.positions_x[j] + 16
         hits += (top <= cy < top + box) and (left <= cx < left + box)
