@@ -304,9 +304,6 @@ def test_auto_tau_measures_each_tried_tau_against_the_exact_map_and_keeps_the_fi
     # a tolerance nothing fails keeps the first tau, and the map is then that tau's at every computed position
     monkeypatch.setattr(drill, "TOP_FRACTION", 0.35)
     monkeypatch.setattr(incremental, "TAU_TOLERANCE", 1e9)
-    import cnnviz.engines.occlusion as occ
-
-    monkeypatch.setattr(occ, "TAU_TOLERANCE", 1e9)
     loose = occlusion(lm, pixels, mode="approximate", tau="auto", **kw)
     fixed = occlusion(lm, pixels, mode="approximate", tau=incremental.AUTO_TAUS[0], **kw)
     assert loose.params["tau"] == incremental.AUTO_TAUS[0] and list(loose.params["tau_auto"]["tried"]) == ["0.5"]

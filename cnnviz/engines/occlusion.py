@@ -20,8 +20,8 @@ from ..geometry import params_of, stack_thumbnails
 from ..layers import capture, default_feature_layer, require_maps, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import OcclusionResult, provenance
-from .incremental import (AUTO, AUTO_TAUS, CALIBRATION_POSITIONS, TAU_TOLERANCE, check_mode, check_tau,
-                          relative_error)
+from . import incremental
+from .incremental import AUTO, check_mode, check_tau
 from .common import as_pair, autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
 
 
@@ -159,7 +159,6 @@ def _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode, tau
         with autocast(dev, use_amp):
             graph = IncrementalGraph(sweep_model, x_dev.contiguous(memory_format=layout), info.name, info.call,
                                      layout=layout, tau=(1.0 if tau == AUTO else tau) if mode == "approximate" else 1.0)
-        graph.tau_request = tau if mode == "approximate" else 1.0
     except ModelError as e:
         warnings.warn(f"occlusion mode {mode!r} unavailable, running the full mode: {e}", stacklevel=3)
         return None, {"mode": "full", "mode_requested": mode, "mode_fallback": str(e)}
@@ -197,7 +196,7 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
             arrays, batches, extra = _graph_sweep(
                 graph, mode, ny, n // ny, lambda m: batches_of(m, batch_size, dev, model, x_dev, work), flat_y,
                 flat_x, window, fill_dev, target_index, channel, float(base_probs[target_index]), dev, use_amp,
-                progress)
+                progress, tau)
             probs_t, top_c, top_p, feats = ([a] for a in arrays)
             return (probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches,
                     {**mode_info, **graph.record(), **extra})
@@ -225,7 +224,7 @@ def batches_of(n, batch_size, dev, model, x_dev, work) -> Batches:
 
 
 def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill_dev, target_index, channel,
-                 base_prob, dev, use_amp, progress):
+                 base_prob, dev, use_amp, progress, tau=1.0):
     """Every position through the traced graph (incremental), or, in the approximate mode, the
     coarse grid first and then the fine positions near its largest drops (drill.py), the rest
     interpolated bilinearly between the coarse positions (the top class: the nearest one's). Returns the four per-position arrays, the `Batches`
@@ -243,7 +242,7 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
         else:
             coarse = drill.coarse_positions(ny, nx)
             tau_info, done = {}, np.zeros(0, dtype=np.int64)
-            if graph.tau_request == AUTO:
+            if tau == AUTO:
                 done, tau_info = _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev,
                                                 target_index, channel, dev, use_amp, out, bar)
             first = coarse[~np.isin(coarse, done)]
@@ -262,7 +261,8 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
             for a in (out[0], out[2], out[3]):
                 a[fill] = torch.as_tensor(drill.interpolate(ny, nx, a[coarse].double().numpy())[rest], dtype=a.dtype)
             bar.update(int(rest.sum()))
-            how = (f" (auto: the first of {', '.join(map(str, AUTO_TAUS))} within relative error {TAU_TOLERANCE} "
+            how = (f" (auto: the first of {', '.join(map(str, incremental.AUTO_TAUS))} within relative error "
+                   f"{incremental.TAU_TOLERANCE} "
                    f"on {tau_info.get('positions')} positions computed exactly, else 1)" if tau_info else "")
             extra = {"approximations": [f"projective-field threshold tau={graph.tau}{how}",
                                         f"adaptive drill-down: every {drill.STEP}nd position, then the fine positions "
@@ -283,7 +283,7 @@ def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev
     over the grid, computed exactly into `out`, then at each of AUTO_TAUS until one is within
     TAU_TOLERANCE of them; sets graph.tau. Returns the positions computed and what was tried
     (the trials' work is counted apart from the result's multiply-accumulates per position)."""
-    k = min(CALIBRATION_POSITIONS, len(coarse))
+    k = min(incremental.CALIBRATION_POSITIONS, len(coarse))
     calib = coarse[np.unique(np.linspace(0, len(coarse) - 1, k).round().astype(int))]
     graph.tau = 1.0
     given = make_batches(len(calib))
@@ -293,22 +293,21 @@ def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev
     spans = _graph_positions(graph, plan, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
                              use_amp, out, bar)
     exact = out[0][calib].double().numpy()
-    kept = (graph.stats_macs, graph.stats_items, dict(graph.fraction), dict(graph.truncated))
     scratch = [torch.empty_like(a) for a in out]
     tried, chosen = {}, 1.0
-    for tau in AUTO_TAUS:
-        graph.tau = tau
-        _graph_positions(graph, spans, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev, use_amp,
-                         scratch, None)
-        tried[str(tau)] = round(relative_error(scratch[0][calib].double().numpy(), exact), 4)
-        if tried[str(tau)] <= TAU_TOLERANCE:
-            chosen = tau
-            break
-    trial_macs = graph.stats_macs - kept[0]
-    graph.stats_macs, graph.stats_items, graph.fraction, graph.truncated = kept
+    with graph.uncounted() as trials:
+        for tau in incremental.AUTO_TAUS:
+            graph.tau = tau
+            _graph_positions(graph, spans, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
+                             use_amp, scratch, None)
+            tried[str(tau)] = round(incremental.relative_error(scratch[0][calib].double().numpy(), exact), 4)
+            if tried[str(tau)] <= incremental.TAU_TOLERANCE:
+                chosen = tau
+                break
     graph.tau = chosen
-    return calib, {"chosen": chosen, "tried": tried, "tolerance": TAU_TOLERANCE, "positions": int(len(calib)),
-                   "trial_macs_per_position": int(round(trial_macs / max(1, len(calib))))}
+    return calib, {"chosen": chosen, "tried": tried, "tolerance": incremental.TAU_TOLERANCE,
+                   "positions": int(len(calib)),
+                   "trial_macs_per_position": int(round(trials["macs"] / max(1, len(calib))))}
 
 
 def _graph_positions(graph, batches, idx, flat_y, flat_x, window, fill_dev, target_index, channel, dev, use_amp,

@@ -13,6 +13,7 @@ of each layer recomputed) for the result's params.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -323,6 +324,19 @@ class IncrementalGraph:
         y, x = v.y, v.x
         region = integral[y + h, x + w] - integral[y, x + w] - integral[y + h, x] + integral[y, x]
         return (base.sum() + v.data[:, c].double().flatten(1).sum(1) - region).float()
+
+    @contextlib.contextmanager
+    def uncounted(self):
+        """Runs inside leave the counts `record` reports (multiply-accumulates, fraction of each
+        layer recomputed, layers cut by tau) as they were; yields a dict whose "macs" is set, on
+        exit, to the multiply-accumulates those runs computed."""
+        kept = (self.stats_macs, self.stats_items, dict(self.fraction), dict(self.truncated))
+        spent = {"macs": 0.0}
+        try:
+            yield spent
+        finally:
+            spent["macs"] = self.stats_macs - kept[0]
+            self.stats_macs, self.stats_items, self.fraction, self.truncated = kept
 
     def cache_bytes(self) -> tuple[int, int]:
         """Memory held for the sweep: every node's kept unoccluded output (the input image's
