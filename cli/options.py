@@ -161,8 +161,8 @@ OPTIONS: dict[str, Option] = {
                       "and the fine grid computed only near the largest drops of a coarse one."),
     "tau": _opt("--tau", default="auto", show_default=True, type=str, callback=_check_tau, metavar="T|auto",
                 help="--mode approximate: a changed region longer than this fraction of its feature map is cut "
-                     "to its centre (0 < T <= 1; 1 cuts nothing). auto: the first of 0.5 and 0.75 whose map "
-                     "stays close to the exact one at 16 positions computed both ways, else 1."),
+                     "to its centre (0 < T <= 1; 1 cuts nothing). auto: 0.75, then 0.5, the smallest whose "
+                     "map stays close to the exact one at 16 positions computed both ways, else 1."),
     "methods": _opt("--methods", default="saliency,guided,deconv,gradcam,ig", show_default=True,
                     help="Comma-separated: saliency, guided, deconv, gradcam, guided_gradcam, ig."),
 }

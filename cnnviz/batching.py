@@ -319,8 +319,15 @@ class Batches:
         return min(self.times[size] + ([known] if known is not None else []))
 
     def _run(self, lo: int, size: int):
-        """Yield one slice at `size` and time it; returns the new lo."""
+        """Yield one slice at `size` and time it; returns the new lo. A short tail joins it: when at
+        most size // TAIL items would be left, the slice takes them too, rather than leave a small
+        last batch that pays a whole batch's fixed costs for few items (the incremental occlusion
+        modes step through the graph once per batch, and their passes over a few dozen positions
+        would otherwise end on a batch of 1-3). Its time per item counts as `size`'s (a quarter
+        more items at most: the same per-item cost but for the fixed part)."""
         hi = min(lo + size, self.n)
+        if hi < self.n <= lo + min(size + size // TAIL, self.limit):
+            hi = self.n
         measure_memory = self.device.type == "cuda" and self.item_bytes is None
         if measure_memory:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -331,8 +338,8 @@ class Batches:
         if measure_memory:
             self.item_bytes = max(1.0, (torch.cuda.max_memory_allocated(self.device) - base) / (hi - lo))
             self.limit = memory_limit(self.device, self.item_bytes, self.limit)
-        if hi - lo == size:
-            self.times.setdefault(size, []).append(dt / size)
+        if hi - lo >= size:
+            self.times.setdefault(size, []).append(dt / (hi - lo))
         return hi
 
     def _affordable(self, lo: int, size: int) -> bool:
@@ -412,15 +419,7 @@ class Batches:
     def _steady(self, lo: int):
         since = 0
         while lo < self.n:
-            rest = self.n - lo
-            if self.size < rest <= min(self.size + self.size // TAIL, self.limit):
-                # one batch for the rest rather than a full one and a small tail (which pays a small
-                # batch's time per item): at most a quarter more than the chosen size, not timed
-                hi = self.n
-                yield lo, hi
-                lo = hi
-                break
-            lo = yield from self._run(lo, self.size)
+            lo = yield from self._run(lo, self.size)  # the last batch takes a short tail along (see _run)
             since += 1
             recent = self.times.get(self.size, [])[-RECHECK_WINDOW:]
             if (since >= RECHECK_SPACING and len(recent) == RECHECK_WINDOW

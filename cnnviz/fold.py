@@ -40,6 +40,12 @@ def _symmetric(pad: nn.ZeroPad2d) -> tuple[int, int] | None:
     return (top, left) if left == right and top == bottom else None
 
 
+def _foldable(m: nn.Module) -> bool:
+    """A module `_pairs` could pair: a batch norm, a zero padding, or a conv padding inside itself."""
+    return (isinstance(m, (nn.BatchNorm2d, nn.ZeroPad2d))
+            or (isinstance(m, nn.Conv2d) and isinstance(getattr(m, "static_padding", None), nn.ZeroPad2d)))
+
+
 def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str | None]]]:
     """(conv, batch norm) pairs where the norm's input is the conv's own output, and (conv, pad)
     pairs where a symmetric ZeroPad2d feeds the conv (pad None: the conv pads inside itself with
@@ -155,6 +161,8 @@ def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) 
     meaning and are checked too. Falls back to `model` itself (with the reason) when nothing can
     be folded or the copy does not match it."""
     names = {info.name for info in keep}
+    if not any(_foldable(m) for m in model.modules()):  # e.g. VGG, AlexNet: no copy, no trial pass
+        return model, {"folded": False, "fold_reason": "nothing to fold"}
     try:
         copy_, info = _copy_and_fold(model, example, names)
     except Exception as e:  # a model that cannot be copied or traced this way: run it as it is

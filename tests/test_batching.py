@@ -182,16 +182,23 @@ def test_the_evidence_of_several_calls_adds_up(monkeypatch):
     assert sizes[1][:2] == [64, 32], "the second call starts at 64 and times the close loser 32 again"
 
 
-def test_a_small_tail_joins_the_last_batch():
+def test_a_small_tail_joins_the_batch_before_it():
     # 4 is best; after the trials (4, 8) 5 items are left: one batch of 5, not 4 and a tail of 1
     b = Batches(17, device="cpu")
     slices = _Clock(lambda k, lo: k * (1.0 if k <= 4 else 1.5)).run(b)
     _covers(slices, 17)
     assert [hi - lo for lo, hi in slices] == [4, 8, 5]
-    assert set(b.record()["batch_trials"]) == {"4", "8"}, "the joined batch is not timed as a size"
+    assert set(b.record()["batch_trials"]) == {"4", "8"}, "the joined batch counts as a batch of 4"
     # a tail over a quarter of the size stays a batch of its own
     b = Batches(18, device="cpu")
     assert [hi - lo for lo, hi in _Clock(lambda k, lo: k * (1.0 if k <= 4 else 1.5)).run(b)] == [4, 8, 4, 2]
+    # also the very first batch: 33 positions starting at 32 (a remembered size) are one batch of
+    # 33, not 32 and a batch of 1 that pays a whole batch's fixed costs; timed per item as 32
+    b = Batches(33, device="cpu", start=32)
+    assert [hi - lo for lo, hi in _Clock(lambda k, lo: 0.05 + 0.01 * k).run(b)] == [33]
+    assert b.record()["batch_size"] == 32 and b.record()["batch_trials"] == {"32": pytest.approx(33 / 0.38, rel=1e-3)}
+    b = Batches(33, device="cpu", start=32, limit=32)  # never beyond the memory limit
+    assert [hi - lo for lo, hi in _Clock(lambda k, lo: 0.05 + 0.01 * k).run(b)] == [32, 1]
 
 
 def test_when_the_first_step_up_loses_the_search_goes_down(monkeypatch):

@@ -86,8 +86,8 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
       adaptive drill-down (a coarse grid first, the fine grid only near the largest drops); params
       list the approximations used.
     tau: the approximate mode's threshold, in (0, 1]; 1 keeps the regions whole. "auto" (the
-      default) measures it on each run: the first of 0.5 and 0.75 whose map differs little from
-      the exact one at 16 positions computed both ways, else 1 (see cnnviz.engines.incremental;
+      default) measures it on each run: 0.75, then 0.5 if 0.75 passed, each kept while its map
+      differs little from the exact one at 16 positions computed both ways, else 1 (see cnnviz.engines.incremental;
       params["tau_auto"] gives what was tried).
     """
     mode, tau = check_mode(mode), check_tau(tau)
@@ -148,17 +148,27 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     )
 
 
-def _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode, tau=1.0):
-    """The traced graph for the incremental mode, or None and the reason it fell back to full."""
+def _incremental_graph(sweep_model, info, x_dev, dev, use_amp, mode, tau=1.0):
+    """The traced graph for the incremental mode, or None and the reason it fell back to full. Its
+    unoccluded pass tries channels_last first and so doubles as `batch_memory_format`'s check: a
+    model whose forward cannot take that layout gets the plain one."""
     if mode == "full":
         return None, {"mode": "full"}
     from ..errors import ModelError
     from .incremental.sweep import IncrementalGraph
 
-    try:
+    def build(layout):
         with autocast(dev, use_amp):
-            graph = IncrementalGraph(sweep_model, x_dev.contiguous(memory_format=layout), info.name, info.call,
-                                     layout=layout, tau=(1.0 if tau == AUTO else tau) if mode == "approximate" else 1.0)
+            return IncrementalGraph(sweep_model, x_dev.contiguous(memory_format=layout), info.name, info.call,
+                                    layout=layout, tau=(1.0 if tau == AUTO else tau) if mode == "approximate" else 1.0)
+
+    try:
+        try:
+            graph = build(torch.channels_last)
+        except RuntimeError as e:
+            if "view" not in str(e) and "stride" not in str(e):
+                raise
+            graph = build(torch.contiguous_format)
     except ModelError as e:
         warnings.warn(f"occlusion mode {mode!r} unavailable, running the full mode: {e}", stacklevel=3)
         return None, {"mode": "full", "mode_requested": mode, "mode_fallback": str(e)}
@@ -184,9 +194,12 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
             channel = int(base_map.flatten(1).sum(1).argmax())
         channel = int(channel)
         fill_dev = fill_value.to(dev)
-        with autocast(dev, use_amp):
-            layout = batch_memory_format(sweep_model, x_dev)
-        graph, mode_info = _incremental_graph(sweep_model, info, x_dev, layout, dev, use_amp, mode, tau)
+        graph, mode_info = _incremental_graph(sweep_model, info, x_dev, dev, use_amp, mode, tau)
+        if graph is not None:
+            layout = graph.layout
+        else:
+            with autocast(dev, use_amp):
+                layout = batch_memory_format(sweep_model, x_dev)
         work = model_work(sweep_model, x_dev.contiguous(memory_format=layout), macs_of=model, engine="occlusion",
                           amp=use_amp, folded=sweep_model is not model, mode=mode_info["mode"])
         if mode_info["mode"] == "approximate":
@@ -261,9 +274,9 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
             for a in (out[0], out[2], out[3]):
                 a[fill] = torch.as_tensor(drill.interpolate(ny, nx, a[coarse].double().numpy())[rest], dtype=a.dtype)
             bar.update(int(rest.sum()))
-            how = (f" (auto: the first of {', '.join(map(str, incremental.AUTO_TAUS))} within relative error "
-                   f"{incremental.TAU_TOLERANCE} "
-                   f"on {tau_info.get('positions')} positions computed exactly, else 1)" if tau_info else "")
+            how = (f" (auto: the smallest of {', '.join(map(str, incremental.AUTO_TAUS))}, tried in turn until one "
+                   f"fails, within relative error {incremental.TAU_TOLERANCE} on {tau_info.get('positions')} "
+                   f"positions computed exactly, else 1)" if tau_info else "")
             extra = {"approximations": [f"projective-field threshold tau={graph.tau}{how}",
                                         f"adaptive drill-down: every {drill.STEP}nd position, then the fine positions "
                                         f"near the top {drill.TOP_FRACTION:.0%} of drops, the others interpolated"],
@@ -280,8 +293,8 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
 def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
                    use_amp, out, bar):
     """tau="auto" (see cnnviz.engines.incremental): CALIBRATION_POSITIONS coarse positions, spread
-    over the grid, computed exactly into `out`, then at each of AUTO_TAUS until one is within
-    TAU_TOLERANCE of them; sets graph.tau. Returns the positions computed and what was tried
+    over the grid, computed exactly into `out`, then at each of AUTO_TAUS (largest first) while
+    within TAU_TOLERANCE of them; sets graph.tau to the last within it (1 when the first is not). Returns the positions computed and what was tried
     (the trials' work is counted apart from the result's multiply-accumulates per position)."""
     k = min(incremental.CALIBRATION_POSITIONS, len(coarse))
     calib = coarse[np.unique(np.linspace(0, len(coarse) - 1, k).round().astype(int))]
@@ -296,14 +309,14 @@ def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev
     scratch = [torch.empty_like(a) for a in out]
     tried, chosen = {}, 1.0
     with graph.uncounted() as trials:
-        for tau in incremental.AUTO_TAUS:
+        for tau in incremental.AUTO_TAUS:  # largest first; a smaller tau cuts more, so stop at the first failure
             graph.tau = tau
             _graph_positions(graph, spans, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
                              use_amp, scratch, None)
             tried[str(tau)] = round(incremental.relative_error(scratch[0][calib].double().numpy(), exact), 4)
-            if tried[str(tau)] <= incremental.TAU_TOLERANCE:
-                chosen = tau
+            if tried[str(tau)] > incremental.TAU_TOLERANCE:
                 break
+            chosen = tau
     graph.tau = chosen
     return calib, {"chosen": chosen, "tried": tried, "tolerance": incremental.TAU_TOLERANCE,
                    "positions": int(len(calib)),
