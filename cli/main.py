@@ -197,7 +197,7 @@ def models():
 
 
 @cli.command()
-@model_options
+@model_options(architecture_only=True)
 def layers(model_spec):
     """List every layer of a model: address (for --layer), type and output shape.
 

@@ -183,14 +183,16 @@ def use(*names: str, cmd: str = "", **overrides: dict):
     return decorate
 
 
-def model_options(f=None, *, weights_from: str | None = None):
+def model_options(f=None, *, weights_from: str | None = None, architecture_only: bool = False):
     """--model, --weights, --weights-file, --labels, --trust-checkpoint. With `weights_from` (the
     option a command takes its weights from, e.g. "--checkpoints"), --weights and --weights-file
     are left out of --help (still parsed, for the command's one-line refusal) and
-    --trust-checkpoint applies to the files of `weights_from`."""
+    --trust-checkpoint applies to the files of `weights_from`. With `architecture_only` (a command
+    that reads no weights and no class names), only --model is listed; the others are still
+    parsed, for the command's one-line refusal (and --weights none, which changes nothing)."""
     if f is None:
-        return functools.partial(model_options, weights_from=weights_from)
-    own = " with --weights-file" if weights_from is None else ""
+        return functools.partial(model_options, weights_from=weights_from, architecture_only=architecture_only)
+    own = " with --weights-file" if weights_from is None and not architecture_only else ""
     trusted = "--weights-file" if weights_from is None else f"the {weights_from} files"
 
     @click.option("--model", "-m", default="efficientnet_lite0", show_default=True, metavar="NAME",
@@ -198,16 +200,16 @@ def model_options(f=None, *, weights_from: str | None = None):
                        "own model as package.module:factory (importable from the installed packages; the "
                        f"working directory is not searched) or path/to/file.py:factory{',' if own else ''}{own}. "
                        "CAUTION: a factory is code that runs (the module is imported, the file executed); "
-                       "name only code you trust, as with --trust-checkpoint.")
-    @click.option("--weights", default=None, metavar="ENTRY", hidden=weights_from is not None,
+                       f"name only code you trust{'' if architecture_only else ', as with --trust-checkpoint'}.")
+    @click.option("--weights", default=None, metavar="ENTRY", hidden=weights_from is not None or architecture_only,
                   help="torchvision weights entry, e.g. IMAGENET1K_V1 [default: the model's DEFAULT]; "
                        "'none' for random weights.")
     @click.option("--weights-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-                  hidden=weights_from is not None,
+                  hidden=weights_from is not None or architecture_only,
                   help="Load this checkpoint (a state dict) instead of downloading weights.")
-    @click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+    @click.option("--labels", type=click.Path(dir_okay=False), default=None, metavar="PATH", hidden=architecture_only,
                   help="Text file with one class name per line (for your own models).")
-    @click.option("--trust-checkpoint", is_flag=True, default=False,
+    @click.option("--trust-checkpoint", is_flag=True, default=False, hidden=architecture_only,
                   help=f"Allow full unpickling of {trusted}. DANGEROUS: a pickled checkpoint can run "
                        "arbitrary code when loaded; use only for files you made or fully trust.")
     @functools.wraps(f)

@@ -688,6 +688,16 @@ def test_an_option_the_command_would_ignore_is_an_error(args, words, tmp_path, o
     assert_empty(out)
 
 
+def test_layers_help_lists_only_the_options_it_acts_on():
+    """`cnnviz layers` reads only the architecture: its --help does not offer the weights, labels
+    and checkpoint options it would refuse (they are still parsed, for the one-line refusal above)."""
+    text = invoke("layers", "--help").output
+    assert "--model" in text
+    for hidden in ("--weights", "--weights-file", "--labels", "--trust-checkpoint"):
+        assert hidden not in text, hidden  # neither as an option nor in another option's help
+    assert "--weights-file" in invoke("predict", "--help").output, "other commands still list them"
+
+
 def test_the_same_options_work_where_they_act(tmp_path, cached_model):
     """The checks above reject only ignored options: with the option they depend on, they pass."""
     assert invoke("layers", "--weights", "none").exit_code == 0
