@@ -289,6 +289,15 @@ def test_approximate_mode_records_its_approximations_and_tau_one_without_drill_d
     d = p["drill_down"]
     assert d["computed_positions"] + d["filled_positions"] == p["num_positions"] and d["filled_positions"] > 0
     assert p["macs_incremental"] < exact.params["macs_incremental"]
+    # the figure says the map is approximate, with how much was computed; the exact one does not
+    import matplotlib.pyplot as plt
+
+    for result, says in ((r, f"approximate mode: tau 0.5, {d['computed_positions']} of {p['num_positions']} "
+                              "positions computed"), (exact, None)):
+        fig = result.render()
+        title = fig._suptitle.get_text().replace("\n", " ")
+        plt.close(fig)
+        assert (says in title) if says else "approximate" not in title, title
     # with nothing cut (tau 1) and every coarse position drilled, the approximate mode is the exact one
     from cnnviz.engines.incremental import drill
 

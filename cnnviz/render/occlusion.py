@@ -58,6 +58,11 @@ def figure(result, occluder: tuple[int, int] | None = None, full_image: bool = F
     head = (f"Occlusion sensitivity: {model_label(result.provenance)}, target '{p['target_name']}' (class "
             f"{p['target']}); window {wy}×{wx}, stride {p['stride'][0]}, fill {p['fill']}; red line on colorbars = "
             "unoccluded")
+    drill = p.get("drill_down")
+    if p.get("mode") == "approximate" and drill:  # an approximate map says so where it is shown
+        n = drill["computed_positions"] + drill["filled_positions"]
+        head += (f"; approximate mode: tau {p['tau']:g}, {drill['computed_positions']} of {n} positions computed, "
+                 "the others interpolated")
     with plt.rc_context(RC):
         lay = _layout(result, top, 5, width, layout, 1.0, titles, head, [False, True, True, True, False])
         a, b, c, d, e = lay.axes
