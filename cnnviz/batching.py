@@ -13,8 +13,9 @@ a busy machine (AlexNet, ResNet-18 there: 64 is 2-3x faster than 4). So the star
 the size chosen last time for the same work (engine, model, input, device, threads, busy or not),
 remembered in `remembered_path()` (a small JSON file; CNNVIZ_CACHE_DIR=off keeps it in memory);
 16 when the machine is busy (the 1-minute load average above 1.5x the cores this process may use);
-16 in the incremental occlusion modes (they step through the model's graph in Python once per
-batch, and chose 16-64 on every model and stride benchmarked, never 4 or 8);
+16 in the incremental occlusion modes, which also try nothing smaller (they step through the
+model's graph in Python once per batch, and chose 16-64 on every model and stride benchmarked,
+never 4 or 8);
 16 for a weight-heavy model (more than WEIGHT_BOUND = 0.03 parameters per multiply-accumulate:
 AlexNet's 0.086 and MobileNetV3-Small's 0.045, against 0.006-0.018 for ResNets, VGG and
 EfficientNet-Lite; a small batch there re-reads large weight matrices for few images, and
@@ -75,7 +76,9 @@ BUSY_LOAD = 1.5  # the machine is busy when the 1-minute load average exceeds th
 CPU_BUSY_START = 16
 WEIGHT_BOUND = 0.03  # parameters per multiply-accumulate above which a model is weight-heavy (see below)
 CPU_WEIGHTS_START = 16
-CPU_GRAPH_START = 16  # the incremental occlusion modes (a Python step per graph node and batch)
+CPU_GRAPH_START = 16  # the incremental occlusion modes (a Python step per graph node and batch): the
+# search starts there and goes no lower (their passes over a few dozen positions would otherwise
+# halve down to 8 for one batch, which costs a 16's time for half the positions)
 GRAPH_MODES = ("incremental", "approximate")
 TIE = 0.02  # a larger size at most this much slower per item (after a close call is settled) is kept
 TAIL = 4  # the last batch may be up to 1/TAIL larger than the chosen size, rather than leave a small tail
@@ -288,6 +291,8 @@ class Batches:
         self.known_rates: dict[int, float] = {}  # seconds per item at each size, from the remembered search
         self.first, self.first_from = self.start, "default"
         if self.fixed is None:
+            if start is None and not gpu and (work or {}).get("mode") in GRAPH_MODES:
+                self.start = CPU_GRAPH_START  # and no smaller size is tried: see CPU_GRAPH_START
             busy, self.load = machine_load(self.device)
             self.key = work_key(work, self.device, busy) if work is not None else None
             known, self.known_rates = recall(self.key) if self.key is not None else (None, {})

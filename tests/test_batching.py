@@ -377,3 +377,9 @@ def test_the_incremental_modes_start_the_search_at_16_on_a_cpu():
     assert slices[0] == (0, 16) and b.record()["batch_first_from"] == "incremental mode"
     assert "in an incremental mode" in batching.summary(b.record())
     assert next(iter(Batches(2000, device="cpu", work={**work, "mode": "full"}))) == (0, 4)
+    # nor does it go below 16 there, even where smaller batches are faster per item: an approximate
+    # pass of 33 positions is 16 and then the other 17 (padded to 20), not 16, 8 and 9
+    b = Batches(33, device="cpu", work={**work, "mode": "approximate"})
+    assert [hi - lo for lo, hi in _Clock(lambda k, lo: 0.001 * k * k).run(b)] == [16, 17]
+    b = Batches(33, device="cpu", work={**work, "mode": "full"})
+    assert min(hi - lo for lo, hi in _Clock(lambda k, lo: 0.001 * k * k).run(b)) == 4
