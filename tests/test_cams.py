@@ -141,11 +141,14 @@ def test_grad_cam_pp_and_layer_cam_equal_pytorch_grad_cam_on_resnet18(ours, thei
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, direct", [("gradcampp", grad_cam_pp), ("layercam", layer_cam),
-                                            ("scorecam", score_cam), ("rise", None)])
-def test_attribute_serves_each_method_as_the_engine_computes_it(method, direct):
+@pytest.mark.parametrize("method, direct, size", [("gradcampp", grad_cam_pp, 64), ("layercam", layer_cam, 64),
+                                                  ("scorecam", score_cam, 64), ("rise", None, 32)])
+def test_attribute_serves_each_method_as_the_engine_computes_it(method, direct, size):
     """cnnviz.attribute(method) = the engine's map, upsampled to the input for the CAMs; the figure
-    names the method; the model is left as it was."""
+    names the method; the model is left as it was. The CAMs at 64 px (ResNet-18's layer4 is then
+    2x2, so the upsampling is not of a constant); RISE, which runs 2000 masked copies per image
+    twice here (the engine, then the oracle), at 32 px: its map is computed at the input's own size
+    from 7x7-cell masks, so 32 px still gives a map that varies from pixel to pixel."""
     import torch.nn.functional as F
 
     import cnnviz
@@ -155,17 +158,19 @@ def test_attribute_serves_each_method_as_the_engine_computes_it(method, direct):
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()
-    lm = LoadedModel(model, "resnet18", "random", Preprocessing(crop=(64, 64), resize=73), list("abcde"))
-    x = torch.randn(2, 3, 64, 64)
+    lm = LoadedModel(model, "resnet18", "random", Preprocessing(crop=(size, size), resize=size + size // 7),
+                     list("abcde"))
+    x = torch.randn(2, 3, size, size)
     before = snapshot(model, x[:1])
     r = cnnviz.attribute(lm, x, method, target="c", batch_size=2, device="cpu")
-    assert r.params["method"] == method and list(r.targets) == [2, 2] and r.map.shape == (2, 64, 64)
+    assert r.params["method"] == method and list(r.targets) == [2, 2] and r.map.shape == (2, size, size)
     if direct is None:
         expected, _ = rise(model, x, torch.tensor([2, 2]))
+        assert float(expected.std(dim=(1, 2)).min()) > 0  # at 32 px too, a map that varies over the image
     else:
         layer = resolve_layer(model, r.params["layer"], x[:1])
         cam, _ = direct(model, x, torch.tensor([2, 2]), layer)
-        expected = F.interpolate(cam[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+        expected = F.interpolate(cam[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(torch.from_numpy(r.map), expected, rtol=1e-4, atol=1e-6)
     assert_untouched(model, x[:1], before)
     fig = r.render()
