@@ -217,3 +217,18 @@ def assert_redraws(runner, cli, result, saved: str, figure: str) -> None:
     assert res.exit_code == 0, res.output
     figure_checks.check(result.render(), 7.0)
     figure_checks.check(result.render(width=3.5), 3.5)
+
+
+class ViewNet(torch.nn.Module):
+    """A conv, ReLU and linear layer that flattens its feature map with .view, which fails on a
+    channels_last tensor: for the code paths that must fall back to the plain memory layout."""
+
+    def __init__(self, size: int, stride: int, classes: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 5, stride=stride)
+        side = (size - 5) // stride + 1
+        self.fc = torch.nn.Linear(4 * side * side, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))

@@ -13,7 +13,7 @@ from cnnviz.engines.occlusion import occlusion
 from cnnviz.errors import CnnvizError
 from cnnviz.models import LoadedModel, Preprocessing, load_model
 
-from helpers import assert_untouched, one_line_error, sample_image, snapshot
+from helpers import ViewNet, assert_untouched, one_line_error, sample_image, snapshot
 
 NAMES = [f"c{i}" for i in range(1000)]
 
@@ -166,24 +166,11 @@ def test_an_untraceable_model_falls_back_to_the_full_mode_with_a_warning():
     np.testing.assert_array_equal(r.true_class_prob, full.true_class_prob)
 
 
-class _ViewNet(torch.nn.Module):
-    """Flattens its feature map with .view, which a channels_last tensor cannot take."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 5, stride=2)
-        self.fc = torch.nn.Linear(4 * 22 * 22, 5)
-
-    def forward(self, x):
-        h = torch.relu(self.conv(x))
-        return self.fc(h.view(h.size(0), -1))
-
-
 def test_incremental_mode_on_a_model_that_needs_the_plain_memory_layout():
     """The graph's unoccluded pass is also the layout check: a forward that calls .view gets the
     plain layout, and the map still equals the full mode's."""
     torch.manual_seed(6)
-    model = _ViewNet().eval()
+    model = ViewNet(48, 2, 5).eval()
     with pytest.raises(RuntimeError, match="view"):
         model(torch.zeros(1, 3, 48, 48).contiguous(memory_format=torch.channels_last))
     lm = LoadedModel(model, "viewnet", "random", Preprocessing(crop=(48, 48), resize=48), NAMES[:5])

@@ -11,7 +11,7 @@ from cnnviz.engines.occlusion import occlusion
 from cnnviz.errors import CnnvizError
 from cnnviz.models import LoadedModel, Preprocessing, load_model
 
-from helpers import SAMPLE, assert_untouched, paste, sample_image, sample_rows, snapshot
+from helpers import SAMPLE, ViewNet, assert_untouched, paste, sample_image, sample_rows, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -180,22 +180,9 @@ def test_saved_result_reloads_identically(lite0, bird, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-class _ViewNet(torch.nn.Module):
-    """Flattens a feature map with .view, which fails on a channels_last tensor."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 5, stride=4)
-        self.fc = torch.nn.Linear(4 * 55 * 55, 10)
-
-    def forward(self, x):
-        h = torch.relu(self.conv(x))
-        return self.fc(h.view(h.size(0), -1))
-
-
 def test_a_model_that_needs_the_plain_memory_layout_still_works(bird):
     torch.manual_seed(5)
-    model = _ViewNet().eval()
+    model = ViewNet(224, 4, 10).eval()
     with pytest.raises(RuntimeError, match="view"):
         model(torch.zeros(1, 3, 224, 224).contiguous(memory_format=torch.channels_last))
     lm = LoadedModel(model, "viewnet", "random", Preprocessing(), [f"c{i}" for i in range(10)])
