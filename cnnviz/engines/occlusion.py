@@ -87,8 +87,8 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
       list the approximations used.
     tau: the approximate mode's threshold, in (0, 1]; 1 keeps the regions whole. "auto" (the
       default) measures it on each run: 0.75, then 0.5 if 0.75 passed, each kept while its map
-      differs little from the exact one at 16 positions computed both ways, else 1 (see cnnviz.engines.incremental;
-      params["tau_auto"] gives what was tried).
+      differs little from the exact one at 16 positions computed both ways, else 1 (see
+      cnnviz.engines.incremental; params["tau_auto"] gives what was tried).
     """
     mode, tau = check_mode(mode), check_tau(tau)
     window, stride = as_pair(window, "window"), as_pair(stride, "stride")
@@ -294,8 +294,9 @@ def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev
                    use_amp, out, bar):
     """tau="auto" (see cnnviz.engines.incremental): CALIBRATION_POSITIONS coarse positions, spread
     over the grid, computed exactly into `out`, then at each of AUTO_TAUS (largest first) while
-    within TAU_TOLERANCE of them; sets graph.tau to the last within it (1 when the first is not). Returns the positions computed and what was tried
-    (the trials' work is counted apart from the result's multiply-accumulates per position)."""
+    within TAU_TOLERANCE of them; sets graph.tau to the last within it (1 when the first is not).
+    Returns the positions computed and what was tried (the trials' work is counted apart from the
+    result's multiply-accumulates per position)."""
     k = min(incremental.CALIBRATION_POSITIONS, len(coarse))
     calib = coarse[np.unique(np.linspace(0, len(coarse) - 1, k).round().astype(int))]
     graph.tau = 1.0

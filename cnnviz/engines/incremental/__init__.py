@@ -27,8 +27,8 @@ how they fare). So the default tau, "auto", is measured on each run
 (they are part of the result), then at each of AUTO_TAUS in turn, largest first, while the error
 there stays within TAU_TOLERANCE; the smallest tau within it is kept (1, nothing cut, when the
 first is not). The error grows as tau shrinks (less of each region is recomputed), so a tau below
-one that failed is not tried: where 0.75 fails, 0.5 is not worth its trial run. The error is the root mean
-square difference of the target probability divided by its standard deviation over those
+one that failed is not tried: where 0.75 fails, 0.5 is not worth its trial run. The error is the
+root mean square difference of the target probability divided by its standard deviation over those
 positions (scale-free: a map whose values barely vary tolerates only a small absolute error). On
 Lite0 over 7 photos this bound rejected every tau of 0.8 (0.19-0.61; Spearman of the whole map
 0.82-0.98) and accepted 0.9 in 6 of 7 (0.02-0.16; Spearman 0.995-1.0).
