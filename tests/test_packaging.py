@@ -1,0 +1,31 @@
+"""What a non-editable install ships: pyproject.toml lists its packages one by one, so a new
+subpackage left off the list works in the editable checkout the tests run in and is missing from
+the wheel a user installs (as cnnviz.engines.incremental once was: `--mode incremental` would have
+failed with ModuleNotFoundError)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_python_package_in_the_tree_is_in_pyproject():
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(conf["packages"])
+    dirs = {name: ROOT / path for name, path in conf.get("package-dir", {}).items()}
+    dirs.setdefault("cnnviz", ROOT / "cnnviz")
+    found = set()
+    for top, folder in dirs.items():
+        for init in folder.rglob("__init__.py"):
+            if "__pycache__" in init.parts:
+                continue
+            rel = init.parent.relative_to(folder).parts
+            found.add(".".join((top, *rel)))
+    assert found, "no packages found: the test is looking in the wrong place"
+    assert "cnnviz.engines.incremental" in found
+    assert found <= listed, f"packages missing from pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
+    assert listed <= found, f"listed in pyproject.toml but not in the tree: {sorted(listed - found)}"
+    modules = {p.parent for p in ROOT.joinpath("cnnviz").rglob("*.py") if "__pycache__" not in p.parts}
+    assert all((m / "__init__.py").is_file() for m in modules), "a folder of modules without __init__.py"
