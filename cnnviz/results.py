@@ -22,14 +22,26 @@ from .files import check_result_output, sidecar_of, write_together
 _REGISTRY: dict[str, type["Result"]] = {}
 
 
+def _torchvision_version() -> str:
+    """The installed distribution's version (e.g. 0.29.1; torch's build tag is in torch_version),
+    read without importing torchvision, which takes about 2 s (it imports torch._dynamo)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        import torchvision
+
+        return torchvision.__version__
+
+
 def provenance(identity: dict, device: str) -> dict:
     import torch
-    import torchvision
 
     from . import __version__
 
     return {**identity, "device": device, "cnnviz_version": __version__, "torch_version": torch.__version__,
-            "torchvision_version": torchvision.__version__, "python_version": platform.python_version(),
+            "torchvision_version": _torchvision_version(), "python_version": platform.python_version(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from cnnviz import taxonomy
 from cnnviz.sources.torchvision import imagenet_categories
+from helpers import sample_image
 
 
 def test_every_class_has_one_family_and_the_families_are_coarse():
@@ -46,3 +47,30 @@ def test_a_class_outside_imagenet_is_a_one_line_error(bad):
     with pytest.raises(ValueError, match="class index") as e:
         taxonomy.family(bad)
     assert "\n" not in str(e.value)
+
+
+def test_the_kept_imagenet_class_names_equal_torchvisions():
+    """cnnviz keeps the 1000 class names so that Lite0 and timm models load without importing
+    torchvision.models: they must stay torchvision's, index for index."""
+    from torchvision.models import AlexNet_Weights, ResNet50_Weights
+
+    assert imagenet_categories() == list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    assert imagenet_categories() == list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def test_lite0_loads_and_runs_without_importing_torchvision():
+    """About 2 s of every Lite0 command's start: the class names and the provenance's torchvision
+    version are had without importing it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cnnviz; lm = cnnviz.load_model('efficientnet_lite0'); "
+            "assert lm.class_name(657) == 'missile', lm.class_name(657); "
+            "r = cnnviz.occlusion(lm, sys.argv[1], window=112, stride=112, progress=False); "
+            "import importlib.metadata as md; "
+            "assert r.provenance['torchvision_version'] == md.version('torchvision'), r.provenance; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    out = subprocess.run([sys.executable, "-c", code, str(sample_image(4))], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -23,9 +23,10 @@ def _torchvision_models() -> list[str]:
 
 
 def imagenet_categories() -> list[str]:
-    from torchvision.models import AlexNet_Weights
+    """The ImageNet-1k class names, without importing torchvision (see imagenet_classes.py)."""
+    from .imagenet_classes import IMAGENET_CATEGORIES
 
-    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    return list(IMAGENET_CATEGORIES)
 
 
 def torchvision_cache_path(weights) -> Path:
