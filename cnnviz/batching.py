@@ -291,7 +291,8 @@ class Batches:
         self.known_rates: dict[int, float] = {}  # seconds per item at each size, from the remembered search
         self.first, self.first_from = self.start, "default"
         if self.fixed is None:
-            if start is None and not gpu and (work or {}).get("mode") in GRAPH_MODES:
+            graph_mode = not gpu and (work or {}).get("mode") in GRAPH_MODES
+            if graph_mode and start is None:
                 self.start = CPU_GRAPH_START  # and no smaller size is tried: see CPU_GRAPH_START
             busy, self.load = machine_load(self.device)
             self.key = work_key(work, self.device, busy) if work is not None else None
@@ -302,7 +303,7 @@ class Batches:
                 self.first, self.first_from = max(self.start, CPU_BUSY_START), "busy machine"
             elif not gpu and (work or {}).get("weights_per_mac") and work["weights_per_mac"] > WEIGHT_BOUND:
                 self.first, self.first_from = max(self.start, CPU_WEIGHTS_START), "weight-heavy model"
-            elif not gpu and (work or {}).get("mode") in GRAPH_MODES:
+            elif graph_mode:
                 self.first, self.first_from = max(self.start, CPU_GRAPH_START), "incremental mode"
             self.first = min(max(self.first, self.start), self.limit)
         self.size = self.fixed or self.first

@@ -40,10 +40,14 @@ def _symmetric(pad: nn.ZeroPad2d) -> tuple[int, int] | None:
     return (top, left) if left == right and top == bottom else None
 
 
+def _pads_inside(m: nn.Module) -> bool:
+    """A conv that pads inside itself with a `static_padding` child (EfficientNet-Lite's)."""
+    return isinstance(m, nn.Conv2d) and isinstance(getattr(m, "static_padding", None), nn.ZeroPad2d)
+
+
 def _foldable(m: nn.Module) -> bool:
     """A module `_pairs` could pair: a batch norm, a zero padding, or a conv padding inside itself."""
-    return (isinstance(m, (nn.BatchNorm2d, nn.ZeroPad2d))
-            or (isinstance(m, nn.Conv2d) and isinstance(getattr(m, "static_padding", None), nn.ZeroPad2d)))
+    return isinstance(m, (nn.BatchNorm2d, nn.ZeroPad2d)) or _pads_inside(m)
 
 
 def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str | None]]]:
@@ -91,8 +95,7 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str
     bn_pairs = [(c, b) for c, b in bn_pairs if c in once and b in once]
     pad_pairs = [(c, p) for c, p in pad_pairs if c in once and p in once]
     for name in once:
-        m = modules[name]
-        if isinstance(m, nn.Conv2d) and isinstance(getattr(m, "static_padding", None), nn.ZeroPad2d):
+        if _pads_inside(modules[name]):
             pad_pairs.append((name, None))
     return bn_pairs, pad_pairs
 

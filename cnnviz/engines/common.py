@@ -97,10 +97,16 @@ def batch_memory_format(model: nn.Module, example: torch.Tensor) -> torch.memory
         with torch.inference_mode():
             model(example.contiguous(memory_format=torch.channels_last))
     except RuntimeError as e:
-        if "view" in str(e) or "stride" in str(e):
+        if refuses_channels_last(e):
             return torch.contiguous_format
         raise
     return torch.channels_last
+
+
+def refuses_channels_last(error: RuntimeError) -> bool:
+    """Whether a forward pass on a channels_last input failed for its layout (a `.view` on a
+    feature map, a stride assumption) rather than for another reason."""
+    return "view" in str(error) or "stride" in str(error)
 
 
 def check_method_list(methods: tuple, allowed, what: str = "method", example: str = "") -> tuple:

@@ -22,7 +22,8 @@ from ..models import LoadedModel
 from ..results import OcclusionResult, provenance
 from . import incremental
 from .incremental import AUTO, check_mode, check_tau
-from .common import as_pair, autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
+from .common import (as_pair, autocast, batch_memory_format, model_on_device, progress_bar, refuses_channels_last,
+                     resolve_device)
 
 
 def occluder_positions(size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]):
@@ -166,7 +167,7 @@ def _incremental_graph(sweep_model, info, x_dev, dev, use_amp, mode, tau=1.0):
         try:
             graph = build(torch.channels_last)
         except RuntimeError as e:
-            if "view" not in str(e) and "stride" not in str(e):
+            if not refuses_channels_last(e):
                 raise
             graph = build(torch.contiguous_format)
     except ModelError as e:
