@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +27,11 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False):
     if not p.is_file():
         raise ModelError(f"weights file not found: {str(p)!r}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():
+            # torch warns (two lines on stderr) about pickle protocols of files it then refuses; the
+            # refusal below says what matters in one line
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         if not trust:
             raise ModelError(f"{str(p)!r} holds pickled Python objects, which safe loading refuses; if you "

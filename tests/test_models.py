@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -83,26 +84,47 @@ def _perturb_bn(model: torch.nn.Module, seed: int) -> None:
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+def _publish(hub_dir: Path, entry, state: dict) -> str:
+    """Save `state` in the hub cache under the name torchvision would publish it under: the entry's
+    file name with the SHA-256 prefix of these bytes (random weights cannot match the real file's
+    prefix, and cnnviz checks it). Returns the URL the entry must then carry."""
+    ckpt_dir = hub_dir / "checkpoints"
+    tmp = ckpt_dir / "upload.tmp"
+    torch.save(state, tmp)
+    prefix = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    stem = posixpath.basename(urlparse(entry.url).path).rsplit("-", 1)[0]
+    tmp.rename(ckpt_dir / f"{stem}-{prefix}.pth")
+    return entry.url.rsplit("/", 1)[0] + f"/{stem}-{prefix}.pth"
+
+
 @pytest.fixture(scope="module")
 def cached_torchvision(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds seeded random resnet18 (IMAGENET1K_V1) and
-    mobilenet_v2 (IMAGENET1K_V1 only) weights, at the file names torchvision downloads to."""
+    mobilenet_v2 (IMAGENET1K_V1 only) weights, each at the file name torchvision publishes it
+    under (`urls`: the entries' URLs for these files, patched in by `cached_home`)."""
     home = tmp_path_factory.mktemp("torch_home_cached")
     ckpt_dir = home / "hub" / "checkpoints"
     ckpt_dir.mkdir(parents=True)
     torch.manual_seed(1234)
     resnet = torchvision.models.resnet18()
     _perturb_bn(resnet, 1)
-    torch.save(resnet.state_dict(), _expected_cache_file(home / "hub", ResNet18_Weights.IMAGENET1K_V1))
+    urls = {ResNet18_Weights.IMAGENET1K_V1: _publish(home / "hub", ResNet18_Weights.IMAGENET1K_V1, resnet.state_dict())}
     torch.manual_seed(4321)
     mobilenet = torchvision.models.mobilenet_v2()
-    torch.save(mobilenet.state_dict(), _expected_cache_file(home / "hub", MobileNet_V2_Weights.IMAGENET1K_V1))
-    return {"home": home, "resnet18": resnet.eval(), "mobilenet_v2": mobilenet.eval()}
+    urls[MobileNet_V2_Weights.IMAGENET1K_V1] = _publish(home / "hub", MobileNet_V2_Weights.IMAGENET1K_V1,
+                                                         mobilenet.state_dict())
+    return {"home": home, "resnet18": resnet.eval(), "mobilenet_v2": mobilenet.eval(), "urls": urls}
+
+
+def _patch_urls(mp: pytest.MonkeyPatch, urls: dict) -> None:
+    for entry, url in urls.items():
+        mp.setattr(entry.value, "url", url)
 
 
 @pytest.fixture
 def cached_home(cached_torchvision, monkeypatch):
     _block_network(monkeypatch)
+    _patch_urls(monkeypatch, cached_torchvision["urls"])
     hub = _use_torch_home(monkeypatch, cached_torchvision["home"])
     return {**cached_torchvision, "hub": hub}
 
@@ -248,6 +270,51 @@ def test_weights_entry_of_another_model_is_refused(cached_home):
     with pytest.raises(ModelError) as ei:
         load_model("resnet18", weights="ResNet50_Weights.IMAGENET1K_V1")
     assert "ResNet50_Weights" in _one_line(ei.value)
+
+
+class _Payload:
+    """Unpickling this writes a file: proof that code ran."""
+
+    def __init__(self, proof: Path):
+        self.proof = proof
+
+    def __reduce__(self):
+        return (Path.write_text, (self.proof, "code ran"))
+
+
+def test_a_pickle_in_the_hub_cache_never_runs(empty_home, tmp_path, monkeypatch, photo):
+    """A payload at the exact cache path cnnviz's offline message names (alexnet's file) is refused
+    by the hash check, and under a name whose hash prefix it does match (so that only the loader
+    stands between it and the interpreter) by safe loading: the proof file is never written."""
+    from torchvision.models import AlexNet_Weights
+
+    proof = tmp_path / "proof.txt"
+    (empty_home / "checkpoints").mkdir(parents=True)
+    torch.save({"features.0.weight": _Payload(proof)}, _expected_cache_file(empty_home, AlexNet_Weights.IMAGENET1K_V1))
+    with pytest.raises(ModelError) as ei:
+        load_model("alexnet")
+    assert "alexnet-owt-7be5be79.pth" in _one_line(ei.value) and "--weights-file" in str(ei.value)
+    res = _run_cli(["predict", photo, "--model", "alexnet"], env={"TORCH_HOME": str(empty_home.parent)})
+    assert res.exit_code == 1 and "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+    # the same payload under a name that carries its own hash prefix
+    url = _publish(empty_home, AlexNet_Weights.IMAGENET1K_V1, {"features.0.weight": _Payload(proof)})
+    _patch_urls(monkeypatch, {AlexNet_Weights.IMAGENET1K_V1: url})
+    with pytest.raises(ModelError) as ei:
+        load_model("alexnet")
+    assert "never unpickles" in _one_line(ei.value)
+    assert not proof.exists(), "unpickling the cached file ran code"
+    # torch.hub's own loader (what torchvision's get_state_dict calls) would have run it: the test's premise
+    torch.hub.load_state_dict_from_url(url, model_dir=str(empty_home / "checkpoints"), weights_only=False)
+    assert proof.exists()
+
+
+def test_cached_weights_whose_hash_does_not_match_their_name_are_refused(empty_home):
+    (empty_home / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), _expected_cache_file(empty_home, ResNet18_Weights.IMAGENET1K_V1))
+    with pytest.raises(ModelError) as ei:
+        load_model("resnet18")
+    msg = _one_line(ei.value)
+    assert "not the file torchvision publishes" in msg and "resnet18-f37072fd.pth" in msg and "--weights-file" in msg
 
 
 def test_empty_cache_offline_is_weights_unavailable(empty_home):
@@ -440,7 +507,8 @@ def test_cli_errors_are_one_line(empty_home, photo):
 
 
 def test_cli_weights_file_and_layers_offline(empty_home, cached_torchvision, photo, resnet_ref):
-    weights_file = _expected_cache_file(cached_torchvision["home"] / "hub", ResNet18_Weights.IMAGENET1K_V1)
+    weights_file = (cached_torchvision["home"] / "hub" / "checkpoints"
+                    / posixpath.basename(cached_torchvision["urls"][ResNet18_Weights.IMAGENET1K_V1]))
     env = {"TORCH_HOME": str(empty_home.parent)}
     res = _run_cli(["predict", photo, "-m", "resnet18", "--weights-file", weights_file, "--json", "-k", "2"],
                    env=env)
@@ -638,6 +706,20 @@ def test_pickled_module_refused_unless_trusted(user_models, tmp_path):
     lm = load_model(TINY, weights_file=path, trust_checkpoint=True)
     _same_outputs(lm.model, ref)
     assert not lm.model.training
+
+
+def test_a_plain_pickle_weights_file_is_refused_in_one_line_without_torchs_warning(user_models, tmp_path, photo):
+    """pickle.dump of a state dict (protocol 4): torch's weights-only loader warns in two lines
+    about the protocol before it refuses; the user sees only cnnviz's one line."""
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(_trained_tiny(user_models, seed=4).state_dict(), f, protocol=4)
+    res = subprocess.run([sys.executable, "-m", "cnnviz_cli.main", "predict", photo, "--model", TINY, "--weights-file",
+                          str(path)], capture_output=True, text=True, cwd=TESTS_DIR,
+                         env=dict(os.environ, PYTHONWARNINGS="default"))
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "--trust-checkpoint" in res.stderr, res.stderr
 
 
 def test_checkpoint_with_custom_object_refused_unless_trusted(user_models, tmp_path):

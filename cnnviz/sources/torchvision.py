@@ -85,26 +85,90 @@ DOWNLOAD_TIMEOUT = 60.0
 
 
 def _fetch_torchvision_weights(name: str, entry) -> dict:
-    """The entry's state dict through torchvision's weights API and the torch.hub cache. A cached
-    file is read without touching the network; otherwise the server (or the proxy) must answer
-    within CONNECT_TIMEOUT before torch.hub starts downloading, so that a machine without network
-    gets the one-line error at once. A failed download leaves no directory it created."""
+    """The entry's state dict, from the torch.hub cache or downloaded into it. A cached file is read
+    without touching the network; otherwise the server (or the proxy) must answer within
+    CONNECT_TIMEOUT before the download starts, so that a machine without network gets the one-line
+    error at once. A failed download leaves no directory it created.
+
+    Safety: the file is read with `weights_only=True` (torch.hub's own loader unpickles cached files
+    in full, so a pickle placed in the cache would run code), and its SHA-256 must start with the
+    prefix in its name, as torch.hub checks only when it downloads."""
     cache = torchvision_cache_path(entry)
     if not cache.exists():
         problem = unreachable(entry.url)
         if problem:
             raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({problem}); place the file at "
                                      f"{str(cache)!r} or pass --weights-file PATH")
+        _download(name, entry, cache)
+    check_hash_prefix(cache)
+    return _read_cached(cache)
+
+
+def expected_hash_prefix(path: Path) -> str | None:
+    """The SHA-256 prefix a torch.hub file name carries (`alexnet-owt-7be5be79.pth`: 7be5be79)."""
+    from torch.hub import HASH_REGEX
+
+    found = HASH_REGEX.search(path.name)
+    return found.group(1) if found and found.group(1) else None
+
+
+_VERIFIED: dict = {}  # (path, size, mtime) -> True: a file is hashed once per process
+
+
+def check_hash_prefix(path: Path) -> None:
+    """Refuse a cached weights file whose SHA-256 does not start with the prefix in its name."""
+    prefix = expected_hash_prefix(path)
+    if prefix is None:
+        return
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if _VERIFIED.get(memo):
+        return
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if not digest.startswith(prefix):
+        raise ModelError(f"cached weights {str(path)!r} are not the file torchvision publishes (SHA-256 {digest[:12]}..., "
+                         f"its name says {prefix}...); delete it to download again, or pass --weights-file "
+                         f"{str(path)!r} to use it as your own checkpoint")
+    _VERIFIED[memo] = True
+
+
+def _read_cached(path: Path) -> dict:
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(f"cached weights {str(path)!r} hold pickled Python objects, which cnnviz never unpickles "
+                         "from the cache (that can run code); delete the file, or if you trust it pass --weights-file "
+                         f"{str(path)!r} --trust-checkpoint") from None
+    except Exception as e:  # truncated or corrupt files
+        raise ModelError(f"cached weights {str(path)!r} are unreadable ({_short(e)}); delete the file and run again, "
+                         "or pass --weights-file PATH") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"cached weights {str(path)!r} hold no state dict; delete the file and run again")
+    return state
+
+
+def _download(name: str, entry, cache: Path) -> None:
+    """Download the entry's file into `cache` through torch.hub (which checks the hash prefix)."""
     created = [d for d in (cache.parent, *cache.parent.parents) if not d.exists()]
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.redirect_stdout(sys.stderr), _socket_timeout(DOWNLOAD_TIMEOUT):
             # torch.hub prints "Downloading ..." to stdout
-            return entry.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
-    except Exception as e:  # URLError, timeouts, hash mismatch, a corrupt cache file
-        if cache.exists():
-            raise ModelError(f"cached weights {str(cache)!r} are unreadable ({_short(e)}); delete the file "
-                             "and run again, or pass --weights-file PATH") from None
-        for d in created:  # innermost first; only the empty directories torch.hub made for the download
+            torch.hub.download_url_to_file(entry.url, str(cache), expected_hash_prefix(cache),
+                                           progress=sys.stderr.isatty())
+    except Exception as e:  # URLError, timeouts, hash mismatch (torch.hub then removes its temporary)
+        for d in created:  # innermost first; only the empty directories made for the download
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise WeightsUnavailable(f"cannot download weights {entry} for {name} ({_short(e)}); place the file at "
