@@ -17,26 +17,57 @@ def progress_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.audit-progress.npz")
 
 
-def check_out(out: Path, resume: bool, force: bool) -> Path:
-    """Refuse, before any work, a report folder that cannot be written or would be overwritten."""
+def lock_path(out: Path) -> Path:
+    """The lock file a running audit holds beside its report folder (one per rank under torchrun)."""
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    return out.with_name(f".{out.name}.audit-lock" + (f".rank{rank}" if rank is not None else ""))
+
+
+def rank_progress_files(progress: Path) -> list[Path]:
+    """The per-rank progress files of a torchrun audit (`PROGRESS.rankR`), found by exact names."""
+    parent = progress.parent
+    if not parent.is_dir():
+        return []
+    head = f"{progress.name}.rank"
+    return [p for p in parent.iterdir() if p.name.startswith(head) and p.name[len(head):].isdigit()]
+
+
+def busy_message(out: Path) -> str:
+    return (f"another audit is writing into {str(out)!r} (it holds {lock_path(out).name}); wait for it to finish or "
+            "choose another --out")
+
+
+def check_out(out: Path, resume: bool, force: bool, inputs=()) -> Path:
+    """Refuse, before any work, a report folder that cannot be written, would be overwritten without
+    --force, would replace an input (or the current directory), or is resumed without progress.
+    Returns the progress file's path."""
     from cnnviz.errors import OutputError
+    from cnnviz.files import check_folder_writable, check_output_folder, lock_held
 
     if resume and force:
         raise OutputError("--resume and --force contradict each other: --resume continues a stopped audit, --force "
                           "starts over; drop one")
+    check_output_folder(out, inputs)
+    out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise OutputError(f"{str(out)!r} is a file; --out names a folder for the report")
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = out.parent
     if not parent.is_dir():
         raise OutputError(f"output directory {str(parent)!r} does not exist; create it first (mkdir -p {parent})")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output directory {str(parent)!r} is not writable; choose another --out")
+    check_folder_writable(parent)
+    if lock_held(lock_path(out)):
+        raise OutputError(busy_message(out))
     progress = progress_path(out)
-    if out.is_dir() and any(out.iterdir()) and not (resume or force):
-        raise OutputError(f"{str(out)!r} exists and is not empty; add --force to replace it (or --resume to continue "
-                          "a stopped audit into it)")
-    ranks = list(progress.parent.glob(f"{progress.name}.rank*")) if progress.parent.is_dir() else []
-    if (progress.exists() or ranks) and not (resume or force):
+    ranks = rank_progress_files(progress)
+    has_progress = progress.exists() or bool(ranks)
+    if out.is_dir() and any(out.iterdir()) and not force and not (resume and has_progress):
+        why = (f"--resume found no progress of a stopped audit into it ({progress.name} is absent), so there is "
+               "nothing to resume; " if resume else "")
+        raise OutputError(f"{str(out)!r} exists and is not empty; {why}add --force to replace it"
+                          + ("" if resume else " (or --resume to continue a stopped audit into it)"))
+    if has_progress and not (resume or force):
         progress = progress if progress.exists() else ranks[0]
         raise OutputError(f"a stopped audit left its progress in {str(progress)!r}; add --resume to continue it or "
                           "--force to start over")
@@ -44,24 +75,31 @@ def check_out(out: Path, resume: bool, force: bool) -> Path:
 
 
 def remove_leftovers(out: Path, progress: Path) -> None:
-    """What a run killed with -9 left beside the report: half-built report folders and the
-    temporary of a progress file being written (atomic renames never leave a half file in place)."""
+    """What a run killed with -9 left beside the report: half-built report folders and replaced
+    reports not yet deleted (recognised by cnnviz's marker inside, never by a pattern of names), and
+    the temporary of a progress file being written (atomic renames never leave a half file in place)."""
     from cnnviz.engines.topk import remove_stale_temporaries
+    from cnnviz.files import remove_own_temporaries
 
     remove_stale_temporaries(progress)
-    parent = out.parent if str(out.parent) else Path(".")
-    for leftover in list(parent.glob(f".{out.name}.*.partial")) + list(parent.glob(f".{out.name}.old.*")):
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
+    remove_own_temporaries(out, ("partial", "old"))
 
 
 def replace_folder(tmp: Path, out: Path) -> None:
     """Put the finished report `tmp` in the place of `out` (renames only)."""
+    from cnnviz.files import mark_temporary, unmark
+
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent if str(out.parent) else "."))
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.rmdir(old)
-        os.replace(out, old)
+        mark_temporary(out, old.name)  # a kill before the rmtree below leaves it for the next run to remove
+        try:
+            os.replace(out, old)
+        except BaseException:
+            unmark(out)
+            raise
+    unmark(tmp)
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -70,7 +108,10 @@ def replace_folder(tmp: Path, out: Path) -> None:
 def write_folder(result, out: Path) -> list[Path]:
     """Write the report of `result` into a temporary folder beside `out` and rename it into place:
     a failed or killed write leaves `out` as it was."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent if str(out.parent) else "."))
+    from cnnviz.files import make_temp_folder
+
+    out = Path(os.path.abspath(out))
+    tmp = make_temp_folder(out, "partial")
     try:
         mask = os.umask(0)
         os.umask(mask)
@@ -86,20 +127,29 @@ def write_folder(result, out: Path) -> list[Path]:
 def render_folder(source: str, out: str) -> None:
     """`cnnviz render RESULT --out DIR/`: the HTML report of a saved audit, redrawn from its numbers
     into the folder DIR (which must be new or empty)."""
-    from cnnviz.errors import OutputError
+    from cnnviz.errors import OutputError, ResultError
+    from cnnviz.files import exclusive_lock, sidecar_of
     from cnnviz.results import load_result
 
     out_p = Path(out)
     if out_p.is_dir() and any(out_p.iterdir()):
         raise OutputError(f"{str(out)!r} exists and is not empty; give a new or empty folder for the report")
-    check_out(out_p, resume=False, force=True)  # writable place, not a file
+    check_out(out_p, resume=False, force=True, inputs=(source, sidecar_of(source)))  # writable, spares the inputs
+    out_p = Path(os.path.abspath(out))
     loaded = load_result(source)
     if not callable(getattr(loaded, "write_html", None)):
         raise OutputError(f"{str(out)!r} has no extension: a folder is written only for an audit's result (its HTML "
                           f"report); {type(loaded).__name__} draws a figure: give --out a .png, .pdf or .svg file")
-    remove_leftovers(out_p, progress_path(out_p))
-    written = write_folder(loaded, out_p)
-    click.echo(f"wrote {out_p / 'index.html'} ({len(written) - 3} figures, audit.npz, audit.json)")
+    loaded.check_report()
+    with exclusive_lock(lock_path(out_p), f"another cnnviz run is writing {str(out)!r}; wait for it to finish"):
+        remove_leftovers(out_p, progress_path(out_p))
+        try:
+            written = write_folder(loaded, out_p)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            # the schema above covers what the report reads; an edit it cannot foresee still gets one line
+            raise ResultError(f"{source!r} does not hold a consistent audit ({type(e).__name__}: {e}); save it "
+                              "again with cnnviz audit") from None
+    click.echo(f"wrote {Path(out) / 'index.html'} ({len(written) - 3} figures, audit.npz, audit.json)")
 
 
 def register(cli) -> None:
@@ -152,6 +202,8 @@ def register(cli) -> None:
         from cnnviz.engines.audit.data import read_dataset
         from cnnviz.engines.common import resolve_device
         from cnnviz.errors import ParameterError
+        from cnnviz.files import exclusive_lock
+        from cnnviz.engines.topk import is_progress_file
         from cnnviz.models import Preprocessing
 
         methods_t = check_methods(methods)
@@ -165,23 +217,30 @@ def register(cli) -> None:
             except ParameterError as e:
                 raise ParameterError(f"--fill: {e}") from None
         out_p = Path(out)
-        progress = check_out(out_p, resume, force)
+        inputs = [data, boxes, model_spec.get("weights_file")]
+        spec_file = str(model_spec.get("name") or "").partition(":")[0]
+        if spec_file.endswith(".py"):
+            inputs.append(spec_file)  # --model ./net.py:build
+        progress = check_out(out_p, resume, force, inputs)
         resolve_device(device)
-        read_dataset(data, None, limit)  # empty folders, missing CSV files: before the model loads
+        dataset = read_dataset(data, None, limit)  # empty folders, missing CSV files: before the model loads
+        check_out(out_p, resume, force, [Path(dataset.root) / f for f in dataset.files])
         if boxes is not None and not Path(boxes).is_file():
             raise ParameterError(f"boxes file not found: {boxes!r}")
-        remove_leftovers(out_p, progress)
-        if force and progress.exists():
-            progress.unlink()
-        lm = _main._load(model_spec)
-        written: list = []
+        out_abs = Path(os.path.abspath(out))
+        with exclusive_lock(lock_path(out_abs), busy_message(out_abs)):
+            remove_leftovers(out_p, progress)
+            if force and progress.exists() and is_progress_file(progress):
+                progress.unlink()
+            lm = _main._load(model_spec)
+            written: list = []
 
-        def write(result):
-            written.extend(write_folder(result, out_p))
+            def write(result):
+                written.extend(write_folder(result, out_p))
 
-        result = run_audit(lm, data, methods_t, limit=limit, steps=steps, fill=fill, show=show, boxes=boxes,
-                           sanity_images=sanity_images, layer=layer, units=num_units, k=k, device=device,
-                           progress=False if quiet else None, checkpoint=progress, resume=resume, finish=write)
+            result = run_audit(lm, data, methods_t, limit=limit, steps=steps, fill=fill, show=show, boxes=boxes,
+                               sanity_images=sanity_images, layer=layer, units=num_units, k=k, device=device,
+                               progress=False if quiet else None, checkpoint=progress, resume=resume, finish=write)
         if not written:  # under torchrun: rank 0 wrote the report and says so
             return
         p = result.params

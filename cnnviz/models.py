@@ -5,6 +5,8 @@ model sources of `cnnviz.sources` (timm, EfficientNet-Lite, a user's factory, to
 
 from __future__ import annotations
 
+import hashlib
+
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -186,14 +188,28 @@ class LoadedModel:
         return {"model": self.name, "weights": self.weights, "num_classes": len(self.categories),
                 "preprocessing": self.preprocessing.to_dict()}
 
+    def fingerprint(self) -> dict:
+        """`identity()` plus a hash of the model's state (every parameter and buffer, by name, dtype,
+        shape and bytes): what a resumed run or a cache must match. Two `--weights none` models
+        seeded differently share an identity but not a fingerprint."""
+        h = hashlib.sha256()
+        with torch.no_grad():
+            for name, t in list(self.model.state_dict(keep_vars=False).items()):
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                t = t.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-d tensors cannot be viewed as bytes
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return {**self.identity(), "state_sha256": h.hexdigest()}
+
     @torch.inference_mode()
     def predict(self, inputs: torch.Tensor, top: int = 5, device: str = "auto") -> list[list[tuple[int, str, float]]]:
         """Top-`top` (index, name, probability) for each image of a normalized batch Nx3xHxW."""
-        from .engines.common import model_on_device, resolve_device
+        from .engines.common import check_finite_outputs, model_on_device, resolve_device
 
         dev = resolve_device(device)
         with model_on_device(self.model, dev) as m:
-            probs = torch.softmax(m(inputs.to(dev)).float(), dim=1).cpu()
+            logits = m(inputs.to(dev)).float()
+        check_finite_outputs(logits)
+        probs = torch.softmax(logits, dim=1).cpu()
         p, idx = probs.topk(min(top, probs.shape[1]), dim=1)
         return [[(int(i), self.class_name(int(i)), float(v)) for v, i in zip(pr, ix)] for pr, ix in zip(p, idx)]
 

@@ -139,3 +139,18 @@ def as_pair(value, what: str) -> tuple[int, int]:
     if out[0] != pair[0] or out[1] != pair[1] or min(out) <= 0:
         raise ParameterError(f"{what} must be a positive whole number, got {value!r}")
     return out
+
+
+def check_finite_outputs(outputs, names=None) -> None:
+    """Refuse, in one line, model outputs that are not finite (NaN or inf: a diverged checkpoint),
+    before anything is computed from them. `names`: what each row is (file names), for the message."""
+    import torch
+
+    from ..errors import ModelError
+
+    bad = ~torch.isfinite(outputs.detach().reshape(len(outputs), -1)).all(1)
+    if bool(bad.any()):
+        first = f" (first: {names[int(bad.nonzero()[0, 0])]})" if names is not None else ""
+        raise ModelError(f"the model's outputs are not finite (NaN or inf) on {int(bad.sum())} of {len(outputs)} "
+                         f"images{first}: its weights may have diverged; check the checkpoint (cnnviz predict IMAGE "
+                         "shows its outputs)")

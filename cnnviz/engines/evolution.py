@@ -36,7 +36,7 @@ from ..models import LoadedModel
 from ..results import Result, provenance
 from .common import resolve_device
 from .patches import DEFAULT_FILL, layer_rf, unit_patches
-from .topk import read_progress, remove_stale_temporaries, scan
+from .topk import drop_progress, read_progress, remove_stale_temporaries, scan
 
 PROGRESS_VERSION = 1
 
@@ -144,8 +144,8 @@ def evolution(lm: LoadedModel, checkpoints, data, layer: str, units=None, batch_
     rows: list[dict] = []
     if prog is not None:
         remove_stale_temporaries(prog)
-        if not resume and prog.exists():
-            prog.unlink()
+        if not resume:
+            drop_progress(prog)
         if prog.exists():
             data_ = read_progress(prog, key, "an evolution run", "or use --no-resume")
             rows = [{k[len(f"c{c}_"):]: data_[k] for k in data_ if k.startswith(f"c{c}_")}

@@ -40,7 +40,7 @@ from ..layers import LayerInfo, capture, require_maps, resolve_layer, trace_laye
 from ..models import LoadedModel
 from .common import autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
 from .datasets import ImageListDataset, list_files
-from .topk import FIXED_BATCH, _nothing_read, fault_pause, read_progress, remove_stale_temporaries
+from .topk import FIXED_BATCH, _nothing_read, drop_progress, fault_pause, read_progress, remove_stale_temporaries
 
 POOLS = ("mean", "relu-mean", "max")
 PROGRESS_VERSION = 1
@@ -150,7 +150,9 @@ def pooled_features(lm: LoadedModel, source, layers, pool: str | dict = "mean", 
     measured = batch_size is None and checkpoint is None
     if batch_size is None and not measured:
         batch_size = FIXED_BATCH
-    key_src = json.dumps({"v": PROGRESS_VERSION, "what": what, "model": lm.identity(),
+    # a resumed run must continue with the same weights: the state's hash, not only its name
+    model_id = lm.fingerprint() if checkpoint is not None else lm.identity()
+    key_src = json.dumps({"v": PROGRESS_VERSION, "what": what, "model": model_id,
                           "layers": [i.address for i in infos], "pool": pools, "batch_size": batch_size,
                           "amp": use_amp, "files": hashlib.sha256("\n".join(files).encode()).hexdigest()},
                          sort_keys=True)
@@ -164,8 +166,8 @@ def pooled_features(lm: LoadedModel, source, layers, pool: str | dict = "mean", 
         ckpt = Path(checkpoint)
         check_output(ckpt, (ckpt.suffix.lower(),))
         remove_stale_temporaries(ckpt)
-        if not resume and ckpt.exists():
-            ckpt.unlink()
+        if not resume:
+            drop_progress(ckpt)
         if ckpt.exists():
             data = read_progress(ckpt, key, "a feature scan", "or use --no-resume")
             done = resumed = int(data["batches_done"])

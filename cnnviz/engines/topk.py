@@ -285,6 +285,34 @@ def _save_checkpoint(path: Path, key: str, state: dict, batches_done: int, skipp
         fault_pause("progress-write")
 
 
+def is_progress_file(path: Path) -> bool:
+    """Whether `path` is a progress file cnnviz wrote (an npz archive whose `key` is a SHA-256 hex
+    digest): only such a file is ever deleted to start over."""
+    import zipfile
+
+    try:
+        if path.is_symlink() or not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with np.load(path, allow_pickle=False) as d:
+            key = str(d["key"]) if "key" in d.files else ""
+    except Exception:  # noqa: BLE001
+        return False
+    return len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+
+
+def drop_progress(path: Path) -> None:
+    """Start over: delete the progress file `path` if cnnviz wrote it; refuse (one line) to delete
+    anything else that happens to sit at that path."""
+    from ..errors import OutputError
+
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not is_progress_file(path):
+        raise OutputError(f"{str(path)!r} is not a cnnviz progress file, so it is not replaced; move it away or give "
+                          "another output name")
+    path.unlink()
+
+
 def read_progress(path: Path, key: str, what: str, fresh: str) -> dict:
     """The arrays of progress file `path`, checked to belong to the same work (`key`); else a
     one-line CheckpointError naming `what` ("a scan", "an audit") and how to start over (`fresh`)."""
@@ -369,7 +397,9 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
                      "a distributed scan" if world > 1 else "loader workers (num_workers > 0)")
     num_batches = -(-len(files) // batch_size) if batch_size else 1
     mine = list(range(rank, num_batches, world))
-    key_src = json.dumps({"v": CHECKPOINT_VERSION, "model": lm.identity(), "layer": info.address, "units": unit_list,
+    # a resumed run must continue with the same weights: the state's hash, not only its name
+    model_id = lm.fingerprint() if checkpoint is not None else lm.identity()
+    key_src = json.dumps({"v": CHECKPOINT_VERSION, "model": model_id, "layer": info.address, "units": unit_list,
                           "k": k, "batch_size": batch_size, "amp": use_amp, "rank": rank, "world": world,
                           "files": hashlib.sha256("\n".join(files).encode()).hexdigest()}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()
@@ -380,8 +410,8 @@ def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size
             ckpt = ckpt.with_name(f"{ckpt.name}.rank{rank}")
         check_output(ckpt, (ckpt.suffix.lower(),))  # a directory or a read-only folder: fail before the work
         remove_stale_temporaries(ckpt)
-        if not resume and ckpt.exists():
-            ckpt.unlink()
+        if not resume:
+            drop_progress(ckpt)
 
     U = len(unit_list)
     state, done, skipped = empty_state(U, k), 0, []

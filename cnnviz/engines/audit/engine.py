@@ -39,7 +39,7 @@ from ...files import atomic_path
 from ...layers import capture
 from ...models import LoadedModel
 from ...results import provenance
-from ..common import check_method_list, model_on_device, progress_bar, resolve_device
+from ..common import check_finite_outputs, check_method_list, model_on_device, progress_bar, resolve_device
 from . import metrics as M
 from . import units as U
 from .data import read_dataset
@@ -206,12 +206,14 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     unit_info = U.resolve(lm, layer) if layer is not None else None
     options = {"occlusion_window": occlusion_window, "occlusion_stride": occlusion_stride,
                "layer": unit_info.address if unit_info else None, "units": units, "k": k, "unit_info": unit_info}
-    params_key = {"v": CHECKPOINT_VERSION, "model": lm.identity(), "methods": methods, "steps": steps, "fill": fill,
+    # a resumed run must continue with the same weights: the state's hash, not only its name
+    model_id = lm.fingerprint() if checkpoint is not None else lm.identity()
+    params_key = {"v": CHECKPOINT_VERSION, "model": model_id, "methods": methods, "steps": steps, "fill": fill,
                   "show": show, "wrong": wrong, "s": s, "chunk": chunk, "boxes": box_map,
                   **{kk: v for kk, v in options.items() if kk != "unit_info"},
                   "files": hashlib.sha256("\n".join(ds.files).encode()).hexdigest(),
                   "labels": hashlib.sha256(ds.labels.tobytes()).hexdigest()}
-    from ..topk import _dist_setup, finish_and_release, release_group, remove_stale_temporaries
+    from ..topk import _dist_setup, drop_progress, finish_and_release, release_group, remove_stale_temporaries
 
     rank, world, owns_group = _dist_setup()
     if dev.type == "cuda" and world > 1 and dev.index is None:
@@ -233,7 +235,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
             state = _load_checkpoint(ckpt, key, state)
             resumed_from = int(state["done"])
         else:
-            ckpt.unlink()
+            drop_progress(ckpt)
     seconds = json.loads(str(state["seconds"]))
     skipped = [tuple(v) for v in json.loads(str(state["skipped"]))]
     chunks = [range(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
@@ -335,7 +337,9 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
     info = options["unit_info"]
     with model_on_device(lm.model, dev) as model, torch.inference_mode():
         with capture(model, info, reduce=U.reduce) if info is not None else contextlib.nullcontext() as cap:
-            prob = F.softmax(model(pad(x).to(dev))[: len(x)].float(), dim=1).cpu()
+            logits = model(pad(x).to(dev))[: len(x)].float()
+    check_finite_outputs(logits, [ds.files[f] for f in good])
+    prob = F.softmax(logits, dim=1).cpu()
     p5, i5 = prob.topk(min(5, prob.shape[1]), dim=1)
     good_a = np.asarray(good)
     state["readable"][good_a] = True

@@ -60,6 +60,29 @@ class AuditResult(Result):
         "shown_maps": S.Arr("f", ("k", "M", "H", "W")), "wrong_index": S.Arr("iu", ("w",)),
         "wrong_images": S.Arr("u", ("w", "H", "W", 3)), "wrong_pred_maps": S.Arr("f", ("w", "M", "H", "W")),
         "wrong_true_maps": S.Arr("f", ("w", "M", "H", "W"))}
+    # what the HTML report reads beyond the summary figure (checked by `check_report`)
+    report_param_schema: ClassVar[dict] = {
+        "fill": S.TEXT, "num_labelled": S.optional(S.INT), "top5": S.optional(S.NUMBER),
+        "confused": S.optional(S.Check(lambda v: isinstance(v, list) and all(
+            isinstance(c, dict) and isinstance(c.get("true_name"), str) and isinstance(c.get("predicted_name"), str)
+            and S.INT.test(c.get("count")) for c in v), "a list of {true_name, predicted_name, count}")),
+        **{key: S.Check(lambda v: isinstance(v, dict) and all(isinstance(k, str) and (x is None or S.NUMBER.test(x))
+                                                              for k, x in v.items()),
+                        "an object of method: number or null")
+           for key in ("mean_centre_share", "mean_deletion_auc", "mean_insertion_auc")},
+        **{key: S.optional(S.Check(lambda v: isinstance(v, dict) and all(x is None or S.NUMBER.test(x)
+                                                                         for x in v.values()),
+                                   "an object of method: number or null"))
+           for key in ("pointing_game", "mean_box_energy")},
+        "baseline_deletion_auc": S.optional(S.NUMBER), "baseline_insertion_auc": S.optional(S.NUMBER),
+        "skipped_reasons": S.optional(S.TEXTS)}
+    report_array_schema: ClassVar[dict] = {
+        "sanity_files": S.Arr("U", ("I",)), "sanity_methods": S.Arr("U", ("Q",)), "sanity_steps": S.Arr("U", ("S",)),
+        "sanity_spearman": S.Arr("f", ("I", "Q", "S")), "unit_index": S.Arr("iu", ("V",)),
+        "unit_selectivity": S.Arr("f", ("C",)), "unit_top_files": S.Arr("iu", ("V", "k")),
+        "unit_top_values": S.Arr("f", ("V", "k")), "unit_top_classes": S.Arr("iu", ("V", "k")),
+        "unit_patches": S.Arr("u", ("V", "k", None, None, 3))}
+
     files: np.ndarray = None
     labels: np.ndarray = None
     top5: np.ndarray = None
@@ -114,6 +137,31 @@ class AuditResult(Result):
         if not known.any():
             return None
         return float((self.top5[known, :k] == self.labels[known, None]).any(1).mean())
+
+    def check_report(self, where: str = "the saved audit") -> None:
+        """What the HTML report reads, checked before it is drawn (a hand-edited audit.npz or
+        audit.json fails here in one line naming the field, not inside the report)."""
+        from ...errors import ResultError
+
+        S.check_params(self.params, self.report_param_schema, where, self.kind)
+        p = self.params
+        if p.get("has_labels") and not S.INT.test(p.get("num_labelled")):
+            raise ResultError(f"{where}: params.num_labelled is missing (a labelled audit needs it: a whole number)")
+        arrays = {n: getattr(self, n) for n in self.report_array_schema if isinstance(getattr(self, n), np.ndarray)}
+        S.check_arrays(arrays, self.report_array_schema, where, self.kind)
+        n, m = len(self.files), len(self.methods)
+        for name, limit in (("shown_index", n), ("wrong_index", n), ("unit_top_files", n)):
+            a = getattr(self, name)
+            if a is not None and a.size and (a.min() < (-1 if name == "unit_top_files" else 0) or a.max() >= limit):
+                raise ResultError(f"{where}: array {name!r} points outside the {limit} audited files")
+        sel = self.unit_selectivity
+        if self.unit_index is not None and self.unit_index.size and (
+                sel is None or self.unit_index.min() < 0 or self.unit_index.max() >= len(sel)):
+            raise ResultError(f"{where}: array 'unit_index' points outside 'unit_selectivity'")
+        for key in ("mean_centre_share", "mean_deletion_auc", "mean_insertion_auc"):
+            missing = [str(x) for x in self.methods if str(x) not in p[key]]
+            if missing:
+                raise ResultError(f"{where}: params.{key} lacks the method(s) {missing} of the {m} audited")
 
     def write_html(self, folder, **options):
         """Write the static report (index.html and its figures) into `folder`; see
