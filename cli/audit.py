@@ -199,6 +199,7 @@ def register(cli) -> None:
           cnnviz audit photos/ --out report/ --methods gradcam,saliency --limit 50
         """
         from cnnviz.engines.audit import audit as run_audit, check_methods
+        from cnnviz.engines.audit.engine import read_boxes
         from cnnviz.engines.audit.data import read_dataset
         from cnnviz.engines.common import resolve_device
         from cnnviz.errors import ParameterError
@@ -227,6 +228,8 @@ def register(cli) -> None:
         check_out(out_p, resume, force, [Path(dataset.root) / f for f in dataset.files])
         if boxes is not None and not Path(boxes).is_file():
             raise ParameterError(f"boxes file not found: {boxes!r}")
+        if boxes is not None:
+            read_boxes(boxes, dataset.files)  # bad boxes: one line before the model loads
         out_abs = Path(os.path.abspath(out))
         with exclusive_lock(lock_path(out_abs), busy_message(out_abs)):
             remove_leftovers(out_p, progress)
@@ -250,6 +253,10 @@ def register(cli) -> None:
                    + ", ".join(f"{m}: deletion AUC {p['mean_deletion_auc'][m]:.3f}, insertion AUC "
                                f"{p['mean_insertion_auc'][m]:.3f}" for m in p["methods"])
                    + f"; random map: {p['baseline_deletion_auc']:.3f}, {p['baseline_insertion_auc']:.3f}")
+        if p.get("boxes_unmatched"):
+            um = p["boxes_unmatched"]
+            click.echo(f"note: {len(um)} --boxes entr{'y names a file' if len(um) == 1 else 'ies name files'} not in "
+                       f"the data, ignored (first: {um[0]!r})")
         if len(result.skipped):
             click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
             for why in p["skipped_reasons"]:

@@ -67,6 +67,12 @@ def register(cli) -> None:
         from cnnviz_cli import output
         from cnnviz_cli.main import _check_amp, _check_stride, _parse_pair
 
+        from cnnviz.errors import ParameterError
+        from cnnviz_cli.main import _given
+
+        if mode != "approximate" and _given("tau"):
+            raise ParameterError(f"--tau applies to --mode approximate only (the mode is {mode}); drop --tau or add "
+                                 "--mode approximate")
         files = expand_images(images)
         figures = plan_figures(files, out, out_dir, save, "occlusion", max_in_one=1, save_per_image=True)
         figures = [figures] if isinstance(figures, Path) else figures

@@ -28,6 +28,19 @@ _INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resamp
                    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
 
+MAX_RESIZED_PIXELS = 1 << 26  # 67 megapixels (200 MB as RGB): an intermediate resize may not be larger
+
+
+def check_resized_size(photo: tuple[int, int], size: tuple[int, int]) -> None:
+    """Refuse, before allocating, a resize of a `photo` (W, H) to `size` (W, H) larger than
+    MAX_RESIZED_PIXELS: a 1-pixel-high strip resized to a shorter side of 256 would take gigabytes."""
+    from .errors import ImageError
+
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        raise ImageError(f"a {photo[0]}x{photo[1]} photo (W x H) would be resized to {size[0]}x{size[1]} pixels "
+                         f"({size[0] * size[1] * 3 / 1e9:.1f} GB); crop it to a less elongated region first")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes the model's input: resize the shorter side to `resize`, centre-crop to
@@ -48,7 +61,9 @@ class Preprocessing:
         if self.resize is not None:
             w, h = img.size
             s = self.resize / min(w, h)
-            img = img.resize((max(cw, round(w * s)), max(ch, round(h * s))), resample, reducing_gap=None)
+            size = (max(cw, round(w * s)), max(ch, round(h * s)))
+            check_resized_size(img.size, size)
+            img = img.resize(size, resample, reducing_gap=None)
         w, h = img.size
         if w < cw or h < ch:  # no resize step and a small image: scale up to cover the crop
             s = max(cw / w, ch / h)

@@ -355,3 +355,70 @@ def test_render_to_a_folder_of_forty_edited_audits_is_never_an_internal_error(us
             one_line_error(res)
             assert not (user / f"r{i}").exists()
     assert not failures, failures
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. sizes are checked before anything is allocated
+
+def test_a_one_pixel_strip_is_refused_before_it_is_resized(user):
+    import resource
+
+    from PIL import Image
+
+    Image.new("RGB", (6000, 1), (120, 30, 200)).save(user / "strip.png")
+    assert (user / "strip.png").stat().st_size < 1000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for cmd in (["scoremap", "strip.png", "--out", "s.png"], ["predict", "strip.png"], ["occlusion", "strip.png",
+                                                                                        "--out", "o.png"]):
+        res = cli(*cmd, "--model", "./net.py:tiny", "--weights", "none", "--labels", "labels.txt")
+        one_line_error(res)
+    # the peak resident memory grew by far less than the 1.2-7 GB the resizes would take
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # kB
+    assert not (user / "s.png").exists() and not (user / "o.png").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 15. an option the chosen mode does not use is refused
+
+def test_tau_outside_the_approximate_mode_is_refused(user):
+    import cnnviz
+    from cnnviz.errors import ParameterError
+    from cnnviz.models import load_model
+
+    for mode in ("full", "incremental"):
+        one_line_error(cli("occlusion", "data/p0.jpg", "--mode", mode, "--tau", "0.5", "--out", "o.png", "--model",
+                           "./net.py:tiny", "--weights", "none", "--labels", "labels.txt"), "--tau", "approximate")
+        with pytest.raises(ParameterError, match="approximate"):
+            cnnviz.occlusion(load_model("./net.py:tiny", weights="none", labels="labels.txt"), "data/p0.jpg",
+                             mode=mode, tau=0.5)
+    assert not (user / "o.png").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 11. boxes; and duplicate CSV rows
+
+@pytest.mark.parametrize("box, fragment", [([0, 0, float("nan"), 10], "finite"), ([0, 0, 1e300, 10], "finite"),
+                                           ([50, 50, 10, 10], "inverted"), ([0, 0, 0, 10], "inverted"),
+                                           ([0, 0, True, 10], "numbers"), ("0,0,5,5", "numbers")])
+def test_bad_boxes_are_one_line_before_the_model_runs(user, box, fragment):
+    import json
+
+    (user / "boxes.json").write_text(json.dumps({"p0.jpg": [box]}))  # NaN is written as JSON's NaN
+    res = audit("data", "rep", "--boxes", "boxes.json")
+    one_line_error(res, fragment)
+    assert not (user / "rep").exists()
+
+
+def test_boxes_for_files_not_in_the_data_are_said(user):
+    import json
+
+    (user / "boxes.json").write_text(json.dumps({"p0.jpg": [[10, 10, 100, 100]], "elsewhere.jpg": [[0, 0, 5, 5]]}))
+    res = audit("data", "rep", "--boxes", "boxes.json")
+    assert res.exit_code == 0, res.output
+    assert "1 --boxes entry names a file not in the data, ignored (first: 'elsewhere.jpg')" in res.output
+    assert json.loads((user / "rep" / "audit.json").read_text())["params"]["boxes_unmatched"] == ["elsewhere.jpg"]
+
+
+def test_a_csv_that_lists_a_photo_twice_is_refused(user):
+    (user / "list.csv").write_text("file,label\ndata/p0.jpg,a\ndata/p1.jpg,b\n./data/p0.jpg,a\n")
+    one_line_error(audit("list.csv", "rep"), "twice", "rows 2 and 4")

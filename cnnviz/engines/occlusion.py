@@ -92,6 +92,9 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
       cnnviz.engines.incremental; params["tau_auto"] gives what was tried).
     """
     mode, tau = check_mode(mode), check_tau(tau)
+    if mode != "approximate" and tau != AUTO:
+        raise ParameterError(f"tau {tau!r} applies to mode 'approximate' only (mode is {mode!r}); drop tau or use "
+                             "mode='approximate'")
     window, stride = as_pair(window, "window"), as_pair(stride, "stride")
     batch_size = check_batch_size(batch_size)
     dev = resolve_device(device)

@@ -20,7 +20,7 @@ from .. import schema as S
 from ..batching import Batches, check_batch_size, model_work, pad
 from ..errors import ParameterError
 from ..images import load_image
-from ..models import _INTERPOLATIONS, LoadedModel
+from ..models import _INTERPOLATIONS, LoadedModel, check_resized_size
 from ..results import Result, provenance
 from .common import as_pair, model_on_device, progress_bar, resolve_device
 
@@ -81,13 +81,18 @@ def scoremap(lm: LoadedModel, image, *, target=None, scale: float = 2.0, stride:
     w, h = photo.size
     s = scale * base / min(w, h)
     size = (max(cw, round(w * s)), max(ch, round(h * s)))
+    ny, nx = ((size[1] - ch) // stride[0] + 1, (size[0] - cw) // stride[1] + 1)  # counted before any allocation
+    if ny * nx > MAX_POSITIONS:
+        raise ParameterError(f"{ny}x{nx} crop positions is more than {MAX_POSITIONS}; use a larger --stride "
+                             "or a smaller --scale")
+    ys, xs = _grid(size[1], ch, stride[0]), _grid(size[0], cw, stride[1])
+    if len(ys) * len(xs) > MAX_POSITIONS:  # the last and centre offsets can add one per axis
+        raise ParameterError(f"{len(ys)}x{len(xs)} crop positions is more than {MAX_POSITIONS}; use a larger --stride "
+                             "or a smaller --scale")
+    check_resized_size(photo.size, size)
     resample = _INTERPOLATIONS[lm.preprocessing.interpolation]  # as the model's own preprocessing resizes
     big = np.asarray(photo.convert("RGB").resize(size, resample, reducing_gap=None), dtype=np.uint8).copy()
     H, W = big.shape[:2]
-    ys, xs = _grid(H, ch, stride[0]), _grid(W, cw, stride[1])
-    if len(ys) * len(xs) > MAX_POSITIONS:
-        raise ParameterError(f"{len(ys)}x{len(xs)} crop positions is more than {MAX_POSITIONS}; use a larger --stride "
-                             "or a smaller --scale")
     target_index = None if target is None else lm.class_index(target)
     dev = resolve_device(device)
     x = lm.preprocessing.normalize(big)  # 1 x 3 x H x W

@@ -13,6 +13,7 @@ exist; both are checked before any image is read, and refused in one line.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,12 @@ def read_dataset(source, lm=None, limit: int | None = None) -> Dataset:
                 row = next(i for i, n in enumerate(names) if not n) + 2
                 raise TargetError(f"CSV {str(p)!r}: row {row} has no label in column {col!r}; give every file a "
                                   "label or drop the column")
+        seen: dict[str, int] = {}
+        for i, f in enumerate(files):
+            first = seen.setdefault(os.path.normpath(str(root / f)), i)
+            if first != i:
+                raise ImageError(f"CSV {str(p)!r} lists {f!r} twice (rows {first + 2} and {i + 2}); list each image "
+                                 "once, or the accuracy and every mean would count it twice")
         missing = [f for f in files if not (root / f).is_file()]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -78,12 +79,27 @@ def read_boxes(boxes, files: list[str]) -> dict[str, list]:
     out = {}
     names = {Path(f).name: f for f in files}
     for key, value in boxes.items():
-        value = [value] if value and isinstance(value[0], (int, float)) else value
-        if not all(isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
-                   for b in value):
-            raise ParameterError(f"boxes of {key!r} must be [x0, y0, x1, y1] lists of numbers")
+        value = [value] if isinstance(value, list) and value and _is_number(value[0]) else value
+        if not isinstance(value, list) or not all(
+                isinstance(b, (list, tuple)) and len(b) == 4 and all(_is_number(v) for v in b) for b in value):
+            raise ParameterError(f"boxes of {key!r} must be [x0, y0, x1, y1] lists of numbers, found {value!r:.60}")
+        for b in value:
+            x0, y0, x1, y1 = map(float, b)
+            if not all(math.isfinite(v) and abs(v) <= MAX_BOX_COORDINATE for v in (x0, y0, x1, y1)):
+                raise ParameterError(f"box {list(b)!r} of {key!r} has a coordinate that is not a finite number of "
+                                     f"photo pixels (at most {MAX_BOX_COORDINATE:g} in size)")
+            if not (x1 > x0 and y1 > y0):
+                raise ParameterError(f"box {list(b)!r} of {key!r} is empty or inverted: give [x0, y0, x1, y1] with "
+                                     "x1 > x0 and y1 > y0 (left, top, right, bottom in photo pixels)")
         out[key if key in files else names.get(key, key)] = [list(map(float, b)) for b in value]
     return out
+
+
+MAX_BOX_COORDINATE = 1e6
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _empty_state(n: int, m: int, steps: int, num_classes: int, s: int, show: int, wrong: int, h: int, w: int) -> dict:
@@ -291,7 +307,8 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
         tick("sanity", t0)
         result = _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, dict(
             limit=limit, steps=steps, fill=fill, show=show, wrong=wrong, class_map_size=s, chunk=chunk,
-            sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map), **options,
+            sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map),
+            boxes_unmatched=sorted(k for k in box_map if k not in set(ds.files)), **options,
             random_baseline={"cell": M.RANDOM_CELL, "seed": M.RANDOM_SEED}, world_size=world,
             resumed_from_chunk=resumed_from))
     except BaseException:
