@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 import sys
 
 
@@ -389,11 +390,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings on the command line: one line each, without the source line Python repeats."""
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+
+
 def main():
     def terminate(signum, frame):  # kill / a scheduler's SIGTERM ends like Ctrl-C: cleanups run, exit 130
         _interrupt(signum, frame)
 
     signal.signal(signal.SIGTERM, terminate)
+    warnings.showwarning = _one_line_warning
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _defer_interrupt

@@ -363,15 +363,18 @@ def test_existing_report_needs_force_or_resume(tmp_path, cached_model):
 
 @pytest.mark.slow
 def test_command_writes_the_report_and_clears_what_a_killed_run_left(tmp_path, cached_model):
-    (tmp_path / ".report.k2j4h5g6.partial").mkdir()  # a report folder half built by a run killed with -9
-    (tmp_path / ".report.k2j4h5g6.partial" / "index.html").write_text("half")
+    from cnnviz.files import make_temp_folder
+
+    half = make_temp_folder(tmp_path / "report", "partial")  # a report folder half built by a run killed with -9
+    (half / "index.html").write_text("half")
+    (tmp_path / ".report.k2j4h5g6.partial").mkdir()  # the user's: the same form of name, but not cnnviz's marker
     (tmp_path / "..report.audit-progress.ab12cd34.npz").write_bytes(b"half a progress file")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "tench.jpg").symlink_to(sample_image(0))
     out = _run([tmp_path / "data", "--out", tmp_path / "report", "--show", "1"])
     assert out.exit_code == 0, out.output
     assert "1 of 1 images audited (no labels)" in out.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "report"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.k2j4h5g6.partial", "data", "report"]
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"index.html", "figures", "audit.npz", "audit.json"}
     html = (tmp_path / "report" / "index.html").read_text()
     assert "No labels were given" in html and "<script" not in html

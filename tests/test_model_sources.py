@@ -13,6 +13,7 @@ import torch
 
 import cnnviz
 from cnnviz import sources
+from cnnviz.errors import ModelError
 from cnnviz.models import load_model
 
 from helpers import install_plugin, sample_image
@@ -89,3 +90,47 @@ def test_a_registered_source_is_asked_first(fresh_sources):
     assert calls == [("alexnet", "none")] and lm.categories == ["no", "yes"]
     with pytest.raises(TypeError, match="ModelSource"):
         sources.register_source(lambda name: None)
+
+
+BROKEN = {
+    "claims": 'SOURCE = ModelSource("bad claims", claims=lambda n: 1 / 0, load=lambda *a: None)\n',
+    "listing": 'SOURCE = ModelSource("bad listing", claims=lambda n: False, load=lambda *a: None,\n'
+               '                     listing=lambda: [][3])\n',
+    "rows": 'SOURCE = ModelSource("bad rows", claims=lambda n: False, load=lambda *a: None,\n'
+            '                     listing=lambda: [{"name": "half"}, "not a row"])\n',
+    "load": 'SOURCE = ModelSource("bad load", claims=lambda n: n == "bad:1", load=lambda *a: None)\n',
+    "raises": 'SOURCE = ModelSource("bad raise", claims=lambda n: n == "bad:1", load=lambda *a: {}["x"])\n',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_a_plugin_that_misbehaves_is_a_one_line_warning_or_error_and_the_built_ins_work(tmp_path, monkeypatch,
+                                                                                      fresh_sources, kind):
+    site = tmp_path / "site"
+    site.mkdir()
+    _install(site, f"cnnviz_bad_{kind}", "from cnnviz.sources import ModelSource\n" + BROKEN[kind],
+             f"bad = cnnviz_bad_{kind}:SOURCE")
+    monkeypatch.syspath_prepend(str(site))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    cli = [sys.executable, "-m", "cnnviz_cli.main"]
+    if kind in ("load", "raises"):
+        with pytest.raises(ModelError, match="bad"):
+            load_model("bad:1")
+        res = subprocess.run(cli + ["predict", str(sample_image(0)), "--model", "bad:1"], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert "internal error" not in res.stderr and "bad" in res.stderr
+        return
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_model("efficientnet_lite0", weights="none").name == "efficientnet_lite0"
+        rows = cnnviz.available_models()
+    assert any(r["name"] == "efficientnet_lite0" for r in rows) and all("source" in r for r in rows)
+    assert any("bad" in str(w.message) and "skipped" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    cmd = ["models"] if kind != "claims" else ["predict", str(sample_image(0)), "--model", "efficientnet_lite0"]
+    res = subprocess.run(cli + cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and ("efficientnet_lite0" in res.stdout or kind == "claims"), res.stderr
+    warned = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(warned) == 1 and warned[0].startswith("Warning: cnnviz model source 'bad"), res.stderr

@@ -422,3 +422,44 @@ def test_boxes_for_files_not_in_the_data_are_said(user):
 def test_a_csv_that_lists_a_photo_twice_is_refused(user):
     (user / "list.csv").write_text("file,label\ndata/p0.jpg,a\ndata/p1.jpg,b\n./data/p0.jpg,a\n")
     one_line_error(audit("list.csv", "rep"), "twice", "rows 2 and 4")
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. an edited progress file is checked like a result
+
+@pytest.mark.parametrize("edit", ["done=-5", "done=999", "shape", "dtype", "seconds", "skipped", "drop"])
+def test_an_edited_audit_progress_file_is_one_line(user, edit):
+    import numpy as np
+
+    from cnnviz.engines.audit import audit as run_audit
+    from cnnviz.engines.topk import CheckpointError
+    from cnnviz.models import load_model
+
+    torch.manual_seed(0)
+    lm = load_model("./net.py:tiny", weights="none", labels="labels.txt")
+    progress = user / ".rep.audit-progress.npz"
+    kw = dict(steps=2, sanity_images=0, device="cpu", progress=False, checkpoint=progress)
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # the CLI's chunk is 8 images: one chunk of 3 would finish
+        run_audit(lm, "data", ("gradcam",), chunk=1, on_chunk=stop, **kw)
+    with np.load(progress) as d:
+        state = {k: d[k] for k in d.files}
+    if edit.startswith("done="):
+        state["done"] = np.int64(int(edit[5:]))
+    elif edit == "shape":
+        state["centre_share"] = state["centre_share"][:2]
+    elif edit == "dtype":
+        state["top5"] = state["top5"].astype(np.float32)
+    elif edit == "seconds":
+        state["seconds"] = np.array("{not json")
+    elif edit == "skipped":
+        state["skipped"] = np.array('[["nowhere.jpg", "x"]]')
+    else:
+        del state["readable"]
+    np.savez(progress, **state)
+    with pytest.raises(CheckpointError) as ei:
+        run_audit(lm, "data", ("gradcam",), chunk=1, resume=True, **kw)
+    assert "\n" not in str(ei.value) and str(progress) in str(ei.value)

@@ -72,7 +72,71 @@ def _builtin() -> list[ModelSource]:
 
 
 def sources() -> list[ModelSource]:
-    return [*_added, *_entry_point_sources(), *_builtin()]
+    return [*(_guarded(s) for s in (*_added, *_entry_point_sources())), *_builtin()]
+
+
+_warned: set = set()
+ROW_KEYS = ("name", "source", "weights", "available", "default")
+
+
+def _warn_once(source: ModelSource, what: str, e: BaseException | None = None) -> None:
+    text = f"cnnviz model source {source.name!r}: {what}" + (f" ({type(e).__name__}: {e})" if e else "") + "; skipped"
+    text = " ".join(text.split())
+    if text not in _warned:
+        _warned.add(text)
+        import warnings
+
+        warnings.warn(text, stacklevel=3)
+
+
+def _guarded(source: ModelSource) -> ModelSource:
+    """A plug-in's source whose failures cannot break the others: claims() or listing() raising,
+    or a listing row without its keys, is a one-line warning and the source (or row) is skipped;
+    load() raising something other than a cnnviz error, or returning something other than a
+    LoadedModel, is a one-line ModelError naming the source."""
+
+    def claims(name: str) -> bool:
+        try:
+            return bool(source.claims(name))
+        except Exception as e:  # noqa: BLE001 - someone else's code
+            _warn_once(source, "claims() failed", e)
+            return False
+
+    def listing() -> list[dict]:
+        try:
+            rows = list(source.listing())
+        except Exception as e:  # noqa: BLE001
+            _warn_once(source, "listing() failed", e)
+            return []
+        good = [r for r in rows if isinstance(r, dict) and all(k in r for k in ROW_KEYS)]
+        if len(good) < len(rows):
+            _warn_once(source, f"{len(rows) - len(good)} listing row(s) lack the keys {', '.join(ROW_KEYS)}")
+        return good
+
+    def load(name, *rest):
+        from ..errors import CnnvizError
+        from ..models import LoadedModel
+
+        try:
+            lm = source.load(name, *rest)
+        except CnnvizError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"model source {source.name!r} failed to load {name!r}: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())}") from None
+        if not isinstance(lm, LoadedModel):
+            raise ModelError(f"model source {source.name!r} returned {type(lm).__name__} for {name!r}, not a "
+                             "LoadedModel (see cnnviz.wrap)")
+        return lm
+
+    def names() -> list[str]:
+        try:
+            return [n for n in source.names() if isinstance(n, str)]
+        except Exception as e:  # noqa: BLE001
+            _warn_once(source, "names() failed", e)
+            return []
+
+    return ModelSource(source.name, claims=claims, load=load, listing=listing, names=names)
 
 
 def find_source(name: str) -> ModelSource:

@@ -246,16 +246,16 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     resumed_from = 0
     if ckpt is not None:
         remove_stale_temporaries(ckpt)
+    chunks = [range(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    mine = list(range(rank, len(chunks), world))
     if ckpt is not None and ckpt.exists():
         if resume:
-            state = _load_checkpoint(ckpt, key, state)
+            state = _load_checkpoint(ckpt, key, state, len(mine), ds.files)
             resumed_from = int(state["done"])
         else:
             drop_progress(ckpt)
     seconds = json.loads(str(state["seconds"]))
     skipped = [tuple(v) for v in json.loads(str(state["skipped"]))]
-    chunks = [range(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
-    mine = list(range(rank, len(chunks), world))
 
     def tick(name: str, t0: float) -> float:
         t = time.perf_counter()
@@ -520,13 +520,35 @@ def _save_checkpoint(path: Path, key: str, state: dict) -> None:
         fault_pause("progress-write")
 
 
-def _load_checkpoint(path: Path, key: str, empty: dict) -> dict:
+def _load_checkpoint(path: Path, key: str, empty: dict, chunks: int, files: list[str]) -> dict:
+    """The state in progress file `path`, checked like a result: every array of the empty state
+    present with its dtype kind and shape, `done` within the chunks of this run, the JSON fields
+    well formed. A file edited by hand fails in one line that names the field."""
     from ..topk import CheckpointError, read_progress
 
     data = read_progress(path, key, "an audit", "or use --force")
     out = dict(empty)
+    fresh = "; delete it (or use --force) to start over"
     for k in empty:
         if k not in data:
-            raise CheckpointError(f"progress file {str(path)!r} lacks {k!r}; delete it to start over")
+            raise CheckpointError(f"progress file {str(path)!r} lacks {k!r}{fresh}")
+        got, want = np.asarray(data[k]), np.asarray(empty[k])
+        if got.shape != want.shape or got.dtype.kind != want.dtype.kind:
+            raise CheckpointError(f"progress file {str(path)!r}: {k!r} is {got.dtype} of shape {got.shape}, this audit "
+                                  f"keeps {want.dtype} of shape {want.shape}{fresh}")
         out[k] = data[k]
+    done = int(out["done"])
+    if not 0 <= done <= chunks:
+        raise CheckpointError(f"progress file {str(path)!r} says {done} chunks are done, this audit has {chunks}{fresh}")
+    known = set(files)
+    try:
+        seconds = json.loads(str(out["seconds"]))
+        skipped = json.loads(str(out["skipped"]))
+        ok = (isinstance(seconds, dict) and all(isinstance(v, (int, float)) for v in seconds.values())
+              and isinstance(skipped, list) and all(isinstance(v, list) and len(v) == 2 and v[0] in known
+                                                    for v in skipped))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"progress file {str(path)!r} has malformed 'seconds' or 'skipped' fields{fresh}")
     return out
