@@ -165,7 +165,7 @@ def register(cli) -> None:
                   help="Comma-separated attribution methods: gradcam, saliency, occlusion (window 32, stride 16: "
                        "the dearest), guided, deconv, guided_gradcam, gradcampp, layercam, scorecam, rise.")
     @click.option("--limit", default=None, type=click.IntRange(min=1), metavar="N", help="Audit the first N files only.")
-    @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1),
+    @click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1, max=1024),
                   help="Deletion/insertion steps (the curve has steps + 1 points).")
     @use("fill", fill={"default": "blur", "callback": None,
                        "help": "What deleted pixels become: blur (the image blurred, sigma 10 px), mean, black, "

@@ -97,7 +97,7 @@ def register(cli) -> None:
     @model_options
     @use("methods", cmd="sanity", methods={"default": "saliency,guided,gradcam",
                                            "help": "Comma-separated methods to check."})
-    @click.option("--steps", default=8, show_default=True, type=click.IntRange(min=1),
+    @click.option("--steps", default=8, show_default=True, type=click.IntRange(min=1, max=1024),
                   help="Cumulative randomization steps, from the top layer down.")
     @click.option("--classes", default=4, show_default=True, type=click.IntRange(min=0),
                   help="Class randomization: compare the top-1 map with the maps for this many other classes "

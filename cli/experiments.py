@@ -80,7 +80,7 @@ def register(cli):
     @click.option("--layers", default=None, metavar="L1,L2",
                   help="Layers whose feature changes are compared [default: the last convolutional block and the "
                        "features entering the last linear layer, as ZF's layers 5 and 7]. See `cnnviz layers`.")
-    @click.option("--draws", default=20, show_default=True, type=click.IntRange(min=2),
+    @click.option("--draws", default=20, show_default=True, type=click.IntRange(min=2, max=1000),
                   help="Random draws of boxes of the parts' size (the random row and its spread).")
     @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random boxes.")
     @click.option("--random-within", default=None, metavar="PART",

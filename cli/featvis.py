@@ -66,7 +66,7 @@ def _range_text(units: list[int]) -> str:
 def optimization_options(f):
     """Options shared by `featvis` and `classviz`: the optimization, the priors, the outputs."""
     options = [
-        click.option("--steps", default=256, show_default=True, type=click.IntRange(min=1),
+        click.option("--steps", default=256, show_default=True, type=click.IntRange(min=1, max=100_000),
                      help="Gradient steps (Adam)."),
         click.option("--size", default=None, type=SIZE, metavar="N",
                      help="Image side in pixels [default: the model's input size]."),
@@ -235,11 +235,11 @@ def register(cli):
     @model_options
     @click.option("--layer", "-l", default=None, metavar="NAME",
                   help="Layer whose activations to amplify (required). `cnnviz layers` lists them.")
-    @click.option("--octaves", default=4, show_default=True, type=click.IntRange(min=1),
+    @click.option("--octaves", default=4, show_default=True, type=click.IntRange(min=1, max=12),
                   help="Levels of the image pyramid, smallest first.")
     @click.option("--octave-scale", default=1.4, show_default=True, type=float,
                   help="Size ratio between neighbouring octaves (> 1).")
-    @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1),
+    @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1, max=10_000),
                   help="Gradient steps per octave.")
     @click.option("--step-size", default=0.01, show_default=True, type=float,
                   help="Step in [0, 1] pixel units, along the gradient divided by its mean size.")
@@ -304,7 +304,8 @@ def register(cli):
     @click.option("--layer", "-l", "layers", multiple=True, metavar="NAME",
                   help="Layer to invert (required); repeat it or separate with commas for several "
                        "(one reconstruction each).")
-    @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Gradient steps (Adam).")
+    @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1, max=100_000),
+                  help="Gradient steps (Adam).")
     @click.option("--priors", default="full", show_default=True, type=PRIORS,
                   help="full: Fourier parameterization with decorrelated colour, total variation, alpha-norm "
                        "and a 4-pixel jitter; none: plain pixels and the feature distance alone.")

@@ -103,7 +103,7 @@ OPTIONS: dict[str, Option] = {
     "unit": _opt("--unit", "-u", default=None, metavar="C[:max|:map|:Y,X]",
                  help="Project a unit of --layer instead of a class: channel C at its strongest activation "
                       "(C or C:max), the whole map (C:map) or one position (C:Y,X)."),
-    "samples": _opt("--samples", default=None, type=POSITIVE, metavar="N",
+    "samples": _opt("--samples", default=None, type=click.IntRange(min=1, max=10_000), metavar="N",
                     help="SmoothGrad: average over N noisy copies of each image [default: off]."),
     "noise": _opt("--noise", default=None, type=float, metavar="STD",
                   help="SmoothGrad noise std, as a fraction of the input's range [default: 0.15]; needs --samples."),
@@ -113,7 +113,7 @@ OPTIONS: dict[str, Option] = {
                    help="How the copies are averaged: mean = signed signals averaged, |.| taken for the map "
                         "(Smilkov et al. 2017, Eq. 3) [default]; mean-abs = |signal| averaged (captum's "
                         "NoiseTunnel; steadier from seed to seed); needs --samples."),
-    "steps": _opt("--steps", default=50, show_default=True, type=POSITIVE,
+    "steps": _opt("--steps", default=50, show_default=True, type=click.IntRange(min=1, max=10_000),
                   help="Integrated Gradients: steps from the baseline to the image."),
     "baseline": _opt("--baseline", default="black", show_default=True, callback=_check_baseline,
                      metavar="black|mean|white|blur|GRAY|R,G,B",

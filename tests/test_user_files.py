@@ -463,3 +463,34 @@ def test_an_edited_audit_progress_file_is_one_line(user, edit):
     with pytest.raises(CheckpointError) as ei:
         run_audit(lm, "data", ("gradcam",), chunk=1, resume=True, **kw)
     assert "\n" not in str(ei.value) and str(progress) in str(ei.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# 13. counts have an upper bound; 14. the report's place is checked before the model runs
+
+def test_counts_beyond_what_the_work_can_use_are_one_line(user):
+    from cnnviz.engines.audit import audit as run_audit
+    from cnnviz.engines.correspondence import correspondence
+    from cnnviz.errors import ParameterError
+    from cnnviz.models import load_model
+
+    one_line_error(audit("data", "rep", "--steps", "100000"), "--steps")
+    res = cli("correspondence", "data/p0.jpg", "data/p1.jpg", "--parts", "a=0,0,10,10", "--draws", "100000000",
+              "--model", "./net.py:tiny", "--weights", "none", "--labels", "labels.txt")
+    one_line_error(res, "--draws")
+    lm = load_model("./net.py:tiny", weights="none", labels="labels.txt")
+    with pytest.raises(ParameterError, match="steps 5000"):
+        run_audit(lm, "data", ("gradcam",), steps=5000, device="cpu", progress=False)
+    with pytest.raises(ParameterError, match="draws 100000000"):
+        correspondence(lm, ["data/p0.jpg", "data/p1.jpg"], {"a": [[0, 0, 10, 10]] * 2}, draws=100_000_000)
+
+
+def test_an_unwritable_report_place_is_found_before_the_model_loads(user):
+    (user / "net.py").write_text(NET + textwrap.dedent("""
+        def loud():
+            open("model-was-built", "w").close()
+            return Tiny()
+    """))
+    for out in ("/proc/x", "/sys/x"):
+        one_line_error(audit("data", out, model="./net.py:loud"))
+    assert not (user / "model-was-built").exists()

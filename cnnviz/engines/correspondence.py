@@ -181,6 +181,9 @@ def _fmt(box) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
+MAX_DRAWS = 1000
+
+
 def random_boxes(part_boxes: np.ndarray, size: tuple[int, int], draws: int, seed: int,
                  within: np.ndarray | None = None) -> np.ndarray:
     """R x N x 4 boxes placed uniformly at random, each as large as the mean of that image's part
@@ -256,6 +259,9 @@ def correspondence(lm: LoadedModel, images, parts, layers=None, draws: int = DEF
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2:
         raise ParameterError(f"draws {draws!r} must be a whole number of at least 2 (the random row's spread needs "
                              "two); 20 is the default")
+    if draws > MAX_DRAWS:
+        raise ParameterError(f"draws {draws} is more than {MAX_DRAWS}: the random row's mean and spread are settled "
+                             f"long before (each draw is a forward pass per image pair); use at most {MAX_DRAWS}")
     images = images if isinstance(images, (list, tuple)) else [images]
     if len(images) < 2:
         raise ParameterError(f"{len(images)} image given; correspondence compares images in pairs, give at least 2 "

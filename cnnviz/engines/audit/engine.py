@@ -55,6 +55,9 @@ PER_IMAGE = ("readable", "top5", "top5_prob", "centre_share", "deletion_auc", "i
 SUMS = ("deletion_sum", "insertion_sum", "class_count", "class_map_sum", "class_image_sum", "unit_class_sum")
 
 
+MAX_STEPS = 1024  # deletion/insertion steps: each is a forward pass per image and method
+
+
 def check_methods(methods) -> tuple[str, ...]:
     from ..gradients import METHODS
 
@@ -212,6 +215,10 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
                         ("class_map_size", class_map_size, 1), ("units", units, 1), ("k", k, 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo):
             raise ParameterError(f"{name} must be a whole number >= {lo}, got {v!r}")
+    h, w = lm.input_size
+    if steps > min(MAX_STEPS, h * w):
+        raise ParameterError(f"steps {steps} is more than the deletion curve can use (at most {min(MAX_STEPS, h * w)}: "
+                             f"one step per pixel of the {h}x{w} input, and no more than {MAX_STEPS}); use fewer")
     if not (isinstance(fill, str) and fill.strip().lower() == "blur"):
         lm.preprocessing.fill_value(fill)  # a bad fill fails before any work
     ds = read_dataset(data, lm, limit)
