@@ -427,7 +427,7 @@ def test_a_csv_that_lists_a_photo_twice_is_refused(user):
 # --------------------------------------------------------------------------------------------------
 # 10. an edited progress file is checked like a result
 
-@pytest.mark.parametrize("edit", ["done=-5", "done=999", "shape", "dtype", "seconds", "skipped", "drop"])
+@pytest.mark.parametrize("edit", ["done=-5", "done=999", "shape", "dtype", "seconds", "skipped", "drop", "shown"])
 def test_an_edited_audit_progress_file_is_one_line(user, edit):
     import numpy as np
 
@@ -457,6 +457,8 @@ def test_an_edited_audit_progress_file_is_one_line(user, edit):
         state["seconds"] = np.array("{not json")
     elif edit == "skipped":
         state["skipped"] = np.array('[["nowhere.jpg", "x"]]')
+    elif edit == "shown":
+        state["shown_index"] = np.array([0, 7], np.int64)  # two rows (the images still hold one), one outside
     else:
         del state["readable"]
     np.savez(progress, **state)

@@ -540,10 +540,19 @@ def _load_checkpoint(path: Path, key: str, empty: dict, chunks: int, files: list
         if k not in data:
             raise CheckpointError(f"progress file {str(path)!r} lacks {k!r}{fresh}")
         got, want = np.asarray(data[k]), np.asarray(empty[k])
-        if got.shape != want.shape or got.dtype.kind != want.dtype.kind:
+        growing = want.ndim >= 1 and want.shape[0] == 0  # the images kept to show: up to one row per image
+        fits = (got.ndim == want.ndim and got.shape[1:] == want.shape[1:] and got.shape[0] <= len(files)
+                if growing else got.shape == want.shape)
+        if not fits or got.dtype.kind != want.dtype.kind:
             raise CheckpointError(f"progress file {str(path)!r}: {k!r} is {got.dtype} of shape {got.shape}, this audit "
                                   f"keeps {want.dtype} of shape {want.shape}{fresh}")
         out[k] = data[k]
+    for group in (("shown_index", "shown_images", "shown_maps"),
+                  ("wrong_index", "wrong_images", "wrong_pred_maps", "wrong_true_maps")):
+        if len({len(out[g]) for g in group}) > 1 or (len(out[group[0]]) and not (
+                0 <= out[group[0]].min() and out[group[0]].max() < len(files))):
+            raise CheckpointError(f"progress file {str(path)!r}: {', '.join(group)} do not fit together or point "
+                                  f"outside the {len(files)} files{fresh}")
     done = int(out["done"])
     if not 0 <= done <= chunks:
         raise CheckpointError(f"progress file {str(path)!r} says {done} chunks are done, this audit has {chunks}{fresh}")
