@@ -1,13 +1,14 @@
 """The evolution figure in the layout of Zeiler & Fergus Fig. 4: one row per unit, one column per
-checkpoint (training order, left to right); each tile is the deconvnet projection of the unit's
-strongest activation over the data at that checkpoint, cut at its receptive field, with the
-activation under it."""
+checkpoint (training order, left to right); each tile is the projection of the unit's strongest
+activation over the data at that checkpoint (the deconvnet, or guided backprop where the deconvnet
+shows no image: the headline says which), cut at its receptive field or where its map is high, with
+the activation under it."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from .style import DEFAULT_WIDTH, RC, bare, short, wrap
+from .style import DEFAULT_WIDTH, RC, bare, layer_label, short, wrap
 
 LABEL_IN = 0.55  # the unit labels at the left
 VALUE_IN = 0.16  # the activation under each tile
@@ -20,9 +21,17 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", patches: b
     per = 2 if patches else 1
     gap = 0.06
     tile = min((width - LABEL_IN - 0.1 - (C * per - 1) * gap) / (C * per), 1.1)
-    what = "deconvnet projection | image patch" if patches else "deconvnet projection"
-    headline = wrap(f"layer {short(str(p['layer']), 30)}: each unit's strongest activation over the data at each "
-                    f"checkpoint ({what}, at the receptive field)", width - 0.16, 7)
+    method = "guided-backprop" if p.get("projection") == "guided" else "deconvnet"  # older results: a sentence
+    what = f"{method} projection | image patch" if patches else f"{method} projection"
+    where = ("at the receptive field" if p.get("crop", "rf") == "rf" else
+             "cropped where the unit's upsampled map is ≥ 50 % of its peak")
+    why = ""
+    if p.get("projection") == "guided" and p.get("projection_asked", "auto") == "auto":
+        why = "; guided backprop, not the deconvnet, whose projections do not depend on the image here"
+    elif any(p.get("deconv_uninformative") or ()):
+        why = "; UNINFORMATIVE: the deconvnet's projections here do not depend on the image"
+    headline = wrap(f"layer {short(layer_label(p['layer'], p.get('layer_type')), 30)}: each unit's strongest "
+                    f"activation over the data at each checkpoint ({what}, {where}){why}", width - 0.16, 7)
     head = 0.3 + 7 * 1.22 / 72 * (headline.count("\n") + 1)
     height = head + U * (tile + VALUE_IN + gap) + 0.15
     with plt.rc_context(RC):

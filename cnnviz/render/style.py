@@ -338,8 +338,9 @@ def class_label(result, index: int) -> str:
     return f"class {index}"
 
 
-def layer_label(address) -> str:
-    """A layer address as people read it (see `cnnviz.layers.readable_name`)."""
+def layer_label(address, kind: str | None = None) -> str:
+    """A layer address as people read it, an activation named by its type `kind` where the
+    result recorded it (params["layer_type"]; see `cnnviz.layers.readable_name`)."""
     from ..layers import readable_name
 
-    return readable_name(str(address))
+    return readable_name(str(address), kind)
