@@ -432,8 +432,10 @@ def readable_name(address: str, kind: str | None = None) -> str:
     if is_activation_type(kind):
         if parts and not parts[-1].isdigit():
             parts = parts[:-1]  # the module's own name goes: its type says what it is
+        if not parts:
+            return f"{kind} ({nth})" if nth else str(kind)
         inner = ", ".join(x for x in (str(kind), nth) if x)
-        return f"{'.'.join(parts)} ({inner})" if parts else inner
+        return f"{'.'.join(parts)} ({inner})"
     if len(parts) > 1 and not parts[-1].isdigit():
         inner = ", ".join(x for x in (parts[-1], nth) if x)
         return f"{'.'.join(parts[:-1])} ({inner})"

@@ -41,7 +41,7 @@ from .common import resolve_device
 from .patches import DEFAULT_FILL, layer_rf, unit_patches
 from .topk import read_progress, remove_stale_temporaries, scan
 
-PROGRESS_VERSION = 1
+PROGRESS_VERSION = 2  # 2: rows hold the projection, the crop and the boxes
 
 
 @dataclasses.dataclass
@@ -55,17 +55,21 @@ class EvolutionResult(Result):
       "guided") at the receptive field or the crop (params["crop"]), 128 = zero, scaled by its own
       largest |value|, as ZF show them.
     patches: uint8 C x U x r x r x 3, the image at the receptive field or the crop.
+    boxes: int64 C x U x 4, (top, bottom, left, right) of the field or the crop in the input crop
+      (inclusive); None in results saved before it was recorded.
     units: int64 U. files: str N, the data set (relative to params["root"]).
     checkpoints: str C, the checkpoints' file names, in training order.
     """
 
     kind: ClassVar[str] = "evolution"
     renderer: ClassVar = "cnnviz.render.evolution:figure"
+    optional_arrays: ClassVar[tuple] = ("boxes",)  # results saved before boxes were recorded
     param_schema: ClassVar[dict] = {"layer": S.TEXT, "labels": S.TEXTS}
     array_schema: ClassVar[dict] = {
         "values": S.Arr("f", ("C", "U")), "image_index": S.Arr("iu", ("C", "U")),
         "position": S.Arr("iu", ("C", "U", 2)), "projections": S.Arr("u", ("C", "U", None, None, 3)),
         "patches": S.Arr("u", ("C", "U", None, None, 3)), "units": S.Arr("iu", ("U",)),
+        "boxes": S.Arr("iu", ("C", "U", 4)),
         "checkpoints": S.Arr("U", ("C",))}
     values: np.ndarray = None
     image_index: np.ndarray = None
@@ -75,6 +79,7 @@ class EvolutionResult(Result):
     units: np.ndarray = None
     files: np.ndarray = None
     checkpoints: np.ndarray = None
+    boxes: np.ndarray = None
 
 
 def _natural(path: str):
@@ -172,7 +177,7 @@ def evolution(lm: LoadedModel, checkpoints, data, layer: str, units=None, batch_
         pr = unit_patches(cm, r, project=True, device=device, fill=DEFAULT_FILL, projection=asked, crop=crop)
         row = {"values": r.values[:, 0].astype(np.float32), "image_index": r.image_index[:, 0],
                "position": r.position[:, 0], "projections": pr.projections[:, 0], "patches": pr.patches[:, 0],
-               "units": r.units, "projection": np.array(pr.params["projection"]), "crop": np.array(pr.params["crop"]),
+               "boxes": pr.boxes[:, 0], "units": r.units, "projection": np.array(pr.params["projection"]), "crop": np.array(pr.params["crop"]),
                "note": np.array(pr.params["projection_note"] or ""),
                "uninformative": np.array(bool((pr.params["deconv_check"] or {}).get("uninformative")))}
         rows.append(row)
@@ -181,7 +186,7 @@ def evolution(lm: LoadedModel, checkpoints, data, layer: str, units=None, batch_
         if on_checkpoint is not None:
             on_checkpoint(c, len(paths), row)
     stack = {k: np.stack([row[k] for row in rows]) for k in ("values", "image_index", "position", "projections",
-                                                             "patches")}
+                                                             "patches", "boxes")}
     rf = layer_rf(lm, info.address)
     params = {"layer": info.address, "layer_shape": list(info.shape), "rf": list(rf.rf),
               "units": [int(u) for u in rows[0]["units"]], "labels": [_label(p) for p in paths],
@@ -189,8 +194,8 @@ def evolution(lm: LoadedModel, checkpoints, data, layer: str, units=None, batch_
               "num_files": len(files), "input_size": list(lm.input_size), "resumed_checkpoints": resumed,
               "layer_type": info.type, "projection": str(rows[0]["projection"]), "projection_asked": projection,
               "projection_note": str(rows[0]["note"]) or None,
-              "deconv_uninformative": [bool(row["uninformative"]) for row in rows],
-              "crop": str(rows[0]["crop"]), "crop_asked": crop,
+              "deconv_uninformative": any(bool(row["uninformative"]) for row in rows),  # where checked
+              "crop": str(rows[0]["crop"]), "crop_asked": crop, "tile": list(stack["projections"].shape[2:4]),
               "display": "single activation, cut at the receptive field or the crop, scaled by its max |value|"}
     result = EvolutionResult(params=params, provenance=provenance(lm.identity(), str(resolve_device(device))), **stack,
                              units=np.asarray(rows[0]["units"], np.int64), files=np.asarray(files, dtype=str),
