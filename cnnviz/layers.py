@@ -446,3 +446,9 @@ def readable_name(address: str, kind: str | None = None) -> str:
 def describe_layer(info: "LayerInfo") -> str:
     """`readable_name` of a traced layer, with its type."""
     return readable_name(info.address, info.type)
+
+
+def layer_name(address: str, kind: str | None = None) -> str:
+    """A layer as figures list it: its address (what --layer takes), except an activation, which is
+    named by its type (`readable_name`): Lite0's `_swish@1` is a ReLU6, "ReLU6 (2nd call)"."""
+    return readable_name(address, kind) if is_activation_type(kind) else str(address)
