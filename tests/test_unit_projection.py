@@ -241,3 +241,23 @@ def test_lite0_figures_name_the_head_relu6_by_its_type(lite0, top, patches):
     fig = pr.render(None)
     text = " ".join(t.get_text() for t in drawn_texts(fig))
     assert "ReLU6" in text and "swish" not in text.lower()
+
+
+def test_the_topk_command_says_which_projection_and_crop(lite0, cached_model, photos, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cnnviz_cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    base = ["topk", str(photos), "--layer", LAYER, "--units", "0:2", "-k", "2", "--device", "cpu", "-q"]
+    res = runner.invoke(cli, [*base, "--figure", "f.png"])
+    assert res.exit_code == 0, res.output
+    assert "(2 units, guided projections and patches, cropped at the unit's activation" in res.stdout
+    assert "note: guided backprop in place of the deconvnet" in res.stdout
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    res = runner.invoke(cli, [*base, "--figure", "g.png", "--projection", "deconv", "--crop", "rf"])
+    assert res.exit_code == 0, res.output
+    assert "deconv projections and patches, RF 339 px" in res.stdout and "the deconvnet, as asked" in res.stdout
+    res = runner.invoke(cli, [*base, "--figure", "h.png", "--projection", "lrp"])
+    assert res.exit_code != 0 and "lrp" in res.output
