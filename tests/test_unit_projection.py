@@ -196,6 +196,7 @@ def test_evolution_on_lite0_projects_with_guided_backprop_and_says_so(lite0, pho
     check(fig, 7.0)
 
 
+@pytest.mark.slow
 def test_compare_defaults_leave_out_what_the_result_flags(lite0, cached_model, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -243,6 +244,7 @@ def test_lite0_figures_name_the_head_relu6_by_its_type(lite0, top, patches):
     assert "ReLU6" in text and "swish" not in text.lower()
 
 
+@pytest.mark.slow
 def test_the_topk_command_says_which_projection_and_crop(lite0, cached_model, photos, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
