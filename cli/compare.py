@@ -12,6 +12,9 @@ from .options import model_options, use
 from .output import figure_options
 
 
+DEFAULT_METHODS = "saliency,guided,deconv,gradcam,ig"
+
+
 def _methods(text: str) -> list[str]:
     from cnnviz.engines.gradients import METHODS
 
@@ -38,6 +41,10 @@ def register(cli) -> None:
     @click.argument("images", nargs=-1, required=True, type=click.Path())
     @model_options
     @use("methods", "target", "layer", "batch_size", "shared_scale", "device", "out", "out_dir", "save", cmd="compare",
+         methods={"default": None, "show_default": False,
+                  "help": f"Comma-separated: saliency, guided, deconv, gradcam, guided_gradcam, ig [default: "
+                          f"{DEFAULT_METHODS}, less any map that cnnviz flags as uninformative for the model, e.g. the "
+                          "deconvnet on a model without max pooling; named here, it is drawn, flagged]."},
          target={"help": "Class index or name [default: each image's top-1]."},
          shared_scale={"help": "One colour scale for all methods."},
          out={"help": "Figure file: .png, .pdf or .svg [default: IMAGE-STEM_compare.png here]; one image."},
@@ -52,7 +59,8 @@ def register(cli) -> None:
         from cnnviz.images import load_image
         from cnnviz.results import CompareResult, save_outputs
 
-        names = _methods(methods)
+        asked = methods is not None  # the defaults leave out what cnnviz flags as uninformative
+        names = _methods(methods if asked else DEFAULT_METHODS)
         if layer is not None and not any(m in CAM for m in names):
             raise click.BadParameter(f"{layer!r} is Grad-CAM's layer, but --methods has no gradcam or guided_gradcam; "
                                      "drop --layer", param_hint="--layer")
@@ -68,6 +76,11 @@ def register(cli) -> None:
         lm = _load(model_spec)
         results = [attribute(lm, pics, m, target=target, layer=layer if m in CAM else None, device=device,
                              batch_size=batch_size if m != "ig" else None) for m in names]
+        left_out = {}
+        if not asked:
+            left_out = {r.params["method"]: r.params["uninformative_reason"] for r in results
+                        if r.params.get("uninformative")}
+            results = [r for r in results if not r.params.get("uninformative")]
         import matplotlib.pyplot as plt
 
         from cnnviz_cli import output
@@ -77,6 +90,8 @@ def register(cli) -> None:
         for i, (f, path) in enumerate(zip(files, figures)):
             result = CompareResult.of(results, i, shared_scale=shared_scale)
             result.params["image_file"] = str(f)
+            if left_out:
+                result.params["left_out"] = left_out
             fig = result.render(**output.style())
             try:
                 make_folder(path)
@@ -85,6 +100,8 @@ def register(cli) -> None:
                 plt.close(fig)
             if len(files) > 1:
                 click.echo(f"{f}: compare for {results[0].target_names[i]} -> {path}")
+        for m, why in left_out.items():
+            click.echo(f"note: {m} left out of the default methods: {why}; name it in --methods to draw it anyway")
         for r in results:
             if r.params.get("uninformative"):
                 click.echo(f"note: uninformative {r.params['method']} map: {r.params['uninformative_reason']}")

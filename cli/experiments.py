@@ -151,13 +151,20 @@ def register(cli):
     @result_options("evolution_LAYER.png", progress="progress goes to RESULT.npz.partial meanwhile, and a rerun "
                                                      "resumes from it.")
     @click.option("--patches", is_flag=True, help="Show each activation's image patch beside its projection.")
+    @click.option("--projection", type=click.Choice(["auto", "deconv", "guided"]), default="auto", show_default=True,
+                  help="auto: the deconvnet, or guided backprop where cnnviz's check (at the first checkpoint) finds "
+                       "that the deconvnet's projections do not depend on the image; the figure says which.")
+    @click.option("--crop", type=click.Choice(["auto", "rf", "activation"]), default="auto", show_default=True,
+                  help="rf: the theoretical receptive field; activation: where the unit's upsampled map is >= half "
+                       "its peak; auto: rf where it fits in the image, else activation.")
     @use("quiet")
     @figure_options
     def evolution(args, model_spec, patterns, layer, units, input_size, batch_size, device, out, save, resume,
-                  patches, quiet):
+                  patches, projection, crop, quiet):
         """For each checkpoint (in training order), scan DATA (a folder, class folders or a CSV) for
-        the strongest activation of each unit of --layer and project it to pixels with the deconvnet,
-        as `cnnviz topk --figure` does with k = 1; draw one row per unit, one column per checkpoint.
+        the strongest activation of each unit of --layer and project it to pixels (the deconvnet, or
+        guided backprop where the deconvnet shows no image: --projection), as `cnnviz topk --figure`
+        does with k = 1; draw one row per unit, one column per checkpoint.
 
         \b
         Example:
@@ -201,7 +208,10 @@ def register(cli):
         result = run(lm, [str(p) for p in paths], data, layer, units=units, batch_size=batch_size, device=device,
                      progress=f"{save}.partial" if save else None, show_progress=False if quiet else None,
                      trust_checkpoint=model_spec["trust_checkpoint"], on_checkpoint=said, resume=resume,
-                     finish=lambda r: output.write(r, out, save, echo=False, patches=patches))
+                     finish=lambda r: output.write(r, out, save, echo=False, patches=patches),
+                     projection=projection, crop=crop)
+        if result.params.get("projection_note"):
+            click.echo(f"note: {result.params['projection_note']}")
         if result.params["resumed_checkpoints"]:
             click.echo(f"resumed after {result.params['resumed_checkpoints']} checkpoint(s) from {save}.partial")
         click.echo(output.wrote(out, save))

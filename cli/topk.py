@@ -35,16 +35,23 @@ def register(cli) -> None:
     @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(min=1),
                   help="Write progress every this many batches.")
     @click.option("--figure", "figure_path", default=None, type=click.Path(), metavar="FIG.png|pdf|svg",
-                  help="Draw Zeiler & Fergus Fig. 2: per unit, deconvnet projections of its top activations beside "
-                       "the image patches at its receptive field.")
+                  help="Draw Zeiler & Fergus Fig. 2: per unit, projections of its top activations beside the image "
+                       "patches at its receptive field (or where its map is high: --crop).")
     @click.option("--project/--no-project", default=True, show_default=True,
-                  help="With --figure: include the deconvnet projections (--no-project: patches only).")
+                  help="With --figure: include the projections (--no-project: patches only).")
+    @click.option("--projection", type=click.Choice(["auto", "deconv", "guided"]), default="auto", show_default=True,
+                  help="With --figure: the projection. auto: the deconvnet, or guided backprop where cnnviz's check "
+                       "finds that the deconvnet's projections do not depend on the image (a model without max "
+                       "pooling, e.g. EfficientNet-Lite); the caption says which.")
+    @click.option("--crop", type=click.Choice(["auto", "rf", "activation"]), default="auto", show_default=True,
+                  help="With --figure: the patch. rf: the theoretical receptive field; activation: where the unit's "
+                       "upsampled map is >= half its peak; auto: rf where it fits in the image, else activation.")
     @click.option("--figure-columns", default=None, type=click.IntRange(min=1), metavar="N",
                   help="With --figure: units per row [default: 4, or 6 without projections].")
     @use("quiet")
     @figure_options
     def topk(data, model_spec, layer, units, k, batch_size, workers, device, save, resume, checkpoint_every,
-             figure_path, project, figure_columns, quiet):
+             figure_path, project, projection, crop, figure_columns, quiet):
         """Stream the images in DATA (a folder, a folder of class folders, or a CSV with a `file`
         column) through the network and keep, for each unit of --layer, the k images with the
         largest activation (maximum over positions), with the position. Unreadable images are
@@ -108,7 +115,7 @@ def register(cli) -> None:
             if figure_path:
                 from cnnviz.engines.patches import unit_patches
 
-                patches = unit_patches(lm, result, project=project, device=device)
+                patches = unit_patches(lm, result, project=project, device=device, projection=projection, crop=crop)
                 fig = patches.render(None, columns=figure_columns, **style())
             try:  # the figure and the result land together, or neither does
                 save_outputs(result if save else None, save, fig, figure_path)
@@ -118,9 +125,13 @@ def register(cli) -> None:
             if save:
                 click.echo(f"wrote {save} (+ {sidecar_of(save).name})")
             if figure_path:
-                click.echo(f"wrote {figure_path} ({len(patches.units)} units, "
-                           f"{'projections and patches' if project else 'patches'}, "
-                           f"RF {patches.params['rf'][0]} px)")
+                pp = patches.params
+                what = f"{pp['projection']} projections and patches" if project else "patches"
+                crop_text = (f"RF {pp['rf'][0]} px" if pp["crop"] == "rf" else
+                             f"cropped at the unit's activation, RF {pp['rf'][0]} px exceeds the image")
+                click.echo(f"wrote {figure_path} ({len(patches.units)} units, {what}, {crop_text})")
+                if pp.get("projection_note"):
+                    click.echo(f"note: {pp['projection_note']}")
 
         scan(lm, data, layer, units=units, k=k, batch_size=batch_size, num_workers=workers, device=device,
              checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=False if quiet else None,

@@ -243,7 +243,7 @@ def load_result(path: str | os.PathLike) -> Result:
     except Exception as e:
         raise ResultError(f"cannot read {str(p)!r}: {e}") from None
     names = {f.name for f in dataclasses.fields(cls)}
-    missing = names - set(arrays) - {"params", "provenance", "original"}  # original: optional
+    missing = names - set(arrays) - {"params", "provenance", "original"} - set(getattr(cls, "optional_arrays", ()))
     if missing:
         raise ResultError(f"{str(p)!r} lacks arrays {sorted(missing)} for a {kind} result")
     S.check_arrays(arrays, cls.array_schema, repr(str(p)), kind)

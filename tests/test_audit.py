@@ -216,6 +216,11 @@ def test_units_selectivity_and_top_images_match_a_hook(lite0, result):
         np.testing.assert_allclose(result.unit_top_values[v], peak[want, u], rtol=1e-4)
         assert list(result.unit_top_classes[v]) == [CLASSES[i] for i in want]
     assert result.unit_patches.shape[:2] == (3, 2) and result.unit_patches.max() > 0
+    # _blocks.10's 339 px field exceeds the 224 px image: the patches are cut where the unit's map is
+    # high, photo to the edge, no light-gray fill of a field leaving the image
+    assert result.params["unit_crop"] == "activation" and "thresholded at 0.5" in result.params["unit_crop_rule"]
+    assert result.unit_patches.shape[2] == 224
+    assert not np.all(result.unit_patches[:, :, :8] == 220)
 
 
 def test_pointing_game_peak_of_a_plateau_is_its_centre():

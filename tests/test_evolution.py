@@ -123,6 +123,9 @@ def test_the_strongest_activation_per_checkpoint_equals_a_brute_force_forward(di
     change = np.abs(r.projections[0].astype(float) - r.projections[-1].astype(float)).mean(axis=(1, 2, 3))
     assert (change > 5).sum() >= 3, change
     assert r.params["rf"] == [8, 8] and r.projections.shape[2:4] == (8, 8)
+    # max pooling on the path: the deconvnet's projections follow the image, so they stay (ZF's Fig. 4),
+    # at the receptive field, which fits in the 16 px image
+    assert r.params["projection"] == "deconv" and not r.params["deconv_uninformative"] and r.params["crop"] == "rf"
     import figure_checks
 
     figure_checks.check(r.render(), 7.0)

@@ -41,7 +41,7 @@ import torch
 
 from .. import schema as S
 from ..errors import LayerError, ParameterError
-from ..layers import capture, default_feature_layer, resolve_layer
+from ..layers import capture, default_feature_layer, layer_name, resolve_layer
 from ..models import LoadedModel
 from ..results import Result, provenance
 from .common import model_on_device, resolve_device
@@ -322,9 +322,9 @@ def correspondence(lm: LoadedModel, images, parts, layers=None, draws: int = DEF
             p_value[pi, li] = float(np.mean(rand_delta[:, li] <= per_pair.mean() + 1e-12))
     delta[-1], spread[-1] = rand_delta.mean(0), rand_delta.std(0)
     names = [_image_key(im, i)[0] for i, im in enumerate(images)]
-    labels = [i.address for i in infos]
+    labels = [layer_name(i.address, i.type) for i in infos]
     if layers is None:
-        labels = [f"{infos[0].address} (last conv block)"] + ([f"{infos[1].address} (top features)"] if L > 1 else [])
+        labels = [f"{labels[0]} (last conv block)"] + ([f"{labels[1]} (top features)"] if L > 1 else [])
     params = {"parts": list(parts), "layers": [i.address for i in infos], "layer_labels": labels,
               "layer_shapes": [list(i.shape) for i in infos], "layer_sizes": sizes, "names": names, "draws": int(draws),
               "seed": int(seed), "fill": fill if isinstance(fill, str) else list(np.ravel(fill)),

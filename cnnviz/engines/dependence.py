@@ -29,8 +29,11 @@ def image_dependence(model, x, targets, layer, unit, fill, batch) -> tuple[list[
     """How much of the image reaches the deconvnet map: per image the Pearson correlation of its
     map with the map of a uniform image (`fill`, 3 x 1 x 1 normalized: the dataset mean, gray) sent
     back from the same signal (the same class; for a unit, the image's own seed at the unit's
-    layer), and the number of max-pool calls whose switches the backward pass followed."""
+    layer), and the number of max-pool calls whose switches the backward pass followed. `unit` is a
+    Unit, or a Target with one position per image (`Target.at_positions`, as the top-k patches
+    project each image's own activation)."""
     from .gradients import _unit_seed  # that module imports this one
+    from .targets import Target, seed as make_seed
 
     rs, switches = [], 0
     for i in range(0, len(x), batch):
@@ -52,7 +55,13 @@ def image_dependence(model, x, targets, layer, unit, fill, batch) -> tuple[list[
                     with contextlib.suppress(StopForward):
                         model(both)
                 act = store[layer.address]
-                s = _unit_seed(act[:m], unit)
+                if isinstance(unit, Target):
+                    t = unit
+                    if isinstance(t.where, torch.Tensor):
+                        t = Target.at_positions(t.channel, pad(t.where[i:i + batch]))
+                    s = make_seed(act[:m], t)
+                else:
+                    s = _unit_seed(act[:m], unit)
                 (g,) = torch.autograd.grad(act, both, grad_outputs=torch.cat([s, s]))
         switches = max(switches, mode.switches)
         maps = _deconv_map(g.detach())

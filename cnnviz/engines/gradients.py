@@ -337,7 +337,7 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         amap = m.to_map(attr)
     names = [lm.class_name(int(t)) for t in targets] if targets is not None else [unit_obj.describe()] * n
     params = {"method": method, "rule": m.rule if rule_map is None else "per-layer",
-              "layer": info.address if info else None,
+              "layer": info.address if info else None, "layer_type": info.type if info else None,
               "unit": unit_obj.describe() if unit_obj else None, "target_given": target is not None,
               "smooth": smooth, "noise": noise if smooth else None, "seed": seed if smooth else None,
               "smooth_mode": smooth_mode if smooth else None,

@@ -25,7 +25,7 @@ import torchvision.transforms.functional as TF
 
 from .. import schema as S
 from ..errors import LayerError, ParameterError
-from ..layers import LayerInfo, capture, resolve_layer, trace_layers
+from ..layers import LayerInfo, capture, layer_name, resolve_layer, trace_layers
 from ..models import LoadedModel
 from ..results import Result, provenance
 from .common import model_on_device, resolve_device
@@ -153,9 +153,9 @@ def invariance(lm: LoadedModel, images, transforms=("translate", "scale", "rotat
         value_table[r, :len(vals[kind])] = vals[kind]
     names = [str(getattr(im, "name", im)) if not isinstance(im, np.ndarray) else f"image {i}"
              for i, im in enumerate(images)]
-    labels = [i.address for i in infos]
+    labels = [layer_name(i.address, i.type) for i in infos]
     if layers is None:
-        labels = [f"{infos[0].address} (1st conv)", f"{infos[1].address} (top features)"]
+        labels = [f"{labels[0]} (1st conv)", f"{labels[1]} (top features)"]
     params = {"transforms": transforms, "layers": [i.address for i in infos], "layer_labels": labels, "layer_shapes": [list(i.shape) for i in infos],
               "classes": classes, "class_names": [lm.class_name(c) for c in classes], "target_given": target is not None,
               "names": [n.rsplit("/", 1)[-1] for n in names], "distance": "relative: ||f(Tx) - f(x)|| / ||f(x)||"}

@@ -161,7 +161,7 @@ def neighbours(lm: LoadedModel, queries, source, layer: str | None = None, k: in
             for j in range(k):
                 tiles[q, j] = _thumb(lm, lm.prepare(load_image(feats.root / files[idx[q, j]]))[1])[0]
         names = [Path(q).name if isinstance(q, (str, Path)) else f"query {i}" for i, q in enumerate(queries)]
-        p = {**feats.params, "layer": info.address, "layer_shape": list(info.shape), "metric": metric, "k": k,
+        p = {**feats.params, "layer": info.address, "layer_type": info.type, "layer_shape": list(info.shape), "metric": metric, "k": k,
              "query_names": names, "skipped": [f for f, _ in feats.skipped],
              "skipped_reasons": [w for _, w in feats.skipped]}
         if groups is not None:

@@ -144,7 +144,7 @@ def _fit(lm, feats, groups, used, folds, C, seed) -> ProbeResult:
         acc[li], conf[li] = fit_probe(feats.features[info.address][rows], y, len(names), folds, C, seed)
     recall = (np.diagonal(conf, axis1=1, axis2=2) / conf.sum(2).clip(min=1)).astype(np.float32)
     share = np.bincount(y, minlength=len(names)) / len(y)
-    p = {**feats.params, "layers": [i.address for i in feats.layers], "layer_shapes": [list(i.shape) for i in feats.layers],
+    p = {**feats.params, "layers": [i.address for i in feats.layers], "layer_types": [i.type for i in feats.layers], "layer_shapes": [list(i.shape) for i in feats.layers],
          "groups": names, "group_counts": [int(c) for c in np.bincount(y, minlength=len(names))], "grouping": used,
          "folds": folds, "C": C, "seed": seed, "chance": float(share.max()), "num_images": int(len(y)),
          "dropped_groups": dropped, "skipped": [f for f, _ in feats.skipped],

@@ -208,10 +208,10 @@ def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), se
         raise ParameterError(f"{lm.name} has no layers with parameters to randomize")
     position = {name: i for i, name in enumerate(layers)}
     plan = cascade_steps(layers, steps)
-    cam_layer = None
+    cam_layer = cam_type = None
     if any(m in _CAM for m in methods):
         info = resolve_layer(work, layer, x) if layer else default_feature_layer(work, x)
-        cam_layer = info.address
+        cam_layer, cam_type = info.address, info.type
 
     def maps_now(target) -> tuple[np.ndarray, object]:
         out, first = [], None
@@ -248,7 +248,7 @@ def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), se
                     for i in range(len(methods))], dtype=np.float32)
     step_names = ["original"] + [chunk[-1] for chunk in plan]
     params = {"seed": seed, "target": target, "target_name": lm.class_name(target),
-              "top1": int(r0.top1[0]), "layer": cam_layer, "steps_requested": steps,
+              "top1": int(r0.top1[0]), "layer": cam_layer, "layer_type": cam_type, "steps_requested": steps,
               "step_layers": [[]] + plan, "num_layers": len(layers), "cascade": "top-down, cumulative",
               "reinit": "reset_parameters (BatchNorm: affine and running statistics)",
               "correlation": "spearman of absolute values",

@@ -279,7 +279,7 @@ def _label(lm, info, top, feats, raw, groups, used, threshold, alpha, colour_iou
             ex_mask[slot // m, slot % m] = _resize(mask.astype(np.uint8) * 255, THUMB) > 127
 
     _unit_masks(lm, info, units, feats.root, files, wanted, peak, threshold, dev, keep)
-    params = {**feats.params, "layer": info.address, "layer_shape": list(info.shape), "k": int(k), "grouping": used,
+    params = {**feats.params, "layer": info.address, "layer_type": info.type, "layer_shape": list(info.shape), "k": int(k), "grouping": used,
               "groups": names_all, "group_shares": [float(s) for s in shares], "top_group": top_groups,
               "top_count": [int(c) for c in counts], "top_class": top_class, "top_labels": top_labels, "chance_purity": chance,
               "threshold": threshold, "alpha": alpha, "colour_iou": colour_iou, "colours": list(COLOURS),

@@ -220,7 +220,8 @@ def _units(result, figs) -> str:
                "the others. The class-selectivity index (Morcos et al. 2018) compares the unit's mean activation "
                "on its best class with the mean over the other classes: 0 means no preference, 1 means only one "
                "class. Each row shows one of the most selective units: the parts of its top images that it sees "
-               "(its receptive field at its strongest position), with each image's class.")
+               "(its receptive field at its strongest position, or, where the field is larger than the image, the "
+               "region where the unit's map is at least half its peak), with each image's class.")
     if not len(result.unit_index):
         body = ("<p>No layer was chosen: add <code>--layer L</code> (see <code>cnnviz layers</code>) for this "
                 "section.</p>")
@@ -233,7 +234,10 @@ def _units(result, figs) -> str:
                 f"{_num(float(np.nanmedian(si)) if np.isfinite(si).any() else None)}.</p>"
                 + _table(["unit", "selectivity index", "classes of its top images"], rows, {0, 1})
                 + figs.add("units", F.units_figure(result), "top patches of the most selective units",
-                           f"Top {result.unit_patches.shape[1]} images per unit, receptive field at the maximum."))
+                           f"Top {result.unit_patches.shape[1]} images per unit, "
+                           + ("receptive field at the maximum." if p.get("unit_crop", "rf") == "rf" else
+                              "cropped where the unit's upsampled map is at least half its peak (its receptive "
+                              "field exceeds the image).")))
     return _section("units", "4. Units", explain, body)
 
 

@@ -78,7 +78,7 @@ def activations_figure(result, top: int = 64, max_cols: int | None = None, width
         hi = lo + 1.0
     h, w = maps.shape[1:]
     titles = ["input"] + [f"ch {int(result.channels[j])}: {float(result.strength[j]):.3g}" for j in range(k)]
-    head = (f"Feature maps of {model_label(result.provenance, p)}, {layer_label(p['layer'])} "
+    head = (f"Feature maps of {model_label(result.provenance, p)}, {layer_label(p['layer'], p.get('layer_type'))} "
             f"({p['num_channels']}×{h}×{w}): "
             f"the {k} strongest by max activation, of {p['num_channels']}; shared colour scale"
             f"{', centred on 0' if signed else ''}; label: channel: its max activation")

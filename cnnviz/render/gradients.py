@@ -118,7 +118,7 @@ def _map_label(params: dict) -> str:
 def _where(params: dict) -> str:
     parts = []
     if params.get("layer"):
-        parts.append(f"layer {layer_label(params['layer'])}")
+        parts.append(f"layer {layer_label(params['layer'], params.get('layer_type'))}")
     if params.get("unit"):
         parts.append(str(params["unit"]))
     return ", ".join(parts)
@@ -300,12 +300,13 @@ def scale_groups(results: list) -> list[int]:
 
 
 def compare_figure(results: list, shared_scale: bool = False, index: int = 0, overlay: bool = False,
-                   clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layout: str = "row"):
+                   clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layout: str = "row",
+                   note: str | None = None):
     """The input crop, then one panel per result (method) for image `index` of each, in a figure
     `width` inches wide (wrapped to more rows where they do not fit side by side; "grid": about
     square). With `overlay`, each map also over the image, in the rows under the maps.
     `shared_scale`: maps of the same unit share a colour scale (`scale_groups`; the figure names
-    the groups); by default each has its own."""
+    the groups); by default each has its own. `note` ends the headline (e.g. the methods left out)."""
     results = list(results)
     if not results:
         raise ParameterError("compare_figure needs at least one result")
@@ -331,7 +332,7 @@ def compare_figure(results: list, shared_scale: bool = False, index: int = 0, ov
         bars += [False] * (k + 1)
     with plt.rc_context(RC):
         lay = Panels(len(titles), width, layout, titles=titles, groups=k + 1, min_panel=MIN_PANEL, colorbars=bars,
-                     head=_compare_title(results, groups, letters, clip))
+                     head=_compare_title(results, groups, letters, clip) + (f"; {note}" if note else ""))
         a = lay.axes[0]
         a.imshow(image, interpolation="nearest").set_gid("image")
         bare(a)

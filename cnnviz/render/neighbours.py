@@ -7,7 +7,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from .style import DEFAULT_WIDTH, RC, SUPTITLE_PT, bare, lines_of, model_label, short, wrap
+from .style import DEFAULT_WIDTH, RC, SUPTITLE_PT, bare, layer_name, lines_of, model_label, short, wrap
 
 SAME = (0.1, 0.6, 0.2)
 
@@ -20,7 +20,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     tile = (width - 0.1 - gap) / cols
     label_h = 0.36  # two 7 pt lines under each tile
     title = wrap(f"Nearest neighbours in feature space — {model_label(result.provenance, p)}", width - 0.1, SUPTITLE_PT)
-    what = wrap(f"{K} nearest by {p['metric']} distance of pooled {p['layer']} features, nearest first",
+    what = wrap(f"{K} nearest by {p['metric']} distance of pooled {layer_name(p['layer'], p.get('layer_type'))} features, nearest first",
                 width - 0.2 - tile, 7.0)
     head = 0.15 + 0.15 * lines_of(title) + 0.13 * lines_of(what) + 0.08
     note = None

@@ -51,7 +51,7 @@ def figure(result, occluder: tuple[int, int] | None = None, full_image: bool = F
     wy, wx = p["window"]
     ext = _extent(result)
     titles = [f"(a) input, {wy}×{wx} occluder drawn where p drops most",
-              f"(b) unoccluded feature map: {layer_label(p['layer'])}, channel {p['channel']}",
+              f"(b) unoccluded feature map: {layer_label(p['layer'], p.get('layer_type'))}, channel {p['channel']}",
               f"(c) total activation of channel {p['channel']} vs occluder centre",
               f"(d) p({p['target_name']}) vs occluder centre",
               "(e) most probable class vs occluder centre (legend: share of positions)"]

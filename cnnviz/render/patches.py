@@ -1,6 +1,8 @@
-"""Zeiler & Fergus 2014, Fig. 2: per unit, a block of deconvnet projections of its top activations
-beside a block of the image patches at the unit's receptive field; several units in a grid. Without
-projections only the patch blocks are drawn."""
+"""Zeiler & Fergus 2014, Fig. 2: per unit, a block of projections of its top activations (the
+deconvnet, or guided backprop where the deconvnet shows no image: `cnnviz.engines.patches`) beside a
+block of the image patches (at the unit's receptive field, or where its map is high); several units
+in a grid. Without projections only the patch blocks are drawn. The caption names the projection
+and the crop."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 from .style import DEFAULT_WIDTH, MIN_FONT, RC, Panels, layer_label, model_label
 
 GAP = 1  # pixels between tiles of a block (white)
+METHOD_LABELS = {"deconv": "deconvnet", "guided": "guided-backprop"}
 TILE = 64  # tiles are enlarged (nearest) to at least this many pixels a side
 
 
@@ -30,7 +33,12 @@ def _block(tiles: np.ndarray, present: np.ndarray, side: int, scale: int) -> np.
 
 
 def _outside(boxes: np.ndarray, p: dict) -> np.ndarray:
-    """k x r x r: which pixels of each tile lie outside the input crop (they show the fill)."""
+    """k x r x r: which pixels of each tile lie outside the input crop (they show the fill); none
+    for crops at the unit's activation, which lie inside the image."""
+    if p.get("crop", "rf") != "rf":
+        r = boxes.shape[0]
+        ty, tx = p.get("tile") or p["rf"]
+        return np.zeros((r, ty, tx), bool)
     h, w = p["input_size"]
     ry, rx = p["rf"]
     ys = boxes[:, 0, None] + np.arange(ry)[None]
@@ -81,10 +89,24 @@ def figure(result, columns: int | None = None, units=None, k: int = 9, contrast=
     r = result.patches.shape[2]
     scale = max(1, math.ceil(TILE / r))
     sep_frac = 0.06
-    what = ("deconvnet projection (left) and image patch (right)" if projected else "image patch")
-    head = (f"{model_label(result.provenance, p)}, {layer_label(p['layer'])}: top-{k} activations per unit, {what} "
-            f"at the unit's {p['rf'][0]}×{p['rf'][1]} px receptive field (light gray: outside the image"
-            f"{'; projections: mid-gray = 0, ' + _scale_note(contrast) if projected else ''})")
+    method = METHOD_LABELS.get(p.get("projection") or "deconv", str(p.get("projection")))
+    what = f"{method} projection (left) and image patch (right)" if projected else "image patch"
+    if p.get("crop", "rf") == "rf":
+        where = (f"at the unit's {p['rf'][0]}×{p['rf'][1]} px receptive field (light gray: outside the image"
+                 f"{'; projections: mid-gray = 0, ' + _scale_note(contrast) if projected else ''})")
+    else:
+        where = (f"cropped where the unit's upsampled map is ≥ {100 * float(p.get('crop_fraction') or 0.5):.0f} % "
+                 f"of its peak (its {p['rf'][0]} px receptive field exceeds the {p['input_size'][0]} px image)"
+                 f"{'; projections: mid-gray = 0, ' + _scale_note(contrast) if projected else ''}")
+    why = ""
+    if projected and p.get("projection") == "guided" and p.get("projection_asked") == "auto":
+        why = ". Guided backprop, not the deconvnet: the deconvnet's projections do not depend on the image here"
+        if (p.get("deconv_check") or {}).get("max_pool_switches") == 0:
+            why += " (no max-pool switches)"
+    elif projected and (p.get("deconv_check") or {}).get("uninformative"):
+        why = ". UNINFORMATIVE: the deconvnet's projections here do not depend on the image (asked for)"
+    head = (f"{model_label(result.provenance, p)}, {layer_label(p['layer'], p.get('layer_type'))}: top-{k} "
+            f"activations per unit, {what} {where}{why}")
     titles = []
     for u in chosen:
         top = result.values[u, 0]

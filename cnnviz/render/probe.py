@@ -7,12 +7,12 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import DEFAULT_WIDTH, RC, SEQUENTIAL, SUPTITLE_PT, lines_of, model_label, short, wrap
+from .style import DEFAULT_WIDTH, RC, SEQUENTIAL, SUPTITLE_PT, layer_name, lines_of, model_label, short, wrap
 
 
 def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     p = result.params
-    layers = list(p["layers"])
+    layers = [layer_name(a, t) for a, t in zip(p["layers"], p.get("layer_types") or [None] * len(p["layers"]))]
     L, G = result.recall.shape
     acc = result.fold_accuracy
     x = np.arange(L)
@@ -36,7 +36,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
         ax.plot(x, mean, "o-", color="C0", ms=3.5, lw=1.4, label=f"linear probe ({p['folds']}-fold, ±1 sd)")
         ax.axhline(p["chance"], color="0.4", ls="--", lw=1, label="chance (largest group)")
         ax.set_xticks(x)
-        ax.set_xticklabels([short(a, 12) for a in layers], rotation=40, ha="right", fontsize=7)
+        ax.set_xticklabels([short(a, 16) for a in layers], rotation=40, ha="right", fontsize=7)
         ax.set_ylim(0, 1)
         ax.set_ylabel("held-out accuracy")
         ax.grid(alpha=0.3)
@@ -48,7 +48,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
         ax.set_title(f"{p['num_images']} images, {G} {what}", fontsize=8)
         im = hm.imshow(result.recall.T, aspect="auto", cmap=SEQUENTIAL, vmin=0, vmax=1, interpolation="nearest")
         hm.set_xticks(x)
-        hm.set_xticklabels([short(a, 12) for a in layers], rotation=40, ha="right", fontsize=7)
+        hm.set_xticklabels([short(a, 16) for a in layers], rotation=40, ha="right", fontsize=7)
         hm.set_yticks(np.arange(G))
         hm.set_yticklabels([f"{short(g, 26)} ({c})" for g, c in zip(p["groups"], p["group_counts"])], fontsize=7)
         hm.set_title("held-out recall per group", fontsize=8)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .style import CATEGORICAL, DEFAULT_WIDTH, MIN_FONT, RC, check_layout, check_width, line_in, plt, short, wrap
+from .style import (CATEGORICAL, DEFAULT_WIDTH, MIN_FONT, RC, check_layout, check_width, layer_name, line_in, plt,
+                    short, wrap)
 
 
 def figure(result, max_labels: int | None = None, width: float = DEFAULT_WIDTH, layout: str = "row", **_):
@@ -15,7 +16,8 @@ def figure(result, max_labels: int | None = None, width: float = DEFAULT_WIDTH, 
     width = check_width(width)
     check_layout(layout)
     keep = np.flatnonzero(result.rf[:, 0] >= 0)
-    names = [str(result.layers[k]) for k in keep]
+    types = result.types if result.types is not None else [None] * len(result.layers)
+    names = [layer_name(str(result.layers[k]), types[k]) for k in keep]
     rf = result.rf[keep]
     stride = result.stride[keep]
     n = len(keep)

@@ -60,7 +60,7 @@ def figure(result, clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layo
     ccell = min(MAX_CELL, (W - label_w - right - (cols - 1) * GAP_C) / cols)
     title = wrap(f"Model-randomization sanity check (Adebayo et al. 2018): {model_label(result.provenance)}, "
                  f"{p.get('num_layers', '?')} layers with parameters in {s_count - 1} steps, seed {p.get('seed')}"
-                 + (f"; Grad-CAM at {layer_label(p['layer'])}" if p.get("layer") else ""), W - 0.1, SUPTITLE_PT)
+                 + (f"; Grad-CAM at {layer_label(p['layer'], p.get('layer_type'))}" if p.get("layer") else ""), W - 0.1, SUPTITLE_PT)
     block_w = s_count * cell + (s_count - 1) * GAP_C
     plot_title = wrap("cascading randomization from the top: each step also randomizes the layers down to the one "
                       "named", block_w, TEXT_PT)

@@ -10,7 +10,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import CATEGORICAL, DEFAULT_WIDTH, OTHER, RC, SUPTITLE_PT, bare, lines_of, model_label, short, wrap
+from .style import CATEGORICAL, DEFAULT_WIDTH, OTHER, RC, SUPTITLE_PT, bare, layer_name, lines_of, model_label, short, wrap
 
 
 def _shown(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -31,7 +31,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     per_row = 2 if width >= 5.5 else 1
     block_w = (width - 0.15) / per_row
     tile = min(0.85, (block_w - 0.15) / max(m, 1))
-    title = wrap(f"Unit semantics at {p['layer']} — {model_label(result.provenance, p)}", width - 0.1, SUPTITLE_PT)
+    title = wrap(f"Unit semantics at {layer_name(p['layer'], p.get('layer_type'))} — {model_label(result.provenance, p)}", width - 0.1, SUPTITLE_PT)
     head = 0.12 + 0.15 * lines_of(title) + 0.1
     chart_h, below = 1.55, 0.62  # a chart, and its tick labels and x label under it
     charts_h = chart_h + below if side else 3 * (chart_h + below) - 0.1

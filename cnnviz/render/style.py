@@ -338,8 +338,16 @@ def class_label(result, index: int) -> str:
     return f"class {index}"
 
 
-def layer_label(address) -> str:
-    """A layer address as people read it (see `cnnviz.layers.readable_name`)."""
+def layer_name(address, kind: str | None = None) -> str:
+    """A layer as figures list it: the address, an activation by its type (`cnnviz.layers.layer_name`)."""
+    from ..layers import layer_name as name
+
+    return name(str(address), kind)
+
+
+def layer_label(address, kind: str | None = None) -> str:
+    """A layer address as people read it, an activation named by its type `kind` where the
+    result recorded it (params["layer_type"]; see `cnnviz.layers.readable_name`)."""
     from ..layers import readable_name
 
-    return readable_name(str(address))
+    return readable_name(str(address), kind)

@@ -465,11 +465,12 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         unit_arrays = U.finish(lm, info, state, state["class_count"], ds.files, ds.root, idx, cls, options["units"],
                                dev)
         seconds["units"] = seconds.get("units", 0.0) + time.perf_counter() - t0
+    unit_crop = (unit_arrays.pop("crop", None), unit_arrays.pop("crop_kind", None))
     params = {
         "data": str(data) if not isinstance(data, (list, tuple)) else "list", "root": str(ds.root.resolve()),
         "label_source": ds.label_source, "has_labels": bool(known.any()), "num_files": len(ds.files),
         "num_images": n, "num_labelled": int(known.sum()), "methods": list(methods), "top1": top1, "top5": top5acc,
-        "ece": ece, "ece_bins": 15,
+        "ece": ece, "ece_bins": 15, "unit_crop": unit_crop[1], "unit_crop_rule": unit_crop[0],
         "confused": [{"true": t, "true_name": lm.class_name(t), "predicted": p, "predicted_name": lm.class_name(p),
                       "count": c} for t, p, c in pairs],
         "class_names": {str(int(k)): lm.class_name(int(k)) for k in set(seen.tolist()) | set(top5[:, 0].tolist())

@@ -71,7 +71,9 @@ def selectivity(class_sum: np.ndarray, class_count: np.ndarray) -> np.ndarray:
 def finish(lm, info, state: dict, class_count: np.ndarray, files: list[str], root, readable_index: np.ndarray,
            classes_of: np.ndarray, show: int, device) -> dict:
     """The arrays of the units section: the `show` most selective units, their top images (index
-    into the result's files, -1 empty), values, classes of those images and patches."""
+    into the result's files, -1 empty), values, classes of those images and patches (at the
+    receptive field, or where the unit's map is high when the field exceeds the image:
+    `cnnviz.engines.patches`); and "crop", "crop_kind": how the patches were cut (for params)."""
     from ..patches import unit_patches
 
     si = selectivity(from_fixed(state["unit_class_sum"], UNIT_BITS), class_count)
@@ -90,4 +92,5 @@ def finish(lm, info, state: dict, class_count: np.ndarray, files: list[str], roo
     top_classes = np.where(local >= 0, classes_of[np.maximum(local, 0)], -1)
     return {"unit_index": order.astype(np.int64), "unit_selectivity": si.astype(np.float32),
             "unit_top_files": local.astype(np.int64), "unit_top_values": topk.values.astype(np.float32),
-            "unit_top_classes": top_classes.astype(np.int64), "unit_patches": patches.patches}
+            "unit_top_classes": top_classes.astype(np.int64), "unit_patches": patches.patches,
+            "crop": patches.params["crop_rule"], "crop_kind": patches.params["crop"]}
