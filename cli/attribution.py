@@ -40,7 +40,7 @@ def one_image(result, i: int):
     from cnnviz.engines.dependence import UNINFORMATIVE_R
 
     p = dict(result.params)
-    for key in ("geometry", "gray_image_r", "image_files"):
+    for key in ("geometry", "gray_image_r", "image_files", "relevance_share", "relevance_score"):
         if isinstance(p.get(key), list) and len(p[key]) == len(result.map):
             p[key] = p[key][i:i + 1]
     if p.get("gray_image_r"):
@@ -52,6 +52,12 @@ def one_image(result, i: int):
     if result.original is not None:
         arrays["original"] = result.original[i:i + 1]
     return dataclasses.replace(result, params=p, **arrays)
+
+
+def _leak_warning():
+    from cnnviz.engines.lrp import RelevanceLeakWarning
+
+    return RelevanceLeakWarning
 
 
 def _refuse_shared_scale(shared_scale, figures) -> None:
@@ -90,7 +96,9 @@ def _gradient_command(cli, method: str, short: str, summary: str):
     def command(images, model_spec, target, device, out, out_dir, save, shared_scale, full_image, batch_size=None,
                 layer=None, unit=None, samples=None, noise=None, seed=None, smooth=None, steps=None, baseline=None,
                 internal_batch=None, rule=None):
-        from cnnviz.engines.gradients import attribute, check_options
+        import warnings
+
+        from cnnviz.engines.gradients import attribute, check_options, relevance_note
         from cnnviz.images import load_image
         from cnnviz_cli import output
 
@@ -107,7 +115,11 @@ def _gradient_command(cli, method: str, short: str, summary: str):
         _refuse_shared_scale(shared_scale, figures)
         pics = [load_image(p) for p in files]  # every file read before the model loads
         lm = _load(model_spec)
-        result = attribute(lm, pics, engine_now, device=device, **kw)
+        with warnings.catch_warnings():  # said below as one line, not as a Python warning
+            warnings.filterwarnings("ignore", category=_leak_warning())
+            result = attribute(lm, pics, engine_now, device=device, **kw)
+        note = relevance_note(result.params) if result.params.get("relevance_share") else None
+        per_image = [f"; {relevance_note(result.params, i, detail=False)}" if note else "" for i in range(len(files))]
         result.params["image_files"] = [str(p) for p in files]
         result.params["class_names"] = {str(int(t)): lm.class_name(int(t)) for t in result.top1}
         if isinstance(figures, Path):
@@ -120,10 +132,12 @@ def _gradient_command(cli, method: str, short: str, summary: str):
             for i, path in enumerate(figures):  # each line as its figure lands
                 make_folder(path)
                 output.write(one_image(result, i), path, echo=False, full_image=full_image)
-                click.echo(f"{files[i]}: {method} for {result.target_names[i]} -> {path}")
+                click.echo(f"{files[i]}: {method} for {result.target_names[i]} -> {path}{per_image[i]}")
         if isinstance(figures, Path):
-            for f, t in zip(files, result.target_names):
-                click.echo(f"{f}: {method} for {t}")
+            for f, t, more in zip(files, result.target_names, per_image):
+                click.echo(f"{f}: {method} for {t}{more}")
+        if note and min(result.params["relevance_share"]) < result.params["relevance_min_share"]:
+            click.echo(f"warning: {note}; the map's colour scale is not a decomposition of the score")
         if result.params.get("uninformative"):
             click.echo(f"note: uninformative map: {result.params['uninformative_reason']}")
         if result.params.get("layer_note"):

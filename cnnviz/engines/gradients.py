@@ -320,6 +320,8 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
             top1 = signal["top1"]
             if targets is None and unit_obj is None:
                 targets = top1
+        relevance = _relevance(model, x, signal, targets) if (
+            m.scale_unit == "relevance" and unit_obj is None and targets is not None) else None
         if method == "deconv" and rule_map is None:
             dependence = image_dependence(model, x, targets, info, unit_obj,
                                           lm.preprocessing.fill_value("mean").to(dev), _half_batch(batches))
@@ -355,6 +357,9 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         params.update(batches.record())
     if dependence is not None:
         params.update(_uninformative(lm.name, *dependence, unit=unit_obj is not None))
+    if relevance is not None:
+        params.update(relevance)
+        _warn_leak(method, params)
     return GradientResult(
         params=params, provenance=provenance(lm.identity(), str(dev)), image=pixels, original=stack_thumbnails(geos),
         attribution=attr.float().cpu().numpy(), map=amap.float().cpu().numpy(),
@@ -395,6 +400,72 @@ def _to_map(method: str, signal: torch.Tensor) -> torch.Tensor:
     return M.get(method).to_map(signal)
 
 
+def _relevance(model, x, signal, targets) -> dict:
+    """What an LRP result records of its conservation: each image's relevance at the input as a share
+    of its target score (`relevance_share`, attribution.sum() / score; under SmoothGrad, the mean
+    over the noisy copies over the clean image's score) and, from the pass's `Ledger`, the mean over
+    the images of the share entering and leaving each layer a rule acted on (`relevance_layers`,
+    from the output to the input; "lost" = entering - leaving, the share its bias and stabilizer
+    took)."""
+    from .lrp import MIN_SHARE
+
+    total = signal["input"].detach().double().flatten(1).sum(1)
+    score = signal.get("score")
+    if score is None:  # SmoothGrad: the clean images' scores
+        with torch.inference_mode():
+            out = torch.cat([model(pad(x[i:i + 32]))[:len(x[i:i + 32])].double() for i in range(0, len(x), 32)])
+        score = out[torch.arange(len(x)), targets.to(out.device)]
+    share = (total / score.to(total.device)).cpu()
+    out = {"relevance_share": [_sig(v) for v in share], "relevance_min_share": MIN_SHARE,
+           "relevance_score": [_sig(v) for v in score.cpu()]}
+    layers = signal.get("relevance_layers")
+    if layers is not None and signal.get("relevance_rows"):
+        mean = layers.double().mean(0).cpu()
+        out["relevance_layers"] = [
+            {"layer": name, "kind": kind, "in": _sig(a), "out": _sig(b), "lost": _sig(a - b)}
+            for (name, kind), (a, b) in zip(signal["relevance_rows"][0], mean.tolist())]
+    return out
+
+
+def _sig(v) -> float:
+    return float(f"{float(v):.7g}")
+
+
+def relevance_note(params: dict, i: int | None = None, detail: bool = True) -> str | None:
+    """One line on an LRP result's conservation (all images, or image i): the share of the target
+    score that reaches the input and (`detail`), where it falls short, the layer that took the most
+    (from the table's mean over the images)."""
+    shares = params.get("relevance_share")
+    if not shares:
+        return None
+    vals = shares if i is None else shares[i:i + 1]
+    pct = ", ".join(f"{100 * v:.3g} %" for v in vals)
+    text = f"relevance reaching the input: {pct} of the target score"
+    low = min(vals) < params.get("relevance_min_share", 0.5)
+    if not detail:
+        return text + (f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %)" if low else "")
+    rows = params.get("relevance_layers") or []
+    if low and rows:
+        worst = max(rows, key=lambda r: r["lost"])
+        text += (f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %: the layers' biases and stabilizers "
+                 f"took the rest; the largest loss at {worst['layer'] or 'the model'} ({worst['kind']}), "
+                 f"{100 * worst['lost']:.3g} % of the score)")
+    elif low:
+        text += f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %)"
+    return text
+
+
+def _warn_leak(method: str, params: dict) -> None:
+    import warnings
+
+    from .lrp import RelevanceLeakWarning
+
+    if min(params["relevance_share"]) < params["relevance_min_share"]:
+        warnings.warn(f"{method}: {relevance_note(params)}; the map's values are not a decomposition of the score "
+                      "(params['relevance_layers'] has the share entering and leaving each layer)",
+                      RelevanceLeakWarning, stacklevel=3)
+
+
 def _half_batch(batches: Batches) -> int:
     """The deconvnet's image-dependence check sends each image together with a gray one: half the
     batch size of the main pass, rounded down to full groups (at least one group)."""
@@ -411,4 +482,5 @@ def _run(model, m: M.Method, x, target: Target, info, batches, extra):
         out = m.compute(model, pad(x[lo:hi]), tb, info, **extra)
         for key, v in out.items():
             parts.setdefault(key, []).append(None if v is None else v[:k])
-    return {key: None if any(v is None for v in vs) else torch.cat(vs) for key, vs in parts.items()}
+    return {key: None if any(v is None for v in vs) else torch.cat(vs) if isinstance(vs[0], torch.Tensor)
+            else [a for v in vs for a in v] for key, vs in parts.items()}

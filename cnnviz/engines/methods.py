@@ -151,11 +151,18 @@ def _ig(model, x, target, layer=None, *, baseline, steps, smooth, noise, gen, in
 
 def _lrp(name):
     def compute(model, x, target, layer=None, rules=None):
-        from .lrp import lrp_rule
+        from .lrp import Ledger, lrp_rule, share_table
 
-        t = Target.of_class(target.classes, value="score") if target.is_class else target
-        g, top1 = signal_at_input(model, x, t, rules if rules is not None else lrp_rule(name), layer)
-        return {"input": g, "top1": top1}
+        rule = rules if rules is not None else lrp_rule(name)
+        if not target.is_class:
+            g, top1 = signal_at_input(model, x, target, rule, layer)
+            return {"input": g, "top1": top1}
+        t = Target.of_class(target.classes, value="score")
+        with Ledger(model) as led:  # the relevance entering and leaving each layer, as a share of the score
+            g, top1 = signal_at_input(model, x, t, rule, layer)
+        score, rows, shares = share_table(led, target.classes if target.classes is not None else top1)
+        return {"input": g, "top1": top1, "score": score, "relevance_rows": [rows] * len(x),
+                "relevance_layers": shares}
     return compute
 
 
