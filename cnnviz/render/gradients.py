@@ -284,6 +284,13 @@ def _suptitle(result, shared_scale: bool, clip) -> str:
                     + (f" (most at {worst['layer']})" if worst else ""))
     if p.get("method") == "ig":
         bits.append(f"{p.get('ig_steps')} steps, {p.get('baseline')} baseline")
+    if p.get("method") == "scorecam" and p.get("layer_channels"):
+        used, total = p.get("channels_used"), p["layer_channels"]
+        bits.append(f"APPROXIMATE: only the {used} of {total} channels with the largest "
+                    f"{p.get('channel_measure') or 'spatial mean'} activation" if used < total else
+                    f"all {total} channels")
+    if p.get("method") == "rise" and p.get("masks"):
+        bits.append(f"{p['masks']} random masks")
     if p.get("smooth"):
         bits.append(f"noise {p.get('noise')}")
     scale = "one colour scale for all images" if shared_scale else "colour scale per image"
