@@ -229,14 +229,14 @@ def register(cli) -> None:
     (--layer).""" + IMAGES_NOTE)
     _gradient_command(cli, "scorecam", "Score-CAM heat map of a class (no gradients).", """Score-CAM (Wang et al. 2020): each feature
     map of --layer, upsampled and scaled to [0, 1], masks the image; its weight is the class
-    probability of that masked image. One forward pass per channel, 32 to a batch (minutes on a
+    probability of that masked image. One forward pass per channel, 16 to a batch (minutes on a
     CPU for a 1280-channel layer; a progress bar after one second); --max-channels N keeps only
     the N channels with the largest spatial mean activation, an approximation the figure
     states.""" + IMAGES_NOTE)
     _gradient_command(cli, "rise", "RISE saliency of a class (black box).", """RISE (Petsiuk et al. 2018): --masks random masks
     (default 2000; 7x7 cells, each kept with probability 0.5, upsampled and shifted) weighted by
     the class probability of the masked image; needs no gradients and no layer. One forward pass
-    per mask, 32 to a batch (a progress bar after one second); fewer masks, a noisier
+    per mask, 16 to a batch (a progress bar after one second); fewer masks, a noisier
     map.""" + IMAGES_NOTE)
     _gradient_command(cli, "lrp", "Layer-wise relevance propagation (signed map).", """Layer-wise relevance
     propagation (Bach et al. 2015): the class score sent back layer by layer, each convolution and

@@ -16,7 +16,8 @@ input's (N x H x W); each also returns the top-1 classes of the unchanged images
   scaled to [0, 1], masks the input (in normalized space, so masked pixels become the dataset
   mean); its weight is the softmax probability of the class for that masked input (as the
   authors' code); map ReLU(sum_k w_k A_k). One forward pass per channel, SCORECAM_BATCH masked
-  copies per pass (pytorch-grad-cam's ScoreCAM: 16). `max_channels=k`: an approximation that
+  copies per pass (16, as pytorch-grad-cam's ScoreCAM), in the channels_last layout where the
+  model takes it (`common.batch_memory_format`: 1.6x faster on EfficientNet-Lite0 on a CPU). `max_channels=k`: an approximation that
   keeps, per image, only the k channels with the largest spatial mean activation (the channels
   that weigh most in sum_k w_k A_k, since every weight is in [0, 1]); the others get no pass and no
   place in the sum. With k = all channels it is Score-CAM itself.
@@ -38,11 +39,14 @@ import torch.nn.functional as F
 
 from ..errors import ParameterError
 from ..layers import LayerInfo, record
+from .common import batch_memory_format
 from .targets import Target, seed
 
 EPS = 1e-7
-SCORECAM_BATCH = 32  # masked copies per forward pass
-RISE_BATCH = 32
+# masked copies per forward pass: pytorch-grad-cam's ScoreCAM default. On a CPU (EfficientNet-Lite0,
+# channels_last, 2 cores) 8 and 16 run at the same speed per copy and 32 is 1.7x slower per copy
+SCORECAM_BATCH = 16
+RISE_BATCH = 16
 DEFAULT_MASKS = 2000
 MAX_MASKS = 100_000  # 50 times the default: hours on a CPU
 CHANNEL_MEASURE = "spatial mean"  # how max_channels ranks a layer's channels
@@ -121,6 +125,7 @@ def score_cam(model, x, targets, layer, batch: int = SCORECAM_BATCH, max_channel
     top1 = out.argmax(1)
     targets = top1 if targets is None else targets
     cams = []
+    layout = batch_memory_format(model, x[:1])
     with torch.inference_mode():
         for i in range(len(x)):
             keep = top_channels(act[i], max_channels)
@@ -132,7 +137,8 @@ def score_cam(model, x, targets, layer, batch: int = SCORECAM_BATCH, max_channel
                 lo_v, hi_v = flat.amin(1)[:, None, None, None], flat.amax(1)[:, None, None, None]
                 span = hi_v - lo_v
                 masks = (up - lo_v) / torch.where(span > EPS, span, torch.ones_like(span))  # flat maps: all zero
-                p = torch.softmax(model(x[i:i + 1] * masks).float(), dim=1)[:, int(targets[i])]
+                p = torch.softmax(model((x[i:i + 1] * masks).contiguous(memory_format=layout)).float(),
+                                  dim=1)[:, int(targets[i])]
                 weights.append(p)
                 if bar is not None:
                     bar.update(len(a))
@@ -174,11 +180,13 @@ def rise(model, x, targets, masks: int = DEFAULT_MASKS, grid: int = 7, p: float 
     targets = top1 if targets is None else targets
     m = RiseMasks(masks, tuple(x.shape[2:]), grid, p, seed, x.device)
     acc = torch.zeros(len(x), *x.shape[2:], device=x.device)
+    layout = batch_memory_format(model, x[:1])
     with torch.inference_mode():
         for a in range(0, masks, batch):  # each slice of masks is made once and serves every image
             mk = m[a:a + batch]
             for i in range(len(x)):
-                probs = torch.softmax(model(x[i:i + 1] * mk[:, None]).float(), dim=1)[:, int(targets[i])]
+                copies = (x[i:i + 1] * mk[:, None]).contiguous(memory_format=layout)
+                probs = torch.softmax(model(copies).float(), dim=1)[:, int(targets[i])]
                 acc[i] += (probs[:, None, None] * mk).sum(0)
                 if bar is not None:
                     bar.update(len(mk))
