@@ -233,8 +233,8 @@ def register(cli) -> None:
     CPU for a 1280-channel layer; a progress bar after one second); --max-channels N keeps only
     the N channels with the largest spatial mean activation, an approximation the figure
     states.""" + IMAGES_NOTE)
-    _gradient_command(cli, "rise", "RISE saliency of a class (black box).", """RISE (Petsiuk et al. 2018): --masks random masks
-    (default 2000; 7x7 cells, each kept with probability 0.5, upsampled and shifted) weighted by
+    _gradient_command(cli, "rise", "RISE saliency of a class (black box).", """RISE (Petsiuk et al. 2018): --masks
+    random masks (default 2000; 7x7 cells, each kept with probability 0.5, upsampled and shifted) weighted by
     the class probability of the masked image; needs no gradients and no layer. One forward pass
     per mask, 16 to a batch (a progress bar after one second); fewer masks, a noisier
     map.""" + IMAGES_NOTE)

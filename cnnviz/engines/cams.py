@@ -17,10 +17,10 @@ input's (N x H x W); each also returns the top-1 classes of the unchanged images
   mean); its weight is the softmax probability of the class for that masked input (as the
   authors' code); map ReLU(sum_k w_k A_k). One forward pass per channel, SCORECAM_BATCH masked
   copies per pass (16, as pytorch-grad-cam's ScoreCAM), in the channels_last layout where the
-  model takes it (`common.batch_memory_format`: 1.6x faster on EfficientNet-Lite0 on a CPU). `max_channels=k`: an approximation that
-  keeps, per image, only the k channels with the largest spatial mean activation (the channels
-  that weigh most in sum_k w_k A_k, since every weight is in [0, 1]); the others get no pass and no
-  place in the sum. With k = all channels it is Score-CAM itself.
+  model takes it (`common.batch_memory_format`: 1.6x faster on EfficientNet-Lite0 on a CPU).
+  `max_channels=k`: an approximation that keeps, per image, only the k channels with the largest
+  spatial mean activation (the channels that weigh most in sum_k w_k A_k, since every weight is in
+  [0, 1]); the others get no pass and no place in the sum. With k = all channels it is Score-CAM.
 - RISE (Petsiuk et al., BMVC 2018, eq. 5-6): M random binary grids of s x s cells, each cell kept
   with probability p, bilinearly upsampled to (s + 1) cells of the input and cropped at a random
   shift; saliency = sum_i P(class | x * mask_i) mask_i / (M p). Black box: no gradients, no layer.
@@ -59,8 +59,8 @@ def _whole(value) -> bool:
 
 def check_masks(masks) -> int:
     if not _whole(masks) or not 1 <= masks <= MAX_MASKS:
-        raise ParameterError(f"masks (--masks) {masks!r}: RISE takes a whole number of random masks from 1 to {MAX_MASKS} "
-                             f"(default {DEFAULT_MASKS}; fewer is faster and noisier)")
+        raise ParameterError(f"masks (--masks) {masks!r}: RISE takes a whole number of random masks from 1 to "
+                             f"{MAX_MASKS} (default {DEFAULT_MASKS}; fewer is faster and noisier)")
     return int(masks)
 
 
@@ -69,11 +69,11 @@ def check_max_channels(k, channels: int | None = None, layer: str | None = None)
     if k is None:
         return None
     if not _whole(k) or k < 1:
-        raise ParameterError(f"max_channels (--max-channels) {k!r}: Score-CAM takes a whole number of channels >= 1 (the ones with "
-                             "the largest spatial mean activation), or leave it out for every channel")
+        raise ParameterError(f"max_channels (--max-channels) {k!r}: Score-CAM takes a whole number of channels >= 1 "
+                             "(the ones with the largest spatial mean activation), or leave it out for every channel")
     if channels is not None and k > channels:
-        raise ParameterError(f"max_channels (--max-channels) {k} is more than layer {layer!r} has ({channels} channels); give "
-                             f"1..{channels}, or leave it out for every channel")
+        raise ParameterError(f"max_channels (--max-channels) {k} is more than layer {layer!r} has ({channels} "
+                             f"channels); give 1..{channels}, or leave it out for every channel")
     return int(k)
 
 

@@ -77,7 +77,8 @@ def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "pos")
         warnings.simplefilter("ignore")
         from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, delay=0 if enabled else PROGRESS_DELAY, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, delay=0 if enabled else PROGRESS_DELAY, leave=False,
+                dynamic_ncols=True)
 
 
 def default_batch_size(device: torch.device) -> int:
