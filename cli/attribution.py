@@ -40,7 +40,7 @@ def one_image(result, i: int):
     from cnnviz.engines.dependence import UNINFORMATIVE_R
 
     p = dict(result.params)
-    for key in ("geometry", "gray_image_r", "image_files"):
+    for key in ("geometry", "gray_image_r", "image_files", "relevance_share", "relevance_score"):
         if isinstance(p.get(key), list) and len(p[key]) == len(result.map):
             p[key] = p[key][i:i + 1]
     if p.get("gray_image_r"):
@@ -52,6 +52,12 @@ def one_image(result, i: int):
     if result.original is not None:
         arrays["original"] = result.original[i:i + 1]
     return dataclasses.replace(result, params=p, **arrays)
+
+
+def _leak_warning():
+    from cnnviz.engines.lrp import RelevanceLeakWarning
+
+    return RelevanceLeakWarning
 
 
 def _refuse_shared_scale(shared_scale, figures) -> None:
@@ -89,8 +95,10 @@ def _gradient_command(cli, method: str, short: str, summary: str):
 
     def command(images, model_spec, target, device, out, out_dir, save, shared_scale, full_image, batch_size=None,
                 layer=None, unit=None, samples=None, noise=None, seed=None, smooth=None, steps=None, baseline=None,
-                internal_batch=None, rule=None):
-        from cnnviz.engines.gradients import attribute, check_options
+                internal_batch=None, rule=None, masks=None, max_channels=None, quiet=False):
+        import warnings
+
+        from cnnviz.engines.gradients import attribute, check_options, relevance_note
         from cnnviz.images import load_image
         from cnnviz_cli import output
 
@@ -101,13 +109,23 @@ def _gradient_command(cli, method: str, short: str, summary: str):
             kw.update(ig_steps=steps, baseline=baseline, ig_internal_batch=internal_batch)
         else:
             kw.update(batch_size=batch_size)
+        if engine == "rise":
+            kw.update(masks=masks)
+        if engine == "scorecam":
+            kw.update(max_channels=max_channels)
         check_options(engine_now, **kw)
+        if engine in ("rise", "scorecam"):
+            kw.update(progress=False if quiet else None)
         files = expand_images(images)
         figures = plan_figures(files, out, out_dir, save, method)
         _refuse_shared_scale(shared_scale, figures)
         pics = [load_image(p) for p in files]  # every file read before the model loads
         lm = _load(model_spec)
-        result = attribute(lm, pics, engine_now, device=device, **kw)
+        with warnings.catch_warnings():  # said below as one line, not as a Python warning
+            warnings.filterwarnings("ignore", category=_leak_warning())
+            result = attribute(lm, pics, engine_now, device=device, **kw)
+        note = relevance_note(result.params) if result.params.get("relevance_share") else None
+        per_image = [f"; {relevance_note(result.params, i, detail=False)}" if note else "" for i in range(len(files))]
         result.params["image_files"] = [str(p) for p in files]
         result.params["class_names"] = {str(int(t)): lm.class_name(int(t)) for t in result.top1}
         if isinstance(figures, Path):
@@ -120,10 +138,12 @@ def _gradient_command(cli, method: str, short: str, summary: str):
             for i, path in enumerate(figures):  # each line as its figure lands
                 make_folder(path)
                 output.write(one_image(result, i), path, echo=False, full_image=full_image)
-                click.echo(f"{files[i]}: {method} for {result.target_names[i]} -> {path}")
+                click.echo(f"{files[i]}: {method} for {result.target_names[i]} -> {path}{per_image[i]}")
         if isinstance(figures, Path):
-            for f, t in zip(files, result.target_names):
-                click.echo(f"{f}: {method} for {t}")
+            for f, t, more in zip(files, result.target_names, per_image):
+                click.echo(f"{f}: {method} for {t}{more}")
+        if note and min(result.params["relevance_share"]) < result.params["relevance_min_share"]:
+            click.echo(f"warning: {note}; the map's colour scale is not a decomposition of the score")
         if result.params.get("uninformative"):
             click.echo(f"note: uninformative map: {result.params['uninformative_reason']}")
         if result.params.get("layer_note"):
@@ -147,9 +167,15 @@ def _gradient_command(cli, method: str, short: str, summary: str):
         names += ["steps", "baseline", "internal_batch"]
     if smooths:
         names += ["samples", "noise", "seed"] + (["smooth"] if engine != "ig" else [])
+    if engine == "rise":
+        names += ["masks"]
+    if engine == "scorecam":
+        names += ["max_channels"]
     if engine != "ig":
         names += ["batch_size"]
     names += ["shared_scale", "full_image", "device", "out", "out_dir", "save"]
+    if engine in ("rise", "scorecam"):
+        names += ["quiet"]
     overrides = dict(layer_help)
     if always:
         overrides.update(
@@ -203,12 +229,15 @@ def register(cli) -> None:
     (--layer).""" + IMAGES_NOTE)
     _gradient_command(cli, "scorecam", "Score-CAM heat map of a class (no gradients).", """Score-CAM (Wang et al. 2020): each feature
     map of --layer, upsampled and scaled to [0, 1], masks the image; its weight is the class
-    probability of that masked image. One forward pass per channel (seconds on a CPU for
-    1000-channel layers).""" + IMAGES_NOTE)
-    _gradient_command(cli, "rise", "RISE saliency of a class (black box).", """RISE (Petsiuk et al. 2018): 2000 random masks
-    (7x7 cells, each kept with probability 0.5, upsampled and shifted) weighted by the class
-    probability of the masked image; needs no gradients and no layer. 2000 forward passes per
-    image.""" + IMAGES_NOTE)
+    probability of that masked image. One forward pass per channel, 16 to a batch (minutes on a
+    CPU for a 1280-channel layer; a progress bar after one second); --max-channels N keeps only
+    the N channels with the largest spatial mean activation, an approximation the figure
+    states.""" + IMAGES_NOTE)
+    _gradient_command(cli, "rise", "RISE saliency of a class (black box).", """RISE (Petsiuk et al. 2018): --masks
+    random masks (default 2000; 7x7 cells, each kept with probability 0.5, upsampled and shifted) weighted by
+    the class probability of the masked image; needs no gradients and no layer. One forward pass
+    per mask, 16 to a batch (a progress bar after one second); fewer masks, a noisier
+    map.""" + IMAGES_NOTE)
     _gradient_command(cli, "lrp", "Layer-wise relevance propagation (signed map).", """Layer-wise relevance
     propagation (Bach et al. 2015): the class score sent back layer by layer, each convolution and
     linear layer splitting its output's relevance among its inputs by --rule; batch norms folded into

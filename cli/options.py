@@ -128,6 +128,12 @@ OPTIONS: dict[str, Option] = {
                        help="Images (SmoothGrad: noisy copies) per forward + backward pass [default: chosen by "
                             "timing the first batches at 4, 8, 16... (16, 32... on a GPU), within free memory]. "
                             "Results do not depend on it on a CPU."),
+    "masks": _opt("--masks", default=None, type=int, metavar="N",
+                  help="RISE: random masks per image [default: 2000; at most 100000]. Fewer: faster, noisier."),
+    "max_channels": _opt("--max-channels", default=None, type=int, metavar="N",
+                         help="Score-CAM over only the N channels of --layer with the largest spatial mean "
+                              "activation (an approximation: one masked pass per channel kept) [default: every "
+                              "channel]."),
     "shared_scale": _opt("--shared-scale", is_flag=True, help="One colour scale for all images."),
     "full_image": _opt("--full-image", is_flag=True,
                        help="Draw on the whole original photos: the model's crop dashed, the rest hatched "

@@ -176,3 +176,132 @@ def test_attribute_serves_each_method_as_the_engine_computes_it(method, direct, 
     fig = r.render()
     assert any(t.get_text().startswith({"gradcampp": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
                                         "rise": "RISE"}[method]) for t in fig.texts + [a.title for a in fig.axes])
+
+
+# -- Score-CAM's max_channels, RISE's masks, progress ----------------------------------------------
+
+class _Count:
+    """A stand-in progress bar that adds up what the engine reports done (the work it ran)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def update(self, k):
+        self.n += k
+
+
+def _wide(seed=0):
+    """conv -> ReLU -> [A: 12 channels] -> ReLU -> pool -> linear."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5)).eval()
+
+
+def _score_cam_by_hand(model, x, c, channels):
+    """Score-CAM over exactly `channels` of layer "2" of `_wide`, one masked pass each."""
+    a = model[:3](x).detach()[0]
+    out = torch.zeros(a.shape[1:])
+    for k in channels:
+        up = torch.nn.functional.interpolate(a[k][None, None], size=x.shape[2:], mode="bilinear",
+                                             align_corners=False)[0, 0]
+        mask = (up - up.min()) / (up.max() - up.min()) if up.max() > up.min() else torch.zeros_like(up)
+        with torch.no_grad():
+            out += torch.softmax(model(x * mask), 1)[0, c] * a[k]
+    return torch.relu(out)
+
+
+def test_score_cam_max_channels_is_score_cam_over_the_channels_of_largest_mean():
+    """k = every channel: Score-CAM itself; k < all: Score-CAM over exactly the k channels whose
+    spatial mean is largest (ranked here with numpy), one masked pass each and no more."""
+    model = _wide(3)
+    x = torch.randn(1, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    layer = resolve_layer(model, "2", x)
+    a = model[:3](x).detach()[0]
+    full_bar, full_k_bar = _Count(), _Count()
+    full, _ = score_cam(model, x, torch.tensor([2]), layer, batch=5, bar=full_bar)
+    all_k, _ = score_cam(model, x, torch.tensor([2]), layer, batch=5, max_channels=12, bar=full_k_bar)
+    torch.testing.assert_close(all_k, full)
+    torch.testing.assert_close(full[0], _score_cam_by_hand(model, x, 2, range(12)))
+    assert full_bar.n == full_k_bar.n == 12
+    means = a.numpy().reshape(12, -1).mean(1)
+    for k in (1, 4, 7):
+        bar = _Count()
+        got, _ = score_cam(model, x, torch.tensor([2]), layer, batch=3, max_channels=k, bar=bar)
+        chosen = sorted(np.argsort(-means)[:k].tolist())
+        torch.testing.assert_close(got[0], _score_cam_by_hand(model, x, 2, chosen))
+        assert bar.n == k  # the work: one masked copy per channel kept
+        assert not torch.allclose(got, full)  # an approximation, and a different map
+
+
+def test_attribute_takes_max_channels_and_masks_and_records_them():
+    import cnnviz
+    from cnnviz.models import LoadedModel, Preprocessing
+
+    model = _wide(4)
+    lm = LoadedModel(model, "wide", "random", Preprocessing(crop=(16, 16), resize=18), list("abcde"))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    r = cnnviz.attribute(lm, x, "scorecam", layer="2", max_channels=5, target=1, progress=False)
+    assert (r.params["max_channels"], r.params["channels_used"], r.params["layer_channels"],
+            r.params["channel_measure"]) == (5, 5, 12, "spatial mean")
+    for i in range(2):
+        means = model[:3](x[i:i + 1]).detach()[0].numpy().reshape(12, -1).mean(1)
+        cam = _score_cam_by_hand(model, x[i:i + 1], 1, sorted(np.argsort(-means)[:5].tolist()))
+        up = torch.nn.functional.interpolate(cam[None, None], size=(16, 16), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(torch.from_numpy(r.map[i]), up[0, 0], rtol=1e-4, atol=1e-6)
+    assert "5 of 12 channels" in r.render()._suptitle.get_text()
+    full = cnnviz.attribute(lm, x, "scorecam", layer="2", target=1, progress=False)
+    assert full.params["channels_used"] == 12 and full.params["channel_measure"] is None
+    r50 = cnnviz.attribute(lm, x[:1], "rise", masks=50, target=1, progress=False)
+    expected, _ = rise(model, x[:1], torch.tensor([1]), masks=50)
+    torch.testing.assert_close(torch.from_numpy(r50.map), expected, rtol=1e-5, atol=1e-7)
+    r80 = cnnviz.attribute(lm, x[:1], "rise", masks=80, target=1, progress=False)
+    assert r50.params["masks"] == 50 and r80.params["masks"] == 80
+    assert not np.allclose(r50.map, r80.map)
+    assert "50 random masks" in r50.render()._suptitle.get_text()
+
+
+@pytest.mark.parametrize("method, kwargs, fragment", [
+    ("rise", {"masks": 0}, "masks (--masks) 0"), ("rise", {"masks": -5}, "masks (--masks) -5"),
+    ("rise", {"masks": 100_001}, "masks (--masks) 100001"), ("rise", {"masks": 2.5}, "2.5"),
+    ("scorecam", {"max_channels": 0}, "max_channels (--max-channels) 0"),
+    ("scorecam", {"max_channels": -1}, "max_channels (--max-channels) -1"),
+    ("scorecam", {"max_channels": 13}, "13 is more than layer '2' has (12 channels)"),
+    ("scorecam", {"masks": 10}, "used only by rise"), ("rise", {"max_channels": 3}, "used only by scorecam"),
+    ("gradcam", {"max_channels": 3}, "used only by scorecam")])
+def test_bad_masks_and_max_channels_are_one_line_errors(method, kwargs, fragment):
+    import cnnviz
+    from cnnviz.errors import ParameterError
+    from cnnviz.models import LoadedModel, Preprocessing
+
+    lm = LoadedModel(_wide(), "wide", "random", Preprocessing(crop=(16, 16), resize=18), list("abcde"))
+    layer = {"layer": "2"} if method != "rise" else {}
+    with pytest.raises(ParameterError) as e:
+        cnnviz.attribute(lm, torch.randn(1, 3, 16, 16), method, progress=False, **layer, **kwargs)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("command, flag, n, unit", [("scorecam", "--max-channels", 40, "ch"),
+                                                    ("rise", "--masks", 48, "mask")])
+def test_cli_shows_a_progress_bar_and_takes_its_limits(tmp_path, monkeypatch, command, flag, n, unit):
+    """The bar goes to stderr once the work has lasted PROGRESS_DELAY (here 0, so that a fast
+    machine shows it too), counts the masked copies the option asked for, and --quiet silences it."""
+    from click.testing import CliRunner
+
+    from cnnviz.engines import common
+    from cnnviz_cli.main import cli
+
+    from helpers import ASSETS, one_line_error
+
+    monkeypatch.setattr(common, "PROGRESS_DELAY", 0.0)
+    base = [command, str(ASSETS / "rocket.jpg"), flag, str(n), "--model", "resnet18", "--weights", "none",
+            "--device", "cpu"]
+    res = CliRunner().invoke(cli, base + ["--out", str(tmp_path / "a.png"), "--save", str(tmp_path / "a.npz")])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert f"{command}:" in res.stderr and f"{n}/{n}" in res.stderr and f"{unit}/s" in res.stderr
+    from cnnviz.results import load_result
+
+    saved = load_result(tmp_path / "a.npz").params
+    assert saved["channels_used" if command == "scorecam" else "masks"] == n
+    quiet = CliRunner().invoke(cli, base + ["--quiet", "--out", str(tmp_path / "b.png")])
+    assert quiet.exit_code == 0 and f"{n}/{n}" not in quiet.stderr
+    one_line_error(CliRunner().invoke(cli, [command, str(ASSETS / "rocket.jpg"), flag, "0"]), "0")

@@ -6,6 +6,7 @@ after a failure), one-line errors, and the `cnnviz lrp` command."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from cnnviz.engines.gradients import attribute
-from cnnviz.engines.lrp import AlphaBeta, Epsilon
+from cnnviz.engines.lrp import AlphaBeta, Epsilon, RelevanceLeakWarning
 from cnnviz.errors import ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
 
@@ -192,6 +193,182 @@ def test_relevance_is_conserved_without_biases():
 
 
 # --------------------------------------------------------------------------------------------------
+# How much relevance reaches the input (params["relevance_share"], ["relevance_layers"])
+
+class _Residual(nn.Module):
+    """conv -> ReLU -> (conv -> ReLU) + skip -> avg pool -> linear: every kind of layer the rules
+    act on but batch norm, with or without biases."""
+
+    def __init__(self, bias: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=bias)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=bias)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5, bias=bias)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = torch.relu(self.conv2(y)) + y
+        return self.fc(self.pool(y).flatten(1))
+
+
+@pytest.mark.parametrize("method", ["lrp-epsilon", "lrp-zplus", "lrp-alpha1beta0"])
+def test_relevance_share_is_one_without_biases(method):
+    """No bias, no batch norm: every rule here conserves relevance (up to eps), so the recorded
+    share is 1 and so is every layer's in and out; with biases the same net loses some, and the
+    record says exactly attribution.sum() / score, computed here from the model's own output."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+    for bias in (False, True):
+        torch.manual_seed(4)
+        model = _Residual(bias).eval()
+        if bias:
+            with torch.no_grad():
+                for m in (model.conv1, model.conv2, model.fc):
+                    m.bias.copy_(torch.rand(m.bias.shape) + 0.5)  # positive biases: they take a share
+        lm = _lm(model, classes=list("abcde"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = attribute(lm, x, method, target=3)
+        with torch.no_grad():
+            score = model(x)[:, 3].double().numpy()
+        share = np.asarray(r.params["relevance_share"])
+        np.testing.assert_allclose(share, r.attribution.reshape(2, -1).astype(np.float64).sum(1) / score, rtol=1e-5)
+        np.testing.assert_allclose(r.params["relevance_score"], score, rtol=1e-6)
+        rows = r.params["relevance_layers"]
+        assert [q["kind"] for q in rows] == ["linear", "avgpool", "add", "conv", "conv"]
+        assert rows[0]["in"] == pytest.approx(1.0)  # the score itself goes in at the top
+        assert rows[-1]["out"] == pytest.approx(share.mean(), rel=1e-5)  # and what leaves the first conv arrives
+        assert rows[1]["in"] == pytest.approx(rows[0]["out"], rel=1e-5)  # the flatten passes it to the pool
+        leak = [w for w in caught if issubclass(w.category, RelevanceLeakWarning)]
+        assert bool(leak) == bool(share.min() < 0.5)
+        if not bias:
+            np.testing.assert_allclose(share, 1.0, atol=1e-4)
+            assert all(abs(q["lost"]) < 1e-4 for q in rows)
+        else:
+            assert share.max() < 0.97  # the biases took their part
+            assert max(q["lost"] for q in rows) > 0.01
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from cnnviz import load_model
+
+    return load_model("efficientnet_lite0")
+
+
+def _photos(k):
+    from helpers import SAMPLE, sample_rows
+
+    return [str(SAMPLE / "images" / r["file"]) for r in sample_rows()[:k]]
+
+
+def test_lite0_relevance_share_equals_a_hand_computation(lite0):
+    """On the real model (its batch norms folded) z+ keeps a tiny share; the recorded value is
+    attribution.sum() / target logit, the logit taken here from the user's model itself, and a
+    warning says it is below MIN_SHARE."""
+    files = _photos(2)
+    with pytest.warns(RelevanceLeakWarning, match=r"lrp-zplus: relevance reaching the input: .*below 50 %"):
+        r = attribute(lite0, files, "lrp-zplus")
+    x = torch.cat([lite0.prepare(f, geometry=True)[1] for f in files])
+    with torch.no_grad():
+        logits = lite0.model(x).double()
+    hand = r.attribution.reshape(2, -1).astype(np.float64).sum(1) / logits[[0, 1], r.targets].numpy()
+    np.testing.assert_allclose(r.params["relevance_share"], hand, rtol=1e-4)
+    assert max(hand) < 0.01  # the issue's finding: almost all relevance goes into the folded biases
+    rows = r.params["relevance_layers"]
+    assert rows[0]["layer"] == "_fc" and rows[-1]["layer"] == "_conv_stem"
+    assert rows[-1]["out"] == pytest.approx(np.mean(hand), rel=1e-3)
+    assert sum(q["lost"] for q in rows) == pytest.approx(1 - np.mean(hand), rel=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# LRP-alpha2beta1 and z+ against zennit's published composites on real photos
+
+def _spearman(a, b):
+    from scipy.stats import spearmanr
+
+    return spearmanr(np.ravel(a), np.ravel(b))[0]
+
+
+def _lite_sum_canonizer():
+    """zennit's Norm rule acts on additions only where they are `zennit.layer.Sum` modules: this
+    canonizer makes Lite0's skip connection (`x = x + inputs` in MBConvBlock.forward) one, as
+    zennit's own ResNetCanonizer does for torchvision's BasicBlock."""
+    from efficientnet_lite_pytorch.model import MBConvBlock
+    from zennit.canonizers import AttributeCanonizer
+
+    def forward(self, inputs, drop_connect_rate=None):
+        x = inputs
+        if self._block_args.expand_ratio != 1:
+            x = self._swish(self._bn0(self._expand_conv(inputs)))
+        x = self._swish(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        args = self._block_args
+        if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
+            x = self.canonizer_sum(torch.stack([x, inputs], dim=-1))
+        return x
+
+    def attributes(name, module):
+        if isinstance(module, MBConvBlock):
+            return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    return AttributeCanonizer(attributes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lrp-alphabeta", "lrp-zplus"])
+def test_lite0_equals_zennits_composite_with_its_additions_as_sum(lite0, method):
+    """zennit's composite on Lite0 (batch norms folded as here, the skip connections made Sum
+    modules): Spearman >= 0.99 per photo. Without the Sum canonizer zennit sends the whole relevance
+    into both branches of every addition (its plain gradient) and LRP-α2β1 agrees only at ~0.4: the
+    cause of the disagreement the issue measured."""
+    from cnnviz.engines.lrp import prepare
+
+    files = _photos(3)
+    with pytest.warns(RelevanceLeakWarning):
+        r = attribute(lite0, files, method)
+    x = torch.cat([lite0.prepare(f, geometry=True)[1] for f in files])
+    folded = prepare(lite0.model, x[:1])[0]
+    comp = EpsilonAlpha2Beta1 if method == "lrp-alphabeta" else EpsilonPlus
+    targets = torch.as_tensor(r.targets, dtype=torch.long)
+    with_sum = _zennit_with(folded, x, targets, comp(canonizers=[_lite_sum_canonizer()]))
+    for i in range(len(files)):
+        assert _spearman(r.map[i], with_sum[i].sum(0)) >= 0.99
+        np.testing.assert_allclose(r.attribution[i].sum(), with_sum[i].sum(), rtol=1e-3)
+    if method == "lrp-alphabeta":
+        plain = _zennit_with(folded, x, targets, comp())
+        assert min(_spearman(r.map[i], plain[i].sum(0)) for i in range(len(files))) < 0.8
+
+
+def _zennit_with(model, x, targets, composite):
+    model = copy.deepcopy(model).eval()
+    with Gradient(model=model, composite=composite) as attributor:
+        with torch.no_grad():
+            out = model(x)
+        seed = torch.zeros_like(out)
+        rows = torch.arange(len(x))
+        seed[rows, targets] = out[rows, targets]
+        _, relevance = attributor(x, seed)
+    return relevance.detach().numpy()
+
+
+def test_resnet18_alphabeta_equals_zennit_on_real_photos():
+    """ResNet-18 (random weights, batch norms with random statistics) on two real photos at 224:
+    LRP-α2β1 against zennit's EpsilonAlpha2Beta1 with its ResNetCanonizer, Spearman >= 0.99 per
+    image."""
+    files = _photos(2)
+    model = _model("resnet18")
+    lm = _lm(model, "resnet18")  # ImageNet preprocessing, 224 crop
+    x = torch.cat([lm.prepare(f, geometry=True)[1] for f in files])
+    r = attribute(lm, x, "lrp-alphabeta", target=7)
+    expected = _zennit(model, x, torch.tensor([7, 7]), "lrp-alphabeta", ResNetCanonizer)
+    for i in range(len(files)):
+        assert _spearman(r.map[i], expected[i].sum(0)) >= 0.99
+
+
+# --------------------------------------------------------------------------------------------------
 # The user's model, after a call and after a failure
 
 class _Fail(torch.autograd.Function):
@@ -283,5 +460,10 @@ def test_cli_lrp_draws_a_signed_figure(tmp_path):
 
     r = load_result(tmp_path / "r.npz")
     assert r.params["method"] == "lrp-alphabeta" and r.params["signed"] and r.map.min() < 0 < r.map.max()
+    # the summary line says how much of the score reached the input, as the saved result records it
+    share = r.params["relevance_share"][0]
+    assert f"relevance reaching the input: {100 * share:.3g} % of the target score" in res.output
+    assert ("warning: relevance reaching the input" in res.output) == (share < 0.5)
+    assert "RelevanceLeakWarning" not in res.output
     one_line_error(CliRunner().invoke(cli, ["lrp", str(ASSETS / "rocket.jpg"), "--rule", "gamma"]), "gamma")
     one_line_error(CliRunner().invoke(cli, ["lrp", str(ASSETS / "rocket.jpg"), "--unit", "3"]), "--unit")

@@ -61,8 +61,11 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+PROGRESS_DELAY = 1.0  # seconds of work before a bar with enabled=None appears
+
+
 def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "pos"):
-    """A tqdm bar on stderr that appears only if the work lasts more than a moment
+    """A tqdm bar on stderr that appears only if the work lasts more than PROGRESS_DELAY seconds
     (`enabled=None`), always (`True`) or never (`False`)."""
     if enabled is False:
         from tqdm.std import tqdm
@@ -74,7 +77,8 @@ def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "pos")
         warnings.simplefilter("ignore")
         from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, delay=0 if enabled else 1.0, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, delay=0 if enabled else PROGRESS_DELAY, leave=False,
+                dynamic_ncols=True)
 
 
 def default_batch_size(device: torch.device) -> int:

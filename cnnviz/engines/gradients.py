@@ -62,7 +62,8 @@ from ..models import LoadedModel
 from ..results import GradientResult, provenance
 from ..rules import RULE_OBJECTS, Rule
 from . import methods as M
-from .common import model_on_device, resolve_device
+from .cams import (CHANNEL_MEASURE, DEFAULT_MASKS, RISE_BATCH, SCORECAM_BATCH, check_max_channels)
+from .common import model_on_device, progress_bar, resolve_device
 from .dependence import UNINFORMATIVE_R, image_dependence, _uninformative  # noqa: F401
 from .ig import _baseline, check_baseline
 from .methods import SMOOTH_MODES, SmoothGrad, signal_at_input
@@ -139,7 +140,8 @@ def _and(items) -> str:
 def check_options(method: str, *, target=None, layer: str | None = None, unit=None, smooth: int = 0,
                   noise: float | None = None, seed: int | None = None, smooth_mode: str | None = None,
                   ig_steps: int | None = None, baseline: str | None = None, batch_size: int | None = None,
-                  ig_internal_batch: int | None = None, rules=None) -> None:
+                  ig_internal_batch: int | None = None, rules=None, masks: int | None = None,
+                  max_channels: int | None = None) -> None:
     """Refuse, with one line naming the option and the fix, every option `method` would not use
     and every impossible value; needs no model (the CLI calls it before loading one). Layer names
     and channels are checked against the model by `attribute`, before anything is computed.
@@ -182,6 +184,17 @@ def check_options(method: str, *, target=None, layer: str | None = None, unit=No
         raise ParameterError(f"batch_size={batch_size!r}: ig runs one image at a time and batches its scaled copies; "
                              "use ig_internal_batch (--internal-batch) instead")
     check_batch_size(batch_size)
+    from .cams import check_masks, check_max_channels
+
+    if masks is not None:
+        if method != "rise":
+            raise ParameterError(f"masks={masks!r} (--masks) is used only by rise, not {method}; drop it")
+        check_masks(masks)
+    if max_channels is not None:
+        if method != "scorecam":
+            raise ParameterError(f"max_channels={max_channels!r} (--max-channels) is used only by scorecam, not "
+                                 f"{method}; drop it")
+        check_max_channels(max_channels)
     if rules is not None:
         if "rules" not in m.options:
             takes = [n for n, x in M.REGISTRY.items() if "rules" in x.options]
@@ -228,6 +241,12 @@ def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> G
       fit in IG_MEMORY_BUDGET, at most ig_steps; recorded in params["ig_internal_batch"]).
     batch_size: images (SmoothGrad: noisy copies) per pass, for every method but ig (default:
       chosen by measuring, see `cnnviz.batching`; the maps do not depend on it on a CPU).
+    masks: RISE's random masks per image (default 2000; 1..100000), recorded in params["masks"].
+    max_channels: Score-CAM over only the k channels of the layer with the largest spatial mean
+      activation, per image (an approximation; default: every channel; 1..the layer's channels),
+      recorded in params (max_channels, channels_used, channel_measure).
+    progress: Score-CAM and RISE (thousands of masked copies) show a progress bar on stderr when
+      they last more than a second (None, default), always (True) or never (False).
     Works also when called inside the caller's `torch.no_grad()` or `torch.inference_mode()`, and on
     a frozen model (no parameter requiring grad), which is left frozen with no `.grad` written.
     A deconvnet result carries params["uninformative"] (see the module's docstring).
@@ -240,14 +259,15 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
                unit: str | int | Unit | None = None, smooth: int = 0, noise: float | None = None,
                seed: int | None = None, smooth_mode: str | None = None, ig_steps: int | None = None,
                baseline: str | None = None, batch_size: int | None = None, ig_internal_batch: int | None = None,
-               base: str | None = None, rules=None, device: str = "auto") -> GradientResult:
+               base: str | None = None, rules=None, masks: int | None = None, max_channels: int | None = None,
+               progress: bool | None = None, device: str = "auto") -> GradientResult:
     if method == "smoothgrad":  # SmoothGrad over the method `base`
         method, smooth = base or "saliency", DEFAULT_SAMPLES if smooth in (0, None) else smooth
     elif base is not None:
         raise ParameterError(f"base={base!r} is used only with method='smoothgrad'; drop it")
     check_options(method, target=target, layer=layer, unit=unit, smooth=smooth, noise=noise, seed=seed,
                   smooth_mode=smooth_mode, ig_steps=ig_steps, baseline=baseline, batch_size=batch_size,
-                  ig_internal_batch=ig_internal_batch, rules=rules)
+                  ig_internal_batch=ig_internal_batch, rules=rules, masks=masks, max_channels=max_channels)
     m = M.get(method)
     rule_map = resolve_rules(rules) if rules is not None else None
     if rule_map is not None:
@@ -314,12 +334,24 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         elif smooth:
             signal = SmoothGrad(m, smooth, noise, smooth_mode).compute(model, x, tgt, info, gen=gen, batches=batches,
                                                                        **extra)
+        elif method in ("scorecam", "rise"):  # thousands of masked copies: a progress bar after a second
+            if method == "rise":
+                masks = DEFAULT_MASKS if masks is None else masks
+                extra, total, unit = {"masks": masks}, n * masks, "mask"
+            else:
+                max_channels = check_max_channels(max_channels, info.shape[0], info.address)
+                extra, total, unit = {"max_channels": max_channels}, n * min(max_channels or info.shape[0],
+                                                                               info.shape[0]), "ch"
+            with progress_bar(total, method, progress, unit=unit) as bar:
+                signal = _run(model, m, x, tgt, info, batches, {**extra, "bar": bar}, padded=False)
         else:
             signal = _run(model, m, x, tgt, info, batches, extra)
         if top1 is None:
             top1 = signal["top1"]
             if targets is None and unit_obj is None:
                 targets = top1
+        relevance = _relevance(model, x, signal, targets) if (
+            m.scale_unit == "relevance" and unit_obj is None and targets is not None) else None
         if method == "deconv" and rule_map is None:
             dependence = image_dependence(model, x, targets, info, unit_obj,
                                           lm.preprocessing.fill_value("mean").to(dev), _half_batch(batches))
@@ -355,6 +387,16 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         params.update(batches.record())
     if dependence is not None:
         params.update(_uninformative(lm.name, *dependence, unit=unit_obj is not None))
+    if method == "rise":
+        params.update({"masks": int(masks), "rise_grid": 7, "rise_keep": 0.5, "masked_batch": RISE_BATCH})
+    if method == "scorecam":
+        used = min(max_channels or info.shape[0], info.shape[0])
+        params.update({"max_channels": max_channels, "channels_used": int(used), "layer_channels": int(info.shape[0]),
+                       "channel_measure": CHANNEL_MEASURE if used < info.shape[0] else None,
+                       "masked_batch": SCORECAM_BATCH})
+    if relevance is not None:
+        params.update(relevance)
+        _warn_leak(method, params)
     return GradientResult(
         params=params, provenance=provenance(lm.identity(), str(dev)), image=pixels, original=stack_thumbnails(geos),
         attribution=attr.float().cpu().numpy(), map=amap.float().cpu().numpy(),
@@ -395,20 +437,89 @@ def _to_map(method: str, signal: torch.Tensor) -> torch.Tensor:
     return M.get(method).to_map(signal)
 
 
+def _relevance(model, x, signal, targets) -> dict:
+    """What an LRP result records of its conservation: each image's relevance at the input as a share
+    of its target score (`relevance_share`, attribution.sum() / score; under SmoothGrad, the mean
+    over the noisy copies over the clean image's score) and, from the pass's `Ledger`, the mean over
+    the images of the share entering and leaving each layer a rule acted on (`relevance_layers`,
+    from the output to the input; "lost" = entering - leaving, the share its bias and stabilizer
+    took)."""
+    from .lrp import MIN_SHARE
+
+    total = signal["input"].detach().double().flatten(1).sum(1)
+    score = signal.get("score")
+    if score is None:  # SmoothGrad: the clean images' scores
+        with torch.inference_mode():
+            out = torch.cat([model(pad(x[i:i + 32]))[:len(x[i:i + 32])].double() for i in range(0, len(x), 32)])
+        score = out[torch.arange(len(x)), targets.to(out.device)]
+    share = (total / score.to(total.device)).cpu()
+    out = {"relevance_share": [_sig(v) for v in share], "relevance_min_share": MIN_SHARE,
+           "relevance_score": [_sig(v) for v in score.cpu()]}
+    layers = signal.get("relevance_layers")
+    if layers is not None and signal.get("relevance_rows"):
+        mean = layers.double().mean(0).cpu()
+        out["relevance_layers"] = [
+            {"layer": name, "kind": kind, "in": _sig(a), "out": _sig(b), "lost": _sig(a - b)}
+            for (name, kind), (a, b) in zip(signal["relevance_rows"][0], mean.tolist())]
+    return out
+
+
+def _sig(v) -> float:
+    return float(f"{float(v):.7g}")
+
+
+def relevance_note(params: dict, i: int | None = None, detail: bool = True) -> str | None:
+    """One line on an LRP result's conservation (all images, or image i): the share of the target
+    score that reaches the input and (`detail`), where it falls short, the layer that took the most
+    (from the table's mean over the images)."""
+    shares = params.get("relevance_share")
+    if not shares:
+        return None
+    vals = shares if i is None else shares[i:i + 1]
+    pct = ", ".join(f"{100 * v:.3g} %" for v in vals)
+    text = f"relevance reaching the input: {pct} of the target score"
+    low = min(vals) < params.get("relevance_min_share", 0.5)
+    if not detail:
+        return text + (f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %)" if low else "")
+    rows = params.get("relevance_layers") or []
+    if low and rows:
+        worst = max(rows, key=lambda r: r["lost"])
+        text += (f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %: the layers' biases and stabilizers "
+                 f"took the rest; the largest loss at {worst['layer'] or 'the model'} ({worst['kind']}), "
+                 f"{100 * worst['lost']:.3g} % of the score)")
+    elif low:
+        text += f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %)"
+    return text
+
+
+def _warn_leak(method: str, params: dict) -> None:
+    import warnings
+
+    from .lrp import RelevanceLeakWarning
+
+    if min(params["relevance_share"]) < params["relevance_min_share"]:
+        warnings.warn(f"{method}: {relevance_note(params)}; the map's values are not a decomposition of the score "
+                      "(params['relevance_layers'] has the share entering and leaving each layer)",
+                      RelevanceLeakWarning, stacklevel=3)
+
+
 def _half_batch(batches: Batches) -> int:
     """The deconvnet's image-dependence check sends each image together with a gray one: half the
     batch size of the main pass, rounded down to full groups (at least one group)."""
     return max(4, (batches.size // 2) // 4 * 4)
 
 
-def _run(model, m: M.Method, x, target: Target, info, batches, extra):
+def _run(model, m: M.Method, x, target: Target, info, batches, extra, padded: bool = True):
     """A method over `batches` of images. Each batch is padded to full groups and the padding's
-    rows dropped."""
+    rows dropped (not `padded`: a method that runs each image on its own, Score-CAM and RISE, whose
+    padding rows would cost as much as real images)."""
     parts: dict[str, list] = {}
+    grow = pad if padded else (lambda t: t)
     for lo, hi in batches:
         k = hi - lo
-        tb = target.with_classes(pad(target.classes[lo:hi])) if target.classes is not None else target
-        out = m.compute(model, pad(x[lo:hi]), tb, info, **extra)
+        tb = target.with_classes(grow(target.classes[lo:hi])) if target.classes is not None else target
+        out = m.compute(model, grow(x[lo:hi]), tb, info, **extra)
         for key, v in out.items():
             parts.setdefault(key, []).append(None if v is None else v[:k])
-    return {key: None if any(v is None for v in vs) else torch.cat(vs) for key, vs in parts.items()}
+    return {key: None if any(v is None for v in vs) else torch.cat(vs) if isinstance(vs[0], torch.Tensor)
+            else [a for v in vs for a in v] for key, vs in parts.items()}

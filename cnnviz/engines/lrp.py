@@ -25,9 +25,29 @@ lrp-epsilon: epsilon on convolutions and linear layers; lrp-zplus: z+ on convolu
 linear layers (zennit's EpsilonPlus); lrp-alphabeta: alpha 2, beta 1 on convolutions, epsilon on
 linear layers (EpsilonAlpha2Beta1); lrp-alpha1beta0: alpha 1, beta 0 on convolutions.
 The class relevance sent back is the class score itself (`Target(value="score")`).
+
+These are zennit's published composites (zennit 0.5: `EpsilonPlus`, `EpsilonAlpha2Beta1`, no special
+first layer), including their `Sum -> Norm` and `AvgPool -> Norm` entries: zennit applies the Norm
+rule to a residual addition only where a canonizer has made it a `zennit.layer.Sum` module (its
+ResNetCanonizer does so for torchvision's ResNets). Given a model whose additions are plain `+`
+(EfficientNet-Lite's `x = x + inputs`), zennit sends the addition's plain gradient, the whole
+relevance, into both branches, which counts it twice at every skip connection; that, not a
+different rule, is why zennit without such a canonizer agrees with cnnviz's LRP-α2β1 on Lite0 only at
+Spearman about 0.4. With a canonizer that wraps Lite0's additions in `Sum`, the two agree at
+Spearman 1.000 (tests/test_lrp.py).
+
+Relevance is not conserved where a layer has a bias (or a folded batch norm's shift): the bias
+takes its share of each output's relevance, and the epsilon stabilizer absorbs a little more.
+`Ledger` records, in a pass, the relevance entering and leaving every function a rule acts on, and
+`attribute` keeps in every LRP result the share of the target score that reaches the input
+(`params["relevance_share"]`, per image: attribution.sum() / target score), the per-layer table
+(`params["relevance_layers"]`) and warns (`RelevanceLeakWarning`) where less than `MIN_SHARE` (50 %)
+reaches the input: its colour bar is then not a decomposition of the score.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -35,6 +55,92 @@ from ..errors import ParameterError
 from ..rules import Rule, quiet
 
 STABILIZER = 1e-6
+MIN_SHARE = 0.5  # below this share of the target score reaching the input, `attribute` warns
+
+
+class RelevanceLeakWarning(UserWarning):
+    """Less than MIN_SHARE of the target score's relevance reached the input."""
+
+
+_TRACK = threading.local()  # the Ledger of the pass running on this thread, if any
+
+
+class Ledger:
+    """`with Ledger(model) as led:` records, for every forward pass of `model` in the block, the
+    relevance entering (R at the output) and leaving (summed over its inputs) each function an LRP
+    rule acts on, per image, in the backward pass that follows; the function is named by the
+    innermost module running when it was called (forward pre-hooks, removed when the block ends)
+    and its kind (conv, linear, avgpool, add, batchnorm). `passes`: one dict per forward pass of the
+    model, {"out": its output (detached), "rows": [[name, kind, R in (N,), R out (N,)], ...] in
+    forward order}."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.passes: list[dict] = []
+        self._stack: list[str] = []
+        self._handles: list = []
+
+    def __enter__(self):
+        for name, m in self.model.named_modules():
+            self._handles.append(m.register_forward_pre_hook(self._push(name)))
+            self._handles.append(m.register_forward_hook(self._pop(name), always_call=True))
+        self._was = getattr(_TRACK, "ledger", None)
+        _TRACK.ledger = self
+        return self
+
+    def __exit__(self, *exc):
+        _TRACK.ledger = self._was
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _push(self, name):
+        def hook(module, args):
+            if not name:
+                self._stack.clear()
+                self.passes.append({"out": None, "rows": []})
+            self._stack.append(name)
+        return hook
+
+    def _pop(self, name):
+        def hook(module, args, out):
+            while self._stack:
+                if self._stack.pop() == name:
+                    break
+            if not name and self.passes and isinstance(out, torch.Tensor):
+                self.passes[-1]["out"] = out.detach()
+        return hook
+
+    def row(self, kind: str):
+        """A row for a function called now (filled by its backward), or None outside a pass."""
+        if not self.passes:
+            return None
+        row = [self._stack[-1] if self._stack else "", kind, None, None]
+        self.passes[-1]["rows"].append(row)
+        return row
+
+
+def _current_row(kind: str):
+    led = getattr(_TRACK, "ledger", None)
+    return None if led is None else led.row(kind)
+
+
+def _per_image(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().double().flatten(1).sum(1) if t.ndim > 1 else t.detach().double()
+
+
+def share_table(led: Ledger, targets: torch.Tensor) -> tuple[torch.Tensor, list, torch.Tensor]:
+    """From the one pass of a `Ledger`: (each image's target score, [(name, kind)] of the rows in
+    backward order, N x rows x 2: the relevance entering and leaving each row as a share of the
+    image's target score)."""
+    p = led.passes[-1]
+    rows = [r for r in p["rows"] if r[2] is not None][::-1]
+    score = p["out"].double()[torch.arange(len(targets)), targets.to(p["out"].device)]
+    if not rows:
+        return score, [], torch.zeros(len(targets), 0, 2, dtype=torch.float64)
+    ins = torch.stack([r[2] for r in rows], 1)
+    outs = torch.stack([r[3] for r in rows], 1)
+    return score, [(r[0], r[1]) for r in rows], torch.stack([ins, outs], 2) / score[:, None, None]
 
 
 def stabilize(z: torch.Tensor, eps: float = STABILIZER) -> torch.Tensor:
@@ -120,8 +226,8 @@ class _Relevance(torch.autograd.Function):
     """Forward: the function's own value. Backward: the rule's relevance for each tensor input."""
 
     @staticmethod
-    def forward(ctx, backward, compute, *xs):
-        ctx.backward = backward
+    def forward(ctx, backward, compute, row, *xs):
+        ctx.backward, ctx.row = backward, row
         ctx.xs = [x.detach().clone() for x in xs]  # an in-place op (out += identity) may overwrite them
         return compute(*xs)
 
@@ -129,7 +235,10 @@ class _Relevance(torch.autograd.Function):
     def backward(ctx, R):
         with quiet():
             grads = ctx.backward(ctx.xs, R)
-        return (None, None, *grads)
+            if ctx.row is not None:  # a Ledger is listening: relevance in and out, per image
+                ctx.row[2] = _per_image(R)
+                ctx.row[3] = sum(_per_image(g) for g in grads)
+        return (None, None, None, *grads)
 
 
 def _arg(args, kwargs, index, name, default=None):
@@ -174,7 +283,7 @@ class LRP(Rule):
             def add_back(xs, R):
                 s = R / stabilize(xs[0] + xs[1])
                 return xs[0] * s, xs[1] * s
-            return _Relevance.apply(add_back, torch.add, x, other)
+            return _Relevance.apply(add_back, torch.add, _current_row(kind), x, other)
         if kind == "avgpool":
             rest = args[1:]
             call = lambda t, w, b: func(t, *rest, **kwargs)  # noqa: E731
@@ -195,7 +304,7 @@ class LRP(Rule):
 
         def back(xs, R):
             return (rule(call, xs[0], w, b, R),)
-        return _Relevance.apply(back, lambda t: call(t, w, b), x)
+        return _Relevance.apply(back, lambda t: call(t, w, b), _current_row(kind), x)
 
 
 METHODS = {
@@ -226,4 +335,5 @@ def prepare(model, example: torch.Tensor, layer=None):
     return copy_, {k: v for k, v in info.items() if k in ("folded", "folded_batch_norms", "fold_reason")}
 
 
-__all__ = ["LRP", "Epsilon", "ZPlus", "AlphaBeta", "Relevance", "lrp_rule", "prepare", "stabilize"]
+__all__ = ["LRP", "Epsilon", "ZPlus", "AlphaBeta", "Relevance", "Ledger", "RelevanceLeakWarning", "MIN_SHARE",
+           "lrp_rule", "prepare", "stabilize", "share_table"]

@@ -127,18 +127,18 @@ def _guided_grad_cam(model, x, target, layer):
 
 
 def _cam(name):
-    def compute(model, x, target, layer):
+    def compute(model, x, target, layer, **options):
         from . import cams
 
-        cam, top1 = getattr(cams, name)(model, x, target.classes, layer)
+        cam, top1 = getattr(cams, name)(model, x, target.classes, layer, **options)
         return {"cam": cam, "top1": top1}
     return compute
 
 
-def _rise(model, x, target, layer=None):
+def _rise(model, x, target, layer=None, **options):
     from .cams import rise
 
-    heat, top1 = rise(model, x, target.classes)
+    heat, top1 = rise(model, x, target.classes, **options)
     return {"heat": heat, "top1": top1}
 
 
@@ -151,11 +151,18 @@ def _ig(model, x, target, layer=None, *, baseline, steps, smooth, noise, gen, in
 
 def _lrp(name):
     def compute(model, x, target, layer=None, rules=None):
-        from .lrp import lrp_rule
+        from .lrp import Ledger, lrp_rule, share_table
 
-        t = Target.of_class(target.classes, value="score") if target.is_class else target
-        g, top1 = signal_at_input(model, x, t, rules if rules is not None else lrp_rule(name), layer)
-        return {"input": g, "top1": top1}
+        rule = rules if rules is not None else lrp_rule(name)
+        if not target.is_class:
+            g, top1 = signal_at_input(model, x, target, rule, layer)
+            return {"input": g, "top1": top1}
+        t = Target.of_class(target.classes, value="score")
+        with Ledger(model) as led:  # the relevance entering and leaving each layer, as a share of the score
+            g, top1 = signal_at_input(model, x, t, rule, layer)
+        score, rows, shares = share_table(led, target.classes if target.classes is not None else top1)
+        return {"input": g, "top1": top1, "score": score, "relevance_rows": [rows] * len(x),
+                "relevance_layers": shares}
     return compute
 
 
@@ -180,8 +187,9 @@ for _m in (
            smoothable=True, options=("baseline", "steps", "smooth", "noise", "gen", "internal")),
     Method("gradcampp", "Grad-CAM++", _cam("grad_cam_pp"), "Grad-CAM++", "Grad-CAM++ (upsampled)", needs_layer=True),
     Method("layercam", "LayerCAM", _cam("layer_cam"), "LayerCAM", "LayerCAM (upsampled)", needs_layer=True),
-    Method("scorecam", "Score-CAM", _cam("score_cam"), "Score-CAM", "Score-CAM (upsampled)", needs_layer=True),
-    Method("rise", "RISE", _rise, "RISE probability", "RISE: E[P(class) | pixel kept]"),
+    Method("scorecam", "Score-CAM", _cam("score_cam"), "Score-CAM", "Score-CAM (upsampled)", needs_layer=True,
+           options=("max_channels", "bar")),
+    Method("rise", "RISE", _rise, "RISE probability", "RISE: E[P(class) | pixel kept]", options=("masks", "bar")),
 ):
     register(_m)
 _LRP_LABELS = {"lrp-epsilon": "LRP-ε", "lrp-zplus": "LRP-z⁺", "lrp-alphabeta": "LRP-α2β1",

@@ -171,7 +171,7 @@ def figure(result, shared_scale: bool = False, overlay: bool = True, clip: float
     where = _where(p)
     titles, bars = [], []
     for i in range(n):
-        titles += [_row_title(result, i), method_label(p) + (f", {where}" if where else "")]
+        titles += [_row_title(result, i), method_label(p) + (f", {where}" if where else "") + _share(p, i)]
         titles += ["map over the image (opacity grows with |map|)"] if overlay else []
         titles += ["signal as RGB (gray = 0)"] if rgb else []
         bars += [False, True] + [False] * (cols - 2)
@@ -221,7 +221,7 @@ def full_image_figure(result, shared_scale: bool = False, clip: float | None = 9
     titles = []
     for i, (_, geo) in enumerate(photos):
         titles += [_row_title(result, i) + "; " + fullimage.describe(geo),
-                   f"{method_label(p)} on the photo (opacity grows with |map|)"]
+                   f"{method_label(p)} on the photo (opacity grows with |map|)" + _share(p, i)]
     with plt.rc_context(RC):
         lay = Panels(2 * n, width, layout, titles=titles, groups=2, aspect=aspect, min_panel=1.6,
                      colorbars=[False, True] * n,
@@ -263,11 +263,34 @@ def _row_title(result, i: int) -> str:
     return f"input {i + 1}, {target}{mark}"
 
 
+def _share(p: dict, i: int) -> str:
+    """LRP: the share of the target score that reached the input, under the map's title."""
+    shares = p.get("relevance_share")
+    if not shares or i >= len(shares):
+        return ""
+    low = shares[i] < p.get("relevance_min_share", 0.5)
+    return f"\n{'only ' if low else ''}{100 * shares[i]:.3g} % of the score reaches the input"
+
+
 def _suptitle(result, shared_scale: bool, clip) -> str:
     p = result.params
     bits = [f"{method_label(p)}: {model_label(result.provenance)}"]
+    shares = p.get("relevance_share")
+    if shares and min(shares) < p.get("relevance_min_share", 0.5):
+        rows = p.get("relevance_layers") or []
+        worst = max(rows, key=lambda r: r["lost"]) if rows else None
+        bits.append(f"relevance not conserved: under {100 * p.get('relevance_min_share', 0.5):.0f} % of the score "
+                    "reaches the input, the layers' biases take the rest"
+                    + (f" (most at {worst['layer']})" if worst else ""))
     if p.get("method") == "ig":
         bits.append(f"{p.get('ig_steps')} steps, {p.get('baseline')} baseline")
+    if p.get("method") == "scorecam" and p.get("layer_channels"):
+        used, total = p.get("channels_used"), p["layer_channels"]
+        bits.append(f"APPROXIMATE: only the {used} of {total} channels with the largest "
+                    f"{p.get('channel_measure') or 'spatial mean'} activation" if used < total else
+                    f"all {total} channels")
+    if p.get("method") == "rise" and p.get("masks"):
+        bits.append(f"{p['masks']} random masks")
     if p.get("smooth"):
         bits.append(f"noise {p.get('noise')}")
     scale = "one colour scale for all images" if shared_scale else "colour scale per image"
