@@ -312,7 +312,7 @@ def test_an_option_the_method_does_not_use_is_refused_before_the_model_loads(arg
 def test_smoothgrad_help_states_the_default_that_runs():
     text = " ".join(ok(invoke("smoothgrad", "--help")).stdout.split())
     samples = text.split("--samples ", 1)[1].split(" --noise", 1)[0]
-    assert "[default: 25; x>=1]" in samples, samples
+    assert "[default: 25; 1<=x<=10000]" in samples, samples
     assert "(0: off)" not in text
 
 
