@@ -294,7 +294,7 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
             internal = memory_limit(dev, item_bytes, max(1, min(ig_steps, IG_MEMORY_BUDGET // item_bytes)))
         batches = None
     elif single:
-        batches = Batches(1, batch_size, device=dev, start=1)
+        batches = Batches(1, batch_size, device=dev, start=1, limit=1)
     else:
         # on CUDA, Batches measures the memory of the first batch itself
         work = model_work(lm.model, x, engine="gradients", method=method, smooth=bool(smooth),
