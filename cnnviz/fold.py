@@ -33,7 +33,7 @@ import weakref
 import torch
 from torch import nn
 
-from .layers import LayerInfo, capture
+from .layers import LayerInfo, capture, eval_mode
 
 TOLERANCE = 1e-4  # relative, of the largest output, for the check of the folded copy
 
@@ -58,11 +58,12 @@ def _foldable(m: nn.Module) -> bool:
     return isinstance(m, (nn.BatchNorm2d, nn.ZeroPad2d)) or _pads_inside(m)
 
 
-def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str | None]]]:
+def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str | None]],
+                                                            object]:
     """(conv, batch norm) pairs where the norm's input is the conv's own output, and (conv, pad)
     pairs where a symmetric ZeroPad2d feeds the conv (pad None: the conv pads inside itself with
     a `static_padding` child, as EfficientNet-Lite's Conv2dStaticSamePadding); each module called
-    exactly once."""
+    exactly once; and the model's output on `example`."""
     calls: dict[str, int] = {}
     produced: dict[int, tuple[str, str]] = {}  # id(output) -> (kind, name)
     keep_alive = []
@@ -94,7 +95,7 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str
         handles += [m.register_forward_pre_hook(pre(name, kind)), m.register_forward_hook(post(name, kind))]
     try:
         with torch.no_grad():
-            model(example)
+            output = model(example)
     finally:
         for h in handles:
             h.remove()
@@ -105,7 +106,7 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str
     for name in once:
         if _pads_inside(modules[name]):
             pad_pairs.append((name, None))
-    return bn_pairs, pad_pairs
+    return bn_pairs, pad_pairs, output
 
 
 def _plain_conv(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
@@ -118,11 +119,15 @@ def _plain_conv(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
     return out.eval()
 
 
-def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> tuple[nn.Module, dict]:
+def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> tuple:
+    """The folded copy, what was folded, the (conv, bn) pairs folded, and the model's own output on
+    `example` (the pairs are found on the model itself, in eval mode, hooks removed afterwards; its
+    output is the reference the copy is checked against)."""
+    with eval_mode(model):
+        bn_pairs, pad_pairs, reference = _pairs(model, example)
     model_copy = copy.deepcopy(model).eval()
     for p in model_copy.parameters():
         p.requires_grad_(False)
-    bn_pairs, pad_pairs = _pairs(model_copy, example)
     modules = dict(model_copy.named_modules())
     folded_bn = folded_pad = 0
     done = []
@@ -151,7 +156,7 @@ def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> t
             p_parent, p_child = _parent(model_copy, pad_name)
             setattr(p_parent, p_child, nn.Identity())
         folded_pad += 1
-    return model_copy, {"folded_batch_norms": folded_bn, "folded_paddings": folded_pad}, done
+    return model_copy, {"folded_batch_norms": folded_bn, "folded_paddings": folded_pad}, done, reference
 
 
 def _folded_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,17 +235,20 @@ def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) 
 
 def _fold_afresh(model, example, names, keep) -> tuple[nn.Module, dict, list]:
     try:
-        copy_, info, pairs = _copy_and_fold(model, example, names)
+        copy_, info, pairs, reference = _copy_and_fold(model, example, names)
     except Exception as e:  # a model that cannot be copied or traced this way: run it as it is
         return model, {"folded": False, "fold_reason": f"{type(e).__name__}: {e}"[:200]}, []
     if not info["folded_batch_norms"] and not info["folded_paddings"]:
         return model, {"folded": False, "fold_reason": "nothing to fold"}, []
-    if not _agrees(model, copy_, example, list(keep)):
+    if not _agrees(model, copy_, example, list(keep), None if keep else reference):
         return model, {"folded": False, "fold_reason": "folded copy did not match the model"}, []
     return copy_, {"folded": True, **info}, pairs
 
 
-def _agrees(model: nn.Module, copy_: nn.Module, example: torch.Tensor, keep: list[LayerInfo]) -> bool:
+def _agrees(model: nn.Module, copy_: nn.Module, example: torch.Tensor, keep: list[LayerInfo],
+            reference=None) -> bool:
+    """Whether the copy computes what the model computes on `example` (its output, and the layers
+    in `keep`); reference: the model's output, already computed, when nothing is kept."""
     def run(m):
         with torch.no_grad():
             caps = [capture(m, info) for info in keep]
@@ -255,7 +263,8 @@ def _agrees(model: nn.Module, copy_: nn.Module, example: torch.Tensor, keep: lis
     was = [(mod, mod.training) for mod in model.modules()]
     model.eval()
     try:
-        ref, got = run(model), run(copy_)
+        ref = [reference] if reference is not None else run(model)
+        got = run(copy_)
     finally:
         for mod, flag in was:
             mod.training = flag
