@@ -93,12 +93,12 @@ class _Rectify(torch.autograd.Function):
         if ctx.rule == "deconv":
             return (g.clamp(min=0) if not a else torch.where(g > 0, g, a * g)), None, None, None, None
         (inside,) = ctx.saved_tensors
-        if ctx.rule == "guided":
-            g = g.clamp(min=0)
-        if ctx.fused:  # inside: the saved input x itself
+        if ctx.fused:  # inside: the saved input x itself; guided rectifies the fresh result in place
             out = (torch.ops.aten.threshold_backward(g, inside, ctx.lo) if ctx.hi == math.inf
                    else torch.ops.aten.hardtanh_backward(g, inside, ctx.lo, ctx.hi))
-            return out, None, None, None, None
+            return (out.clamp_(min=0) if ctx.rule == "guided" else out), None, None, None, None
+        if ctx.rule == "guided":
+            g = g.clamp(min=0)
         out = g * inside if not a else torch.where(inside, g, a * g)
         return out, None, None, None, None
 
@@ -315,6 +315,10 @@ _LINEAR.update({f: "batchnorm" for f in _funcs(F, ("batch_norm",))})
 _LINEAR.update({f: "add" for f in (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
                                    torch.Tensor.__iadd__, torch.Tensor.__radd__)})
 _LINEAR_IN_PLACE = {torch.Tensor.add_, torch.Tensor.__iadd__}
+# every function the mode does anything with; the others (most calls of a pass: shapes, views,
+# indexing) go straight through
+_WATCHED = frozenset(_TABLE) | frozenset(_SMOOTH) | frozenset(_LINEAR) | frozenset(_UNRULED) | frozenset(_GATES) \
+    | frozenset(_MAX_POOLS)
 
 
 class BackwardRule(TorchFunctionMode):
@@ -404,6 +408,8 @@ class BackwardRule(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in _WATCHED:
+            return func(*args, **kwargs)
         if getattr(_QUIET, "on", False):
             return func(*args, **kwargs)
         tracked = bool(args) and isinstance(args[0], torch.Tensor) and args[0].requires_grad \
