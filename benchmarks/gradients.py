@@ -3,6 +3,7 @@ device, in one process.
 
     python benchmarks/gradients.py [--model efficientnet_lite0] [--images 8] [--repeats 3] [--device auto]
     python benchmarks/gradients.py --stability [--images 8] [--samples 16] [--seeds 3]
+    python benchmarks/gradients.py --per-call [--rounds 5] [--firsts 3] [--methods saliency,lrp] [--scorecam]
 
 Both sides get the same normalized batch of N real photos in one call (captum with the top-1
 classes given, cnnviz finding them itself). Rounds are interleaved so that a slow
@@ -10,6 +11,11 @@ spell of a shared machine hits every contender alike; the table shows medians pe
 ratio cnnviz / captum (the issue's bar: at most 1.2). Note that on models with ReLU6 (such as
 EfficientNet-Lite) captum's GuidedBackprop and Deconvolution silently compute the plain gradient,
 so their timing there is that of a cheaper, wrong computation.
+
+With --per-call: one image at a time, as a notebook user calls them, the whole call from a path
+on both sides, for every method against its peer: captum (saliency, guided, deconv, IG,
+SmoothGrad), pytorch-grad-cam (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM with --scorecam), zennit
+(LRP-epsilon, LRP-z+). See `per_call` for exactly what each side's timed region holds.
 
 With --stability: SmoothGrad's seed-to-seed stability instead of speed, for both ways of averaging
 (`smooth_mode` mean: signed signals averaged, the paper's definition, and mean-abs: |signal|
@@ -46,9 +52,15 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="", help="comma-separated subset (prefixes of the table's names)")
     ap.add_argument("--stability", action="store_true", help="SmoothGrad seed-to-seed stability, both modes")
     ap.add_argument("--seeds", type=int, default=3, help="seeds compared pairwise with --stability")
+    ap.add_argument("--per-call", action="store_true", help="one image per call, from a path, every method vs its peer")
+    ap.add_argument("--rounds", type=int, default=5, help="--per-call: repeated calls timed per method and side")
+    ap.add_argument("--firsts", type=int, default=3, help="--per-call: first calls timed (each on a fresh model copy)")
+    ap.add_argument("--scorecam", action="store_true", help="--per-call: also Score-CAM (a forward pass per channel)")
     args = ap.parse_args(argv)
     if args.stability:
         return stability(args)
+    if args.per_call:
+        return per_call(args)
 
     import captum
     from captum.attr import (Deconvolution, GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam,
@@ -126,6 +138,175 @@ def main(argv=None) -> int:
         worst = max(worst, a / b)
         print(f"{k:<16}{a:>15.1f}{b:>15.1f}{a / b:>8.2f}")
     print(f"\nworst ratio cnnviz / captum = {worst:.2f} (bar: 1.2)")
+    return 0
+
+
+def per_call(args) -> int:
+    """One image per call, whole call from a path, cnnviz against its peer, interleaved in one process.
+
+    Timed region, both sides: from the image's path to the finished map. cnnviz: `cnnviz.attribute(lm,
+    path, method)`, nothing else given (it reads and crops the photo, finds the top-1 class and the
+    layer itself, returns the maps, the crop and the result's records). The peer: PIL open + convert,
+    torchvision Resize/CenterCrop/ToTensor/Normalize with the model's own preprocessing, then the
+    library's attribution of the top-1 class. captum needs the class as an argument: the strict
+    comparison ("peer") is given it, known beforehand (not timed); the column "peer+top1" adds the
+    no-grad forward pass that a captum user needs to find it. pytorch-grad-cam (targets=None) and
+    zennit (the output seed as a function of the output) find the top-1 in their own pass. zennit runs
+    on a copy of the model with its batch norms folded beforehand (untimed, as a zennit user merges
+    them once) with the composites of the same rules (EpsilonPlus for z+; for LRP-epsilon, zennit's base
+    layer map (Pass on activations, Norm on sums and average pooling) and epsilon on convolutions
+    and linear layers).
+    pytorch-grad-cam's layer is the head's batch norm (`_bn1`): its hooks cannot address the head's
+    call of Lite0's shared ReLU6 (`_swish@1`, cnnviz's default layer), whose pass costs the same.
+
+    First call: each side's first call on a fresh copy of the model (no cache of either side warm
+    for it), after the process has run the model once at this shape outside both libraries; the
+    median of --firsts such calls. Repeated: the median of --rounds calls on one model after the
+    first. Sides alternate which goes first, method after method."""
+    import copy
+    import os
+    import tempfile
+
+    import numpy as np
+    from captum.attr import Deconvolution, GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
+    from PIL import Image
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+    from torchvision import transforms
+    from zennit.attribution import Gradient as ZGradient
+    from zennit.composites import EpsilonPlus, LayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon as ZEpsilon
+    from zennit.types import Convolution
+
+    import cnnviz
+    from cnnviz.engines.gradients import DEFAULT_IG_STEPS, DEFAULT_NOISE, DEFAULT_SAMPLES
+    from cnnviz.fold import folded
+    from machine import cpu_model
+
+    os.environ["CNNVIZ_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnviz-bench-")  # no batch size remembered
+    torch.manual_seed(0)
+    lm = cnnviz.load_model(args.model, weights=args.weights)
+    pre = lm.preprocessing
+    interp = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC,
+              "nearest": transforms.InterpolationMode.NEAREST}[pre.interpolation]
+    tf = transforms.Compose([transforms.Resize(pre.resize, interpolation=interp), transforms.CenterCrop(pre.crop),
+                             transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+    files = sorted(SAMPLE.glob("*.jpg")) if SAMPLE.is_dir() else [ROOT / "assets" / "rocket.jpg"]
+    path = str(files[0])
+    black = pre.fill_value("black")[None]
+
+    def load(p):  # the peer's image loading
+        with Image.open(p) as im:
+            return tf(im.convert("RGB"))[None]
+
+    x0 = load(path)
+    with torch.no_grad():
+        top1 = int(lm.model.eval()(x0).argmax(1))
+        xg = x0.clone().requires_grad_(True)
+    with torch.enable_grad():  # the model once at this shape, outside both libraries (oneDNN's first-shape costs)
+        torch.autograd.grad(lm.model(xg)[0, top1], xg)
+    # which peer, and what it is given (captum: the class, known beforehand; the others find it)
+    onehot = lambda out: torch.eye(out.shape[1])[out.argmax(1)]  # noqa: E731
+    score = lambda out: onehot(out) * out  # noqa: E731  LRP's seed: the class score itself
+    eps_layers = layer_map_base(1e-6) + [(Convolution, ZEpsilon(1e-6)), (torch.nn.Linear, ZEpsilon(1e-6))]
+
+    def captum_call(make, **kw):
+        def run(model, find_top1=False):
+            x = load(path)
+            if find_top1:
+                with torch.no_grad():
+                    t = int(model(x).argmax(1))
+            else:
+                t = top1
+            return make(model).attribute(x.requires_grad_(True), target=t, **kw)
+        return run
+
+    def cam_call(cls, layer="_bn1"):
+        def run(model, find_top1=False):
+            with cls(model=model, target_layers=[model.get_submodule(layer)]) as cam:
+                return cam(input_tensor=load(path), targets=None)
+        return run
+
+    def zennit_call(composite):
+        def run(model, find_top1=False):
+            with ZGradient(model=model, composite=composite()) as attributor:
+                return attributor(load(path).requires_grad_(True), score)[1]
+        return run
+
+    x_sg = x0
+    sg_sigma = DEFAULT_NOISE * float(x_sg.max() - x_sg.min())
+    methods = {
+        "saliency": ({}, "captum", captum_call(Saliency, abs=False)),
+        "guided": ({}, "captum", captum_call(GuidedBackprop)),
+        "deconv": ({}, "captum", captum_call(Deconvolution)),
+        f"ig x{DEFAULT_IG_STEPS}": ({"method": "ig"}, "captum",
+                                    captum_call(IntegratedGradients, baselines=black, n_steps=DEFAULT_IG_STEPS)),
+        f"smoothgrad x{DEFAULT_SAMPLES}": ({"method": "smoothgrad"}, "captum",
+                                           captum_call(lambda m: NoiseTunnel(Saliency(m)), nt_type="smoothgrad",
+                                                       nt_samples=DEFAULT_SAMPLES, stdevs=sg_sigma, abs=False)),
+        "gradcam": ({}, "grad-cam", cam_call(GradCAM)),
+        "gradcampp": ({}, "grad-cam", cam_call(GradCAMPlusPlus)),
+        "layercam": ({}, "grad-cam", cam_call(LayerCAM)),
+        "lrp-epsilon": ({}, "zennit", zennit_call(lambda: LayerMapComposite(layer_map=eps_layers))),
+        "lrp-zplus": ({}, "zennit", zennit_call(lambda: EpsilonPlus(epsilon=1e-6))),
+    }
+    if args.scorecam:
+        methods["scorecam"] = ({}, "grad-cam", cam_call(ScoreCAM))
+    if args.methods:
+        wanted = [m.strip() for m in args.methods.split(",")]
+        methods = {k: v for k, v in methods.items() if any(k.startswith(w) for w in wanted)}
+
+    def fresh_lm():
+        return cnnviz.models.LoadedModel(copy.deepcopy(lm.model), lm.name, lm.weights, lm.preprocessing,
+                                         lm.categories)
+
+    folds = {}
+
+    def peer_model(name, model):
+        if not name.startswith("lrp"):
+            return model
+        if id(model) not in folds:  # merged once per model, untimed (a zennit user does this once)
+            folds[id(model)] = (model, folded(model, x0)[0])
+        return folds[id(model)][1]
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    print(f"model {lm.name}; one image per call ({Path(path).name}); {torch.get_num_threads()} threads; "
+          f"{cpu_model()}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    first = {k: ([], [], []) for k in methods}
+    rep = {k: ([], [], []) for k in methods}
+    for j in range(args.firsts):
+        for i, (name, (kw, lib, peer)) in enumerate(methods.items()):
+            mine, theirs = fresh_lm(), fresh_lm().model
+            ours = lambda: cnnviz.attribute(mine, path, kw.get("method", name))  # noqa: E731
+            pm = peer_model(name, theirs)
+            sides = [(0, ours), (1, lambda: peer(pm))]
+            for side, fn in (sides if (i + j) % 2 == 0 else sides[::-1]):
+                first[name][side].append(timed(fn))
+            first[name][2].append(timed(lambda: peer(pm, True)) if lib == "captum" else float("nan"))
+    theirs = fresh_lm().model
+    for r in range(args.rounds + 1):  # round 0: the first call on this model, not counted
+        for i, (name, (kw, lib, peer)) in enumerate(methods.items()):
+            ours = lambda: cnnviz.attribute(lm, path, kw.get("method", name))  # noqa: E731
+            pm = peer_model(name, theirs)
+            calls = [(0, ours), (1, lambda: peer(pm))] + ([(2, lambda: peer(pm, True))] if lib == "captum" else [])
+            for side, fn in (calls if (i + r) % 2 == 0 else calls[::-1]):
+                t = timed(fn)
+                if r:
+                    rep[name][side].append(t)
+    med = lambda v: statistics.median(v) if v and not any(np.isnan(v)) else float("nan")  # noqa: E731
+    print(f"\n{'method':<16}{'peer':<10}{'':>4}{'cnnviz ms':>11}{'peer ms':>9}{'ratio':>7}"
+          f"{'peer+top1':>11}{'ratio':>7}")
+    worst = 0.0
+    for name, (_, lib, _) in methods.items():
+        for label, store in (("first", first[name]), ("again", rep[name])):
+            a, b, c = (med(v) * 1e3 for v in store)
+            worst = max(worst, a / b)
+            extra = f"{c:>11.1f}{a / c:>7.2f}" if lib == "captum" else f"{'':>11}{'':>7}"
+            print(f"{name:<16}{lib:<10}{label:>5}{a:>10.1f}{b:>9.1f}{a / b:>7.2f}{extra}", flush=True)
+    print(f"\nworst ratio cnnviz / peer = {worst:.2f} (bar: 1.1); load average now {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -37,8 +37,12 @@ partial group (the last 1-3 images of a batch of 5, 6, 7, or of the last, short 
 differently, by up to ~3e-6 in the logits (measured on lite0, resnet18, alexnet; AMD EPYC, AVX2).
 `pad` therefore fills every batch up to a multiple of GROUP with copies of its last item (their
 outputs are dropped), so every image is computed in a full group and results do not depend on the
-batch size at all, chosen or given. CUDA (cuDNN picks algorithms per batch shape) gives no such
-guarantee: there results agree across batch sizes to float32 (or, with autocast, float16) rounding.
+batch size at all, chosen or given. A call with a single item runs it alone, unpadded (`padder`):
+it has no other batch size to agree with, and padding would cost a whole group's time (on Lite0 a
+one-image saliency call took 2.5x as long); its outputs agree with the same item's in a larger
+call to float32 rounding (~2e-6 in Lite0's logits). CUDA (cuDNN picks algorithms per batch shape)
+gives no such guarantee: there results agree across batch sizes to float32 (or, with autocast,
+float16) rounding.
 
 Wiring an engine (one line around its loop):
 
@@ -105,6 +109,18 @@ def pad(batch: torch.Tensor, group: int = GROUP) -> torch.Tensor:
     if not extra:
         return batch
     return torch.cat([batch, batch[-1:].expand(extra, *batch.shape[1:])])
+
+
+def padder(items: int):
+    """`pad` for a call over `items` items (images, noisy copies, positions), or nothing at all when
+    there is one: a single item has no other batch to agree with (every batch size gives the same
+    one batch), and padding it to a group would compute it GROUP times (on Lite0, 2.5x the time
+    of a one-image call)."""
+    return pad if items > 1 else _as_is
+
+
+def _as_is(batch: torch.Tensor, group: int = GROUP) -> torch.Tensor:
+    return batch
 
 
 def available_memory(device: torch.device) -> int | None:

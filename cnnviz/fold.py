@@ -16,16 +16,24 @@ Which convolution feeds which batch norm is found by running one example through
 batch norm's input must be the very tensor the convolution returned), and the folded copy is then
 checked against the original on that example; if they disagree (a convolution output used
 elsewhere too, say), the original model is used unfolded.
+
+Finding the pairs, copying and checking cost three forward passes and a deep copy (~200 ms for
+Lite0 on 2 CPU cores, three times a one-image LRP call's own work). So the copy and the verdict are
+remembered per model (weakly: they go with it), for the same input shape, layers kept and module
+structure (the modules, their types and their forward hooks); a later call only refreshes the
+copy's numbers from the model's current parameters and buffers (copied, and the batch norms folded
+again), so weights changed in the meantime, in place or not, are always used.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import nn
 
-from .layers import LayerInfo, capture
+from .layers import LayerInfo, capture, eval_mode
 
 TOLERANCE = 1e-4  # relative, of the largest output, for the check of the folded copy
 
@@ -50,11 +58,12 @@ def _foldable(m: nn.Module) -> bool:
     return isinstance(m, (nn.BatchNorm2d, nn.ZeroPad2d)) or _pads_inside(m)
 
 
-def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str | None]]]:
+def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str | None]],
+                                                            object]:
     """(conv, batch norm) pairs where the norm's input is the conv's own output, and (conv, pad)
     pairs where a symmetric ZeroPad2d feeds the conv (pad None: the conv pads inside itself with
     a `static_padding` child, as EfficientNet-Lite's Conv2dStaticSamePadding); each module called
-    exactly once."""
+    exactly once; and the model's output on `example`."""
     calls: dict[str, int] = {}
     produced: dict[int, tuple[str, str]] = {}  # id(output) -> (kind, name)
     keep_alive = []
@@ -86,7 +95,7 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str
         handles += [m.register_forward_pre_hook(pre(name, kind)), m.register_forward_hook(post(name, kind))]
     try:
         with torch.no_grad():
-            model(example)
+            output = model(example)
     finally:
         for h in handles:
             h.remove()
@@ -97,18 +106,7 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str
     for name in once:
         if _pads_inside(modules[name]):
             pad_pairs.append((name, None))
-    return bn_pairs, pad_pairs
-
-
-def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    scale = bn.weight.double() if bn.affine else torch.ones_like(bn.running_var, dtype=torch.float64)
-    shift = bn.bias.double() if bn.affine else torch.zeros_like(bn.running_var, dtype=torch.float64)
-    inv = scale / torch.sqrt(bn.running_var.double() + bn.eps)
-    w = conv.weight.double() * inv.reshape(-1, *([1] * (conv.weight.ndim - 1)))
-    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(inv)
-    b = (b - bn.running_mean.double()) * inv + shift
-    conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
-    conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=False)
+    return bn_pairs, pad_pairs, output
 
 
 def _plain_conv(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
@@ -121,13 +119,18 @@ def _plain_conv(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
     return out.eval()
 
 
-def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> tuple[nn.Module, dict]:
+def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> tuple:
+    """The folded copy, what was folded, the (conv, bn) pairs folded, and the model's own output on
+    `example` (the pairs are found on the model itself, in eval mode, hooks removed afterwards; its
+    output is the reference the copy is checked against)."""
+    with eval_mode(model):
+        bn_pairs, pad_pairs, reference = _pairs(model, example)
     model_copy = copy.deepcopy(model).eval()
     for p in model_copy.parameters():
         p.requires_grad_(False)
-    bn_pairs, pad_pairs = _pairs(model_copy, example)
     modules = dict(model_copy.named_modules())
     folded_bn = folded_pad = 0
+    done = []
     for conv_name, bn_name in bn_pairs:
         bn = modules[bn_name]
         if conv_name in keep or bn.running_mean is None or bn.running_var is None:
@@ -136,6 +139,7 @@ def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> t
         parent, child = _parent(model_copy, bn_name)
         setattr(parent, child, nn.Identity())
         folded_bn += 1
+        done.append((conv_name, bn_name))
     for conv_name, pad_name in pad_pairs:
         conv = modules[conv_name]
         pad = conv.static_padding if pad_name is None else modules[pad_name]
@@ -152,7 +156,56 @@ def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> t
             p_parent, p_child = _parent(model_copy, pad_name)
             setattr(p_parent, p_child, nn.Identity())
         folded_pad += 1
-    return model_copy, {"folded_batch_norms": folded_bn, "folded_paddings": folded_pad}
+    return model_copy, {"folded_batch_norms": folded_bn, "folded_paddings": folded_pad}, done, reference
+
+
+def _folded_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of `conv` with `bn` folded into it (W' = W g/s, b' = (b - mu) g/s + beta),
+    computed in float64 and returned in the convolution's dtype."""
+    scale = bn.weight.double() if bn.affine else torch.ones_like(bn.running_var, dtype=torch.float64)
+    shift = bn.bias.double() if bn.affine else torch.zeros_like(bn.running_var, dtype=torch.float64)
+    inv = scale / torch.sqrt(bn.running_var.double() + bn.eps)
+    w = conv.weight.double() * inv.reshape(-1, *([1] * (conv.weight.ndim - 1)))
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(inv)
+    b = (b - bn.running_mean.double()) * inv + shift
+    return w.to(conv.weight.dtype), b.to(conv.weight.dtype)
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    w, b = _folded_bn(conv, bn)
+    conv.weight = nn.Parameter(w, requires_grad=False)
+    conv.bias = nn.Parameter(b, requires_grad=False)
+
+
+# model -> (key, folded copy or None for the model itself, info, folded (conv, bn) pairs)
+_FOLDS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module, example: torch.Tensor, names: set[str]) -> tuple:
+    """What the fold's pairs and verdict depend on besides the numbers: the modules (identity, type,
+    forward hooks), the parameters' dtypes and devices, the input's shape, dtype and device, and the
+    layers kept."""
+    mods = tuple((id(m), type(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules())
+    kinds = {(t.dtype, t.device) for t in model.parameters()}
+    return mods, tuple(sorted(map(str, kinds))), tuple(example.shape[1:]), example.dtype, example.device, \
+        tuple(sorted(names))
+
+
+def _refresh(copy_: nn.Module, model: nn.Module, bn_pairs: list[tuple[str, str]]) -> None:
+    """The copy's numbers from the model's current parameters and buffers, batch norms folded anew."""
+    src = dict(model.named_parameters())
+    src.update(model.named_buffers())
+    modules = dict(model.named_modules())
+    mine = dict(copy_.named_modules())
+    convs = {c for c, _ in bn_pairs}
+    with torch.no_grad():
+        for name, t in [*copy_.named_parameters(), *copy_.named_buffers()]:
+            if name.rpartition(".")[0] not in convs:
+                t.copy_(src[name])
+        for conv_name, bn_name in bn_pairs:
+            w, b = _folded_bn(modules[conv_name], modules[bn_name])
+            mine[conv_name].weight.copy_(w)
+            mine[conv_name].bias.copy_(b)
 
 
 def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) -> tuple[nn.Module, dict]:
@@ -162,22 +215,40 @@ def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) 
     example: one input (1x3xHxW on the model's device) to find the pairs and check the copy on.
     keep: layers (from `resolve_layer`) an engine records by address; their outputs keep their
     meaning and are checked too. Falls back to `model` itself (with the reason) when nothing can
-    be folded or the copy does not match it."""
+    be folded or the copy does not match it. The copy and the verdict are remembered for the model
+    (see the module's docstring): a later call refreshes the copy's numbers from the model."""
     names = {info.name for info in keep}
     if not any(_foldable(m) for m in model.modules()):  # e.g. VGG, AlexNet: no copy, no trial pass
         return model, {"folded": False, "fold_reason": "nothing to fold"}
+    key = _structure(model, example, names)
+    known = _FOLDS.get(model)
+    if known is not None and known[0] == key:
+        _, copy_, info, pairs = known
+        if copy_ is None:
+            return model, dict(info)
+        _refresh(copy_, model, pairs)
+        return copy_, dict(info)
+    copy_, info, pairs = _fold_afresh(model, example, names, keep)
+    _FOLDS[model] = (key, None if copy_ is model else copy_, dict(info), pairs)
+    return copy_, info
+
+
+def _fold_afresh(model, example, names, keep) -> tuple[nn.Module, dict, list]:
     try:
-        copy_, info = _copy_and_fold(model, example, names)
+        copy_, info, pairs, reference = _copy_and_fold(model, example, names)
     except Exception as e:  # a model that cannot be copied or traced this way: run it as it is
-        return model, {"folded": False, "fold_reason": f"{type(e).__name__}: {e}"[:200]}
+        return model, {"folded": False, "fold_reason": f"{type(e).__name__}: {e}"[:200]}, []
     if not info["folded_batch_norms"] and not info["folded_paddings"]:
-        return model, {"folded": False, "fold_reason": "nothing to fold"}
-    if not _agrees(model, copy_, example, list(keep)):
-        return model, {"folded": False, "fold_reason": "folded copy did not match the model"}
-    return copy_, {"folded": True, **info}
+        return model, {"folded": False, "fold_reason": "nothing to fold"}, []
+    if not _agrees(model, copy_, example, list(keep), None if keep else reference):
+        return model, {"folded": False, "fold_reason": "folded copy did not match the model"}, []
+    return copy_, {"folded": True, **info}, pairs
 
 
-def _agrees(model: nn.Module, copy_: nn.Module, example: torch.Tensor, keep: list[LayerInfo]) -> bool:
+def _agrees(model: nn.Module, copy_: nn.Module, example: torch.Tensor, keep: list[LayerInfo],
+            reference=None) -> bool:
+    """Whether the copy computes what the model computes on `example` (its output, and the layers
+    in `keep`); reference: the model's output, already computed, when nothing is kept."""
     def run(m):
         with torch.no_grad():
             caps = [capture(m, info) for info in keep]
@@ -192,7 +263,8 @@ def _agrees(model: nn.Module, copy_: nn.Module, example: torch.Tensor, keep: lis
     was = [(mod, mod.training) for mod in model.modules()]
     model.eval()
     try:
-        ref, got = run(model), run(copy_)
+        ref = [reference] if reference is not None else run(model)
+        got = run(copy_)
     finally:
         for mod, flag in was:
             mod.training = flag

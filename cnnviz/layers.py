@@ -64,12 +64,14 @@ def _hooks(handles: list) -> Iterator[None]:
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put the model in eval mode for the block and restore each module's own training flag."""
     flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(f for _, f in flags):  # a model already in eval mode (the usual case) is not walked again
+        model.eval()
     try:
         yield model
     finally:
         for m, f in flags:
-            m.training = f
+            if m.training != f:  # setting an attribute of a module is slow; most are as they were
+                m.training = f
 
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()

@@ -346,7 +346,9 @@ class GradientResult(Result):
       |signal| per channel).
     A deconvnet result has params["uninformative"] (bool), ["uninformative_reason"] (str or
     None), ["gray_image_r"] (per image, Pearson r of its map with a uniform gray image's map sent
-    back from the same signal) and ["max_pool_switches"] (max-pool calls on the path).
+    back from the same signal), ["max_pool_switches"] (max-pool calls on the path) and
+    ["gray_image_check"]: "graph" (every backward step on the path is a fixed linear map, read off
+    the pass's graph: the gray image's map is this map, r = 1 without a second pass) or "measured".
     targets: int32 N, the class followed per image (-1 for a unit target); target_names its name.
     top1: int32 N, each image's top-1 class.
     """

@@ -55,17 +55,28 @@ from torch.overrides import TorchFunctionMode
 RULES = ("gradient", "guided", "deconv")
 
 
+_CALL = threading.local()  # .in_place: the rectifier being replaced overwrites its input
+
+
 class _Rectify(torch.autograd.Function):
-    # Saves boolean masks, not x, so that an in-place call may overwrite x afterwards; the deconv
-    # rule ignores x and saves nothing. Few passes over memory: these run at every rectifier.
+    # Few passes over memory: these run at every rectifier. An out-of-place ReLU / ReLU6 / Hardtanh
+    # saves its input, as torch's own hardtanh does, and its backward is one fused kernel
+    # (threshold_backward, hardtanh_backward: the signal where lo < x < hi, else 0). An in-place
+    # call (or a LeakyReLU) saves boolean masks instead, since x is overwritten; the deconv rule
+    # ignores x and saves nothing.
     @staticmethod
     def forward(ctx, x, lo, hi, slope, rule):
         ctx.slope, ctx.rule = slope, rule
+        ctx.lo, ctx.hi, ctx.fused = lo, hi, False
         y = x.clamp(min=lo if lo > -math.inf else None, max=hi if hi < math.inf else None)
         if slope:
             below = x <= lo
             y = torch.where(below, lo + slope * (x - lo), y)
         if rule in ("deconv", "pass"):
+            return y
+        if not slope and lo > -math.inf and not getattr(_CALL, "in_place", True):
+            ctx.fused = True
+            ctx.save_for_backward(x)
             return y
         if hi == math.inf:
             inside = y > lo if not slope else ~below
@@ -82,6 +93,10 @@ class _Rectify(torch.autograd.Function):
         if ctx.rule == "deconv":
             return (g.clamp(min=0) if not a else torch.where(g > 0, g, a * g)), None, None, None, None
         (inside,) = ctx.saved_tensors
+        if ctx.fused:  # inside: the saved input x itself; guided rectifies the fresh result in place
+            out = (torch.ops.aten.threshold_backward(g, inside, ctx.lo) if ctx.hi == math.inf
+                   else torch.ops.aten.hardtanh_backward(g, inside, ctx.lo, ctx.hi))
+            return (out.clamp_(min=0) if ctx.rule == "guided" else out), None, None, None, None
         if ctx.rule == "guided":
             g = g.clamp(min=0)
         out = g * inside if not a else torch.where(inside, g, a * g)
@@ -300,6 +315,10 @@ _LINEAR.update({f: "batchnorm" for f in _funcs(F, ("batch_norm",))})
 _LINEAR.update({f: "add" for f in (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__,
                                    torch.Tensor.__iadd__, torch.Tensor.__radd__)})
 _LINEAR_IN_PLACE = {torch.Tensor.add_, torch.Tensor.__iadd__}
+# every function the mode does anything with; the others (most calls of a pass: shapes, views,
+# indexing) go straight through
+_WATCHED = frozenset(_TABLE) | frozenset(_SMOOTH) | frozenset(_LINEAR) | frozenset(_UNRULED) | frozenset(_GATES) \
+    | frozenset(_MAX_POOLS)
 
 
 class BackwardRule(TorchFunctionMode):
@@ -389,6 +408,8 @@ class BackwardRule(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in _WATCHED:
+            return func(*args, **kwargs)
         if getattr(_QUIET, "on", False):
             return func(*args, **kwargs)
         tracked = bool(args) and isinstance(args[0], torch.Tensor) and args[0].requires_grad \
@@ -408,7 +429,11 @@ class BackwardRule(TorchFunctionMode):
                 return args[0].copy_(out) if (func in _SMOOTH_IN_PLACE or in_place) else out
         elif func in _TABLE:
             lo, hi, slope = _TABLE[func](args, kwargs)
-            y = rule.rectifier(args[0], lo, hi, slope)
+            _CALL.in_place = func in _IN_PLACE or bool(in_place)
+            try:
+                y = rule.rectifier(args[0], lo, hi, slope)
+            finally:
+                _CALL.in_place = True
             if y is not None:
                 self.replaced += 1
                 # callers of an in-place op may ignore the return value

@@ -4,6 +4,7 @@ back exactly as it was, mixed precision, progress bars."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Iterator
 
 import torch
@@ -32,7 +33,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _device_of(model: nn.Module) -> torch.device | None:
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in itertools.chain(model.parameters(), model.buffers()):  # the first one: no lists built
         return t.device
     return None
 

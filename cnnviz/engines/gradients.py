@@ -29,7 +29,10 @@ sent back is the unit's own activation at its position(s), zero elsewhere.
 Images (for SmoothGrad: their noisy copies) go through the model in batches of `batch_size`,
 chosen by measuring when not given (`cnnviz.batching.Batches`), bounded by the memory a forward +
 backward pass needs per image (`backprop_item_bytes`). Every batch is padded to full groups
-(`batching.pad`), so on a CPU the maps do not depend on the batch size, chosen or given.
+(`batching.pad`), so on a CPU the maps do not depend on the batch size, chosen or given; a call
+with one image (one item: no SmoothGrad) runs it alone, unpadded and without a search for the
+batch size (`batching.padder`): its maps agree with the same image's in a larger call to float32
+rounding.
 Integrated Gradients runs one image at a time, its scaled copies in internal batches of at most
 IG_MEMORY_BUDGET bytes (`ig_internal_batch` overrides; the maps agree across internal batches to
 float32 rounding, as captum sums the batches' partial attributions).
@@ -39,6 +42,10 @@ pooling (EfficientNet-Lite, MobileNets) nothing of the image reaches it, and its
 same for every image. Every deconvnet result is therefore compared with the map of a uniform gray
 image sent back from the same signal; when they agree (Pearson r >= 0.99) the result says so in
 params["uninformative"] and params["uninformative_reason"], and the figure and the CLI repeat it.
+Where the backward pass provably reads nothing of the forward pass (every step on its path is a
+fixed linear map: `dependence.backward_ignores_image`, read from the pass's own graph) the gray
+image's map is this very map and r = 1 without a second pass (params["gray_image_check"] "graph");
+otherwise the gray image is sent back and r measured ("measured").
 
 A frozen model (`requires_grad_(False)` on every parameter) gives the same maps: the graph is
 recorded from the input, which always requires grad here, never from the parameters, and no
@@ -54,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..batching import Batches, check_batch_size, memory_limit, model_work, pad
+from ..batching import Batches, check_batch_size, memory_limit, model_work, pad, padder
 from ..errors import ParameterError
 from ..geometry import CropGeometry, params_of, stack_thumbnails
 from ..layers import LayerInfo, default_feature_layer, flattened_after, require_maps, resolve_layer, trace_layers
@@ -64,7 +71,7 @@ from ..rules import RULE_OBJECTS, Rule
 from . import methods as M
 from .cams import (CHANNEL_MEASURE, DEFAULT_MASKS, RISE_BATCH, SCORECAM_BATCH, check_max_channels)
 from .common import model_on_device, progress_bar, resolve_device
-from .dependence import UNINFORMATIVE_R, image_dependence, _uninformative  # noqa: F401
+from .dependence import UNINFORMATIVE_R, backward_ignores_image, image_dependence, _uninformative  # noqa: F401
 from .ig import _baseline, check_baseline
 from .methods import SMOOTH_MODES, SmoothGrad, signal_at_input
 from .targets import Target, Unit, seed
@@ -299,12 +306,15 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     gen = torch.Generator().manual_seed(seed)
     fixed = None if target is None else lm.class_index(target)
     dependence = None
-    item_bytes = backprop_item_bytes(lm.model, x[:1])
+    single = n * (smooth or 1) == 1 and method != "ig"  # one item: run alone, nothing to choose or pad
+    item_bytes = None if single else backprop_item_bytes(lm.model, x[:1])
     if method == "ig":
         internal, internal_auto = ig_internal_batch, ig_internal_batch is None
         if internal is None:
             internal = memory_limit(dev, item_bytes, max(1, min(ig_steps, IG_MEMORY_BUDGET // item_bytes)))
         batches = None
+    elif single:
+        batches = Batches(1, batch_size, device=dev, start=1, limit=1)
     else:
         # on CUDA, Batches measures the memory of the first batch itself
         work = model_work(lm.model, x, engine="gradients", method=method, smooth=bool(smooth),
@@ -320,7 +330,7 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         top1 = None
         if not (m.one_pass and not smooth and unit_obj is None):
             with torch.inference_mode():
-                top1 = torch.cat([model(pad(x[i:i + 32])).argmax(1)[:len(x[i:i + 32])].clone()
+                top1 = torch.cat([model(padder(n)(x[i:i + 32])).argmax(1)[:len(x[i:i + 32])].clone()
                                   for i in range(0, n, 32)])
         if unit_obj is None:
             targets = torch.full((n,), fixed, dtype=torch.long, device=dev) if fixed is not None else top1
@@ -328,6 +338,9 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
             targets = None
         tgt = _target(targets, unit_obj)
         extra = {"rules": rule_map} if rule_map is not None else {}
+        proofs: list[bool] = []  # deconv: per batch, whether its backward pass reads nothing of the forward pass
+        if method == "deconv" and rule_map is None and not smooth:
+            extra["inspect"] = lambda out, leaf: proofs.append(backward_ignores_image(out, leaf))
         if method == "ig":
             signal = m.compute(model, x, tgt, baseline=_baseline(lm, x, baseline), steps=ig_steps, smooth=smooth,
                                noise=noise, gen=gen, internal=internal)
@@ -343,9 +356,9 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
                 extra, total, unit = {"max_channels": max_channels}, n * min(max_channels or info.shape[0],
                                                                                info.shape[0]), "ch"
             with progress_bar(total, method, progress, unit=unit) as bar:
-                signal = _run(model, m, x, tgt, info, batches, {**extra, "bar": bar}, padded=False)
+                signal = _run(model, m, x, tgt, info, batches, {**extra, "bar": bar}, fill=lambda t: t)
         else:
-            signal = _run(model, m, x, tgt, info, batches, extra)
+            signal = _run(model, m, x, tgt, info, batches, extra, padder(n))
         if top1 is None:
             top1 = signal["top1"]
             if targets is None and unit_obj is None:
@@ -353,8 +366,12 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         relevance = _relevance(model, x, signal, targets) if (
             m.scale_unit == "relevance" and unit_obj is None and targets is not None) else None
         if method == "deconv" and rule_map is None:
-            dependence = image_dependence(model, x, targets, info, unit_obj,
-                                          lm.preprocessing.fill_value("mean").to(dev), _half_batch(batches))
+            if proofs and all(proofs):  # the gray image's map is this very map: nothing to measure
+                dependence, check = ([1.0] * n, 0), "graph"
+            else:
+                dependence, check = image_dependence(model, x, targets, info, unit_obj,
+                                                     lm.preprocessing.fill_value("mean").to(dev),
+                                                     _half_batch(batches), padder(n)), "measured"
     if "heat" in signal:
         attr, amap = signal["heat"][:, None], signal["heat"]
     elif "cam" in signal:
@@ -387,6 +404,7 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
         params.update(batches.record())
     if dependence is not None:
         params.update(_uninformative(lm.name, *dependence, unit=unit_obj is not None))
+        params["gray_image_check"] = check
     if method == "rise":
         params.update({"masks": int(masks), "rise_grid": 7, "rise_keep": 0.5, "masked_batch": RISE_BATCH})
     if method == "scorecam":
@@ -509,16 +527,15 @@ def _half_batch(batches: Batches) -> int:
     return max(4, (batches.size // 2) // 4 * 4)
 
 
-def _run(model, m: M.Method, x, target: Target, info, batches, extra, padded: bool = True):
-    """A method over `batches` of images. Each batch is padded to full groups and the padding's
-    rows dropped (not `padded`: a method that runs each image on its own, Score-CAM and RISE, whose
-    padding rows would cost as much as real images)."""
+def _run(model, m: M.Method, x, target: Target, info, batches, extra, fill=pad):
+    """A method over `batches` of images. Each batch is padded to full groups (`fill`: `pad`, or
+    nothing for a call with one image, or for a method that runs each image on its own, Score-CAM
+    and RISE, whose padding rows would cost as much as real images) and the padding's rows dropped."""
     parts: dict[str, list] = {}
-    grow = pad if padded else (lambda t: t)
     for lo, hi in batches:
         k = hi - lo
-        tb = target.with_classes(grow(target.classes[lo:hi])) if target.classes is not None else target
-        out = m.compute(model, grow(x[lo:hi]), tb, info, **extra)
+        tb = target.with_classes(fill(target.classes[lo:hi])) if target.classes is not None else target
+        out = m.compute(model, fill(x[lo:hi]), tb, info, **extra)
         for key, v in out.items():
             parts.setdefault(key, []).append(None if v is None else v[:k])
     return {key: None if any(v is None for v in vs) else torch.cat(vs) if isinstance(vs[0], torch.Tensor)

@@ -81,10 +81,11 @@ def backward_mode(rule, model=None):
     return BackwardRule(rule, model=model if isinstance(rule, dict) else None)
 
 
-def signal_at_input(model, x: torch.Tensor, target: Target, rule=None, layer=None):
+def signal_at_input(model, x: torch.Tensor, target: Target, rule=None, layer=None, inspect=None):
     """(signal N x 3 x H x W at the input, top-1 classes or None for a unit target): the gradient of
     `target` under `rule`. A class target with `classes=None` is each image's top-1; a unit target
-    needs `layer` (a LayerInfo), where the forward pass stops."""
+    needs `layer` (a LayerInfo), where the forward pass stops. inspect: called with (the output
+    the signal starts from, the input leaf) before the backward pass, e.g. to read the graph."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), backward_mode(rule, model):
         if not target.is_class:
@@ -92,12 +93,16 @@ def signal_at_input(model, x: torch.Tensor, target: Target, rule=None, layer=Non
                 with contextlib.suppress(StopForward):
                     model(x)
             act = store[layer.address]
+            if inspect is not None:
+                inspect(act, x)
             (g,) = torch.autograd.grad(act, x, grad_outputs=seed(act, target))
             return g.detach(), None
         out = model(x)
         top1 = out.detach().argmax(1)
         if target.classes is None:
             target = target.with_classes(top1)
+        if inspect is not None:
+            inspect(out, x)
         (g,) = torch.autograd.grad(out, x, grad_outputs=seed(out, target))
     return g.detach(), top1
 
@@ -106,8 +111,8 @@ def signal_at_input(model, x: torch.Tensor, target: Target, rule=None, layer=Non
 # The methods' computations
 
 def _backprop(rule):
-    def compute(model, x, target, layer=None, rules=None):
-        g, top1 = signal_at_input(model, x, target, rules if rules is not None else rule, layer)
+    def compute(model, x, target, layer=None, rules=None, inspect=None):
+        g, top1 = signal_at_input(model, x, target, rules if rules is not None else rule, layer, inspect)
         return {"input": g, "top1": top1}
     return compute
 
@@ -185,8 +190,10 @@ for _m in (
            needs_layer=True, rgb=True),
     Method("ig", "Integrated Gradients", _ig, "input × gradient", "attribution (sum over RGB)", signed=True,
            smoothable=True, options=("baseline", "steps", "smooth", "noise", "gen", "internal")),
-    Method("gradcampp", "Grad-CAM++", _cam("grad_cam_pp"), "Grad-CAM++", "Grad-CAM++ (upsampled)", needs_layer=True),
-    Method("layercam", "LayerCAM", _cam("layer_cam"), "LayerCAM", "LayerCAM (upsampled)", needs_layer=True),
+    Method("gradcampp", "Grad-CAM++", _cam("grad_cam_pp"), "Grad-CAM++", "Grad-CAM++ (upsampled)", needs_layer=True,
+           one_pass=True),
+    Method("layercam", "LayerCAM", _cam("layer_cam"), "LayerCAM", "LayerCAM (upsampled)", needs_layer=True,
+           one_pass=True),
     Method("scorecam", "Score-CAM", _cam("score_cam"), "Score-CAM", "Score-CAM (upsampled)", needs_layer=True,
            options=("max_channels", "bar")),
     Method("rise", "RISE", _rise, "RISE probability", "RISE: E[P(class) | pixel kept]", options=("masks", "bar")),
