@@ -218,7 +218,7 @@ def register(cli) -> None:
             except ParameterError as e:
                 raise ParameterError(f"--fill: {e}") from None
         out_p = Path(out)
-        inputs = [data, boxes, model_spec.get("weights_file")]
+        inputs = [data, boxes, model_spec.get("weights_file"), model_spec.get("labels")]
         spec_file = str(model_spec.get("name") or "").partition(":")[0]
         if spec_file.endswith(".py"):
             inputs.append(spec_file)  # --model ./net.py:build

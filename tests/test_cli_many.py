@@ -196,7 +196,7 @@ VALUE = {
     "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
     "--sanity-images": "1", "--num-units": "3", "--scale": "1.5",
     "--parts": "parts.json", "--draws": "3", "--checkpoints": "ckpt_*.pt", "--segments": "20", "--compactness": "5",
-    "--random-within": "head",
+    "--random-within": "head", "--projection": "guided", "--crop": "activation", "--masks": "8", "--max-channels": "4",
     "--rule": "alphabeta", "--image-labels": "labels.csv", "--group": "family", "--folds": "3", "--penalty-c": "0.5",
     "--metric": "cosine", "--threshold": "0.4", "--significance": "0.05", "--colour-iou": "0.3",
 }
@@ -243,14 +243,14 @@ def test_the_help_states_the_engines_defaults():
     from cnnviz.engines import gradients as G
 
     text = _options_text("ig")
-    assert f"[default: {G.DEFAULT_IG_STEPS}; x>=1]" in text.split("--steps", 1)[1].split("--baseline", 1)[0]
+    assert f"[default: {G.DEFAULT_IG_STEPS}; 1<=x<=10000]" in text.split("--steps", 1)[1].split("--baseline", 1)[0]
     assert "[default: black]" in text.split("--baseline", 1)[1].split("--internal-batch", 1)[0]
     assert f"{G.IG_MEMORY_BUDGET >> 30} GiB" in text
     for command in ("saliency", "smoothgrad", "ig"):
         text = _options_text(command)
         assert f"[default: {G.DEFAULT_NOISE}]" in text.split("--noise", 1)[1].split("--seed", 1)[0]
     text = _options_text("smoothgrad")
-    assert "[default: 25; x>=1]" in text.split("--samples", 1)[1].split("--noise", 1)[0]
+    assert "[default: 25; 1<=x<=10000]" in text.split("--samples", 1)[1].split("--noise", 1)[0]
 
 
 def test_each_gradient_option_is_declared_once():

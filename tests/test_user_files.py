@@ -496,3 +496,12 @@ def test_an_unwritable_report_place_is_found_before_the_model_loads(user):
     for out in ("/proc/x", "/sys/x"):
         one_line_error(audit("data", out, model="./net.py:loud"))
     assert not (user / "model-was-built").exists()
+
+
+def test_force_never_replaces_the_folder_of_the_labels_file(user):
+    (user / "lab").mkdir()
+    (user / "lab" / "labels.txt").write_text("a\nb\nc\n")
+    res = cli("audit", "data", "--out", "lab", "--model", "./net.py:tiny", "--weights", "none", "--labels",
+              "lab/labels.txt", *AUDIT, "--force")
+    one_line_error(res, "contains the input")
+    assert (user / "lab" / "labels.txt").read_text() == "a\nb\nc\n"
