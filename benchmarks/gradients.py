@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     import cnnviz
     from cnnviz.engines.common import resolve_device
-    from cnnviz.engines.gradients import attribute
+    from cnnviz.engines.attribution.gradients import attribute
     from cnnviz.layers import default_feature_layer
 
     dev = resolve_device(args.device)
@@ -178,7 +178,7 @@ def per_call(args) -> int:
     from zennit.types import Convolution
 
     import cnnviz
-    from cnnviz.engines.gradients import DEFAULT_IG_STEPS, DEFAULT_NOISE, DEFAULT_SAMPLES
+    from cnnviz.engines.attribution.gradients import DEFAULT_IG_STEPS, DEFAULT_NOISE, DEFAULT_SAMPLES
     from cnnviz.fold import folded
     from machine import cpu_model
 
@@ -317,7 +317,7 @@ def stability(args) -> int:
     import numpy as np
 
     import cnnviz
-    from cnnviz.engines.gradients import attribute
+    from cnnviz.engines.attribution.gradients import attribute
 
     lm = cnnviz.load_model(args.model, weights=args.weights)
     files = sorted(SAMPLE.glob("*.jpg"))[: args.images] if SAMPLE.is_dir() else [ROOT / "assets" / "rocket.jpg"]

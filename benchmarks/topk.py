@@ -2,7 +2,7 @@
 
 All in one process, on the same model, layer, images, batch size, workers and device:
 
-  (a) cnnviz.engines.topk.scan: every unit of the layer, k images kept per unit (hook on the
+  (a) cnnviz.engines.units.topk.scan: every unit of the layer, k images kept per unit (hook on the
       layer, per-unit spatial maximum and argmax, exact top-k merge after every batch);
   (b) the bare forward limit: the very same DataLoader (the scan's own ImageListDataset, the same
       batches, workers and memory layout) feeding model(batch) under torch.inference_mode(), and
@@ -65,7 +65,7 @@ def timed(fn, dev: torch.device):
 
 
 def main(argv=None) -> int:
-    from cnnviz.engines.topk import scan
+    from cnnviz.engines.units.topk import scan
 
     scan_defaults = inspect.signature(scan).parameters
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     import cnnviz
     from cnnviz.engines.common import autocast, batch_memory_format, resolve_device
-    from cnnviz.engines.topk import ImageListDataset, empty_state, list_files, parse_units
+    from cnnviz.engines.units.topk import ImageListDataset, empty_state, list_files, parse_units
     from cnnviz.layers import resolve_layer
 
     data = Path(args.data)

@@ -78,7 +78,7 @@ def remove_leftovers(out: Path, progress: Path) -> None:
     """What a run killed with -9 left beside the report: half-built report folders and replaced
     reports not yet deleted (recognised by cnnviz's marker inside, never by a pattern of names), and
     the temporary of a progress file being written (atomic renames never leave a half file in place)."""
-    from cnnviz.engines.topk import remove_stale_temporaries
+    from cnnviz.engines.units.topk import remove_stale_temporaries
     from cnnviz.files import remove_own_temporaries
 
     remove_stale_temporaries(progress)
@@ -204,7 +204,7 @@ def register(cli) -> None:
         from cnnviz.engines.common import resolve_device
         from cnnviz.errors import ParameterError
         from cnnviz.files import exclusive_lock
-        from cnnviz.engines.topk import is_progress_file
+        from cnnviz.engines.units.topk import is_progress_file
         from cnnviz.models import Preprocessing
 
         methods_t = check_methods(methods)

@@ -287,43 +287,6 @@ def _check_stride(window, stride, size) -> None:
                                  f"--stride {room} or less")
 
 
-@cli.command()
-@click.argument("result", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(), metavar="FIG",
-              help="Figure file: .png, .pdf or .svg; for an audit's result also a folder (no extension): its HTML "
-                   "report.")
-@click.option("--full-image", is_flag=True,
-              help="Occlusion and backprop results: draw on the whole original photo (crop dashed, rest hatched).")
-@figure_options
-def render(result, out, full_image):
-    """Redraw a figure from a saved result (RESULT.npz + its .json sidecar) without recomputing,
-    e.g. at another --width for a one-column figure. An audit's result (report/audit.npz) with
-    --out DIR/ (no extension) writes the whole HTML report again into DIR."""
-    from cnnviz.errors import CnnvizError, ResultError
-    from cnnviz.files import FIGURE_SUFFIXES, check_output
-    from cnnviz.results import load_result
-
-    if not os.path.splitext(out.rstrip("/" + os.sep))[1] or out.endswith(("/", os.sep)):
-        from cnnviz_cli.audit import render_folder
-
-        return render_folder(result, out)
-    check_output(out, FIGURE_SUFFIXES)
-    loaded = load_result(result)
-    try:
-        from cnnviz_cli import output
-
-        fig = loaded.render(out, **output.style(), **({"full_image": True} if full_image else {}))
-    except CnnvizError:
-        raise
-    except Exception as e:  # the schema passed but the values still do not fit together (an edited file)
-        raise ResultError(f"cannot draw {result!r}: its contents do not fit together ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); save the result again with --save") from None
-    click.echo(f"wrote {out}")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
 def _register_modules():
     """Every module of this package with a `register(cli)` adds its commands (an analysis declares
     its command where it is defined, see cnnviz.analyses), then every plug-in of the
@@ -335,8 +298,9 @@ def _register_modules():
 
     import cnnviz_cli
 
-    for info in pkgutil.iter_modules(cnnviz_cli.__path__, "cnnviz_cli."):
-        if info.name != __name__ and info.name != "cnnviz_cli.main":
+    # the command modules: one per family of analysis, or a package of them (cnnviz_cli.attribution, ...)
+    for info in pkgutil.walk_packages(cnnviz_cli.__path__, "cnnviz_cli."):
+        if info.name != __name__ and info.name != "cnnviz_cli.main" and not info.ispkg:
             module = importlib.import_module(info.name)
             if callable(getattr(module, "register", None)):
                 module.register(cli)

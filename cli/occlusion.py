@@ -30,7 +30,7 @@ def mode_summary(p: dict) -> str:
 
 
 def register(cli) -> None:
-    from .attribution import _load
+    from .attribution.methods import _load
 
     @cli.command()
     @click.argument("images", nargs=-1, required=True, type=click.Path())

@@ -21,7 +21,7 @@ def _check_baseline(ctx, param, value):
     """--baseline: the engine's own check, at parse time (one line naming the value)."""
     if value is None:
         return value
-    from cnnviz.engines.ig import check_baseline
+    from cnnviz.engines.attribution.ig import check_baseline
     from cnnviz.errors import ParameterError
 
     try:
@@ -44,7 +44,7 @@ def _check_fill(ctx, param, value):
 
 def _check_mode(ctx, param, value):
     """--mode: the engine's own check (one line naming the value and the modes)."""
-    from cnnviz.engines.incremental import check_mode
+    from cnnviz.engines.occlusion.incremental import check_mode
     from cnnviz.errors import ParameterError
 
     try:
@@ -54,7 +54,7 @@ def _check_mode(ctx, param, value):
 
 
 def _check_tau(ctx, param, value):
-    from cnnviz.engines.incremental import check_tau
+    from cnnviz.engines.occlusion.incremental import check_tau
     from cnnviz.errors import ParameterError
 
     try:

@@ -1,6 +1,6 @@
 """cnnviz: see what a convolutional network reacts to."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import CnnvizError
 from .images import load_image

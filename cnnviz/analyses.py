@@ -31,6 +31,8 @@ from types import ModuleType
 
 ENTRY_POINT_GROUP = "cnnviz.analyses"
 
+# every Result type, by kind: filled when a Result subclass is defined (cnnviz.results.Result)
+_REGISTRY: dict = {}
 _plugins: list[ModuleType] | None = None
 _engines_imported = False
 
@@ -74,8 +76,6 @@ def _import_engines() -> None:
 def result_type(kind: str):
     """The Result class of `kind`, importing the engines and plug-ins when it is not yet known;
     None when nothing declares it."""
-    from .results import _REGISTRY
-
     if kind not in _REGISTRY:
         _import_engines()
         plugins()
@@ -84,8 +84,6 @@ def result_type(kind: str):
 
 def kinds() -> list[str]:
     """Every result kind declared by cnnviz and its plug-ins."""
-    from .results import _REGISTRY
-
     _import_engines()
     plugins()
     return sorted(k for k in _REGISTRY if k != "result")

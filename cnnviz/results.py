@@ -19,7 +19,7 @@ from . import schema as S
 from .errors import ResultError
 from .files import check_result_output, sidecar_of, write_together
 
-_REGISTRY: dict[str, type["Result"]] = {}
+from .analyses import _REGISTRY
 
 
 def _torchvision_version() -> str:
@@ -38,7 +38,7 @@ def _torchvision_version() -> str:
 def provenance(identity: dict, device: str) -> dict:
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return {**identity, "device": device, "cnnviz_version": __version__, "torch_version": torch.__version__,
             "torchvision_version": _torchvision_version(), "python_version": platform.python_version(),
@@ -354,7 +354,7 @@ class GradientResult(Result):
     """
 
     kind: ClassVar[str] = "gradients"
-    renderer: ClassVar = "cnnviz.render.gradients:figure"
+    renderer: ClassVar = "cnnviz.render.attribution.gradients:figure"
     full_image: ClassVar[bool] = True
     param_schema: ClassVar[dict] = {"method": S.TEXT}
     array_schema: ClassVar[dict] = {
@@ -378,7 +378,7 @@ class CompareResult(Result):
     """
 
     kind: ClassVar[str] = "compare"
-    renderer: ClassVar = "cnnviz.render.compare:figure"
+    renderer: ClassVar = "cnnviz.render.attribution.compare:figure"
     param_schema: ClassVar[dict] = {"method_params": S.Check(
         lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, dict) and "method" in x for x in v),
         "a list of each method's params")}
@@ -429,7 +429,7 @@ class SanityResult(Result):
     """
 
     kind: ClassVar[str] = "sanity"
-    renderer: ClassVar = "cnnviz.render.sanity:figure"
+    renderer: ClassVar = "cnnviz.render.attribution.sanity:figure"
     param_schema: ClassVar[dict] = {"target_name": S.optional(S.TEXT), "layer": S.optional(S.TEXT)}
     array_schema: ClassVar[dict] = {
         "image": S.Arr("u", ("H", "W", 3)), "steps": S.Arr("U", ("S",)), "methods": S.Arr("U", ("M",)),

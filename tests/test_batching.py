@@ -8,7 +8,7 @@ import torchvision
 
 from cnnviz import batching
 from cnnviz.batching import Batches, check_batch_size, pad
-from cnnviz.engines.occlusion import occlusion
+from cnnviz.engines.occlusion.engine import occlusion
 from cnnviz.errors import ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
 

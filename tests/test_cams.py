@@ -1,4 +1,4 @@
-"""Grad-CAM++, LayerCAM, Score-CAM and RISE (cnnviz.engines.cams) against their papers' definitions
+"""Grad-CAM++, LayerCAM, Score-CAM and RISE (cnnviz.engines.attribution.cams) against their papers' definitions
 computed another way on small models, and against the grad-cam package (pytorch-grad-cam) where it
 computes the same quantity."""
 
@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnviz.engines.cams import RiseMasks, grad_cam_pp, layer_cam, rise, score_cam
+from cnnviz.engines.attribution.cams import RiseMasks, grad_cam_pp, layer_cam, rise, score_cam
 from cnnviz.layers import resolve_layer
 
 

@@ -55,7 +55,7 @@ def lite0():
 @pytest.fixture
 def no_sweep(monkeypatch):
     """Fails the test (with an internal error line) if the occlusion sweep starts."""
-    import cnnviz.engines.occlusion as occ
+    import cnnviz.engines.occlusion.engine as occ
 
     def boom(*a, **k):
         raise RuntimeError("the occlusion sweep started before the bad value was rejected")
@@ -473,7 +473,7 @@ def test_sidecar_params_agree_with_the_saved_arrays(occ_run):
 def test_render_redraws_the_saved_result_without_recomputing(ext, magic, occ_run, tmp_path, monkeypatch):
     d, res = occ_run
     assert res.exit_code == 0, res.stderr
-    import cnnviz.engines.occlusion as occ
+    import cnnviz.engines.occlusion.engine as occ
     import cnnviz.models
 
     def forbidden(*a, **k):
@@ -625,12 +625,12 @@ def test_failed_result_save_leaves_no_npz_json_or_temp_file(occ_run, out, monkey
 @pytest.fixture
 def no_compute(monkeypatch):
     """Fails the test if any engine starts computing."""
-    import cnnviz.engines.effective_rf as eff
-    import cnnviz.engines.empirical_rf as erf
+    import cnnviz.engines.receptive_field.effective as eff
+    import cnnviz.engines.receptive_field.empirical as erf
     import cnnviz.engines.featvis as fv
-    import cnnviz.engines.filters as fl
-    import cnnviz.engines.occlusion as occ
-    import cnnviz.engines.receptive_field as rfe
+    import cnnviz.engines.units.filters as fl
+    import cnnviz.engines.occlusion.engine as occ
+    import cnnviz.engines.receptive_field.theory as rfe
     from cnnviz.models import LoadedModel
 
     def boom(*a, **k):

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 import cnnviz
-from cnnviz.engines.correspondence import correspondence, read_parts
+from cnnviz.engines.experiments.correspondence import correspondence, read_parts
 from cnnviz.errors import LayerError, ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
 

@@ -18,10 +18,10 @@ import pytest
 
 import cnnviz
 from cnnviz import taxonomy
-from cnnviz.engines.features import depth_layers, pooled_features
-from cnnviz.engines.neighbours import hit_rate
-from cnnviz.engines.probe import fit_probe
-from cnnviz.engines.semantics import purity_p_values
+from cnnviz.engines.units.features import depth_layers, pooled_features
+from cnnviz.engines.experiments.neighbours import hit_rate
+from cnnviz.engines.experiments.probe import fit_probe
+from cnnviz.engines.units.semantics import purity_p_values
 
 from helpers import SAMPLE, sample_rows
 

@@ -10,8 +10,8 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from cnnviz.engines.deconvnet import features_of, project_sequential
-from cnnviz.engines.gradients import Unit, attribute, input_signal
+from cnnviz.engines.attribution.deconvnet import features_of, project_sequential
+from cnnviz.engines.attribution.gradients import Unit, attribute, input_signal
 from cnnviz.errors import ParameterError
 from cnnviz.layers import resolve_layer
 from cnnviz.models import LoadedModel, Preprocessing
@@ -79,7 +79,7 @@ def test_overlapping_pooling_sums_what_shared_switches_send_back(alexnet, monkey
     """AlexNet's 3x3 stride 2 pools overlap: one input position can be the switch of several
     windows. Unpooling must add what they send back (as max pooling's backward does); keeping only
     one of them (max_unpool2d's overwrite) loses signal and gives a different picture."""
-    import cnnviz.engines.deconvnet as D
+    import cnnviz.engines.attribution.deconvnet as D
     import torch.nn.functional as F
 
     model, x = alexnet

@@ -34,7 +34,7 @@ def lm():
 def full(lm):
     """Full-image occlusion (no crop): 2 top images of 3, occluder 3 px at stride 3, and a ring of
     3 px of occluder positions that do not touch the RF."""
-    from cnnviz.engines.empirical_rf import empirical_receptive_field
+    from cnnviz.engines.receptive_field.empirical import empirical_receptive_field
 
     return empirical_receptive_field(lm, LAYER, None, _files(3), occluder=3, stride=3, margin=3, max_images=2,
                                      crop=False, device="cpu")
@@ -77,7 +77,7 @@ def test_size_and_alignment(full):
 
 
 def test_crop_matches_full_image(lm, full):
-    from cnnviz.engines.empirical_rf import empirical_receptive_field
+    from cnnviz.engines.receptive_field.empirical import empirical_receptive_field
 
     e = empirical_receptive_field(lm, LAYER, full.channel, _files(3), occluder=3, stride=3, margin=3, max_images=2,
                                   crop=True, device="cpu")
@@ -87,7 +87,7 @@ def test_crop_matches_full_image(lm, full):
 
 
 def test_figure_empirical_only(full, tmp_path):
-    from cnnviz.render.rf_compare import compare_figure
+    from cnnviz.render.receptive_field.compare import compare_figure
     from cnnviz.render.style import plt
 
     fig = compare_figure(full.theoretical, None, full)
@@ -99,7 +99,7 @@ def test_figure_empirical_only(full, tmp_path):
 
 
 def test_bad_arguments(lm):
-    from cnnviz.engines.empirical_rf import empirical_receptive_field
+    from cnnviz.engines.receptive_field.empirical import empirical_receptive_field
     from cnnviz.errors import CnnvizError
 
     f = _files(1)

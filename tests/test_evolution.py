@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import cnnviz
-from cnnviz.engines.evolution import evolution, find_checkpoints
+from cnnviz.engines.experiments.evolution import evolution, find_checkpoints
 from cnnviz.errors import LayerError, ModelError, ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
 

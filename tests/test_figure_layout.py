@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 import cnnviz
-from cnnviz.engines.gradients import attribute
+from cnnviz.engines.attribution.gradients import attribute
 from cnnviz.errors import ParameterError
-from cnnviz.render.gradients import compare_figure, scale_groups
+from cnnviz.render.attribution.gradients import compare_figure, scale_groups
 from cnnviz.render.style import DEFAULT_WIDTH, grid_shape
 from cnnviz_cli.main import cli
 from figure_checks import check, drawn_texts
@@ -41,11 +41,11 @@ def grads(lite0):
 def results(lite0, grads, tmp_path_factory):
     """One result of every kind `Result.render` draws, small."""
     from cnnviz.engines.featvis import deep_dream, visualize_units
-    from cnnviz.engines.filters import feature_maps, first_layer_filters
-    from cnnviz.engines.patches import unit_patches
-    from cnnviz.engines.receptive_field import receptive_field
-    from cnnviz.engines.sanity import sanity
-    from cnnviz.engines.topk import scan
+    from cnnviz.engines.units.filters import feature_maps, first_layer_filters
+    from cnnviz.engines.units.patches import unit_patches
+    from cnnviz.engines.receptive_field.theory import receptive_field
+    from cnnviz.engines.attribution.sanity import sanity
+    from cnnviz.engines.units.topk import scan
 
     rocket = ASSETS / "rocket.jpg"
     folder = tmp_path_factory.mktemp("photos")
@@ -100,9 +100,9 @@ def test_compare_figure_fits_the_width(grads, width, overlay):
 def test_receptive_field_comparison_fits_the_width(lite0):
     import torch
 
-    from cnnviz.engines.effective_rf import effective_receptive_field
-    from cnnviz.engines.receptive_field import receptive_fields
-    from cnnviz.render.rf_compare import compare_figure as rf_figure
+    from cnnviz.engines.receptive_field.effective import effective_receptive_field
+    from cnnviz.engines.receptive_field.theory import receptive_fields
+    from cnnviz.render.receptive_field.compare import compare_figure as rf_figure
 
     theo = {i.address: i for i in receptive_fields(lite0.model, (96, 96))}["_blocks.2"]
     eff = effective_receptive_field(lite0.model, "_blocks.2", torch.randn(2, 3, 96, 96))

@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cnnviz.engines.filters import ActivationsResult, FiltersResult, feature_maps, first_layer_filters
+from cnnviz.engines.units.filters import ActivationsResult, FiltersResult, feature_maps, first_layer_filters
 from cnnviz.errors import LayerError, ParameterError
 from cnnviz.models import load_model
-from cnnviz.render.filters import filter_tiles
+from cnnviz.render.units.filters import filter_tiles
 from cnnviz.results import load_result
 
 from helpers import ASSETS, assert_untouched, snapshot

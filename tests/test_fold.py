@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnviz.engines.occlusion import occlusion
+from cnnviz.engines.occlusion.engine import occlusion
 from cnnviz.fold import folded
 from cnnviz.layers import resolve_layer
 from cnnviz.models import load_model

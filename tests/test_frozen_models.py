@@ -11,9 +11,9 @@ import torch
 import torchvision
 
 import cnnviz
-from cnnviz.engines.gradients import attribute
-from cnnviz.engines.patches import deconv_projections
-from cnnviz.engines.sanity import sanity
+from cnnviz.engines.attribution.gradients import attribute
+from cnnviz.engines.units.patches import deconv_projections
+from cnnviz.engines.attribution.sanity import sanity
 from cnnviz.models import LoadedModel, Preprocessing
 
 from helpers import assert_untouched, sample_image, snapshot

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
-from cnnviz.engines.gradients import attribute
-from cnnviz.engines.occlusion import occlusion
+from cnnviz.engines.attribution.gradients import attribute
+from cnnviz.engines.occlusion.engine import occlusion
 from cnnviz.errors import ResultError
 from cnnviz.models import LoadedModel, Preprocessing, load_model
 from cnnviz.results import load_result
@@ -271,7 +271,7 @@ def test_cli_full_image_flag_and_render_of_a_saved_result(tiny_results, tmp_path
     res = CliRunner().invoke(cli, ["render", str(saved), "--full-image", "-o", str(tmp_path / "no.png")])
     assert res.exit_code == 0
     filters = tmp_path / "f.npz"
-    from cnnviz.engines.filters import first_layer_filters
+    from cnnviz.engines.units.filters import first_layer_filters
 
     first_layer_filters(_tiny()).save(filters)
     res = CliRunner().invoke(cli, ["render", str(filters), "--full-image", "-o", str(tmp_path / "f.png")])
@@ -324,8 +324,8 @@ def test_every_engine_that_takes_a_photo_stores_a_mapping_that_finds_the_object_
     """Sanity, activations, inversion and DeepDream (a resize without a crop) keep the geometry:
     the object found in the pixels each result keeps lies where to_crop puts the pasted box."""
     from cnnviz.engines import featvis
-    from cnnviz.engines.filters import feature_maps
-    from cnnviz.engines.sanity import sanity
+    from cnnviz.engines.units.filters import feature_maps
+    from cnnviz.engines.attribution.sanity import sanity
 
     lm = _tiny()
     canvas_wh, box = CASES["landscape"]

@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from cnnviz.engines.gradients import attribute
+from cnnviz.engines.attribution.gradients import attribute
 from cnnviz.errors import CnnvizError, ParameterError
 from cnnviz.models import LoadedModel, Preprocessing, load_model
 

@@ -1,4 +1,4 @@
-"""Incremental occlusion (cnnviz.engines.incremental) against the full mode, the real oracle: the
+"""Incremental occlusion (cnnviz.engines.occlusion.incremental) against the full mode, the real oracle: the
 same three panels on every model family it claims (sequential, residual, concatenating, depthwise
 with batch norm), at window/stride pairs that touch the border and do not divide the input."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnviz.engines.occlusion import occlusion
+from cnnviz.engines.occlusion.engine import occlusion
 from cnnviz.errors import CnnvizError
 from cnnviz.models import LoadedModel, Preprocessing, load_model
 
@@ -93,7 +93,7 @@ def test_unfolded_lite0_with_its_explicit_same_padding_and_functional_convolutio
 
 def test_theoretical_count_on_vgg16_at_224_matches_the_issue():
     torch.manual_seed(0)
-    from cnnviz.engines.incremental.sweep import IncrementalGraph
+    from cnnviz.engines.occlusion.incremental.sweep import IncrementalGraph
 
     model = torchvision.models.vgg16().eval()
     x = torch.randn(1, 3, 224, 224)
@@ -189,7 +189,7 @@ def test_model_is_untouched_after_an_incremental_sweep_and_after_one_that_raised
     occlusion(lm, pixels, window=32, stride=16, mode="incremental", batch_size=4, progress=False)
     assert_untouched(lm.model, x, before)
 
-    from cnnviz.engines.incremental import sweep
+    from cnnviz.engines.occlusion.incremental import sweep
 
     real, calls = sweep.IncrementalGraph.run, []
 
@@ -286,7 +286,7 @@ def test_approximate_mode_records_its_approximations_and_tau_one_without_drill_d
         plt.close(fig)
         assert (says in title) if says else "approximate" not in title, title
     # with nothing cut (tau 1) and every coarse position drilled, the approximate mode is the exact one
-    from cnnviz.engines.incremental import drill
+    from cnnviz.engines.occlusion.incremental import drill
 
     monkeypatch.setattr(drill, "TOP_FRACTION", 1.0)
     same = occlusion(lm, pixels, window=24, stride=12, mode="approximate", tau=1.0, batch_size=8, progress=False)
@@ -302,7 +302,7 @@ def test_auto_tau_measures_each_tried_tau_against_the_exact_map_and_keeps_the_sm
     smallest within TAU_TOLERANCE, else 1; and the
     calibration positions themselves come out exact."""
     from cnnviz.engines import incremental
-    from cnnviz.engines.incremental import drill
+    from cnnviz.engines.occlusion.incremental import drill
 
     lm = _random("resnet18", 96, seed=5)
     pixels, _ = lm.prepare(sample_image(10))

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 import cnnviz
-from cnnviz.engines.invariance import invariance, transform
+from cnnviz.engines.experiments.invariance import invariance, transform
 from cnnviz.errors import LayerError, ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
 

@@ -1,4 +1,4 @@
-"""LRP (cnnviz.engines.lrp) through `attribute`: against zennit's composites on VGG and ResNet with
+"""LRP (cnnviz.engines.attribution.lrp) through `attribute`: against zennit's composites on VGG and ResNet with
 random weights (batch norms with random statistics, so that folding matters), against the rules'
 definitions written out by hand on a small dense network, the user's model left as it was (also
 after a failure), one-line errors, and the `cnnviz lrp` command."""
@@ -15,8 +15,8 @@ import torchvision
 from click.testing import CliRunner
 from torch import nn
 
-from cnnviz.engines.gradients import attribute
-from cnnviz.engines.lrp import AlphaBeta, Epsilon, RelevanceLeakWarning
+from cnnviz.engines.attribution.gradients import attribute
+from cnnviz.engines.attribution.lrp import AlphaBeta, Epsilon, RelevanceLeakWarning
 from cnnviz.errors import ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
 
@@ -105,7 +105,7 @@ def test_lrp_equals_zennit(arch, canonizer, method):
     if method != "lrp-epsilon":
         np.testing.assert_allclose(r.attribution, expected, rtol=0, atol=1e-3 * scale)
     elif arch.startswith("vgg"):  # zennit on the copy folded here: equal up to float32 rounding
-        from cnnviz.engines.lrp import prepare
+        from cnnviz.engines.attribution.lrp import prepare
 
         same_fold = _zennit(prepare(model, x[:1])[0], x, torch.tensor([7, 7]), method, None)
         np.testing.assert_allclose(r.attribution, same_fold, rtol=0, atol=1e-4 * scale)
@@ -161,7 +161,7 @@ def _by_hand(model, x, target, first_rule):
 
 @pytest.mark.parametrize("first_rule", ["epsilon", (2.0, 1.0), (1.0, 0.0)])
 def test_lrp_rules_follow_their_definitions(first_rule):
-    from cnnviz.engines.lrp import LRP
+    from cnnviz.engines.attribution.lrp import LRP
 
     model = _dense()
     lm = _lm(model, classes=["a", "b", "c", "d"])
@@ -324,7 +324,7 @@ def test_lite0_equals_zennits_composite_with_its_additions_as_sum(lite0, method)
     modules): Spearman >= 0.99 per photo. Without the Sum canonizer zennit sends the whole relevance
     into both branches of every addition (its plain gradient) and LRP-α2β1 agrees only at ~0.4: the
     cause of the disagreement the issue measured."""
-    from cnnviz.engines.lrp import prepare
+    from cnnviz.engines.attribution.lrp import prepare
 
     files = _photos(3)
     with pytest.warns(RelevanceLeakWarning):

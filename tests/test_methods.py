@@ -1,4 +1,4 @@
-"""Backprop methods as values (cnnviz.engines.methods): the registry is what `attribute`, the
+"""Backprop methods as values (cnnviz.engines.attribution.methods): the registry is what `attribute`, the
 figures and the CLI read; a method registered from outside works end to end; the one Target type
 seeds every backward pass (the top-k patches' projections too); SmoothGrad wraps any method."""
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.engines import methods as M
-from cnnviz.engines.gradients import CAM, METHODS, SIGNED, attribute
-from cnnviz.engines.targets import Target, Unit, seed
+from cnnviz.engines.attribution.gradients import CAM, METHODS, SIGNED, attribute
+from cnnviz.engines.attribution.targets import Target, Unit, seed
 from cnnviz.models import LoadedModel, Preprocessing
 
 CLASSES = [str(i) for i in range(10)]
@@ -35,8 +35,8 @@ def _lm():
 
 
 def test_the_tables_are_read_from_the_registry():
-    from cnnviz.render.gradients import NAMES, SCALE_UNITS, _map_label
-    from cnnviz_cli.attribution import CAM_LAYER, METHOD_FLAGS
+    from cnnviz.render.attribution.gradients import NAMES, SCALE_UNITS, _map_label
+    from cnnviz_cli.attribution.methods import CAM_LAYER, METHOD_FLAGS
 
     assert METHODS == tuple(M.REGISTRY)
     assert set(CAM) == {n for n, m in M.REGISTRY.items() if m.needs_layer}
@@ -51,7 +51,7 @@ def test_the_tables_are_read_from_the_registry():
 
 def test_a_registered_method_works_end_to_end():
     """Gradient x input, registered from outside: attribute computes it, the figure names it."""
-    from cnnviz.render.gradients import NAMES, figure, scale_groups
+    from cnnviz.render.attribution.gradients import NAMES, figure, scale_groups
 
     def grad_x_input(model, x, target, layer=None):
         g, top1 = M.signal_at_input(model, x, target)
@@ -143,7 +143,7 @@ def test_smoothgrad_wraps_a_cam_too():
 
 
 def test_patches_projection_uses_the_same_seed_as_attribute():
-    from cnnviz.engines.patches import deconv_projections
+    from cnnviz.engines.units.patches import deconv_projections
 
     lm = _lm()
     x = torch.randn(2, 3, 12, 12)

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import cnnviz
-from cnnviz.engines.neighbours import hit_rate, neighbours
+from cnnviz.engines.experiments.neighbours import hit_rate, neighbours
 from cnnviz.errors import ImageError, LayerError, ParameterError
 
 from helpers import SAMPLE, assert_untouched, layer_outputs, random_model, sample_rows, snapshot, twelve_photos

@@ -7,7 +7,7 @@ import torchvision
 from PIL import Image
 
 import cnnviz
-from cnnviz.engines.occlusion import occlusion
+from cnnviz.engines.occlusion.engine import occlusion
 from cnnviz.errors import CnnvizError
 from cnnviz.models import LoadedModel, Preprocessing, load_model
 

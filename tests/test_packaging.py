@@ -1,6 +1,6 @@
 """What a non-editable install ships: pyproject.toml lists its packages one by one, so a new
 subpackage left off the list works in the editable checkout the tests run in and is missing from
-the wheel a user installs (as cnnviz.engines.incremental once was: `--mode incremental` would have
+the wheel a user installs (as cnnviz.engines.occlusion.incremental once was: `--mode incremental` would have
 failed with ModuleNotFoundError)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_every_python_package_in_the_tree_is_in_pyproject():
             rel = init.parent.relative_to(folder).parts
             found.add(".".join((top, *rel)))
     assert found, "no packages found: the test is looking in the wrong place"
-    assert "cnnviz.engines.incremental" in found
+    assert "cnnviz.engines.occlusion.incremental" in found
     assert found <= listed, f"packages missing from pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
     assert listed <= found, f"listed in pyproject.toml but not in the tree: {sorted(listed - found)}"
     modules = {p.parent for p in ROOT.joinpath("cnnviz").rglob("*.py") if "__pycache__" not in p.parts}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnviz.engines.gradients import attribute
-from cnnviz.engines.patches import PatchesResult, crop_box, deconv_projections, unit_patches
-from cnnviz.engines.topk import scan
+from cnnviz.engines.attribution.gradients import attribute
+from cnnviz.engines.units.patches import PatchesResult, crop_box, deconv_projections, unit_patches
+from cnnviz.engines.units.topk import scan
 from cnnviz.errors import CnnvizError
 from cnnviz.models import load_model
 from cnnviz.results import load_result
@@ -144,7 +144,7 @@ def test_model_untouched_units_subset_no_projection_and_save(lm, topk, tmp_path)
 
 
 def test_figures(result, tmp_path):
-    from cnnviz.render.patches import figure
+    from cnnviz.render.units.patches import figure
     from cnnviz.render.style import save_figure
 
     fig = figure(result, columns=4)
@@ -161,7 +161,7 @@ def test_figures(result, tmp_path):
 
 
 def test_contrast_keeps_zero_and_fill(result):
-    from cnnviz.render.patches import _outside, stretch
+    from cnnviz.render.units.patches import _outside, stretch
 
     tiles = result.projections[0]
     same = stretch(tiles, 1.0)

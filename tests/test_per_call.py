@@ -10,11 +10,11 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnviz.engines.dependence import backward_ignores_image, image_dependence
-from cnnviz.engines.gradients import attribute
+from cnnviz.engines.attribution.dependence import backward_ignores_image, image_dependence
+from cnnviz.engines.attribution.gradients import attribute
 from cnnviz.fold import folded
 from cnnviz.models import LoadedModel, Preprocessing
-from cnnviz.rules import BackwardRule
+from cnnviz.engines.attribution.rules import BackwardRule
 
 from helpers import assert_untouched, sample_image, snapshot
 

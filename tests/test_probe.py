@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 import cnnviz
-from cnnviz.engines.features import pooled_features
-from cnnviz.engines.probe import probe
+from cnnviz.engines.units.features import pooled_features
+from cnnviz.engines.experiments.probe import probe
 from cnnviz.errors import CnnvizError, ImageError, LayerError, ParameterError
 
 from helpers import assert_untouched, layer_outputs, random_model, snapshot, twelve_photos

@@ -1,4 +1,4 @@
-"""Theoretical receptive fields (`cnnviz.engines.receptive_field`) against the gradient oracle:
+"""Theoretical receptive fields (`cnnviz.engines.receptive_field.theory`) against the gradient oracle:
 with all weights positive, biases zero, batch norm the identity, rectifiers the identity and max
 pooling replaced by average pooling of the same geometry, the gradient of one unit with respect to
 the input is non-zero exactly on its receptive field. Its extent must be the computed size r, its
@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cnnviz.engines.receptive_field import (RFInfo, ReceptiveFieldResult, UnsupportedOp, format_table,
+from cnnviz.engines.receptive_field.theory import (RFInfo, ReceptiveFieldResult, UnsupportedOp, format_table,
                                             receptive_fields)
 from cnnviz.layers import _hooks
 
@@ -323,8 +323,8 @@ def test_cli_rf_errors(tmp_path):
 # effective receptive field
 
 def test_effective_rf_inside_theoretical(tmp_path):
-    from cnnviz.engines.effective_rf import effective_receptive_field
-    from cnnviz.render.receptive_field import effective_figure
+    from cnnviz.engines.receptive_field.effective import effective_receptive_field
+    from cnnviz.render.receptive_field.sizes import effective_figure
     from cnnviz.render.style import plt
 
     torch.manual_seed(0)

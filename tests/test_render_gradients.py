@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import cnnviz
-from cnnviz.engines.gradients import attribute
+from cnnviz.engines.attribution.gradients import attribute
 from cnnviz.errors import ParameterError
-from cnnviz.render.gradients import compare_figure, figure, signal_rgb
+from cnnviz.render.attribution.gradients import compare_figure, figure, signal_rgb
 
 from helpers import ASSETS, sample_image
 

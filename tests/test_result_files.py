@@ -40,8 +40,8 @@ def tiny_model() -> LoadedModel:
 
 def _make(kind: str):
     from cnnviz.engines import featvis, filters, receptive_field
-    from cnnviz.engines.gradients import attribute
-    from cnnviz.engines.sanity import sanity
+    from cnnviz.engines.attribution.gradients import attribute
+    from cnnviz.engines.attribution.sanity import sanity
 
     lm, photo = tiny_model(), sample_image(0)
     if kind == "occlusion":
@@ -137,9 +137,9 @@ def test_an_image_array_of_the_wrong_shape_is_one_line_naming_the_array(saved, t
 
 
 def _class_of(kind):
-    from cnnviz.results import _REGISTRY
+    from cnnviz.analyses import _REGISTRY
 
-    import cnnviz.engines.filters, cnnviz.engines.patches, cnnviz.engines.receptive_field  # noqa: F401,E401
+    import cnnviz.engines.units.filters, cnnviz.engines.units.patches, cnnviz.engines.receptive_field.theory  # noqa: F401,E401
     return _REGISTRY[kind]
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from cnnviz.engines.gradients import attribute
+from cnnviz.engines.attribution.gradients import attribute
 from cnnviz.models import LoadedModel, Preprocessing
 
 from helpers import sample_image
@@ -19,7 +19,7 @@ tv_googlenet = sys.modules["torchvision.models.googlenet"]  # the attribute is s
 
 
 class _GuidedRelu(torch.autograd.Function):
-    """Reference guided-backprop ReLU, written independently of cnnviz.rules."""
+    """Reference guided-backprop ReLU, written independently of cnnviz.engines.attribution.rules."""
 
     @staticmethod
     def forward(ctx, x):

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.engines.gradients import attribute
+from cnnviz.engines.attribution.gradients import attribute
 from cnnviz.errors import ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
-from cnnviz.rules import GUIDED, BackwardRule, covers, rule_for
+from cnnviz.engines.attribution.rules import GUIDED, BackwardRule, covers, rule_for
 
 from helpers import assert_untouched, snapshot
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.rules import BackwardRule
+from cnnviz.engines.attribution.rules import BackwardRule
 
 
 def _phi_prime(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

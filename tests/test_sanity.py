@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import cnnviz
-from cnnviz.engines.sanity import cascade_steps, rankdata, sanity, spearman
+from cnnviz.engines.attribution.sanity import cascade_steps, rankdata, sanity, spearman
 from cnnviz.errors import ParameterError
 from cnnviz.models import LoadedModel, Preprocessing
 
@@ -113,7 +113,7 @@ def test_bad_arguments():
 
 
 def test_result_saves_and_renders(tmp_path):
-    from cnnviz.render.sanity import figure
+    from cnnviz.render.attribution.sanity import figure
     from cnnviz.results import load_result
 
     r = sanity(_tiny(), ROCKET, methods=("saliency", "gradcam"), steps=2)
@@ -133,7 +133,7 @@ def test_result_saves_and_renders(tmp_path):
 def test_guided_backprop_is_class_insensitive_on_lite0_and_saliency_is_not(lite0):
     from scipy.stats import spearmanr
 
-    from cnnviz.engines.gradients import attribute
+    from cnnviz.engines.attribution.gradients import attribute
 
     photo = ROCKET
     r = sanity(lite0, photo, methods=("guided", "saliency"), steps=1, classes=3, seed=2)
@@ -157,7 +157,7 @@ def test_guided_backprop_is_class_insensitive_on_lite0_and_saliency_is_not(lite0
 
 
 def test_class_test_is_seeded_can_be_turned_off_and_options_reach_only_their_methods(tmp_path):
-    from cnnviz.render.sanity import figure
+    from cnnviz.render.attribution.sanity import figure
 
     lm = _tiny()
     a = sanity(lm, ROCKET, methods=("saliency", "ig"), steps=1, classes=3, seed=1, ig_steps=3)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cnnviz
-from cnnviz.engines.scoremap import scoremap
+from cnnviz.engines.experiments.scoremap import scoremap
 from cnnviz.errors import ParameterError
 from cnnviz_cli.main import cli
 

@@ -14,8 +14,8 @@ import torch
 import torchvision
 
 import cnnviz
-from cnnviz.engines.semantics import (COLOURS, colour_names, purity_p_values, selectivity_index, semantics)
-from cnnviz.engines.topk import scan
+from cnnviz.engines.units.semantics import (COLOURS, colour_names, purity_p_values, selectivity_index, semantics)
+from cnnviz.engines.units.topk import scan
 from cnnviz.errors import ImageError, LayerError, ParameterError
 
 from helpers import SAMPLE, assert_untouched, layer_outputs, random_model, snapshot, twelve_photos

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import cnnviz
-from cnnviz.engines.simplify import simplify, superpixels
+from cnnviz.engines.experiments.simplify import simplify, superpixels
 from cnnviz.errors import ParameterError, TargetError
 from cnnviz.models import LoadedModel, Preprocessing
 

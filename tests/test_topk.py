@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnviz.engines.topk import CheckpointError, TopkResult, scan
+from cnnviz.engines.units.topk import CheckpointError, TopkResult, scan
 from cnnviz.errors import CnnvizError
 from cnnviz.models import load_model
 from cnnviz.results import load_result
@@ -204,7 +204,7 @@ def test_two_processes_gloo_equal_single(folder, reference, tmp_path):
         import dataclasses, os, torch
         torch.set_num_threads({torch.get_num_threads()})  # same threads as the reference: same conv arithmetic
         from cnnviz.models import load_model
-        from cnnviz.engines.topk import scan
+        from cnnviz.engines.units.topk import scan
         lm = load_model("efficientnet_lite0")
         lm.preprocessing = dataclasses.replace(lm.preprocessing, crop={SIZE['crop']!r}, resize={SIZE['resize']!r})
         r = scan(lm, {str(folder)!r}, {LAYER!r}, units={UNITS!r}, k={K}, batch_size={BS}, device="cpu",

@@ -29,7 +29,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cnnviz.engines.topk import scan
+from cnnviz.engines.units.topk import scan
 from cnnviz.errors import ImageError, OutputError
 from cnnviz.models import load_model
 from cnnviz.results import load_result
@@ -410,7 +410,7 @@ def test_torchrun_at_other_thread_count_same_ranking_values_to_rounding(lite0, f
         import dataclasses, os, torch
         torch.set_num_threads(1)
         from cnnviz.models import load_model
-        from cnnviz.engines.topk import scan
+        from cnnviz.engines.units.topk import scan
         lm = load_model("efficientnet_lite0")
         lm.preprocessing = dataclasses.replace(lm.preprocessing, crop={SIZE['crop']!r}, resize={SIZE['resize']!r})
         r = scan(lm, {str(folder)!r}, "_blocks.6", units="0:16", k=4, batch_size=6, device="cpu", progress=False)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 import cnnviz
-from cnnviz.engines.gradients import attribute
-from cnnviz.engines.patches import ACTIVATION_FRACTION, crop_box, unit_patches, zf_scale
-from cnnviz.engines.topk import TopkResult, scan
+from cnnviz.engines.attribution.gradients import attribute
+from cnnviz.engines.units.patches import ACTIVATION_FRACTION, crop_box, unit_patches, zf_scale
+from cnnviz.engines.units.topk import TopkResult, scan
 from cnnviz.layers import readable_name
 from cnnviz.models import load_model
 
@@ -91,7 +91,7 @@ def test_the_topk_figure_projects_with_guided_backprop_and_says_so(lite0, top, p
     assert np.abs(stored - tiles["guided"]).mean() <= 1.0
     assert np.abs(stored - tiles["deconv"]).mean() > 10 * max(1.0, np.abs(stored - tiles["guided"]).mean())
     # the figure's caption names the method and why
-    from cnnviz.render.patches import figure
+    from cnnviz.render.units.patches import figure
 
     fig = figure(patches, columns=3)
     text = " ".join(t.get_text() for t in drawn_texts(fig)).replace("\n", " ")
@@ -113,7 +113,7 @@ def test_two_images_at_one_position_give_different_tiles_unless_the_deconvnet_is
                    values=a[:, unit, y, xx].numpy()[None].astype(np.float32), image_index=np.array([[0, 1]]),
                    position=np.array([[[y, xx], [y, xx]]]), units=np.array([unit]), files=np.array(files),
                    skipped=np.zeros(0, str))
-    from cnnviz.render.patches import _outside
+    from cnnviz.render.units.patches import _outside
 
     res = {m: unit_patches(lite0, r, device="cpu", projection=m, crop="rf") for m in ("auto", "deconv")}
     image = ~_outside(res["auto"].boxes[0], res["auto"].params)[0]  # the same box for both: the same position
@@ -166,7 +166,7 @@ def test_the_model_is_untouched(lite0, top):
 
 @pytest.mark.slow
 def test_evolution_on_lite0_projects_with_guided_backprop_and_says_so(lite0, photos, tmp_path):
-    from cnnviz.engines.evolution import evolution
+    from cnnviz.engines.experiments.evolution import evolution
 
     ckpts = []
     for c in range(2):

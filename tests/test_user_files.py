@@ -192,7 +192,7 @@ def test_render_into_the_folder_of_its_own_result_is_refused(user):
 
 def test_a_resume_with_another_random_model_is_refused(user):
     from cnnviz.engines.audit import audit as run_audit
-    from cnnviz.engines.topk import CheckpointError
+    from cnnviz.engines.units.topk import CheckpointError
     from cnnviz.models import load_model
 
     def model(seed):
@@ -223,7 +223,7 @@ def test_a_resume_with_another_random_model_is_refused(user):
 
 
 def test_a_topk_scan_resumes_only_with_the_same_weights(user):
-    from cnnviz.engines.topk import CheckpointError, scan
+    from cnnviz.engines.units.topk import CheckpointError, scan
     from cnnviz.models import load_model
 
     torch.manual_seed(1)
@@ -432,7 +432,7 @@ def test_an_edited_audit_progress_file_is_one_line(user, edit):
     import numpy as np
 
     from cnnviz.engines.audit import audit as run_audit
-    from cnnviz.engines.topk import CheckpointError
+    from cnnviz.engines.units.topk import CheckpointError
     from cnnviz.models import load_model
 
     torch.manual_seed(0)
@@ -472,7 +472,7 @@ def test_an_edited_audit_progress_file_is_one_line(user, edit):
 
 def test_counts_beyond_what_the_work_can_use_are_one_line(user):
     from cnnviz.engines.audit import audit as run_audit
-    from cnnviz.engines.correspondence import correspondence
+    from cnnviz.engines.experiments.correspondence import correspondence
     from cnnviz.errors import ParameterError
     from cnnviz.models import load_model
 

@@ -10,27 +10,12 @@ program calls `register_source`; added sources are asked before the built-in one
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import ModelError
+from .base import ModelSource, is_file_spec  # noqa: F401 (the public names live here)
 
 ENTRY_POINT_GROUP = "cnnviz.model_sources"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """name: shown by `cnnviz models`. claims(model_name): whether this source loads that name.
-    load(model_name, weights, weights_file, trust_checkpoint) -> LoadedModel; weights is None (the
-    source's default), "none" (random weights) or the source's own weights name. listing(): rows
-    for `cnnviz models` ({"name", "source", "weights", "available", "default"}). names(): model
-    names for "did you mean" hints (cheap)."""
-
-    name: str
-    claims: Callable[[str], bool]
-    load: Callable
-    listing: Callable[[], list[dict]] = field(default=lambda: [])
-    names: Callable[[], list[str]] = field(default=lambda: [])
 
 
 _added: list[ModelSource] = []
@@ -115,7 +100,7 @@ def _guarded(source: ModelSource) -> ModelSource:
 
     def load(name, *rest):
         from ..errors import CnnvizError
-        from ..models import LoadedModel
+        from ..loaded import LoadedModel
 
         try:
             lm = source.load(name, *rest)
@@ -153,6 +138,3 @@ def find_source(name: str) -> ModelSource:
                      "or timm:NAME for a timm architecture")
 
 
-def is_file_spec(source: str) -> bool:
-    """A factory given by a Python file rather than a module name."""
-    return source.endswith(".py") or "/" in source or os.sep in source

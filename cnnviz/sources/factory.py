@@ -14,8 +14,8 @@ import torch
 
 from ..checkpoints import file_id, load_state, read_checkpoint, state_dict_of
 from ..errors import ModelError
-from ..models import LoadedModel, Preprocessing
-from . import ModelSource, is_file_spec
+from ..loaded import LoadedModel, Preprocessing
+from .base import ModelSource, is_file_spec
 
 
 def _import_factory_module(spec: str, source: str):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..checkpoints import file_id, load_state, read_checkpoint, state_dict_of
 from ..errors import ModelError, WeightsUnavailable
-from ..models import DEFAULT_MODEL, LoadedModel, Preprocessing
-from . import ModelSource
+from ..loaded import DEFAULT_MODEL, LoadedModel, Preprocessing
+from .base import ModelSource
 from .torchvision import imagenet_categories
 
 # EfficientNet-Lite was trained in TensorFlow on pixels scaled as (x - 127) / 128, evaluated on a

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..checkpoints import file_id, load_state, read_checkpoint, state_dict_of
 from ..errors import ModelError, WeightsUnavailable
-from ..models import LoadedModel, Preprocessing
-from . import ModelSource
+from ..loaded import LoadedModel, Preprocessing
+from .base import ModelSource
 
 PREFIX = "timm:"
 HUB_URL = "https://huggingface.co/"

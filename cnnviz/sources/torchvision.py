@@ -12,8 +12,8 @@ import torch
 
 from ..checkpoints import file_id, load_state, read_checkpoint, state_dict_of
 from ..errors import ModelError, WeightsUnavailable
-from ..models import LoadedModel, Preprocessing
-from . import ModelSource
+from ..loaded import LoadedModel, Preprocessing
+from .base import ModelSource
 
 
 def _torchvision_models() -> list[str]:

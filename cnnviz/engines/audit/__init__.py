@@ -2,7 +2,7 @@
 
 `audit(lm, data, ...)` (engine.py) returns an `AuditResult` (result.py); its numbers are the small
 functions of metrics.py; the data set and its labels are read by data.py; the static HTML report
-is written by `cnnviz.render.audit_html`.
+is written by `cnnviz.render.audit.html`.
 """
 
 from .engine import DEFAULT_METHODS, audit, check_methods

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ImageError, TargetError
-from ..datasets import list_files
+from ..experiments.datasets import list_files
 
 LABEL_COLUMNS = ("label", "class_name", "class", "class_index", "target")
 

@@ -59,7 +59,7 @@ MAX_STEPS = 1024  # deletion/insertion steps: each is a forward pass per image a
 
 
 def check_methods(methods) -> tuple[str, ...]:
-    from ..gradients import METHODS
+    from ..attribution.gradients import METHODS
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -127,7 +127,7 @@ def _empty_state(n: int, m: int, steps: int, num_classes: int, s: int, show: int
 def _maps(lm, method: str, x: torch.Tensor, pixels: np.ndarray, targets, dev, options: dict) -> np.ndarray:
     """N x H x W maps of `method` for class `targets` (one per image, or None: the top-1)."""
     if method == "occlusion":
-        from ..occlusion import occlusion
+        from ..occlusion.engine import occlusion
 
         out = []
         for i in range(len(x)):
@@ -136,7 +136,7 @@ def _maps(lm, method: str, x: torch.Tensor, pixels: np.ndarray, targets, dev, op
                           fill="mean", target=t, device=str(dev), progress=False)
             out.append(_occlusion_map(r, x.shape[2:]))
         return np.stack(out).astype(np.float32)
-    from ..gradients import attribute
+    from ..attribution.gradients import attribute
 
     if targets is None:
         return attribute(lm, x, method, device=str(dev)).map.astype(np.float32)
@@ -236,7 +236,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
                   **{kk: v for kk, v in options.items() if kk != "unit_info"},
                   "files": hashlib.sha256("\n".join(ds.files).encode()).hexdigest(),
                   "labels": hashlib.sha256(ds.labels.tobytes()).hexdigest()}
-    from ..topk import _dist_setup, drop_progress, finish_and_release, release_group, remove_stale_temporaries
+    from ..units.topk import _dist_setup, drop_progress, finish_and_release, release_group, remove_stale_temporaries
 
     rank, world, owns_group = _dist_setup()
     if dev.type == "cuda" and world > 1 and dev.index is None:
@@ -344,7 +344,7 @@ def _merge(states: list[dict], owner: np.ndarray, show: int, wrong: int, k: int)
         for a in arrays:
             out[f"{prefix}_{a}"] = np.concatenate([st[f"{prefix}_{a}"] for st in states])[take]
     if "unit_top_values" in out:
-        from ..topk import merge
+        from ..units.topk import merge
 
         top = {"values": states[0]["unit_top_values"], "image_index": states[0]["unit_top_image"],
                "position": states[0]["unit_top_position"]}
@@ -427,7 +427,7 @@ def _sanity(lm, ds, readable, methods, count, steps, dev) -> dict:
     files = [ds.files[i] for i in np.flatnonzero(readable)[:count]]
     if not files or not grad_methods:
         return {"files": [], "methods": grad_methods, "steps": [], "spearman": np.zeros((0, len(grad_methods), 0))}
-    from ..sanity import sanity
+    from ..attribution.sanity import sanity
 
     rs = [sanity(lm, ds.root / f, methods=grad_methods, steps=steps, classes=0, device=str(dev)) for f in files]
     return {"files": files, "methods": grad_methods, "steps": [str(v) for v in rs[0].steps],
@@ -523,7 +523,7 @@ def _save_checkpoint(path: Path, key: str, state: dict) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, key=np.array(key), **state)
-        from ..topk import fault_pause
+        from ..units.topk import fault_pause
 
         fault_pause("progress-write")
 
@@ -532,7 +532,7 @@ def _load_checkpoint(path: Path, key: str, empty: dict, chunks: int, files: list
     """The state in progress file `path`, checked like a result: every array of the empty state
     present with its dtype kind and shape, `done` within the chunks of this run, the JSON fields
     well formed. A file edited by hand fails in one line that names the field."""
-    from ..topk import CheckpointError, read_progress
+    from ..units.topk import CheckpointError, read_progress
 
     data = read_progress(path, key, "an audit", "or use --force")
     out = dict(empty)

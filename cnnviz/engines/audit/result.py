@@ -41,7 +41,8 @@ class AuditResult(Result):
     """
 
     kind: ClassVar[str] = "audit"
-    renderer: ClassVar = "cnnviz.render.audit:figure"
+    renderer: ClassVar = "cnnviz.render.audit.figures:figure"
+    report_writer: ClassVar = "cnnviz.render.audit.html:write_report"  # declared like the renderer: no import of it here
     param_schema: ClassVar[dict] = {"has_labels": S.BOOL, "num_images": S.INT, "steps": S.INT,
                                     "ece": S.optional(S.NUMBER), "top1": S.optional(S.NUMBER)}
     array_schema: ClassVar[dict] = {
@@ -165,7 +166,7 @@ class AuditResult(Result):
 
     def write_html(self, folder, **options):
         """Write the static report (index.html and its figures) into `folder`; see
-        `cnnviz.render.audit_html.write_report`."""
-        from ...render.audit_html import write_report
+        `cnnviz.render.audit.html.write_report`."""
+        from ...analyses import resolve
 
-        return write_report(self, folder, **options)
+        return resolve(self.report_writer)(self, folder, **options)

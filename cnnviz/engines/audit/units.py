@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ...layers import require_maps, resolve_layer
-from ..topk import TopkResult, empty_state, merge
+from ..units.topk import TopkResult, empty_state, merge
 from .metrics import from_fixed, to_fixed
 
 UNIT_BITS = 24  # fixed-point resolution of the per-class sums of mean activations (exact in any order)
@@ -73,8 +73,8 @@ def finish(lm, info, state: dict, class_count: np.ndarray, files: list[str], roo
     """The arrays of the units section: the `show` most selective units, their top images (index
     into the result's files, -1 empty), values, classes of those images and patches (at the
     receptive field, or where the unit's map is high when the field exceeds the image:
-    `cnnviz.engines.patches`); and "crop", "crop_kind": how the patches were cut (for params)."""
-    from ..patches import unit_patches
+    `cnnviz.engines.units.patches`); and "crop", "crop_kind": how the patches were cut (for params)."""
+    from ..units.patches import unit_patches
 
     si = selectivity(from_fixed(state["unit_class_sum"], UNIT_BITS), class_count)
     order = np.lexsort((np.arange(len(si)), -np.nan_to_num(si, nan=-np.inf)))[:show]

@@ -1,0 +1,2 @@
+"""Figures of receptive fields: sizes per layer (sizes.py), theoretical vs effective vs
+empirical (compare.py)."""

@@ -1,0 +1,139 @@
+"""The shape of the code: no import circles, no module over 500 lines, every family documented,
+and the public API (`cnnviz.<name>`) generated from the engines' declarations.
+
+The import graph is read from the source (every `import`, also inside functions), so a lazy
+import that closes a circle counts too: a circle is a layering mistake whether or not Python
+happens to survive it."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"cnnviz": ROOT / "cnnviz", "cnnviz_cli": ROOT / "cli"}
+MAX_LINES = 500
+
+
+def modules() -> dict[str, tuple[Path, bool]]:
+    found = {}
+    for pkg, folder in PACKAGES.items():
+        for f in folder.rglob("*.py"):
+            parts = [pkg, *f.relative_to(folder).with_suffix("").parts]
+            is_pkg = parts[-1] == "__init__"
+            found[".".join(parts[:-1] if is_pkg else parts)] = (f, is_pkg)
+    return found
+
+
+def _nearest(name: str, mods) -> str | None:
+    while name and name not in mods:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph(mods=None) -> dict[str, set[str]]:
+    """module -> the modules of cnnviz/cnnviz_cli it imports. `from P import x` is an edge to the
+    submodule P.x when x is one, else to P."""
+    mods = mods or modules()
+    graph = {}
+    for name, (path, is_pkg) in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps |= {_nearest(a.name, mods) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".") if is_pkg else name.split(".")[:-1]
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    deps.add(sub if sub in mods else _nearest(target, mods))
+        deps.discard(None)
+        deps.discard(name)
+        graph[name] = deps
+    return graph
+
+
+def circles(graph) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_circle_finder_finds_a_planted_circle_and_a_lazy_one(tmp_path):
+    # a planted package: a -> b at the top, b -> a inside a function; c is clean
+    pkg = tmp_path / "cnnviz"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n    return a\n")
+    (pkg / "c.py").write_text("from . import a\n")
+    mods = {f"cnnviz.{p.stem}" if p.stem != "__init__" else "cnnviz": (p, p.stem == "__init__")
+            for p in pkg.glob("*.py")}
+    assert circles(import_graph(mods)) == [["cnnviz.a", "cnnviz.b"]]
+
+
+def test_no_import_circles():
+    found = circles(import_graph())
+    assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(ROOT)): n for p, _ in modules().values()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+FAMILIES = ["attribution", "occlusion", "receptive_field", "units", "featvis", "experiments", "audit"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_is_a_package_that_says_what_is_in_it(family):
+    init = ROOT / "cnnviz" / "engines" / family / "__init__.py"
+    doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+    assert doc and len(doc) > 80, f"{init} needs a docstring saying what is in the family"
+    # every module of the family is named in its docstring
+    for f in init.parent.glob("*.py"):
+        if f.name != "__init__.py" and family not in ("featvis", "audit"):
+            assert f.stem in doc, f"{f.name} is not described in {init}"
+
+
+def test_engines_never_import_the_renderers_or_the_command_line():
+    graph = import_graph()
+    bad = sorted((m, d) for m, deps in graph.items() if m.startswith("cnnviz.engines")
+                 for d in deps if d.startswith(("cnnviz.render", "cnnviz_cli")))
+    assert not bad, bad
