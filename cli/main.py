@@ -31,7 +31,6 @@ import json  # noqa: E402
 
 import click  # noqa: E402
 
-from cnnviz_cli.output import figure_options  # noqa: E402
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL = 3

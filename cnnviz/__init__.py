@@ -1,12 +1,50 @@
-"""cnnviz: see what a convolutional network reacts to."""
+"""cnnviz: see what a convolutional network reacts to.
+
+The top-level functions (`cnnviz.occlusion`, `cnnviz.gradcam`, `cnnviz.audit`, ...) are the ones the
+engines declare: each engine module names its public functions in a literal `__api__ = (...)`.
+They are found by reading those lines from the files (no engine is imported by `import cnnviz`)
+and imported on first use; a new engine appears here by declaring its `__api__`.
+"""
 
 from ._version import __version__
-
 from .errors import CnnvizError
 from .images import load_image
 from .layers import capture, resolve_layer, trace_layers
 from .models import DEFAULT_MODEL, LoadedModel, Preprocessing, available_models, load_model
 from .results import OcclusionResult, Result, load_result
+from . import _moved
+
+_moved.install()
+
+_CORE = ["__version__", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers", "DEFAULT_MODEL",
+         "LoadedModel", "Preprocessing", "available_models", "load_model", "OcclusionResult", "Result",
+         "load_result", "render"]
+_api_index: dict[str, str] | None = None
+
+
+def _api() -> dict[str, str]:
+    """name -> module, from the `__api__` literals of the engine modules (and cnnviz.wrap)."""
+    global _api_index
+    if _api_index is None:
+        import ast
+        import re
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent
+        found: dict[str, str] = {}
+        pattern = re.compile(r"^__api__ = (\(.*?\))", re.M | re.S)
+        for path in sorted([root / "wrap.py", *(root / "engines").rglob("*.py")]):
+            m = pattern.search(path.read_text(encoding="utf-8"))
+            if m is None:
+                continue
+            parts = path.relative_to(root.parent).with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            for name in ast.literal_eval(m.group(1)):
+                if name in found and found[name] != module:
+                    raise ImportError(f"cnnviz.{name} is declared by both {found[name]} and {module}")
+                found[name] = module
+        _api_index = found
+    return _api_index
 
 
 def render(result, path=None, **options):
@@ -16,31 +54,20 @@ def render(result, path=None, **options):
     return _render(result, path, **options)
 
 
-# The engines, imported when first used (`cnnviz.occlusion(...)`): name -> module (the name itself
-# when it is a module); `import cnnviz` and the result types stay free of engine imports
-_LAZY = {"featvis": ".engines.featvis", "occlusion": ".engines.occlusion", "wrap": ".wrap", "attribute": ".engines.gradients", "sanity": ".engines.sanity", "scan": ".engines.topk",
-         "unit_patches": ".engines.patches", "receptive_field": ".engines.receptive_field",
-         "effective_receptive_field": ".engines.effective_rf",
-         "empirical_receptive_field": ".engines.empirical_rf", "first_layer_filters": ".engines.filters",
-         "feature_maps": ".engines.filters",
-         "audit": ".engines.audit"}
-
-
 def __getattr__(name: str):
-    if name in _LAZY:
+    if name == "__all__":
+        return sorted({*_CORE, *_api()})
+    module_name = _api().get(name) if not name.startswith("__") else None
+    if module_name is not None:
         import importlib
 
-        module = importlib.import_module(_LAZY[name], __name__)
-        value = module if module.__name__.endswith("." + name) and not hasattr(module, name) else getattr(module, name)
+        module = importlib.import_module(module_name)
+        # a package that declares its own name is itself the API (cnnviz.featvis)
+        value = module if module_name.endswith("." + name) and not hasattr(module, name) else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'cnnviz' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
-
-__all__ = [*_LAZY, "__version__", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers",
-           "DEFAULT_MODEL", "LoadedModel", "Preprocessing", "available_models", "load_model", "OcclusionResult",
-           "Result", "load_result", "render"]
+    return sorted(set(globals()) | set(_api()))

@@ -10,14 +10,13 @@ import hashlib
 import difflib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ModelError, ParameterError, TargetError
+from .errors import ParameterError, TargetError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

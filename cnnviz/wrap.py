@@ -15,6 +15,8 @@ import torch
 from .errors import ParameterError
 from .models import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, Preprocessing, _num_outputs, read_labels
 
+__api__ = ("wrap",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 
 def _triple(value, what: str, positive: bool = False) -> tuple[float, float, float]:
     try:

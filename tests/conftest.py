@@ -7,10 +7,10 @@ import pytest
 def _own_batch_memory(monkeypatch, tmp_path_factory):
     """Each test remembers chosen batch sizes in a folder of its own (inherited by the commands it
     starts), never in the user's ~/.cache, and starts with nothing remembered in memory."""
-    from cnnviz import batching
+    from cnnviz import batch_store
 
     monkeypatch.setenv("CNNVIZ_CACHE_DIR", str(tmp_path_factory.mktemp("cnnviz-cache")))
-    monkeypatch.setattr(batching, "_in_memory", {})
+    monkeypatch.setattr(batch_store, "_in_memory", {})
 
 
 @pytest.fixture

@@ -247,7 +247,7 @@ def test_the_reliability_legend_covers_no_bar_and_no_point(accuracy):
     every mean-confidence point and stays inside the axes, in the report's figure and in the summary
     `cnnviz render` draws."""
     from cnnviz.engines.audit.result import AuditResult
-    from cnnviz.render import audit as R
+    from cnnviz.render.audit import figures as R
 
     B, S = 15, 5
     curve = np.linspace(1, 0, S + 1, dtype=np.float32)[None]

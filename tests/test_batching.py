@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from cnnviz import batching
+from cnnviz import batch_store, batching
 from cnnviz.batching import Batches, check_batch_size, pad
 from cnnviz.engines.occlusion.engine import occlusion
 from cnnviz.errors import ParameterError
@@ -165,7 +165,7 @@ def test_the_evidence_of_several_calls_adds_up(monkeypatch):
     # batches alone 32 would now win, but with the best time of each size over both calls 64
     # stays (a disturbance only ever slows a batch down)
     monkeypatch.setenv("CNNVIZ_CACHE_DIR", "off")
-    monkeypatch.setattr(batching, "_in_memory", {})
+    monkeypatch.setattr(batch_store, "_in_memory", {})
     rates = {4: 2.0, 8: 1.4, 16: 1.2, 32: 1.0, 64: 0.92}
     work = {"engine": "test", "weights_per_mac": 0.086}
     chosen, sizes = [], []
@@ -223,7 +223,7 @@ def test_the_choice_is_remembered_for_the_same_work_and_starts_the_next_search(m
     assert first.record()["batch_size"] == 32 and first.record()["batch_first_from"] == "default"
     assert (tmp_path / "batch-sizes.json").is_file()
 
-    monkeypatch.setattr(batching, "_in_memory", {})  # a new process: only the file is left
+    monkeypatch.setattr(batch_store, "_in_memory", {})  # a new process: only the file is left
     again = Batches(3000, device="cpu", work=work)
     slices = _Clock(_overhead).run(again)
     rec = again.record()
@@ -252,7 +252,7 @@ def test_a_search_cut_short_by_a_small_job_goes_on_in_the_next_call(monkeypatch,
         sizes.append(b.record()["batch_size"])
         assert b.record()["batch_trials"], "every call times what it runs"
     assert sizes == [32, 64, 64, 64], sizes
-    monkeypatch.setattr(batching, "_in_memory", {})
+    monkeypatch.setattr(batch_store, "_in_memory", {})
     assert Batches(100, device="cpu", work=work).first == 64, "the last choice is the next start"
 
 

@@ -240,7 +240,7 @@ def _options_text(command: str) -> str:
 
 
 def test_the_help_states_the_engines_defaults():
-    from cnnviz.engines import gradients as G
+    from cnnviz.engines.attribution import gradients as G
 
     text = _options_text("ig")
     assert f"[default: {G.DEFAULT_IG_STEPS}; 1<=x<=10000]" in text.split("--steps", 1)[1].split("--baseline", 1)[0]

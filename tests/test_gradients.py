@@ -761,7 +761,7 @@ def test_ig_runs_its_scaled_copies_in_a_memory_bounded_internal_batch():
     """ig on two images peaked at 5.1 GB (captum's internal batch = 50 steps): now the internal
     batch is as many scaled copies as fit in IG_MEMORY_BUDGET (by an estimate of the memory one
     image needs in a backward pass), recorded in the result, and the maps agree with any other."""
-    from cnnviz.engines import gradients as G
+    from cnnviz.engines.attribution import gradients as G
 
     torch.manual_seed(4)
     lm = _lm(torchvision.models.resnet18(), "resnet18", Preprocessing(crop=(96, 96), resize=96))

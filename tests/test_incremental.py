@@ -301,7 +301,7 @@ def test_auto_tau_measures_each_tried_tau_against_the_exact_map_and_keeps_the_sm
     everything) and the full mode's map; it tries them largest first until one fails and keeps the
     smallest within TAU_TOLERANCE, else 1; and the
     calibration positions themselves come out exact."""
-    from cnnviz.engines import incremental
+    from cnnviz.engines.occlusion import incremental
     from cnnviz.engines.occlusion.incremental import drill
 
     lm = _random("resnet18", 96, seed=5)

@@ -137,3 +137,78 @@ def test_engines_never_import_the_renderers_or_the_command_line():
     bad = sorted((m, d) for m, deps in graph.items() if m.startswith("cnnviz.engines")
                  for d in deps if d.startswith(("cnnviz.render", "cnnviz_cli")))
     assert not bad, bad
+
+
+# --------------------------------------------------------------------------------------------------
+# the public API comes from the engines' declarations
+
+def test_import_cnnviz_imports_no_engine_and_no_renderer():
+    code = ("import sys, cnnviz; dir(cnnviz); cnnviz.__all__; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cnnviz.engines', 'cnnviz.render', 'matplotlib'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_result_kind_is_made_by_a_function_of_the_top_level_api():
+    import inspect
+
+    import cnnviz
+    from cnnviz.analyses import kinds, result_type
+
+    returns = {}
+    for name in cnnviz.__all__:
+        f = getattr(cnnviz, name)
+        if callable(f) and not isinstance(f, type):
+            returns[name] = str(inspect.signature(f).return_annotation)
+    for kind in kinds():
+        cls = result_type(kind).__name__
+        assert any(cls in r for r in returns.values()), f"no cnnviz.<function> returns a {cls} ({kind!r})"
+
+
+def test_every_declared_name_is_reachable_and_listed():
+    import cnnviz
+
+    declared = cnnviz._api()
+    assert {"occlusion", "attribute", "gradcam", "lrp_epsilon", "scorecam", "rise", "compare", "audit", "probe",
+            "invariance", "simplify", "neighbours", "scoremap", "featvis", "wrap"} <= set(declared)
+    for name, module in declared.items():
+        obj = getattr(cnnviz, name)
+        assert name in cnnviz.__all__ and name in dir(cnnviz)
+        assert obj.__name__.rpartition(".")[2] == name and (getattr(obj, "__module__", None) or obj.__name__) \
+            .startswith(module), (name, module)
+    with pytest.raises(AttributeError, match="no attribute 'gradcamm'"):
+        cnnviz.gradcamm  # noqa: B018
+
+
+def test_the_method_functions_are_the_method_table():
+    from cnnviz.engines.attribution import api, methods
+
+    assert set(api.__api__) == {api.python_name(m) for m in methods.names()} | {"compare", "smoothgrad"}
+    from cnnviz_cli.attribution.compare import DEFAULT_METHODS
+
+    assert tuple(DEFAULT_METHODS.split(",")) == api.DEFAULT_COMPARE
+
+
+def test_a_method_function_equals_attribute_with_that_method():
+    import numpy as np
+    import torchvision
+    from helpers import random_model, sample_image
+
+    import cnnviz
+
+    lm, photo = random_model(torchvision.models.resnet18, 5, 64, 72), sample_image(0)
+    a = cnnviz.saliency(lm, photo)
+    b = cnnviz.attribute(lm, photo, "saliency")
+    assert a.params["method"] == "saliency" and np.array_equal(a.map, b.map)
+
+
+def test_old_import_paths_still_work_and_name_the_new_one():
+    code = ("import warnings; warnings.simplefilter('error'); "
+            "from cnnviz.engines.gradients import attribute")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "cnnviz.engines.gradients moved to cnnviz.engines.attribution.gradients" in res.stderr
+    code = ("import warnings; warnings.simplefilter('ignore'); import cnnviz.rules as old; "
+            "import cnnviz.engines.attribution.rules as new; from cnnviz.engines.receptive_field import "
+            "effective_receptive_field; from cnnviz.engines.occlusion import occlusion; print(old is new)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip() == "True", res.stderr

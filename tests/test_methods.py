@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.engines import methods as M
+from cnnviz.engines.attribution import methods as M
 from cnnviz.engines.attribution.gradients import CAM, METHODS, SIGNED, attribute
 from cnnviz.engines.attribution.targets import Target, Unit, seed
 from cnnviz.models import LoadedModel, Preprocessing

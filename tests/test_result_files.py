@@ -39,7 +39,9 @@ def tiny_model() -> LoadedModel:
 
 
 def _make(kind: str):
-    from cnnviz.engines import featvis, filters, receptive_field
+    from cnnviz.engines import featvis
+    from cnnviz.engines.receptive_field import theory as receptive_field
+    from cnnviz.engines.units import filters
     from cnnviz.engines.attribution.gradients import attribute
     from cnnviz.engines.attribution.sanity import sanity
 

@@ -12,7 +12,7 @@ from ..options import model_options, use
 from ..output import figure_options
 
 
-DEFAULT_METHODS = "saliency,guided,deconv,gradcam,ig"
+DEFAULT_METHODS = "saliency,guided,deconv,gradcam,ig"  # = cnnviz.engines.attribution.api.DEFAULT_COMPARE (no torch here)
 
 
 def _methods(text: str) -> list[str]:
@@ -55,9 +55,10 @@ def register(cli) -> None:
 
         IMAGES: image files and folders (their images, subfolders included); with several images,
         one figure per image in --out-dir DIR."""
-        from cnnviz.engines.attribution.gradients import CAM, attribute, check_options
+        from cnnviz.engines.attribution.api import compare as compare_maps
+        from cnnviz.engines.attribution.gradients import CAM, check_options
         from cnnviz.images import load_image
-        from cnnviz.results import CompareResult, save_outputs
+        from cnnviz.results import save_outputs
 
         asked = methods is not None  # the defaults leave out what cnnviz flags as uninformative
         names = _methods(methods if asked else DEFAULT_METHODS)
@@ -74,24 +75,14 @@ def register(cli) -> None:
         figures = [figures] if isinstance(figures, Path) else figures
         pics = [load_image(p) for p in files]
         lm = _load(model_spec)
-        results = [attribute(lm, pics, m, target=target, layer=layer if m in CAM else None, device=device,
-                             batch_size=batch_size if m != "ig" else None) for m in names]
-        left_out = {}
-        if not asked:
-            left_out = {r.params["method"]: r.params["uninformative_reason"] for r in results
-                        if r.params.get("uninformative")}
-            results = [r for r in results if not r.params.get("uninformative")]
+        compared = compare_maps(lm, pics, names if asked else None, shared_scale=shared_scale, target=target,
+                                layer=layer, device=device, batch_size=batch_size if names != ["ig"] else None)
         import matplotlib.pyplot as plt
 
         from cnnviz_cli import output
 
-        for r in results:
-            r.params["class_names"] = {str(int(t)): lm.class_name(int(t)) for t in r.top1}
-        for i, (f, path) in enumerate(zip(files, figures)):
-            result = CompareResult.of(results, i, shared_scale=shared_scale)
+        for f, path, result in zip(files, figures, compared):
             result.params["image_file"] = str(f)
-            if left_out:
-                result.params["left_out"] = left_out
             fig = result.render(**output.style())
             try:
                 make_folder(path)
@@ -99,14 +90,15 @@ def register(cli) -> None:
             finally:
                 plt.close(fig)
             if len(files) > 1:
-                click.echo(f"{f}: compare for {results[0].target_names[i]} -> {path}")
-        for m, why in left_out.items():
+                click.echo(f"{f}: compare for {result.target_names[0]} -> {path}")
+        first = compared[0].params
+        for m, why in first.get("left_out", {}).items():
             click.echo(f"note: {m} left out of the default methods: {why}; name it in --methods to draw it anyway")
-        for r in results:
-            if r.params.get("uninformative"):
-                click.echo(f"note: uninformative {r.params['method']} map: {r.params['uninformative_reason']}")
-            if r.params.get("layer_note"):
-                click.echo(f"note: {r.params['method']}: {r.params['layer_note']}")
+        for p in first["method_params"]:
+            if p.get("uninformative"):
+                click.echo(f"note: uninformative {p['method']} map: {p['uninformative_reason']}")
+            if p.get("layer_note"):
+                click.echo(f"note: {p['method']}: {p['layer_note']}")
         click.echo(wrote(figures if len(figures) > 1 else figures[0], save))
 
     @cli.command(short_help="Do the maps depend on the weights? (Adebayo et al. 2018)")

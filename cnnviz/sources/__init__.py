@@ -9,8 +9,6 @@ program calls `register_source`; added sources are asked before the built-in one
 
 from __future__ import annotations
 
-import os
-from typing import Callable
 
 from ..errors import ModelError
 from .base import ModelSource, is_file_spec  # noqa: F401 (the public names live here)

@@ -23,10 +23,18 @@ def _torchvision_models() -> list[str]:
 
 
 def imagenet_categories() -> list[str]:
-    """The ImageNet-1k class names, without importing torchvision (see imagenet_classes.py)."""
-    from .imagenet_classes import IMAGENET_CATEGORIES
+    """The 1000 ImageNet-1k class names in class-index order, as torchvision's weights metadata gives
+    them (`AlexNet_Weights.IMAGENET1K_V1.meta["categories"]`; tests/test_taxonomy.py checks that they
+    still agree), read from imagenet_classes.txt beside this module, so that a model outside
+    torchvision (EfficientNet-Lite, timm) gets its class names without importing
+    torchvision.models, which takes about 2 s (it imports torch._dynamo)."""
+    from pathlib import Path
 
-    return list(IMAGENET_CATEGORIES)
+    names = (Path(__file__).with_name("imagenet_classes.txt")).read_text(encoding="utf-8").splitlines()
+    if len(names) != 1000:
+        raise ModelError(f"the installed cnnviz/sources/imagenet_classes.txt holds {len(names)} class names, not 1000; "
+                         "reinstall cnnviz")
+    return names
 
 
 def torchvision_cache_path(weights) -> Path:

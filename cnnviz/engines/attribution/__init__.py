@@ -1,6 +1,7 @@
 """Attribution: which pixels a class score (or one unit) depends on.
 
   gradients.py   `attribute(lm, images, method)`: the one entry point; runs any method below
+  api.py         `cnnviz.gradcam(...)` and the other method functions (from the table), `compare`
   methods.py     the method table (name, backward rule, units, flags); `cnnviz.<method>` comes from it
   rules.py       backward rules: plain gradient, guided backprop, the deconvnet (Zeiler & Fergus),
                  and how they compose per layer

@@ -56,6 +56,8 @@ from ...results import SanityResult, provenance
 from ..common import check_method_list, resolve_device
 from .gradients import CAM, METHODS, attribute
 
+__api__ = ("sanity",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 DEFAULT_STEPS = 12
 DEFAULT_CLASSES = 4
 _CAM = CAM

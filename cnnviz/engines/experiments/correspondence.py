@@ -46,6 +46,8 @@ from ...models import LoadedModel
 from ...results import Result, provenance
 from ..common import model_on_device, resolve_device
 
+__api__ = ("correspondence",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 DEFAULT_DRAWS = 20
 RANDOM = "random"
 EXAMPLE = '{"dog1.jpg": {"left eye": [40, 52, 60, 70], "nose": [70, 90, 100, 115]}, "dog2.jpg": {...}}'

@@ -41,6 +41,8 @@ from ..common import resolve_device
 from ..units.patches import DEFAULT_FILL, layer_rf, unit_patches
 from ..units.topk import drop_progress, read_progress, remove_stale_temporaries, scan
 
+__api__ = ("evolution",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 PROGRESS_VERSION = 2  # 2: rows hold the projection, the crop and the boxes
 
 

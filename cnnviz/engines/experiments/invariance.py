@@ -30,6 +30,8 @@ from ...models import LoadedModel
 from ...results import Result, provenance
 from ..common import model_on_device, resolve_device
 
+__api__ = ("invariance",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 # the ranges of Zeiler & Fergus Fig. 5
 DEFAULT_VALUES = {"translate": list(range(-60, 61, 10)), "scale": [round(1 + 0.1 * i, 1) for i in range(9)],
                   "rotate": list(range(0, 360, 10))}

@@ -30,6 +30,8 @@ from ...results import Result, provenance
 from ..common import model_on_device, resolve_device
 from ..units.features import _pool, group_labels, pooled_features, read_labels, resolve_layers
 
+__api__ = ("neighbours",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 METRICS = ("euclidean", "cosine")
 THUMB = 112
 

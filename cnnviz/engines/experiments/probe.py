@@ -26,6 +26,8 @@ from ...models import LoadedModel
 from ...results import Result, provenance
 from ..units.features import depth_layers, group_labels, pooled_features, read_labels, resolve_layers
 
+__api__ = ("probe",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 
 @dataclasses.dataclass
 class ProbeResult(Result):

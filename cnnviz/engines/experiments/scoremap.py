@@ -24,6 +24,8 @@ from ...loaded import _INTERPOLATIONS, LoadedModel, check_resized_size
 from ...results import Result, provenance
 from ..common import as_pair, model_on_device, progress_bar, resolve_device
 
+__api__ = ("scoremap",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 MAX_POSITIONS = 4096
 
 

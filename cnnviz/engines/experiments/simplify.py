@@ -29,6 +29,8 @@ from ...models import LoadedModel
 from ...results import Result, provenance
 from ..common import batch_memory_format, model_on_device, progress_bar, resolve_device
 
+__api__ = ("simplify",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 DEFAULT_SEGMENTS = 50
 DEFAULT_COMPACTNESS = 10.0
 

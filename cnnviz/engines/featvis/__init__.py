@@ -36,6 +36,9 @@ from .recipes import PRIORS, deep_dream, invert, visualize, visualize_classes, v
 from .regularizers import Regularizers, gaussian_blur
 from .transforms import STANDARD_TRANSFORMS, Transforms
 
+# cnnviz.<name> (a literal: see cnnviz/__init__)
+__api__ = ("featvis", "visualize", "visualize_units", "visualize_classes", "deep_dream", "invert")
+
 __all__ = ["Context", "Objective", "channel", "neuron", "class_logit", "class_prob", "dream", "match",
            "total_variation", "alpha_norm", "parse_units", "ImageParam", "PixelImage", "FourierImage",
            "COLOR_SQRT_COV", "make_param", "Transforms", "STANDARD_TRANSFORMS", "Regularizers", "gaussian_blur",

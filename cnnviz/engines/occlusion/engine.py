@@ -25,6 +25,8 @@ from .incremental import AUTO, check_mode, check_tau
 from ..common import (as_pair, autocast, batch_memory_format, model_on_device, progress_bar, refuses_channels_last,
                      resolve_device)
 
+__api__ = ("occlusion",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 
 def occluder_positions(size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]):
     """Top-left corners (ys, xs) of every occluder placement that lies fully inside the image."""

@@ -13,6 +13,8 @@ from ...errors import ModelError
 from ...layers import eval_mode
 from .theory import receptive_fields
 
+__api__ = ("effective_receptive_field",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 
 @dataclass
 class EffectiveRF:

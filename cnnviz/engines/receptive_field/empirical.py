@@ -31,6 +31,8 @@ from ..common import default_batch_size, model_on_device, resolve_device
 from ..occlusion.engine import occluded_batch
 from .theory import RFInfo, receptive_fields
 
+__api__ = ("empirical_receptive_field",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 
 @dataclass
 class EmpiricalRF:

@@ -31,6 +31,8 @@ from ...layers import eval_mode, module_calls
 from ... import schema as S
 from ...results import Result, provenance
 
+__api__ = ("receptive_field", "receptive_fields")  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 
 @dataclass(frozen=True)
 class Axis:

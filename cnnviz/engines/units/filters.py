@@ -25,6 +25,8 @@ from ... import schema as S
 from ...results import Result, provenance
 from ..common import model_on_device, resolve_device
 
+__api__ = ("first_layer_filters", "feature_maps")  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 
 @dataclasses.dataclass
 class FiltersResult(Result):

@@ -50,6 +50,8 @@ from ..common import resolve_device
 from ..receptive_field.theory import RFInfo, receptive_fields
 from .topk import TopkResult, parse_units
 
+__api__ = ("unit_patches",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 DEFAULT_FILL = (220, 220, 220)  # light gray: the part of a receptive field outside the image
 PROJECTIONS = ("auto", "deconv", "guided")
 CROPS = ("auto", "rf", "activation")

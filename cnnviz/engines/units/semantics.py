@@ -47,6 +47,8 @@ from ...results import Result, provenance
 from ..common import model_on_device, resolve_device
 from .features import group_labels, pooled_features, read_labels, resolve_layers
 
+__api__ = ("semantics",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
+
 COLOURS = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown")
 COLOUR_RGB = {"black": (0.1, 0.1, 0.1), "white": (0.95, 0.95, 0.95), "grey": (0.55, 0.55, 0.55), "red": (0.85, 0.1, 0.1),
               "orange": (1.0, 0.55, 0.0), "yellow": (0.95, 0.85, 0.1), "green": (0.2, 0.65, 0.2),

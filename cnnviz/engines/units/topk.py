@@ -19,9 +19,8 @@ Resume: with `checkpoint=PATH` the running top-k and the number of batches done 
 atomically every `checkpoint_every` batches; a rerun with the same arguments continues from there.
 The progress file is removed only after `finish` (e.g. saving the result) has returned, so a kill
 at any moment loses at most `checkpoint_every` batches. Temporaries that a killed process left
-beside the progress file are removed when the next scan starts.
-
-A scan in which no image could be read is an error (ImageError), not an empty result.
+beside the progress file are removed when the next scan starts. A scan in which no image could be
+read is an error (ImageError), not an empty result.
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ from ...models import LoadedModel
 from ...results import Result, provenance
 from ..experiments.datasets import ImageListDataset, list_files  # noqa: F401  (importable from here too)
 from ..common import autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
+__api__ = ("scan",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
 
 _NO_IMAGE = np.iinfo(np.int64).max  # image index of an empty slot: loses every tie
 CHECKPOINT_VERSION = 1
