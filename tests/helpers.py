@@ -23,6 +23,11 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def sample_rows() -> list[dict]:
+    if not (SAMPLE / "labels.csv").is_file():
+        import pytest
+
+        pytest.skip(f"no ImageNet sample at {SAMPLE}: set CNNVIZ_IMAGENET_SAMPLE to a folder holding labels.csv "
+                    "(file,class_index,...) and images/ (see README, Quick start)")
     with open(SAMPLE / "labels.csv", newline="") as f:
         return list(csv.DictReader(f))
 

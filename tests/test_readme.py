@@ -51,3 +51,12 @@ def test_readme_calls_only_cnnviz_names_that_exist():
                 mod = __import__(node.module, fromlist=["_"])
                 for a in node.names:
                     assert hasattr(mod, a.name), f"README imports {a.name} from {node.module}, which has no such name"
+
+
+def test_every_markdown_table_is_one_block():
+    """A blank line inside a table ends it: the rows after it render as raw text (the command table
+    once lost its last seven rows that way)."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    for i in range(2, len(lines)):
+        if lines[i].startswith("|") and not lines[i - 1].strip() and lines[i - 2].startswith("|"):
+            raise AssertionError(f"README.md line {i + 1}: a table row after a blank line that split its table")
