@@ -106,6 +106,19 @@ def cli():
 
     The default model is efficientnet_lite0, whose ImageNet weights come with cnnviz (no network).
     """
+    # while a command runs, progress written to a log (output not a terminal) is a few plain lines
+    # (cnnviz.engines.common.progress_bar); a library call from a script writes none
+    global IN_COMMAND
+    IN_COMMAND = True
+
+    def done():
+        global IN_COMMAND
+        IN_COMMAND = False
+
+    click.get_current_context().call_on_close(done)
+
+
+IN_COMMAND = False
 
 
 from cnnviz_cli.options import model_options, use  # noqa: E402  (model_options: re-exported for the command modules)

@@ -3,6 +3,8 @@ back exactly as it was, mixed precision, progress bars."""
 
 from __future__ import annotations
 
+import sys
+
 import contextlib
 import itertools
 from typing import Iterator
@@ -63,23 +65,98 @@ def autocast(device: torch.device, enabled: bool):
 
 
 PROGRESS_DELAY = 1.0  # seconds of work before a bar with enabled=None appears
+PROGRESS_LINES = 4  # where the output is a log, not a terminal: at most this many lines (at 25, 50, 75, 100 %)
+
+
+class _ProgressLines:
+    """Progress for a log (output captured, redirected, a notebook's stored output): a plain line
+    at each quarter of the work, once the work has lasted `delay` seconds; never a carriage return
+    (a terminal bar written to a log is one line that grows with every update)."""
+
+    def __init__(self, total: int, desc: str, unit: str, delay: float, stream=None):
+        import time
+
+        self.total, self.desc, self.unit, self.delay = max(int(total), 0), desc, unit, delay
+        self.n, self.start, self.shown = 0, time.monotonic(), 0
+        self.stream = stream if stream is not None else sys.stderr
+
+    def update(self, k: int = 1) -> None:
+        import time
+
+        self.n += k
+        if not self.total:
+            return
+        quarter = min(PROGRESS_LINES, self.n * PROGRESS_LINES // self.total)
+        elapsed = time.monotonic() - self.start
+        if quarter > self.shown and elapsed >= self.delay:
+            self.shown = quarter
+            rate = self.n / elapsed if elapsed > 0 else float("inf")
+            self.stream.write(f"{self.desc}: {100 * self.n // self.total:3d}% {self.n}/{self.total} {self.unit} "
+                              f"[{elapsed:.0f} s, {rate:.1f} {self.unit}/s]\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _in_notebook_with_widgets() -> bool:
+    """A Jupyter kernel that can draw tqdm's widget bar (ipywidgets installed)."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    if shell is None or "ipykernel" not in sys.modules:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
+def _delay() -> float:
+    """PROGRESS_DELAY, or $CNNVIZ_PROGRESS_DELAY seconds when set to a number >= 0."""
+    import os
+
+    try:
+        value = float(os.environ.get("CNNVIZ_PROGRESS_DELAY", "nan"))
+    except ValueError:
+        return PROGRESS_DELAY
+    return value if value >= 0 else PROGRESS_DELAY
+
+
+def in_command() -> bool:
+    """Whether a `cnnviz` command is running in this process (its group sets the flag for the
+    command's duration)."""
+    main = sys.modules.get("cnnviz_cli.main")
+    return bool(getattr(main, "IN_COMMAND", False))
 
 
 def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "pos"):
-    """A tqdm bar on stderr that appears only if the work lasts more than PROGRESS_DELAY seconds
-    (`enabled=None`), always (`True`) or never (`False`)."""
+    """Progress of `total` steps on stderr: never (`enabled=False`); else, where stderr is a
+    terminal, a tqdm bar that appears once the work has lasted PROGRESS_DELAY seconds
+    (`enabled=None`) or at once (`True`); in a Jupyter kernel with ipywidgets, tqdm's widget; where
+    the output is a log (captured, redirected, a notebook without widgets), a few plain lines
+    (`_ProgressLines`) when a command runs or `enabled=True`, and nothing for a call from a script."""
+    from tqdm.std import tqdm as plain
+
     if enabled is False:
-        from tqdm.std import tqdm
+        return plain(total=total, disable=True)
+    delay = 0 if enabled else _delay()
+    stream = sys.stderr
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    if terminal or _in_notebook_with_widgets():
+        import warnings
 
-        return tqdm(total=total, disable=True)
-    import warnings
+        with warnings.catch_warnings():  # tqdm.auto warns in Jupyter without ipywidgets; it falls back to text
+            warnings.simplefilter("ignore")
+            from tqdm.auto import tqdm
 
-    with warnings.catch_warnings():  # tqdm.auto warns in Jupyter without ipywidgets; it falls back to text
-        warnings.simplefilter("ignore")
-        from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, delay=0 if enabled else PROGRESS_DELAY, leave=False,
-                dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=unit, delay=delay, leave=False, dynamic_ncols=True)
+    if enabled or in_command() or "ipykernel" in sys.modules:
+        return _ProgressLines(total, desc, unit, delay, stream)
+    return plain(total=total, disable=True)
 
 
 def default_batch_size(device: torch.device) -> int:
