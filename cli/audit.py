@@ -223,6 +223,9 @@ def register(cli) -> None:
         if spec_file.endswith(".py"):
             inputs.append(spec_file)  # --model ./net.py:build
         progress = check_out(out_p, resume, force, inputs)
+        from cnnviz_cli.output import keeps_progress
+
+        keeps_progress(progress, *([Path(f"{progress}.rank{os.environ['RANK']}")] if os.environ.get("RANK") else []))
         resolve_device(device)
         dataset = read_dataset(data, None, limit)  # empty folders, missing CSV files: before the model loads
         check_out(out_p, resume, force, [Path(dataset.root) / f for f in dataset.files])

@@ -57,6 +57,10 @@ class CnnvizGroup(click.Group):
             raise
         except KeyboardInterrupt:
             click.echo("Aborted.", err=True)
+            from cnnviz_cli.output import interrupted_notes
+
+            for note in interrupted_notes(ctx):
+                click.echo(note, err=True)
             ctx.exit(130)
         except Exception as e:  # a bug or an environment problem: still one line unless asked
             if os.environ.get("CNNVIZ_DEBUG"):

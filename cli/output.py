@@ -72,3 +72,41 @@ def write(result, out, save=None, echo: bool = True, **render_options):
 
 def wrote(out, save=None) -> str:
     return f"wrote {out}" + (f" and {save} (+ {Path(save).with_suffix('.json').name})" if save else "")
+
+
+PROGRESS_KEY = "cnnviz.progress_files"
+
+
+def keeps_progress(*paths) -> None:
+    """Name the progress files this command writes (resumable commands), so that a Ctrl-C says what
+    was kept and how to continue (`interrupted_notes`)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta.setdefault(PROGRESS_KEY, []).extend(Path(p) for p in paths if p is not None)
+
+
+def _kept(path: Path) -> str:
+    """What a progress file holds, as far as it says: images (an audit) or batches (a scan) done."""
+    try:
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as z:
+            if "top5" in z.files:
+                rows = z["top5"]
+                return f"{int((rows[:, 0] >= 0).sum())} of {len(rows)} images kept"
+            if "batches_done" in z.files:
+                return f"{int(z['batches_done'])} batches kept"
+    except Exception:  # noqa: BLE001 - a note, never an error of its own
+        pass
+    return f"{path.stat().st_size / 1e6:.1f} MB kept"
+
+
+def interrupted_notes(ctx) -> list[str]:
+    """For each progress file the interrupted command left: where it is, what it holds, and how to
+    continue; nothing when no progress was written yet."""
+    notes = []
+    for path in dict.fromkeys(ctx.meta.get(PROGRESS_KEY, [])):
+        if path.is_file():
+            notes.append(f"Progress kept in {path} ({_kept(path)}): run the same command with --resume to continue, "
+                         "or delete the file to start over.")
+    return notes

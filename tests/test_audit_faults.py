@@ -149,7 +149,7 @@ def test_state_and_peak_memory_do_not_grow_with_the_number_of_images(tiny, tmp_p
             peaks[n] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    from cnnviz.engines.audit.engine import PER_IMAGE
+    from cnnviz.engines.audit.state import PER_IMAGE
 
     fixed8 = {k: v for k, v in sizes[8].items() if k not in PER_IMAGE + ("seconds",)}  # (a text of timings)
     fixed24 = {k: v for k, v in sizes[24].items() if k not in PER_IMAGE + ("seconds",)}

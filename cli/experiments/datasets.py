@@ -191,6 +191,7 @@ def register(cli):
         output.check(out, save)
         if save:
             check_output(Path(f"{save}.partial"), (".partial",))
+            output.keeps_progress(Path(f"{save}.partial"))
         paths = find_checkpoints(list(patterns) + extra)  # nothing matched: one line before the model loads
         list_files(data)  # an empty or missing folder too
         lm = _main._load({**model_spec, "trust_checkpoint": False}, structure_only=True)  # for the checkpoints

@@ -54,6 +54,9 @@ def _prepare(save, figure_path, data):
     if save:
         checkpoint = Path(f"{save}.partial")
         check_output(checkpoint, (".partial",))
+        from cnnviz_cli.output import keeps_progress
+
+        keeps_progress(checkpoint)
         outputs += [Path(save), sidecar_of(save)]
     root, files, _ = check_data(data)
     for path in outputs:
@@ -239,6 +242,9 @@ def register(cli):
             from cnnviz.engines.units.topk import remove_stale_temporaries
 
             check_output(_features_path(checkpoint), (".partial",))
+            from cnnviz_cli.output import keeps_progress
+
+            keeps_progress(_features_path(checkpoint))
             remove_stale_temporaries(_features_path(checkpoint))
         if k > len(files):
             raise ParameterError(f"-k {k} is larger than the {len(files)} images of DATA; use -k {len(files)} or fewer")

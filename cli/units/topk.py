@@ -81,6 +81,9 @@ def register(cli) -> None:
         if save:
             checkpoint = Path(f"{save}.partial")
             check_output(checkpoint, (".partial",))
+            from cnnviz_cli.output import keeps_progress
+
+            keeps_progress(checkpoint)
             outputs += [Path(save), sidecar_of(save)]
         list_files(data)  # an empty folder fails before the model loads
         rank0 = int(os.environ.get("RANK", "0")) == 0
