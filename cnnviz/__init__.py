@@ -8,17 +8,17 @@ and imported on first use; a new engine appears here by declaring its `__api__`.
 
 from ._version import __version__
 from .errors import CnnvizError
-from .images import load_image
-from .layers import capture, resolve_layer, trace_layers
-from .models import DEFAULT_MODEL, LoadedModel, Preprocessing, available_models, load_model
 from .results import OcclusionResult, Result, load_result
 from . import _moved
 
 _moved.install()
 
-_CORE = ["__version__", "CnnvizError", "load_image", "capture", "resolve_layer", "trace_layers", "DEFAULT_MODEL",
-         "LoadedModel", "Preprocessing", "available_models", "load_model", "OcclusionResult", "Result",
-         "load_result", "render"]
+# the core names that need torch, imported on first use: `import cnnviz` (and `cnnviz render`, which
+# redraws a saved result) import neither torch nor any engine
+_LAZY_CORE = {"load_image": "images", "capture": "layers", "resolve_layer": "layers", "trace_layers": "layers",
+              "DEFAULT_MODEL": "loaded", "LoadedModel": "loaded", "Preprocessing": "loaded",
+              "available_models": "models", "load_model": "models"}
+_CORE = ["__version__", "CnnvizError", *_LAZY_CORE, "OcclusionResult", "Result", "load_result", "render"]
 _api_index: dict[str, str] | None = None
 
 
@@ -57,6 +57,12 @@ def render(result, path=None, **options):
 def __getattr__(name: str):
     if name == "__all__":
         return sorted({*_CORE, *_api()})
+    if name in _LAZY_CORE:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY_CORE[name]}", __name__), name)
+        globals()[name] = value
+        return value
     module_name = _api().get(name) if not name.startswith("__") else None
     if module_name is not None:
         import importlib
@@ -70,4 +76,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_api()))
+    return sorted(set(globals()) | set(_LAZY_CORE) | set(_api()))

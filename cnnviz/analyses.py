@@ -73,9 +73,29 @@ def _import_engines() -> None:
     _engines_imported = True
 
 
+def _declaring_module(kind: str) -> str | None:
+    """The engine module whose text declares the result kind (`kind: ClassVar[str] = "KIND"`),
+    found without importing any engine; None when no engine file does."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    pattern = re.compile(r'^    kind: ClassVar\[str\] = "' + re.escape(kind) + '"', re.M)
+    for path in sorted((root / "engines").rglob("*.py")):
+        if pattern.search(path.read_text(encoding="utf-8")):
+            parts = path.relative_to(root.parent).with_suffix("").parts
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return None
+
+
 def result_type(kind: str):
-    """The Result class of `kind`, importing the engines and plug-ins when it is not yet known;
-    None when nothing declares it."""
+    """The Result class of `kind`: the module that declares it is imported when the kind is not yet
+    known (only that one: a redraw needs no other engine), else every engine and the plug-ins; None
+    when nothing declares it."""
+    if kind not in _REGISTRY:
+        module = _declaring_module(kind) if isinstance(kind, str) else None
+        if module is not None:
+            importlib.import_module(module)
     if kind not in _REGISTRY:
         _import_engines()
         plugins()

@@ -212,3 +212,25 @@ def test_old_import_paths_still_work_and_name_the_new_one():
             "effective_receptive_field; from cnnviz.engines.occlusion import occlusion; print(old is new)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.stdout.strip() == "True", res.stderr
+
+
+def test_a_result_kind_imports_only_the_engine_that_declares_it():
+    """Loading a saved result of a kind declared in an engine module imports that module (and what it
+    imports), not every engine: the whole set once pulled in torchvision's torch._dynamo, seconds
+    before any drawing."""
+    code = ("import sys; from cnnviz.analyses import result_type; result_type('topk'); "
+            "print(sorted(m for m in sys.modules if m.startswith('cnnviz.engines.') and m.count('.') >= 3 "
+            "or m == 'torchvision'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == ["cnnviz.engines.experiments.datasets", "cnnviz.engines.units.topk"], out
+
+
+def test_redrawing_a_saved_featvis_result_needs_no_torch(tmp_path):
+    from test_result_files import _make
+
+    _make("featvis").save(tmp_path / "f.npz")
+    code = (f"import sys; from cnnviz.results import load_result; load_result({str(tmp_path / 'f.npz')!r})"
+            f".render({str(tmp_path / 'f.png')!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+    assert out.stdout.strip() == "False" and (tmp_path / "f.png").stat().st_size > 1000, out.stderr

@@ -21,7 +21,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
 from ... import schema as S
 from ...errors import LayerError, ParameterError
@@ -72,6 +71,8 @@ class InvarianceResult(Result):
 def transform(x: torch.Tensor, kind: str, value: float) -> torch.Tensor:
     """x (N x 3 x H x W, normalized) translated down by `value` pixels, zoomed by `value`, or
     rotated by `value` degrees (counter-clockwise), about the centre; new pixels 0 (the mean)."""
+    import torchvision.transforms.functional as TF  # here, not at the top: torchvision imports torch._dynamo (seconds)
+
     if kind == "translate":
         return TF.affine(x, angle=0.0, translate=[0, int(round(value))], scale=1.0, shear=[0.0],
                          interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
