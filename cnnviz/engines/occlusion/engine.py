@@ -7,6 +7,8 @@ class, and the total activation of one feature map of a chosen layer. Positions 
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import warnings
 
@@ -120,9 +122,11 @@ def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", targe
     with model_on_device(lm.model, dev) as model:
         x_dev = x.to(dev)
         sweep_model, fold_info = folded(model, x_dev, keep=[info]) if fold else (model, {"folded": False})
-        result = _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, target_index, channel,
-                        batch_size, dev, use_amp, progress, mode, tau)
-    probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches, mode_info = result
+        plan = Plan(x=x_dev, flat_y=flat_y, flat_x=flat_x, window=window, fill=fill_value.to(dev), target=target_index,
+                    channel=channel, batch_size=batch_size, dev=dev, amp=use_amp, progress=progress, mode=mode, tau=tau)
+        result = _sweep(model, sweep_model, info, plan)
+    probs_t, top_c, top_p, feats, base_probs, base_map, plan, layout, batches, mode_info = result
+    target_index, channel = plan.target, plan.channel
     elapsed = time.perf_counter() - start
 
     shape = (len(ys), len(xs))
@@ -181,25 +185,45 @@ def _incremental_graph(sweep_model, info, x_dev, dev, use_amp, mode, tau=1.0):
     return graph, {"mode": mode}
 
 
-def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, target_index, channel, batch_size, dev,
-           use_amp, progress, mode="full", tau=1.0):
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One occlusion sweep, decided once and passed whole: the prepared image `x` (on `dev`), the
+    occluder's top-left corners (`flat_y`, `flat_x`, row-major over the grid), its `window` and
+    `fill` (normalized, on `dev`), the class `target` and the layer's `channel` read at each position
+    (None until the unoccluded pass chooses them), the batch size (None: measured), mixed precision,
+    the progress bar, the mode (full, incremental, approximate) and the approximate mode's tau."""
+
+    x: torch.Tensor
+    flat_y: torch.Tensor
+    flat_x: torch.Tensor
+    window: tuple[int, int]
+    fill: torch.Tensor
+    target: int | None
+    channel: int | None
+    batch_size: int | None
+    dev: torch.device
+    amp: bool
+    progress: bool | None
+    mode: str = "full"
+    tau: float | str = 1.0
+
+
+def _sweep(model, sweep_model, info, plan: Plan):
     """The unoccluded pass on `model`, then every occluder position through `sweep_model` (the
     folded copy, or the model itself) in batches chosen by `Batches`, each padded to full groups;
     in the incremental mode through the traced graph of `sweep_model`, recomputing only what each
     occluder changes."""
-    n = flat_y.numel()
+    dev, use_amp, x_dev, mode, tau = plan.dev, plan.amp, plan.x, plan.mode, plan.tau
+    n = plan.flat_y.numel()
     probs_t, top_c, top_p, feats = [], [], [], []
     with torch.inference_mode():
         with capture(model, info) as fmap, autocast(dev, use_amp):
             logits = model(x_dev)
         base_probs = torch.softmax(logits.float(), dim=1)[0]
         base_map = fmap.values[0][0].float()
-        if target_index is None:
-            target_index = int(base_probs.argmax())
-        if channel is None:
-            channel = int(base_map.flatten(1).sum(1).argmax())
-        channel = int(channel)
-        fill_dev = fill_value.to(dev)
+        target = int(base_probs.argmax()) if plan.target is None else plan.target
+        channel = int(base_map.flatten(1).sum(1).argmax()) if plan.channel is None else int(plan.channel)
+        plan = dataclasses.replace(plan, target=target, channel=channel)
         graph, mode_info = _incremental_graph(sweep_model, info, x_dev, dev, use_amp, mode, tau)
         if graph is not None:
             layout = graph.layout
@@ -211,39 +235,38 @@ def _sweep(model, sweep_model, info, x_dev, flat_y, flat_x, window, fill_value, 
         if mode_info["mode"] == "approximate":
             work["tau"] = tau  # "auto" or the given value: the batch remembered for this kind of work
         if graph is not None:
-            ny = int(torch.unique(flat_y).numel())
+            ny = int(torch.unique(plan.flat_y).numel())
             arrays, batches, extra = _graph_sweep(
-                graph, mode, ny, n // ny, lambda m: batches_of(m, batch_size, dev, model, x_dev, work), flat_y,
-                flat_x, window, fill_dev, target_index, channel, float(base_probs[target_index]), dev, use_amp,
-                progress, tau)
+                graph, plan, ny, n // ny, lambda m: batches_of(m, plan.batch_size, dev, model, x_dev, work),
+                float(base_probs[target]))
             probs_t, top_c, top_p, feats = ([a] for a in arrays)
-            return (probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches,
+            return (probs_t, top_c, top_p, feats, base_probs, base_map, plan, layout, batches,
                     {**mode_info, **graph.record(), **extra})
-        batches = batches_of(n, batch_size, dev, model, x_dev, work)
+        batches = batches_of(n, plan.batch_size, dev, model, x_dev, work)
         with capture(sweep_model, info, reduce=lambda t: _channel_totals(t[:, channel: channel + 1])[:, 0]) as cap, \
-                progress_bar(n, "occlusion", progress) as bar:
+                progress_bar(n, "occlusion", plan.progress) as bar:
             for lo, hi in batches:
                 k = hi - lo
-                batch = occluded_batch(x_dev, pad(flat_y[lo:hi]).to(dev), pad(flat_x[lo:hi]).to(dev), window, fill_dev)
+                batch = occluded_batch(x_dev, pad(plan.flat_y[lo:hi]).to(dev), pad(plan.flat_x[lo:hi]).to(dev),
+                                       plan.window, plan.fill)
                 batch = batch.contiguous(memory_format=layout)
                 with autocast(dev, use_amp):
                     out = sweep_model(batch)
                 p = torch.softmax(out[:k].float(), dim=1)
                 best_p, best_c = p.max(dim=1)
-                probs_t.append(p[:, target_index].cpu())
+                probs_t.append(p[:, target].cpu())
                 top_p.append(best_p.cpu())
                 top_c.append(best_c.cpu())
                 feats.append(cap.values.pop()[:k].cpu())
                 bar.update(k)
-    return probs_t, top_c, top_p, feats, base_probs, base_map, target_index, channel, layout, batches, mode_info
+    return probs_t, top_c, top_p, feats, base_probs, base_map, plan, layout, batches, mode_info
 
 
 def batches_of(n, batch_size, dev, model, x_dev, work) -> Batches:
     return Batches(n, batch_size, device=dev, item_bytes=item_bytes(model, x_dev), work=work)
 
 
-def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill_dev, target_index, channel,
-                 base_prob, dev, use_amp, progress, tau=1.0):
+def _graph_sweep(graph, plan: Plan, ny, nx, make_batches, base_prob):
     """Every position through the traced graph (incremental), or, in the approximate mode, the
     coarse grid first and then the fine positions near its largest drops (drill.py), the rest
     interpolated bilinearly between the coarse positions (the top class: the nearest one's). Returns the four per-position arrays, the `Batches`
@@ -252,26 +275,22 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
 
     n = ny * nx
     out = [torch.empty(n), torch.empty(n, dtype=torch.long), torch.empty(n), torch.empty(n)]
-    with progress_bar(n, "occlusion", progress) as bar:
-        if mode != "approximate":
+    with progress_bar(n, "occlusion", plan.progress) as bar:
+        if plan.mode != "approximate":
             batches = make_batches(n)
-            _graph_positions(graph, batches, np.arange(n), flat_y, flat_x, window, fill_dev, target_index, channel,
-                             dev, use_amp, out, bar)
+            _graph_positions(graph, batches, np.arange(n), plan, out, bar)
             extra = {}
         else:
             coarse = drill.coarse_positions(ny, nx)
             tau_info, done = {}, np.zeros(0, dtype=np.int64)
-            if tau == AUTO:
-                done, tau_info = _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev,
-                                                target_index, channel, dev, use_amp, out, bar)
+            if plan.tau == AUTO:
+                done, tau_info = _calibrate_tau(graph, make_batches, coarse, plan, out, bar)
             first = coarse[~np.isin(coarse, done)]
             batches = make_batches(len(first))
-            _graph_positions(graph, batches, first, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
-                             use_amp, out, bar)
+            _graph_positions(graph, batches, first, plan, out, bar)
             fine = drill.fine_positions(ny, nx, coarse, base_prob - out[0][coarse].numpy())
             if len(fine):
-                _graph_positions(graph, make_batches(len(fine)), fine, flat_y, flat_x, window, fill_dev, target_index,
-                                 channel, dev, use_amp, out, bar)
+                _graph_positions(graph, make_batches(len(fine)), fine, plan, out, bar)
             rest = np.ones(n, dtype=bool)
             rest[coarse] = rest[fine] = False
             near = torch.as_tensor(drill.nearest_coarse(ny, nx)[rest])
@@ -296,8 +315,7 @@ def _graph_sweep(graph, mode, ny, nx, make_batches, flat_y, flat_x, window, fill
     return out, batches, extra
 
 
-def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
-                   use_amp, out, bar):
+def _calibrate_tau(graph, make_batches, coarse, plan: Plan, out, bar):
     """tau="auto" (see cnnviz.engines.occlusion.incremental): CALIBRATION_POSITIONS coarse positions, spread
     over the grid, computed exactly into `out`, then at each of AUTO_TAUS (largest first) while
     within TAU_TOLERANCE of them; sets graph.tau to the last within it (1 when the first is not).
@@ -309,17 +327,15 @@ def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev
     given = make_batches(len(calib))
     # one batch of the 16 unless the user fixed the size: a batch-size search over 16 items would
     # spend them all on small sizes, and the searches of the passes that follow start afresh anyway
-    plan = given if given.fixed is not None else [(0, len(calib))]
-    spans = _graph_positions(graph, plan, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
-                             use_amp, out, bar)
+    first = given if given.fixed is not None else [(0, len(calib))]
+    spans = _graph_positions(graph, first, calib, plan, out, bar)
     exact = out[0][calib].double().numpy()
     scratch = [torch.empty_like(a) for a in out]
     tried, chosen = {}, 1.0
     with graph.uncounted() as trials:
         for tau in incremental.AUTO_TAUS:  # largest first; a smaller tau cuts more, so stop at the first failure
             graph.tau = tau
-            _graph_positions(graph, spans, calib, flat_y, flat_x, window, fill_dev, target_index, channel, dev,
-                             use_amp, scratch, None)
+            _graph_positions(graph, spans, calib, plan, scratch, None)
             tried[str(tau)] = round(incremental.relative_error(scratch[0][calib].double().numpy(), exact), 4)
             if tried[str(tau)] > incremental.TAU_TOLERANCE:
                 break
@@ -330,22 +346,21 @@ def _calibrate_tau(graph, make_batches, coarse, flat_y, flat_x, window, fill_dev
                    "trial_macs_per_position": int(round(trials["macs"] / max(1, len(calib))))}
 
 
-def _graph_positions(graph, batches, idx, flat_y, flat_x, window, fill_dev, target_index, channel, dev, use_amp,
-                     out, bar):
+def _graph_positions(graph, batches, idx, plan: Plan, out, bar):
     """The positions `idx` (flat) through the graph, in `batches`; results written into `out`.
     Returns the (lo, hi) spans run."""
     idx = torch.as_tensor(idx, dtype=torch.long)
-    ys, xs = flat_y[idx], flat_x[idx]
+    ys, xs = plan.flat_y[idx], plan.flat_x[idx]
     spans = []
     for lo, hi in batches:
         spans.append((lo, hi))
         k = hi - lo
-        with autocast(dev, use_amp):
-            logits, total = graph.run(pad(ys[lo:hi]), pad(xs[lo:hi]), window, fill_dev, k, channel)
+        with autocast(plan.dev, plan.amp):
+            logits, total = graph.run(pad(ys[lo:hi]), pad(xs[lo:hi]), plan.window, plan.fill, k, plan.channel)
         p = torch.softmax(logits[:k].float(), dim=1)
         best_p, best_c = p.max(dim=1)
         at = idx[lo:hi]
-        out[0][at], out[1][at], out[2][at] = p[:, target_index].cpu(), best_c.cpu(), best_p.cpu()
+        out[0][at], out[1][at], out[2][at] = p[:, plan.target].cpu(), best_c.cpu(), best_p.cpu()
         out[3][at] = total[:k].float().cpu()
         if bar is not None:
             bar.update(k)
