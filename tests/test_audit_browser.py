@@ -21,7 +21,7 @@ sys.path.insert(0, str(ASSETS / "figures"))
 import make_audit_screenshot as screenshot  # noqa: E402  (the README screenshot's browser)
 
 CLASSES = [0, 2, 4]
-SECTIONS = ["1. Predictions", "2. Where the model looks", "3. Faithfulness of each method on this model", "4. Units",
+SECTIONS = ["Findings", "1. Predictions", "2. Where the model looks", "3. Faithfulness of each method on this model", "4. Units",
             "5. Provenance"]
 ODD_NAME = 'odd <i>name<b> & "quote\'.jpg'
 
