@@ -337,8 +337,8 @@ def test_page_opens_with_findings_linked_to_their_sections(audited, tmp_path):
     iv = audited.params["top1_interval"]
     assert any("3 of 8" in t and f"{100 * iv[0]:.1f}\u2013{100 * iv[1]:.1f} %" in t for t in texts), texts
     for m in ("Grad-CAM", "saliency"):  # each method: does it beat the random map, on both measures
-        line = next(t for t in texts if t.startswith(m + ":"))
-        assert "on deletion" in line and "on insertion" in line and "random map" in line
+        line = next(t for t in texts if t.startswith(m + " ") or t.startswith(m + ":"))
+        assert "deletion area" in line and "insertion area" in line and "random map" in line
     assert any("Worst classes" in t for t in texts)
     assert any("units" in t.lower() and "layer3" in t for t in texts)
     # the faithfulness table: interval and the share of images beating random, per method

@@ -27,7 +27,7 @@ padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 p.explain{background:#f4f6f8;border-left:4px solid #7a9cc6;padding:.5em .8em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left}
-th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 img{max-width:100%;height:auto;display:block;margin:.5em 0}figure{margin:1em 0}
 figcaption{font-size:.9em;color:#555}.big{font-size:1.3em;font-weight:bold}code{font-size:.9em}
 nav a{margin-right:1em}
@@ -211,11 +211,17 @@ def _predictions(result, figs) -> str:
                  _interval_pct(ivs[r])]
                 for r in order[:MAX_TABLE_ROWS]]
         more = f" (the {MAX_TABLE_ROWS} worst of {len(order)})" if len(order) > MAX_TABLE_ROWS else ""
+        one = len(result.class_counts) and int(np.max(result.class_counts)) == 1
+        if one:  # a table of 1-of-1 rows says nothing the list of mistakes does not
+            wrong = [row for row in rows if row[2] == 0]
+            more = ""
+            rows = wrong
         body.append(f'<h3 id="perclass">Accuracy per class{more}</h3>')
-        if len(result.class_counts) and int(np.max(result.class_counts)) == 1:
-            body.append('<p class="note">Every class has one image here: each row is one photo right or wrong, '
-                        "and its interval spans most of 0-100 %; per-class accuracy needs several images per "
-                        "class.</p>")
+        if one:
+            body.append(f'<p class="note">Every class has one image here: per-class accuracy needs several images '
+                        f"per class (one image's Wilson interval spans 0-79 % or 21-100 %). The table lists the "
+                        f"{len(rows)} classes whose image was misclassified; the other {len(order) - len(rows)} "
+                        "were right.</p>")
         body.append(_table(["class", "images", "right", "top-1 accuracy", "95 % interval (Wilson)"], rows,
                            {1, 2, 3, 4}, "perclass"))
     else:
@@ -333,25 +339,33 @@ def _faithfulness(result, figs) -> str:
 
 
 def _faith_verdicts(result) -> list[str]:
-    """Per method, one sentence: does it beat the random map on deletion and insertion (the paired
-    difference's 95 % interval excludes 0), with the numbers."""
+    """Per method, one sentence: does it beat the random map on deletion and on insertion (the
+    paired difference's 95 % interval excludes 0), with the areas and the count of images."""
     p = result.params
     out = []
     for m in result.methods:
-        parts = []
+        parts, words = [], []
         for which in ("deletion", "insertion"):
             b = (p.get(f"{which}_beats_random") or {}).get(str(m))
             if not b:
                 continue
             d = b["diff"]
-            word = {"better": "beats the random map", "worse": "is worse than the random map",
-                    "undecided": "is not distinguishable from the random map", None: "cannot be compared (one image)"}[
-                b.get("verdict")]
-            iv = f" [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d.get("lo") is not None else ""
-            parts.append(f"on {which} it {word} (difference in area {d['mean']:+.3f}{iv}; better on "
-                         f"{b['wins']} of {b['n']} images)")
-        if parts:
-            out.append(f"{F.method_name(m)}: " + "; ".join(parts) + ".")
+            mine = (p.get(f"{which}_auc_interval") or {}).get(str(m)) or {}
+            base = p.get(f"baseline_{which}_auc_interval") or {}
+            iv = (f", difference {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]".replace("-", "\u2212")
+                  if d.get("lo") is not None else "")
+            parts.append(f"{which} area {mine.get('mean', float('nan')):.3f} vs {base.get('mean', float('nan')):.3f}, "
+                         f"better on {b['wins']} of {b['n']} images{iv}")
+            words.append((which, b.get("verdict")))
+        if not parts:
+            continue
+        said = {"better": "beats the random map", "worse": "is worse than the random map",
+                "undecided": "is not distinguishable from the random map", None: "cannot be compared (one image)"}
+        if len({v for _, v in words}) == 1:
+            head = f" {said[words[0][1]]} on {' and '.join(w for w, _ in words)}"
+        else:
+            head = ": " + "; ".join(f"on {w} it {said[v]}" for w, v in words)
+        out.append(f"{F.method_name(m)}{head} ({'; '.join(parts)}).")
     return out
 
 
@@ -452,14 +466,14 @@ def findings(result) -> list[tuple[str, str]]:
         out.append((v, "faithfulness"))
     if len(result.sanity_files):
         last = result.sanity_spearman[:, :, -1]
-        for j, m in enumerate(result.sanity_methods):
-            vals = last[:, j]
-            if np.isfinite(vals).any():
-                r = float(np.nanmean(vals))
-                verdict = ("its map hardly changes: it does not depend on the weights" if r >= 0.5 else
-                           "its map changes, as it should")
-                out.append((f"Sanity check, {F.method_name(m)}: with every layer randomized the map's rank "
-                            f"correlation with the original is {r:.2f}: {verdict}.", "sanity"))
+        rs = {F.method_name(m): float(np.nanmean(last[:, j])) for j, m in enumerate(result.sanity_methods)
+              if np.isfinite(last[:, j]).any()}
+        if rs:
+            stay = [m for m, r in rs.items() if r >= 0.5]
+            nums = ", ".join(f"{m} {r:.2f}" for m, r in rs.items())
+            out.append((f"Sanity check: with every layer randomized, the maps' rank correlation with the originals is "
+                        f"{nums}" + (f"; {', '.join(stay)} hardly change: they do not depend on the weights."
+                                     if stay else ": they change, as maps that explain the model must."), "sanity"))
     if result.unit_index is not None and len(result.unit_index):
         si = result.unit_selectivity
         top = [int(u) for u in result.unit_index[:3]]
