@@ -441,3 +441,37 @@ def test_single_file_command_page_alone_in_a_headless_browser(tiny, tmp_path, mo
         severe = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert not severe, severe
         browser.save_screenshot(str(tmp_path / "alone.png"))
+
+
+def test_sanity_plot_one_labelled_line_per_method_and_where_a_map_went_all_zero(audited):
+    """The sanity figure draws one line per method (mean over the images, in the legend) and a band,
+    not one unlabelled line per image; a step where a map is all zero (Spearman undefined: NaN) is
+    marked in the legend and said in a sentence that names the step."""
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    from cnnviz.render.audit import figures as F
+
+    r = copy.copy(audited)
+    assert len(r.sanity_files) == 1 and len(r.sanity_methods) == 2
+    r.sanity_files = np.asarray(list(r.sanity_files) * 2)  # two images: a band
+    rho = np.concatenate([r.sanity_spearman, r.sanity_spearman * 0.5], 0)
+    rho[0, 0, 2:] = np.nan  # Grad-CAM's map on image 0 all zero from the 3rd step on
+    r.sanity_spearman = rho
+    fig = F.sanity_figure(r)
+    try:
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels[0].startswith("Grad-CAM (mean of 2") and labels[-1].startswith("saliency (mean of 2")
+        assert labels[1] == "Grad-CAM: map all zero from here (1 of 2)"
+        assert len(ax.lines) == 2 + 1 + 1  # two means, the stop line, the zero line
+        assert len(ax.collections) == 2  # the bands
+        stop = [ln for ln in ax.lines if ln.get_linestyle() == ":"][0]
+        assert stop.get_xdata()[0] == 2
+        np.testing.assert_allclose(ax.lines[0].get_ydata()[2:], rho[1, 0, 2:])  # the other image carries on
+    finally:
+        plt.close(fig)
+    step = str(r.sanity_steps[2])
+    assert F.sanity_stops(r) == [f"Grad-CAM's line stops at \u201c{step}\u201d: from there its map is all zero (no "
+                                 "ranking to correlate) on 1 of 2 image(s)."]
