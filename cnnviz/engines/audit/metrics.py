@@ -335,4 +335,6 @@ def report_intervals(state, idx, methods, known, correct, top5, labels, bin_coun
     if unit_info is not None:
         out["unit_classes"] = int((class_counts > 0).sum())
         out["unit_single_image_classes"] = int((class_counts == 1).sum())
-    return out
+    import json
+
+    return json.loads(json.dumps(out))  # JSON's own types (lists, not tuples): equal to the saved params when read
