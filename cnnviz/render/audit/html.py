@@ -397,8 +397,9 @@ def _units(result, figs) -> str:
                 + figs.add("units", F.units_figure(result), "top patches of the most selective units",
                            f"Top {result.unit_patches.shape[1]} images per unit, "
                            + ("receptive field at the maximum." if p.get("unit_crop", "rf") == "rf" else
-                              "cropped where the unit's upsampled map is at least half its peak (its receptive "
-                              "field exceeds the image).")))
+                              "cropped where the unit's upsampled map is at least half its peak"
+                              + (" (as --crop activation asks)." if p.get("unit_crop_asked") == "activation" else
+                                 " (its receptive field exceeds the image)."))))
     return _section("units", "4. Units", explain, body)
 
 
