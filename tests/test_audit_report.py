@@ -459,6 +459,8 @@ def test_sanity_plot_one_labelled_line_per_method_and_where_a_map_went_all_zero(
     rho = np.concatenate([r.sanity_spearman, r.sanity_spearman * 0.5], 0)
     rho[0, 0, 2:] = np.nan  # Grad-CAM's map on image 0 all zero from the 3rd step on
     r.sanity_spearman = rho
+    assert len(r.sanity_steps) == 4  # Lite0's long names in their place: none may be cut
+    r.sanity_steps = np.asarray(["original", "_blocks.12._depthwise_conv", "_blocks.4._expand_conv", "_conv_stem"])
     fig = F.sanity_figure(r)
     try:
         ax = fig.axes[0]
@@ -470,6 +472,8 @@ def test_sanity_plot_one_labelled_line_per_method_and_where_a_map_went_all_zero(
         stop = [ln for ln in ax.lines if ln.get_linestyle() == ":"][0]
         assert stop.get_xdata()[0] == 2
         np.testing.assert_allclose(ax.lines[0].get_ydata()[2:], rho[1, 0, 2:])  # the other image carries on
+        ticks = [t.get_text().replace("\n", "") for t in ax.get_xticklabels()]
+        assert ticks == [str(v) for v in r.sanity_steps]  # whole layer names, none cut with "\u2026"
     finally:
         plt.close(fig)
     step = str(r.sanity_steps[2])

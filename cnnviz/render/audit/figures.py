@@ -213,6 +213,15 @@ def sanity_stops(result) -> list[str]:
     return out
 
 
+def _two_lines(name: str) -> str:
+    """A layer address broken at its last dot before a "_" or a word, so that a long name
+    ("_blocks.12._depthwise_conv") takes two short lines instead of being cut."""
+    if len(name) <= 14 or "." not in name:
+        return name
+    cut = name.rfind(".", 0, len(name) - 3)
+    return name[:cut + 1] + "\n" + name[cut + 1:]
+
+
 def sanity_figure(result, width: float = 6.0):
     """Spearman correlation of each method's map with the original, per randomization step: the mean
     over the images (a line per method, in the legend) and their range (a band); a dotted vertical
@@ -238,10 +247,10 @@ def sanity_figure(result, width: float = 6.0):
             bad = ~ok
             if bad.any():
                 first = int(np.argmax(bad.any(0)))
-                ax.axvline(first, color=colour, ls=":", lw=1.2,
-                           label=f"{method_name(m)}: map all zero from here ({int(bad[:, first].sum())} of {n})")
+                ax.plot([first, first], [-1.05, 1.05], color=colour, ls=":", lw=1.2,  # below the legend's band
+                        label=f"{method_name(m)}: map all zero from here ({int(bad[:, first].sum())} of {n})")
         ax.set_xticks(x)
-        ax.set_xticklabels([short(s, 14) for s in steps], rotation=30, ha="right")
+        ax.set_xticklabels([_two_lines(str(s)) for s in steps], fontsize="small")  # whole names, never cut
         ax.set_ylim(-1.05, 1.6)
         ax.set_yticks(np.linspace(-1, 1, 5))
         ax.spines["left"].set_bounds(-1, 1)
