@@ -105,7 +105,7 @@ def replace_folder(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_folder(result, out: Path) -> list[Path]:
+def write_folder(result, out: Path, single_file: bool = False) -> list[Path]:
     """Write the report of `result` into a temporary folder beside `out` and rename it into place:
     a failed or killed write leaves `out` as it was."""
     from cnnviz.files import make_temp_folder
@@ -116,7 +116,7 @@ def write_folder(result, out: Path) -> list[Path]:
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes a private folder; a report gets the usual mode
-        written = result.write_html(tmp)
+        written = result.write_html(tmp, single_file=single_file)
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -184,11 +184,18 @@ def register(cli) -> None:
                   help="With --layer: how many of the most selective units are shown.")
     @click.option("-k", "k", default=4, show_default=True, type=click.IntRange(min=1),
                   help="With --layer: top images per unit.")
+    @click.option("--crop", type=click.Choice(["auto", "rf", "activation"]), default="auto", show_default=True,
+                  help="With --layer: how the unit patches are cut: rf (the receptive field at the maximum), "
+                       "activation (where the unit's map is at least half its peak), auto (rf where the field fits "
+                       "in the input, else activation).")
+    @click.option("--single-file", "single_file", is_flag=True,
+                  help="Write index.html with its figures inside (data: URIs): one file to mail or attach; "
+                       "audit.npz and audit.json are still written beside it.")
     @click.option("--resume", is_flag=True, help="Continue a stopped audit from its progress file.")
     @click.option("--force", is_flag=True, help="Replace an existing report folder (and any progress).")
     @use("device", "quiet")
     def audit(data, model_spec, out, methods, limit, steps, fill, boxes, show, sanity_images, layer, num_units, k,
-              resume, force, device, quiet):
+              crop, single_file, resume, force, device, quiet):
         """Audit a model on DATA (a folder of images, a folder of class folders, or a CSV with a `file`
         column and optionally a `label` column) and write a static report to --out: accuracy and
         calibration, where the model looks, how faithful each map is, and provenance. The page opens
@@ -208,7 +215,8 @@ def register(cli) -> None:
         from cnnviz.models import Preprocessing
 
         methods_t = check_methods(methods)
-        unused = [{"num_units": "--num-units", "k": "-k"}[n] for n in _main._given("num_units", "k")]
+        unused = [{"num_units": "--num-units", "k": "-k", "crop": "--crop"}[n]
+                  for n in _main._given("num_units", "k", "crop")]
         if layer is None and unused:
             raise ParameterError(f"{' and '.join(unused)} choose the units of the units section, which needs --layer; "
                                  "add --layer L (see `cnnviz layers`) or drop them")
@@ -242,10 +250,11 @@ def register(cli) -> None:
             written: list = []
 
             def write(result):
-                written.extend(write_folder(result, out_p))
+                written.extend(write_folder(result, out_p, single_file=single_file))
 
             result = run_audit(lm, data, methods_t, limit=limit, steps=steps, fill=fill, show=show, boxes=boxes,
-                               sanity_images=sanity_images, layer=layer, units=num_units, k=k, device=device,
+                               sanity_images=sanity_images, layer=layer, units=num_units, k=k, crop=crop,
+                               device=device,
                                progress=False if quiet else None, checkpoint=progress, resume=resume, finish=write)
         if not written:  # under torchrun: rank 0 wrote the report and says so
             return
@@ -264,4 +273,5 @@ def register(cli) -> None:
             click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
             for why in p["skipped_reasons"]:
                 click.echo(f"  {why}")
-        click.echo(f"wrote {out_p / 'index.html'} ({len(written) - 3} figures, audit.npz, audit.json)")
+        figures = "figures inside" if single_file else f"{len(written) - 3} figures"
+        click.echo(f"wrote {out_p / 'index.html'} ({figures}, audit.npz, audit.json)")

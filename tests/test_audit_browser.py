@@ -21,7 +21,7 @@ sys.path.insert(0, str(ASSETS / "figures"))
 import make_audit_screenshot as screenshot  # noqa: E402  (the README screenshot's browser)
 
 CLASSES = [0, 2, 4]
-SECTIONS = ["1. Predictions", "2. Where the model looks", "3. Faithfulness of each method on this model", "4. Units",
+SECTIONS = ["Findings", "1. Predictions", "2. Where the model looks", "3. Faithfulness of each method on this model", "4. Units",
             "5. Provenance"]
 ODD_NAME = 'odd <i>name<b> & "quote\'.jpg'
 
@@ -101,7 +101,14 @@ def test_report_in_a_headless_browser_offline(report, browser, lite0, tmp_path):
         pred = [int(lite0.model(lite0.prepare(f)[1]).argmax()) for f in files]
     acc = float(np.mean(np.array(pred) == np.array(CLASSES)))
     assert browser.find_element(By.ID, "top1").text == f"{100 * acc:.1f} %"
-    assert f"({round(acc * 3)} of 3 labelled images)" in browser.find_element(By.ID, "accuracy").text
+    k, z = round(acc * 3), 1.959963984540054
+    centre, half = (k / 3 + z * z / 6) / (1 + z * z / 3), z * np.sqrt(k / 3 * (1 - k / 3) / 3 + z * z / 36) / (1 + z * z / 3)
+    lo, hi = (0.0 if k == 0 else centre - half), (1.0 if k == 3 else centre + half)  # Wilson, written out
+    assert (f"({k} of 3 labelled images; 95 % interval {100 * lo:.1f}\u2013{100 * hi:.1f} %)"
+            in browser.find_element(By.ID, "accuracy").text)
+    # the findings come first and link to sections that exist
+    links = [a.get_attribute("href").split("#", 1)[1] for a in browser.find_elements(By.CSS_SELECTOR, "#findings a")]
+    assert links and all(browser.find_elements(By.ID, a) for a in links), links
     # a file name with markup in it is shown as text, not interpreted
     assert not browser.find_elements(By.CSS_SELECTOR, "figcaption i")
     assert any(ODD_NAME in c.text for c in browser.find_elements(By.TAG_NAME, "figcaption"))

@@ -1,6 +1,6 @@
 """Regenerate the README's screenshot of the audit report, assets/figures/audit.png:
 
-    python assets/figures/make_audit_screenshot.py [--every 10] [--keep DIR]
+    python assets/figures/make_audit_screenshot.py [--every 10] [--count N] [--steps 16] [--keep DIR]
     python assets/figures/make_audit_screenshot.py --report DIR   # a kept report, redrawn: no audit
 
 Audits every 10th photo of the ImageNet sample (50 photos, classes 0, 20, 40, ... 980;
@@ -97,6 +97,8 @@ def take(report: Path, shot: Path, target: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--every", type=int, default=10, help="audit every N-th sample photo [default: 10, 50 photos]")
+    ap.add_argument("--count", type=int, default=None, help="at most N of those photos [default: all]")
+    ap.add_argument("--steps", type=int, default=16, help="deletion/insertion steps [default: 16]")
     ap.add_argument("--keep", type=Path, default=None, help="leave the report in this folder")
     ap.add_argument("--report", type=Path, default=None, help="screenshot this kept report (redrawn), no audit")
     ap.add_argument("--out", type=Path, default=HERE / "audit.png")
@@ -110,7 +112,7 @@ def main() -> None:
             take(report, Path(tmp) / "shot.png", args.out)
         return
     with open(SAMPLE / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[:: args.every]
+        rows = list(csv.DictReader(f))[:: args.every][: args.count]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "photos").symlink_to(SAMPLE / "images")  # read in place: nothing is copied
@@ -120,7 +122,7 @@ def main() -> None:
             for r in rows:
                 w.writerow([f"photos/{r['file']}", r["class_index"]])
         cmd = ["cnnviz", "audit", "data.csv", "--out", "report", "--methods", "gradcam,saliency",
-               "--layer", "_blocks.10", "-q"]
+               "--layer", "_blocks.10", "--steps", str(args.steps), "-q"]
         print("$", " ".join(cmd), f"  # {len(rows)} photos, in {work}", flush=True)
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=work, check=True)  # paths as a user types them: the page shows "data.csv"

@@ -164,7 +164,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
           fill: str = "blur", show: int = 8, wrong: int = 6, class_map_size: int = 28, boxes=None,
           sanity_images: int = 2, sanity_steps: int = 4, chunk: int = 8, occlusion_window: int = 32,
           occlusion_stride: int = 16, layer: str | None = None, units: int = 6, k: int = 4,
-          device: str = "auto", progress: bool | None = None,
+          crop: str = "auto", device: str = "auto", progress: bool | None = None,
           checkpoint: str | os.PathLike | None = None, resume: bool = True, on_chunk=None,
           finish=None) -> AuditResult:
     """Audit `lm` on `data` (a folder, class folders, a CSV with a file column and optionally a
@@ -179,7 +179,9 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     boxes: {file: [[x0, y0, x1, y1], ...]} in photo pixels, or a JSON file of it: the pointing
       game and the energy inside the boxes.
     layer: the layer of the units section: its `units` most class-selective units, each with its
-      `k` top images and their patches (None: no units section).
+      `k` top images and their patches (None: no units section). crop: how the patches are cut,
+      "auto", "rf" or "activation" (`cnnviz.engines.units.patches`; auto: the receptive field where
+      it fits in the input, else where the unit's map is high).
     checkpoint: progress file, written after every chunk; resumed from when `resume`; removed when
       the audit is complete and `finish` has returned. Under torchrun each rank keeps its own
       (PATH.rankR).
@@ -190,6 +192,10 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     returns the merged result (see the module's docstring).
     """
     methods = check_methods(methods)
+    from ..units.patches import CROPS
+
+    if crop not in CROPS:
+        raise ParameterError(f"crop {crop!r} is not one of {', '.join(CROPS)}")
     for name, v, lo in (("limit", limit, 1), ("steps", steps, 1), ("show", show, 0), ("wrong", wrong, 0),
                         ("chunk", chunk, 1), ("sanity_images", sanity_images, 0), ("sanity_steps", sanity_steps, 1),
                         ("class_map_size", class_map_size, 1), ("units", units, 1), ("k", k, 1)):
@@ -296,7 +302,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
             limit=limit, steps=steps, fill=fill, show=show, wrong=wrong, class_map_size=s, chunk=chunk,
             sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map),
             boxes_unmatched=sorted(k for k in box_map if k not in set(ds.files)), **options,
-            random_baseline={"cell": M.RANDOM_CELL, "seed": M.RANDOM_SEED}, world_size=world,
+            random_baseline={"cell": M.RANDOM_CELL, "seed": M.RANDOM_SEED}, world_size=world, unit_crop_asked=crop,
             resumed_from_chunk=resumed_from))
     except BaseException:
         release_group(world, owns_group)
@@ -411,7 +417,7 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
     if info is not None:
         t0 = time.perf_counter()
         unit_arrays = U.finish(lm, info, state, state["class_count"], ds.files, ds.root, idx, cls, options["units"],
-                               dev)
+                               dev, crop=options.get("unit_crop_asked", "auto"))
         seconds["units"] = seconds.get("units", 0.0) + time.perf_counter() - t0
     unit_crop = (unit_arrays.pop("crop", None), unit_arrays.pop("crop_kind", None))
     params = {
@@ -432,6 +438,7 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         "pointing_game": {mm: _nanmean(state["pointing_hit"][idx, j]) for j, mm in enumerate(methods)},
         "mean_box_energy": {mm: _nanmean(state["box_energy"][idx, j]) for j, mm in enumerate(methods)},
         "explained_class": "each image's top-1 predicted class",
+        **M.report_intervals(state, idx, methods, known, correct, top5, labels, count, counts, class_correct, info),
         "skipped_reasons": [why for _, why in skipped], "ignored": ds.ignored[:100],
         "seconds": {k: round(v, 3) for k, v in seconds.items()}, **options}
     return AuditResult(

@@ -14,10 +14,15 @@
   high insertion area;
 - the random baseline: a map of smooth noise (`random_maps`) run through deletion and insertion
   like the methods: a method whose areas are no better than it does not explain the model;
-- pointing game and energy in a box (Zhang et al. 2016; Wang et al. 2020).
+- pointing game and energy in a box (Zhang et al. 2016; Wang et al. 2020);
+- the uncertainty of each estimate (`report_intervals`): Wilson 95 % intervals of accuracies,
+  Student t 95 % intervals over images of the areas, and per map the share of images on which it
+  beats that image's random map, with the paired difference's interval (`beats_share`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -215,3 +220,121 @@ def normalized(maps: np.ndarray) -> np.ndarray:
     m = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float64)), 0, None)
     s = m.sum(axis=(-2, -1), keepdims=True)
     return (m / np.where(s > 0, s, 1)).astype(np.float32)
+
+
+# --- uncertainty of the report's estimates (issue 29 item 5) -------------------------------------
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval (Wilson 1927) of a binomial proportion k / n, 95 % by default:
+    (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n). Unlike p -+ z sqrt(p(1-p)/n) it
+    stays inside [0, 1] and is not empty at k = 0 or k = n. None for n = 0."""
+    k, n = int(k), int(n)
+    if n <= 0:
+        return None
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (0.0 if k == 0 else float(max(0.0, c - h))), (1.0 if k == n else float(min(1.0, c + h)))
+
+
+def _t_cdf(t: float, df: int) -> float:
+    """Student's t distribution function, by Simpson's rule on the density (no scipy at run time)."""
+    from math import exp, lgamma, log, pi
+
+    if t == 0:
+        return 0.5
+    c = lgamma((df + 1) / 2) - lgamma(df / 2) - 0.5 * log(df * pi)
+    x = np.linspace(0.0, abs(t), 2001)
+    f = np.exp(c - (df + 1) / 2 * np.log1p(x * x / df))
+    h = x[1] - x[0]
+    area = h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+    return 0.5 + (area if t > 0 else -area)
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(q: float, df: int) -> float:
+    """Student's t quantile (bisection on `_t_cdf`), e.g. t_quantile(0.975, 9) = 2.262."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < q:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_interval(values) -> dict | None:
+    """Mean of the finite values with its 95 % t-interval over them ({"mean", "lo", "hi", "n"};
+    lo = hi = None with one value; None with none)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return None
+    mean = float(v.mean())
+    if v.size < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": 1}
+    half = t_quantile(0.975, v.size - 1) * float(v.std(ddof=1)) / np.sqrt(v.size)
+    return {"mean": mean, "lo": float(mean - half), "hi": float(mean + half), "n": int(v.size)}
+
+
+def beats_share(method_auc, random_auc, lower_is_better: bool) -> dict | None:
+    """On how many images a map's area is better than the random map's (strictly; ties count as
+    not better), and the mean paired difference (method - random) with its 95 % t-interval: the
+    map beats the random one on this data when that interval excludes 0 on the right side.
+    {"share", "wins", "n", "diff": mean_interval}; None without images where both are finite."""
+    a, b = np.asarray(method_auc, np.float64), np.asarray(random_auc, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.any():
+        return None
+    a, b = a[ok], b[ok]
+    wins = int(((a < b) if lower_is_better else (a > b)).sum())
+    diff = mean_interval(a - b)
+    better = None
+    if diff["lo"] is not None:
+        better = bool(diff["hi"] < 0) if lower_is_better else bool(diff["lo"] > 0)
+        worse = bool(diff["lo"] > 0) if lower_is_better else bool(diff["hi"] < 0)
+        better = "better" if better else ("worse" if worse else "undecided")
+    return {"share": wins / len(a), "wins": wins, "n": int(len(a)), "diff": diff, "verdict": better}
+
+
+def sparse_bins(count) -> dict:
+    """The reliability bins that hold only one or two images: their accuracy is 0, 50 or 100 %
+    by construction, so their gap to the confidence is mostly chance. {"bins", "images", "of_bins"}."""
+    count = np.asarray(count)
+    few = (count > 0) & (count <= 2)
+    return {"bins": int(few.sum()), "images": int(count[few].sum()), "of_bins": int((count > 0).sum())}
+
+
+def report_intervals(state, idx, methods, known, correct, top5, labels, bin_count, class_counts, class_correct,
+                     unit_info) -> dict:
+    """The intervals and notes of the report (issue 29 item 5), saved in params so that a redraw
+    shows them: Wilson 95 % intervals of top-1, top-5 and per-class accuracy (with their n), 95 %
+    t-intervals over images of the deletion and insertion areas (methods and random map), the share
+    of images on which each map beats the random map with the paired difference's interval, the
+    reliability bins holding one or two images, and the classes of one image behind selectivity."""
+    nl = int(known.sum())
+    out: dict = {}
+    if nl:
+        right1 = int(correct[known].sum())
+        right5 = int((top5[known] == labels[known, None]).any(1).sum())
+        out.update(top1_right=right1, top5_right=right5, top1_interval=wilson(right1, nl),
+                   top5_interval=wilson(right5, nl), ece_sparse_bins=sparse_bins(bin_count))
+        out["class_accuracy_interval"] = [wilson(int(c), int(n)) for c, n in zip(class_correct, class_counts)]
+    for which, lower in (("deletion", True), ("insertion", False)):
+        per = state[f"{which}_auc"][idx]
+        base = state[f"baseline_{which}_auc"][idx]
+        out[f"{which}_auc_interval"] = {m: mean_interval(per[:, j]) for j, m in enumerate(methods)}
+        out[f"baseline_{which}_auc_interval"] = mean_interval(base)
+        out[f"{which}_beats_random"] = {m: beats_share(per[:, j], base, lower) for j, m in enumerate(methods)}
+    if unit_info is not None:
+        out["unit_classes"] = int((class_counts > 0).sum())
+        out["unit_single_image_classes"] = int((class_counts == 1).sum())
+    import json
+
+    return json.loads(json.dumps(out))  # JSON's own types (lists, not tuples): equal to the saved params when read

@@ -69,7 +69,7 @@ def selectivity(class_sum: np.ndarray, class_count: np.ndarray) -> np.ndarray:
 
 
 def finish(lm, info, state: dict, class_count: np.ndarray, files: list[str], root, readable_index: np.ndarray,
-           classes_of: np.ndarray, show: int, device) -> dict:
+           classes_of: np.ndarray, show: int, device, crop: str = "auto") -> dict:
     """The arrays of the units section: the `show` most selective units, their top images (index
     into the result's files, -1 empty), values, classes of those images and patches (at the
     receptive field, or where the unit's map is high when the field exceeds the image:
@@ -85,7 +85,7 @@ def finish(lm, info, state: dict, class_count: np.ndarray, files: list[str], roo
                       provenance={}, values=state["unit_top_values"][order], image_index=image,
                       position=state["unit_top_position"][order], units=order.astype(np.int64),
                       files=np.asarray(files, dtype=str), skipped=np.zeros(0, dtype=str))
-    patches = unit_patches(lm, topk, project=False, device=str(device))
+    patches = unit_patches(lm, topk, project=False, device=str(device), crop=crop)
     remap = -np.ones(len(files), np.int64)
     remap[readable_index] = np.arange(len(readable_index))
     local = np.where(image >= 0, remap[np.maximum(image, 0)], -1)

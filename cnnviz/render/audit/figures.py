@@ -3,6 +3,8 @@ diagram, deletion and insertion curves) and the pictures of the HTML report."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..style import CATEGORICAL, RC, Panels, check_layout, check_width, gray_background, short, wrap
@@ -197,22 +199,66 @@ def class_figure(result, rows: list[int], width: float = 7.0):
     return pan.fig
 
 
+def sanity_stops(result) -> list[str]:
+    """Per method whose map went all zero at some randomization step (no ranking: its Spearman r is
+    undefined, and its line stops there), one sentence saying where and on how many images."""
+    steps = [str(v) for v in result.sanity_steps]
+    out = []
+    for j, m in enumerate(result.sanity_methods):
+        bad = ~np.isfinite(result.sanity_spearman[:, j])  # I x S
+        if bad.any():
+            first = int(np.argmax(bad.any(0)))
+            out.append(f"{method_name(m)}'s line stops at \u201c{steps[first]}\u201d: from there its map is all zero "
+                       f"(no ranking to correlate) on {int(bad[:, first].sum())} of {bad.shape[0]} image(s).")
+    return out
+
+
+def _two_lines(name: str) -> str:
+    """A layer address broken at its last dot before a "_" or a word, so that a long name
+    ("_blocks.12._depthwise_conv") takes two short lines instead of being cut."""
+    if len(name) <= 14 or "." not in name:
+        return name
+    cut = name.rfind(".", 0, len(name) - 3)
+    return name[:cut + 1] + "\n" + name[cut + 1:]
+
+
 def sanity_figure(result, width: float = 6.0):
-    """Spearman correlation of each method's map with the original, per randomization step."""
+    """Spearman correlation of each method's map with the original, per randomization step: the mean
+    over the images (a line per method, in the legend) and their range (a band); a dotted vertical
+    line where a method's map went all zero (its correlation undefined from there)."""
     with plt.rc_context(RC):
-        fig, (ax,) = _charts(1, width, "row", height=2.4)
+        fig, (ax,) = _charts(1, width, "row", height=2.6)
         steps = list(result.sanity_steps)
+        x = np.arange(len(steps))
+        n = len(result.sanity_files)
         for j, m in enumerate(result.sanity_methods):
-            for i in range(len(result.sanity_files)):
-                ax.plot(range(len(steps)), result.sanity_spearman[i, j], color=CATEGORICAL[j % 10], lw=1, marker="o",
-                        ms=2.5, label=method_name(m) if i == 0 else None)
-        ax.set_xticks(range(len(steps)))
-        ax.set_xticklabels([short(s, 14) for s in steps], rotation=30, ha="right")
-        ax.set_ylim(-1.05, 1.05)
+            v = result.sanity_spearman[:, j].astype(float)  # I x S
+            ok = np.isfinite(v)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps: masked by `ok` below
+                mean = np.where(ok.any(0), np.nanmean(np.where(ok, v, np.nan), 0), np.nan)
+                lo = np.where(ok.any(0), np.nanmin(np.where(ok, v, np.inf), 0), np.nan)
+                hi = np.where(ok.any(0), np.nanmax(np.where(ok, v, -np.inf), 0), np.nan)
+            colour = CATEGORICAL[j % 10]
+            label = method_name(m) + (f" (mean of {n}; band: range)" if n > 1 else "")
+            ax.plot(x, mean, color=colour, lw=1.4, marker="o", ms=3, label=label)
+            if n > 1:
+                ax.fill_between(x, lo, hi, color=colour, alpha=0.18, lw=0)
+            bad = ~ok
+            if bad.any():
+                first = int(np.argmax(bad.any(0)))
+                ax.plot([first, first], [-1.05, 1.05], color=colour, ls=":", lw=1.2,  # below the legend's band
+                        label=f"{method_name(m)}: map all zero from here ({int(bad[:, first].sum())} of {n})")
+        ax.set_xticks(x)
+        ax.set_xticklabels([_two_lines(str(s)) for s in steps], fontsize="small")  # whole names, never cut
+        ax.set_ylim(-1.05, 1.6)
+        ax.set_yticks(np.linspace(-1, 1, 5))
+        ax.spines["left"].set_bounds(-1, 1)
         ax.axhline(0, color="0.6", lw=0.6)
-        ax.set_ylabel("Spearman r with the original map")
-        ax.set_title("Model randomization: layers randomized from the top")
-        ax.legend(frameon=False)
+        ax.set_ylabel("Spearman r with\nthe original map")
+        ax.set_xlabel("layers randomized, from the top down to")
+        ax.set_title("Model randomization (Adebayo et al. 2018)")
+        ax.legend(frameon=False, loc="upper right", fontsize="small", ncol=1 if len(result.sanity_methods) < 3 else 2)
     return fig
 
 
