@@ -1,6 +1,38 @@
 """Fixtures shared by the test modules (the CLI ones each define their own module-scoped `lite0`)."""
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (README: `-n 2`) each worker is one of the machine's cores: torch's intra-op
+    # threads would otherwise make the workers fight (2 workers x 2 threads on 2 cores spin and wait).
+    # The commands the tests start inherit the same one thread; tests that compare a subprocess with
+    # an in-process reference pass torch.get_num_threads() on, so both sides still match.
+    import torch
+
+    THREADS_WITHOUT_XDIST = torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    THREADS_WITHOUT_XDIST = None
+
+
+@pytest.fixture(scope="module")
+def threads_as_without_xdist():
+    """For a module whose checks hold at the thread count a plain `pytest` run has (e.g. bitwise
+    equality across batch sizes, which at one thread oneDNN does not give): under xdist, torch's
+    default thread count comes back for that module (the other worker goes on with one)."""
+    if THREADS_WITHOUT_XDIST is None:
+        yield
+        return
+    import torch
+
+    torch.set_num_threads(THREADS_WITHOUT_XDIST)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

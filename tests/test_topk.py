@@ -26,6 +26,12 @@ LAYER, UNITS, K, BS = "_blocks.6", "0:16", 4, 6
 SIZE = dict(crop=(112, 112), resize=128)  # small inputs keep the scans fast on 2 cores
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _threads(threads_as_without_xdist):
+    """The scans' bitwise equality across batch sizes below holds at torch's default thread count
+    (2 on CI), not at one thread: under xdist this module keeps the default."""
+
+
 @pytest.fixture(scope="module")
 def lm():
     m = load_model("efficientnet_lite0")
