@@ -17,12 +17,23 @@ batch norm's input must be the very tensor the convolution returned), and the fo
 checked against the original on that example; if they disagree (a convolution output used
 elsewhere too, say), the original model is used unfolded.
 
-Finding the pairs, copying and checking cost three forward passes and a deep copy (~200 ms for
-Lite0 on 2 CPU cores, three times a one-image LRP call's own work). So the copy and the verdict are
-remembered per model (weakly: they go with it), for the same input shape, layers kept and module
-structure (the modules, their types and their forward hooks); a later call only refreshes the
-copy's numbers from the model's current parameters and buffers (copied, and the batch norms folded
-again), so weights changed in the meantime, in place or not, are always used.
+Cost. The pairs and the check depend on how the modules are wired, not on the image's size, so
+both trial passes run on a small centre crop of the example (`TRIAL_SIZE` px a side; the full
+example where the model refuses the crop or a kept layer is checked). The copy is not a deep copy:
+every module is copied shallowly with its own dicts of parameters, buffers, submodules and hooks
+(hooks added to the copy never reach the model), and every parameter and buffer that folding does
+not change is the model's own storage, wrapped without copying (read only: the copy is for
+inference, and nothing of cnnviz writes to its weights). Only the folded convolutions get new
+weights. On EfficientNet-Lite0 (2 CPU cores) this first fold costs about a fifth of a one-image LRP
+call, where a deep copy and two full-size trial passes cost more than the call itself
+(benchmarks/fold.py --first-call).
+
+The copy and the verdict are remembered per model (weakly: they go with it), for the same input
+shape, layers kept and module structure (the modules, their types and their forward hooks); a later
+call only brings the copy's numbers up to date: a shared tensor the model has since replaced is
+shared anew, and a folded convolution is folded again where one of its or its batch norm's tensors
+changed (in place or replaced: their storage and version counters are compared), so weights
+changed in the meantime are always used.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from torch import nn
 from .layers import LayerInfo, capture, eval_mode
 
 TOLERANCE = 1e-4  # relative, of the largest output, for the check of the folded copy
+TRIAL_SIZE = 64  # px a side of the trial passes' centre crop of the example (pairs and check)
 
 
 def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -119,15 +131,53 @@ def _plain_conv(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
     return out.eval()
 
 
+def _frozen(t: torch.Tensor | None, memo: dict) -> nn.Parameter | None:
+    """The model's parameter as the copy's: the same storage, no gradient (one per tensor: tied
+    weights stay tied)."""
+    if t is None:
+        return None
+    if id(t) not in memo:
+        memo[id(t)] = nn.Parameter(t.detach(), requires_grad=False)
+    return memo[id(t)]
+
+
+def _light_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are the model's own storage (see the
+    module's docstring): each module copied shallowly, with its own submodules, parameter, buffer
+    and hook containers (every dict, set or list among its attributes copied one level deep)."""
+    done: dict[int, nn.Module] = {}
+    params: dict[int, nn.Parameter] = {}
+
+    def clone(m: nn.Module) -> nn.Module:
+        if id(m) in done:
+            return done[id(m)]
+        new = copy.copy(m)
+        done[id(m)] = new
+        for k, v in vars(m).items():
+            if isinstance(v, (dict, set, list)):
+                new.__dict__[k] = copy.copy(v)
+        new._parameters = {k: _frozen(p, params) for k, p in m._parameters.items()}
+        new._modules = {k: (None if c is None else clone(c)) for k, c in m._modules.items()}
+        return new
+
+    return clone(model)
+
+
+def _trial(example: torch.Tensor) -> torch.Tensor:
+    """A centre crop of `example`, TRIAL_SIZE px a side at most, for the trial passes."""
+    h, w = example.shape[-2:]
+    th, tw = min(h, TRIAL_SIZE), min(w, TRIAL_SIZE)
+    top, left = (h - th) // 2, (w - tw) // 2
+    return example[..., top:top + th, left:left + tw]
+
+
 def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> tuple:
     """The folded copy, what was folded, the (conv, bn) pairs folded, and the model's own output on
     `example` (the pairs are found on the model itself, in eval mode, hooks removed afterwards; its
     output is the reference the copy is checked against)."""
     with eval_mode(model):
         bn_pairs, pad_pairs, reference = _pairs(model, example)
-    model_copy = copy.deepcopy(model).eval()
-    for p in model_copy.parameters():
-        p.requires_grad_(False)
+    model_copy = _light_copy(model).eval()
     modules = dict(model_copy.named_modules())
     folded_bn = folded_pad = 0
     done = []
@@ -177,7 +227,16 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(b, requires_grad=False)
 
 
-# model -> (key, folded copy or None for the model itself, info, folded (conv, bn) pairs)
+def _stamp(modules: dict, conv_name: str, bn_name: str) -> tuple:
+    """What a folded pair's numbers come from: each source tensor's storage and version counter."""
+    out = []
+    for m in (modules[conv_name], modules[bn_name]):
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            out.append(None if t is None else (id(t), t.data_ptr(), t._version))
+    return tuple(out)
+
+
+# model -> (key, folded copy or None for the model itself, info, folded (conv, bn) pairs, their stamps)
 _FOLDS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -191,21 +250,37 @@ def _structure(model: nn.Module, example: torch.Tensor, names: set[str]) -> tupl
         tuple(sorted(names))
 
 
-def _refresh(copy_: nn.Module, model: nn.Module, bn_pairs: list[tuple[str, str]]) -> None:
-    """The copy's numbers from the model's current parameters and buffers, batch norms folded anew."""
-    src = dict(model.named_parameters())
-    src.update(model.named_buffers())
+def _refresh(copy_: nn.Module, model: nn.Module, bn_pairs: list[tuple[str, str]], stamps: dict) -> None:
+    """Bring the copy's numbers up to date with the model (see the module's docstring): shared
+    tensors the model has replaced are shared anew; a folded pair whose sources changed is folded
+    again. `stamps`: the pairs' `_stamp` at their last fold, updated here."""
     modules = dict(model.named_modules())
     mine = dict(copy_.named_modules())
     convs = {c for c, _ in bn_pairs}
+    memo: dict[int, nn.Parameter] = {}
+    for name, mod in mine.items():
+        src = modules.get(name)
+        if src is None or src is mod:
+            continue
+        for k, t in mod._parameters.items():
+            if name in convs and k in ("weight", "bias"):
+                continue
+            s_t = src._parameters.get(k) if k in src._parameters else getattr(src, k, None)
+            if isinstance(s_t, torch.Tensor) and (t is None or t.data_ptr() != s_t.data_ptr() or t.shape != s_t.shape):
+                mod._parameters[k] = _frozen(s_t, memo)
+        for k, t in mod._buffers.items():
+            s_t = src._buffers.get(k)
+            if s_t is not None and t is not s_t:
+                mod._buffers[k] = s_t
     with torch.no_grad():
-        for name, t in [*copy_.named_parameters(), *copy_.named_buffers()]:
-            if name.rpartition(".")[0] not in convs:
-                t.copy_(src[name])
         for conv_name, bn_name in bn_pairs:
+            now = _stamp(modules, conv_name, bn_name)
+            if stamps.get(conv_name) == now:
+                continue
             w, b = _folded_bn(modules[conv_name], modules[bn_name])
             mine[conv_name].weight.copy_(w)
             mine[conv_name].bias.copy_(b)
+            stamps[conv_name] = now
 
 
 def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) -> tuple[nn.Module, dict]:
@@ -223,20 +298,33 @@ def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) 
     key = _structure(model, example, names)
     known = _FOLDS.get(model)
     if known is not None and known[0] == key:
-        _, copy_, info, pairs = known
+        _, copy_, info, pairs, stamps = known
         if copy_ is None:
             return model, dict(info)
-        _refresh(copy_, model, pairs)
+        _refresh(copy_, model, pairs, stamps)
         return copy_, dict(info)
     copy_, info, pairs = _fold_afresh(model, example, names, keep)
-    _FOLDS[model] = (key, None if copy_ is model else copy_, dict(info), pairs)
+    modules = dict(model.named_modules())
+    stamps = {c: _stamp(modules, c, b) for c, b in pairs}
+    _FOLDS[model] = (key, None if copy_ is model else copy_, dict(info), pairs, stamps)
     return copy_, info
 
 
 def _fold_afresh(model, example, names, keep) -> tuple[nn.Module, dict, list]:
+    if not keep and example.shape[-1] * example.shape[-2] > TRIAL_SIZE ** 2:
+        try:  # the wiring on a small crop (see the module's docstring); the full example if refused
+            return _fold_tried(model, _trial(example), names, keep)
+        except Exception:  # noqa: BLE001
+            pass
+    return _fold_tried(model, example, names, keep, catch=True)
+
+
+def _fold_tried(model, example, names, keep, catch: bool = False) -> tuple[nn.Module, dict, list]:
     try:
         copy_, info, pairs, reference = _copy_and_fold(model, example, names)
     except Exception as e:  # a model that cannot be copied or traced this way: run it as it is
+        if not catch:
+            raise
         return model, {"folded": False, "fold_reason": f"{type(e).__name__}: {e}"[:200]}, []
     if not info["folded_batch_norms"] and not info["folded_paddings"]:
         return model, {"folded": False, "fold_reason": "nothing to fold"}, []
