@@ -155,7 +155,7 @@ def invariance(lm: LoadedModel, images, transforms=("translate", "scale", "rotat
              for i, im in enumerate(images)]
     labels = [layer_name(i.address, i.type) for i in infos]  # what and where; the addresses are in "layers"
     if layers is None:
-        labels = [labels[0] if "stem" in labels[0] else f"first conv: {labels[0]}", f"top features: {labels[1]}"]
+        labels = [labels[0] if "stem" in labels[0] else "first conv", "top features"]  # the features entering the classifier
     params = {"transforms": transforms, "layers": [i.address for i in infos], "layer_labels": labels, "layer_shapes": [list(i.shape) for i in infos],
               "classes": classes, "class_names": [lm.class_name(c) for c in classes], "target_given": target is not None,
               "names": [n.rsplit("/", 1)[-1] for n in names], "distance": "relative: ||f(Tx) - f(x)|| / ||f(x)||"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audit as F
+from .style import layer_label as _layer_label
 
 MAX_CLASS_ROWS = 8  # classes drawn with their mean maps
 MAX_TABLE_ROWS = 30  # rows of the per-class accuracy table
@@ -230,7 +231,8 @@ def _units(result, figs) -> str:
         rows = [[int(u), _num(si[int(u)]), ", ".join(F.class_name(result, int(c)) for c in result.unit_top_classes[v]
                                                       if c >= 0)]
                 for v, u in enumerate(result.unit_index)]
-        body = (f"<p>Layer <code>{escape(str(p.get('layer')))}</code>: {len(si)} units, median selectivity "
+        body = (f"<p>Layer {escape(_layer_label(p.get('layer'), p.get('layer_type')))} "
+                f"(<code>{escape(str(p.get('layer')))}</code>): {len(si)} units, median selectivity "
                 f"{_num(float(np.nanmedian(si)) if np.isfinite(si).any() else None)}.</p>"
                 + _table(["unit", "selectivity index", "classes of its top images"], rows, {0, 1})
                 + figs.add("units", F.units_figure(result), "top patches of the most selective units",

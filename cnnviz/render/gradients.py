@@ -118,7 +118,7 @@ def _map_label(params: dict) -> str:
 def _where(params: dict) -> str:
     parts = []
     if params.get("layer"):
-        parts.append(f"layer {layer_label(params['layer'], params.get('layer_type'))}")
+        parts.append(layer_label(params['layer'], params.get('layer_type')))
     if params.get("unit"):
         parts.append(str(params["unit"]))
     return ", ".join(parts)
