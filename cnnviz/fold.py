@@ -31,9 +31,9 @@ call, where a deep copy and two full-size trial passes cost more than the call i
 The copy and the verdict are remembered per model (weakly: they go with it), for the same input
 shape, layers kept and module structure (the modules, their types and their forward hooks); a later
 call only brings the copy's numbers up to date: a shared tensor the model has since replaced is
-shared anew, and a folded convolution is folded again where one of its or its batch norm's tensors
-changed (in place or replaced: their storage and version counters are compared), so weights
-changed in the meantime are always used.
+shared anew (one changed in place is the copy's already), and the folded convolutions are folded
+again from the model's current tensors (a change through `.data` leaves no trace to test for), so
+weights changed in the meantime are always used.
 """
 
 from __future__ import annotations
@@ -227,16 +227,7 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(b, requires_grad=False)
 
 
-def _stamp(modules: dict, conv_name: str, bn_name: str) -> tuple:
-    """What a folded pair's numbers come from: each source tensor's storage and version counter."""
-    out = []
-    for m in (modules[conv_name], modules[bn_name]):
-        for t in (*m._parameters.values(), *m._buffers.values()):
-            out.append(None if t is None else (id(t), t.data_ptr(), t._version))
-    return tuple(out)
-
-
-# model -> (key, folded copy or None for the model itself, info, folded (conv, bn) pairs, their stamps)
+# model -> (key, folded copy or None for the model itself, info, folded (conv, bn) pairs)
 _FOLDS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -250,10 +241,9 @@ def _structure(model: nn.Module, example: torch.Tensor, names: set[str]) -> tupl
         tuple(sorted(names))
 
 
-def _refresh(copy_: nn.Module, model: nn.Module, bn_pairs: list[tuple[str, str]], stamps: dict) -> None:
+def _refresh(copy_: nn.Module, model: nn.Module, bn_pairs: list[tuple[str, str]]) -> None:
     """Bring the copy's numbers up to date with the model (see the module's docstring): shared
-    tensors the model has replaced are shared anew; a folded pair whose sources changed is folded
-    again. `stamps`: the pairs' `_stamp` at their last fold, updated here."""
+    tensors the model has replaced are shared anew; the folded pairs are folded again."""
     modules = dict(model.named_modules())
     mine = dict(copy_.named_modules())
     convs = {c for c, _ in bn_pairs}
@@ -274,13 +264,9 @@ def _refresh(copy_: nn.Module, model: nn.Module, bn_pairs: list[tuple[str, str]]
                 mod._buffers[k] = s_t
     with torch.no_grad():
         for conv_name, bn_name in bn_pairs:
-            now = _stamp(modules, conv_name, bn_name)
-            if stamps.get(conv_name) == now:
-                continue
             w, b = _folded_bn(modules[conv_name], modules[bn_name])
             mine[conv_name].weight.copy_(w)
             mine[conv_name].bias.copy_(b)
-            stamps[conv_name] = now
 
 
 def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) -> tuple[nn.Module, dict]:
@@ -298,15 +284,13 @@ def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) 
     key = _structure(model, example, names)
     known = _FOLDS.get(model)
     if known is not None and known[0] == key:
-        _, copy_, info, pairs, stamps = known
+        _, copy_, info, pairs = known
         if copy_ is None:
             return model, dict(info)
-        _refresh(copy_, model, pairs, stamps)
+        _refresh(copy_, model, pairs)
         return copy_, dict(info)
     copy_, info, pairs = _fold_afresh(model, example, names, keep)
-    modules = dict(model.named_modules())
-    stamps = {c: _stamp(modules, c, b) for c, b in pairs}
-    _FOLDS[model] = (key, None if copy_ is model else copy_, dict(info), pairs, stamps)
+    _FOLDS[model] = (key, None if copy_ is model else copy_, dict(info), pairs)
     return copy_, info
 
 
