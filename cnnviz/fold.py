@@ -141,6 +141,9 @@ def _frozen(t: torch.Tensor | None, memo: dict) -> nn.Parameter | None:
     return memo[id(t)]
 
 
+_CONTAINERS = (dict, set, list, __import__("collections").OrderedDict)
+
+
 def _light_copy(model: nn.Module) -> nn.Module:
     """A copy of the module tree whose parameters and buffers are the model's own storage (see the
     module's docstring): each module copied shallowly, with its own submodules, parameter, buffer
@@ -151,11 +154,10 @@ def _light_copy(model: nn.Module) -> nn.Module:
     def clone(m: nn.Module) -> nn.Module:
         if id(m) in done:
             return done[id(m)]
-        new = copy.copy(m)
+        new = object.__new__(type(m))  # what copy.copy does for a module, without its __reduce_ex__ detour
         done[id(m)] = new
-        for k, v in vars(m).items():
-            if isinstance(v, (dict, set, list)):
-                new.__dict__[k] = copy.copy(v)
+        new.__dict__.update({k: (v.copy() if type(v) in _CONTAINERS else copy.copy(v) if isinstance(v, (dict, set, list))
+                                 else v) for k, v in m.__dict__.items()})
         new._parameters = {k: _frozen(p, params) for k, p in m._parameters.items()}
         new._modules = {k: (None if c is None else clone(c)) for k, c in m._modules.items()}
         return new
