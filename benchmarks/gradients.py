@@ -15,7 +15,7 @@ so their timing there is that of a cheaper, wrong computation.
 With --per-call: one image at a time, as a notebook user calls them, the whole call from a path
 on both sides, for every method against its peer: captum (saliency, guided, deconv, IG,
 SmoothGrad), pytorch-grad-cam (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM with --scorecam), zennit
-(LRP-epsilon, LRP-z+). See `per_call` for exactly what each side's timed region holds.
+(LRP-ε, z+, α2β1, α1β0). See `per_call` for exactly what each side's timed region holds.
 
 With --stability: SmoothGrad's seed-to-seed stability instead of speed, for both ways of averaging
 (`smooth_mode` mean: signed signals averaged, the paper's definition, and mean-abs: |signal|
@@ -152,9 +152,10 @@ def per_call(args) -> int:
     comparison ("peer") is given it, known beforehand (not timed); the column "peer+top1" adds the
     no-grad forward pass that a captum user needs to find it. pytorch-grad-cam (targets=None) and
     zennit (the output seed as a function of the output) find the top-1 in their own pass. zennit runs
-    as its users call it: on the model itself, with a composite of the same rules (EpsilonPlus for z+;
-    for LRP-epsilon, zennit's base layer map (Pass on activations, Norm on sums and average pooling)
-    and epsilon on convolutions and linear layers) whose canonizers are applied at call time (inside
+    as its users call it: on the model itself, with a composite of the same rules (EpsilonPlus for z+,
+    EpsilonAlpha2Beta1 for α2β1; for LRP-epsilon and α1β0, zennit's base layer map (Pass on
+    activations, Norm on sums and average pooling) with epsilon, or AlphaBeta(1, 0), on convolutions
+    and epsilon on linear layers) whose canonizers are applied at call time (inside
     the timed call: zennit merges the batch norms into the convolutions when the composite is
     registered and undoes it after). The canonizers: zennit's own where they cover the model
     (ResNetCanonizer, VGGCanonizer for torchvision's ResNets and VGGs); for EfficientNet-Lite, which
@@ -180,8 +181,8 @@ def per_call(args) -> int:
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
     from torchvision import transforms
     from zennit.attribution import Gradient as ZGradient
-    from zennit.composites import EpsilonPlus, LayerMapComposite, layer_map_base
-    from zennit.rules import Epsilon as ZEpsilon
+    from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlus, LayerMapComposite, layer_map_base
+    from zennit.rules import AlphaBeta as ZAlphaBeta, Epsilon as ZEpsilon
     from zennit.types import Convolution
 
     import cnnviz
@@ -214,6 +215,7 @@ def per_call(args) -> int:
     onehot = lambda out: torch.eye(out.shape[1])[out.argmax(1)]  # noqa: E731
     score = lambda out: onehot(out) * out  # noqa: E731  LRP's seed: the class score itself
     eps_layers = layer_map_base(1e-6) + [(Convolution, ZEpsilon(1e-6)), (torch.nn.Linear, ZEpsilon(1e-6))]
+    ab10_layers = layer_map_base(1e-6) + [(Convolution, ZAlphaBeta(1.0, 0.0)), (torch.nn.Linear, ZEpsilon(1e-6))]
     canonizers = zennit_canonizers(lm.model)  # written once by a zennit user; applied in each call
 
     def captum_call(make, **kw):
@@ -256,6 +258,9 @@ def per_call(args) -> int:
         "lrp-epsilon": ({}, "zennit", zennit_call(lambda: LayerMapComposite(layer_map=eps_layers,
                                                                             canonizers=canonizers()))),
         "lrp-zplus": ({}, "zennit", zennit_call(lambda: EpsilonPlus(epsilon=1e-6, canonizers=canonizers()))),
+        "lrp-alphabeta": ({}, "zennit", zennit_call(lambda: EpsilonAlpha2Beta1(epsilon=1e-6, canonizers=canonizers()))),
+        "lrp-alpha1beta0": ({}, "zennit", zennit_call(lambda: LayerMapComposite(layer_map=ab10_layers,
+                                                                                canonizers=canonizers()))),
     }
     if args.scorecam:
         methods["scorecam"] = ({}, "grad-cam", cam_call(ScoreCAM))
