@@ -15,7 +15,7 @@ so their timing there is that of a cheaper, wrong computation.
 With --per-call: one image at a time, as a notebook user calls them, the whole call from a path
 on both sides, for every method against its peer: captum (saliency, guided, deconv, IG,
 SmoothGrad), pytorch-grad-cam (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM with --scorecam), zennit
-(LRP-epsilon, LRP-z+). See `per_call` for exactly what each side's timed region holds.
+(LRP-ε, z+, α2β1, α1β0). See `per_call` for exactly what each side's timed region holds.
 
 With --stability: SmoothGrad's seed-to-seed stability instead of speed, for both ways of averaging
 (`smooth_mode` mean: signed signals averaged, the paper's definition, and mean-abs: |signal|
@@ -152,10 +152,18 @@ def per_call(args) -> int:
     comparison ("peer") is given it, known beforehand (not timed); the column "peer+top1" adds the
     no-grad forward pass that a captum user needs to find it. pytorch-grad-cam (targets=None) and
     zennit (the output seed as a function of the output) find the top-1 in their own pass. zennit runs
-    on a copy of the model with its batch norms folded beforehand (untimed, as a zennit user merges
-    them once) with the composites of the same rules (EpsilonPlus for z+; for LRP-epsilon, zennit's base
-    layer map (Pass on activations, Norm on sums and average pooling) and epsilon on convolutions
-    and linear layers).
+    as its users call it: on the model itself, with a composite of the same rules (EpsilonPlus for z+,
+    EpsilonAlpha2Beta1 for α2β1; for LRP-epsilon and α1β0, zennit's base layer map (Pass on
+    activations, Norm on sums and average pooling) with epsilon, or AlphaBeta(1, 0), on convolutions
+    and epsilon on linear layers) whose canonizers are applied at call time (inside
+    the timed call: zennit merges the batch norms into the convolutions when the composite is
+    registered and undoes it after). The canonizers: zennit's own where they cover the model
+    (ResNetCanonizer, VGGCanonizer for torchvision's ResNets and VGGs); for EfficientNet-Lite, which
+    zennit does not cover, what a zennit user writes once (untimed): a NamedMergeBatchNorm naming
+    every (convolution, batch norm) pair, and an AttributeCanonizer that makes the MBConv skip
+    addition a `zennit.layer.Sum` (without it zennit's relevance is not the same LRP: see
+    cnnviz/engines/lrp.py); SequentialMergeBatchNorm for any other model. cnnviz gets the model as it
+    is and folds the batch norms itself on its first call (remembered for later calls).
     pytorch-grad-cam's layer is the head's batch norm (`_bn1`): its hooks cannot address the head's
     call of Lite0's shared ReLU6 (`_swish@1`, cnnviz's default layer), whose pass costs the same.
 
@@ -173,13 +181,12 @@ def per_call(args) -> int:
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
     from torchvision import transforms
     from zennit.attribution import Gradient as ZGradient
-    from zennit.composites import EpsilonPlus, LayerMapComposite, layer_map_base
-    from zennit.rules import Epsilon as ZEpsilon
+    from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlus, LayerMapComposite, layer_map_base
+    from zennit.rules import AlphaBeta as ZAlphaBeta, Epsilon as ZEpsilon
     from zennit.types import Convolution
 
     import cnnviz
     from cnnviz.engines.attribution.gradients import DEFAULT_IG_STEPS, DEFAULT_NOISE, DEFAULT_SAMPLES
-    from cnnviz.fold import folded
     from machine import cpu_model
 
     os.environ["CNNVIZ_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnviz-bench-")  # no batch size remembered
@@ -208,6 +215,8 @@ def per_call(args) -> int:
     onehot = lambda out: torch.eye(out.shape[1])[out.argmax(1)]  # noqa: E731
     score = lambda out: onehot(out) * out  # noqa: E731  LRP's seed: the class score itself
     eps_layers = layer_map_base(1e-6) + [(Convolution, ZEpsilon(1e-6)), (torch.nn.Linear, ZEpsilon(1e-6))]
+    ab10_layers = layer_map_base(1e-6) + [(Convolution, ZAlphaBeta(1.0, 0.0)), (torch.nn.Linear, ZEpsilon(1e-6))]
+    canonizers = zennit_canonizers(lm.model)  # written once by a zennit user; applied in each call
 
     def captum_call(make, **kw):
         def run(model, find_top1=False):
@@ -246,8 +255,12 @@ def per_call(args) -> int:
         "gradcam": ({}, "grad-cam", cam_call(GradCAM)),
         "gradcampp": ({}, "grad-cam", cam_call(GradCAMPlusPlus)),
         "layercam": ({}, "grad-cam", cam_call(LayerCAM)),
-        "lrp-epsilon": ({}, "zennit", zennit_call(lambda: LayerMapComposite(layer_map=eps_layers))),
-        "lrp-zplus": ({}, "zennit", zennit_call(lambda: EpsilonPlus(epsilon=1e-6))),
+        "lrp-epsilon": ({}, "zennit", zennit_call(lambda: LayerMapComposite(layer_map=eps_layers,
+                                                                            canonizers=canonizers()))),
+        "lrp-zplus": ({}, "zennit", zennit_call(lambda: EpsilonPlus(epsilon=1e-6, canonizers=canonizers()))),
+        "lrp-alphabeta": ({}, "zennit", zennit_call(lambda: EpsilonAlpha2Beta1(epsilon=1e-6, canonizers=canonizers()))),
+        "lrp-alpha1beta0": ({}, "zennit", zennit_call(lambda: LayerMapComposite(layer_map=ab10_layers,
+                                                                                canonizers=canonizers()))),
     }
     if args.scorecam:
         methods["scorecam"] = ({}, "grad-cam", cam_call(ScoreCAM))
@@ -259,20 +272,17 @@ def per_call(args) -> int:
         return cnnviz.models.LoadedModel(copy.deepcopy(lm.model), lm.name, lm.weights, lm.preprocessing,
                                          lm.categories)
 
-    folds = {}
-
     def peer_model(name, model):
-        if not name.startswith("lrp"):
-            return model
-        if id(model) not in folds:  # merged once per model, untimed (a zennit user does this once)
-            folds[id(model)] = (model, folded(model, x0)[0])
-        return folds[id(model)][1]
+        return model
 
     def timed(fn):
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
+    if any(k.startswith("lrp") for k in methods):
+        print("zennit: the model as it is, composite with canonizers applied in each call: "
+              + ", ".join(type(c).__name__ for c in canonizers()), flush=True)
     print(f"model {lm.name}; one image per call ({Path(path).name}); {torch.get_num_threads()} threads; "
           f"{cpu_model()}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}", flush=True)
     first = {k: ([], [], []) for k in methods}
@@ -308,6 +318,47 @@ def per_call(args) -> int:
             print(f"{name:<16}{lib:<10}{label:>5}{a:>10.1f}{b:>9.1f}{a / b:>7.2f}{extra}", flush=True)
     print(f"\nworst ratio cnnviz / peer = {worst:.2f} (bar: 1.1); load average now {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def zennit_canonizers(model):
+    """A function making the zennit canonizers for `model` (see `per_call`), fresh for each call."""
+    from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm, SequentialMergeBatchNorm
+    from zennit.layer import Sum
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    names = dict(model.named_modules())
+    if "_blocks.0" in names and "_conv_stem" in names:  # EfficientNet-Lite (efficientnet_lite_pytorch)
+        from efficientnet_lite_pytorch.model import MBConvBlock
+
+        pairs = [(["_conv_stem"], "_bn0"), (["_conv_head"], "_bn1")]
+        for name, m in names.items():
+            if isinstance(m, MBConvBlock):
+                pairs += [([f"{name}.{c}"], f"{name}.{b}") for c, b in
+                          (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+                          if f"{name}.{c}" in names and f"{name}.{b}" in names]
+
+        def forward(self, inputs, drop_connect_rate=None):  # MBConvBlock.forward, its addition a Sum
+            x = inputs
+            if self._block_args.expand_ratio != 1:
+                x = self._swish(self._bn0(self._expand_conv(inputs)))
+            x = self._swish(self._bn1(self._depthwise_conv(x)))
+            x = self._bn2(self._project_conv(x))
+            a = self._block_args
+            if self.id_skip and a.stride == 1 and a.input_filters == a.output_filters:
+                x = self.canonizer_sum(torch.stack([x, inputs], dim=-1))
+            return x
+
+        def attributes(name, module):
+            return {"forward": forward.__get__(module), "canonizer_sum": Sum()} if isinstance(module, MBConvBlock) \
+                else None
+
+        return lambda: [NamedMergeBatchNorm(pairs), AttributeCanonizer(attributes)]
+    if "layer1" in names and "fc" in names:
+        return lambda: [ResNetCanonizer()]
+    if "features" in names and "classifier" in names and not any(isinstance(m, torch.nn.BatchNorm2d)
+                                                                   for m in model.modules()):
+        return lambda: [VGGCanonizer()]
+    return lambda: [SequentialMergeBatchNorm()]
 
 
 def stability(args) -> int:

@@ -179,7 +179,9 @@ def register(cli):
         p = result.params
         s = result.score
         reached = sig(s[0]) if len(s) == 1 else f"{sig(s.min())} to {sig(s.max())}"
-        summary = (f"{p['layer']}, {_range_text(p['units'])}: {p['score_label']} {reached} after {p['steps']} steps "
+        from cnnviz.layers import readable_name
+
+        summary = (f"{readable_name(p['layer'], p.get('layer_type'))}, {_range_text(p['units'])}: {p['score_label']} {reached} after {p['steps']} steps "
                    f"(priors {p['priors']}, {p['param']}) in {seconds:.1f} s on {result.provenance['device']}")
         _finish(result, out, o["save"], o["columns"], o["history"], summary)
 
@@ -293,7 +295,9 @@ def register(cli):
         result.params["image_file"] = str(image)
         p = result.params
         h, w = p["size"]
-        summary = (f"dream at {p['layer']}: {p['score_label']} {sig(p['start_objective'])} -> "
+        from cnnviz.layers import readable_name
+
+        summary = (f"dream at {readable_name(p['layer'], p.get('layer_type'))}: {p['score_label']} {sig(p['start_objective'])} -> "
                    f"{sig(result.score[0])} ({octaves} octaves x {steps} steps, {h}x{w} px) in {seconds:.1f} s "
                    f"on {result.provenance['device']}")
         _finish(result, out, save, None, history, summary)

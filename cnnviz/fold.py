@@ -17,12 +17,23 @@ batch norm's input must be the very tensor the convolution returned), and the fo
 checked against the original on that example; if they disagree (a convolution output used
 elsewhere too, say), the original model is used unfolded.
 
-Finding the pairs, copying and checking cost three forward passes and a deep copy (~200 ms for
-Lite0 on 2 CPU cores, three times a one-image LRP call's own work). So the copy and the verdict are
-remembered per model (weakly: they go with it), for the same input shape, layers kept and module
-structure (the modules, their types and their forward hooks); a later call only refreshes the
-copy's numbers from the model's current parameters and buffers (copied, and the batch norms folded
-again), so weights changed in the meantime, in place or not, are always used.
+Cost. The pairs and the check depend on how the modules are wired, not on the image's size, so
+both trial passes run on a small centre crop of the example (`TRIAL_SIZE` px a side; the full
+example where the model refuses the crop or a kept layer is checked). The copy is not a deep copy:
+every module is copied shallowly with its own dicts of parameters, buffers, submodules and hooks
+(hooks added to the copy never reach the model), and every parameter and buffer that folding does
+not change is the model's own storage, wrapped without copying (read only: the copy is for
+inference, and nothing of cnnviz writes to its weights). Only the folded convolutions get new
+weights. On EfficientNet-Lite0 (2 shared CPU cores) the first fold took 49 ms, 0.30 of a repeated
+one-image LRP-ε call (162 ms; `python benchmarks/fold.py --first-call`), where a deep copy alone
+took 61 ms and each full-size trial pass 39 ms (about 155 ms in all before).
+
+The copy and the verdict are remembered per model (weakly: they go with it), for the same input
+shape, layers kept and module structure (the modules, their types and their forward hooks); a later
+call only brings the copy's numbers up to date: a shared tensor the model has since replaced is
+shared anew (one changed in place is the copy's already), and the folded convolutions are folded
+again from the model's current tensors (a change through `.data` leaves no trace to test for), so
+weights changed in the meantime are always used.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from torch import nn
 from .layers import LayerInfo, capture, eval_mode
 
 TOLERANCE = 1e-4  # relative, of the largest output, for the check of the folded copy
+TRIAL_SIZE = 64  # px a side of the trial passes' centre crop of the example (pairs and check)
 
 
 def _parent(root: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -119,15 +131,55 @@ def _plain_conv(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
     return out.eval()
 
 
+def _frozen(t: torch.Tensor | None, memo: dict) -> nn.Parameter | None:
+    """The model's parameter as the copy's: the same storage, no gradient (one per tensor: tied
+    weights stay tied)."""
+    if t is None:
+        return None
+    if id(t) not in memo:
+        memo[id(t)] = nn.Parameter(t.detach(), requires_grad=False)
+    return memo[id(t)]
+
+
+_CONTAINERS = (dict, set, list, __import__("collections").OrderedDict)
+
+
+def _light_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are the model's own storage (see the
+    module's docstring): each module copied shallowly, with its own submodules, parameter, buffer
+    and hook containers (every dict, set or list among its attributes copied one level deep)."""
+    done: dict[int, nn.Module] = {}
+    params: dict[int, nn.Parameter] = {}
+
+    def clone(m: nn.Module) -> nn.Module:
+        if id(m) in done:
+            return done[id(m)]
+        new = object.__new__(type(m))  # what copy.copy does for a module, without its __reduce_ex__ detour
+        done[id(m)] = new
+        new.__dict__.update({k: (v.copy() if type(v) in _CONTAINERS else copy.copy(v) if isinstance(v, (dict, set, list))
+                                 else v) for k, v in m.__dict__.items()})
+        new._parameters = {k: _frozen(p, params) for k, p in m._parameters.items()}
+        new._modules = {k: (None if c is None else clone(c)) for k, c in m._modules.items()}
+        return new
+
+    return clone(model)
+
+
+def _trial(example: torch.Tensor) -> torch.Tensor:
+    """A centre crop of `example`, TRIAL_SIZE px a side at most, for the trial passes."""
+    h, w = example.shape[-2:]
+    th, tw = min(h, TRIAL_SIZE), min(w, TRIAL_SIZE)
+    top, left = (h - th) // 2, (w - tw) // 2
+    return example[..., top:top + th, left:left + tw]
+
+
 def _copy_and_fold(model: nn.Module, example: torch.Tensor, keep: set[str]) -> tuple:
     """The folded copy, what was folded, the (conv, bn) pairs folded, and the model's own output on
     `example` (the pairs are found on the model itself, in eval mode, hooks removed afterwards; its
     output is the reference the copy is checked against)."""
     with eval_mode(model):
         bn_pairs, pad_pairs, reference = _pairs(model, example)
-    model_copy = copy.deepcopy(model).eval()
-    for p in model_copy.parameters():
-        p.requires_grad_(False)
+    model_copy = _light_copy(model).eval()
     modules = dict(model_copy.named_modules())
     folded_bn = folded_pad = 0
     done = []
@@ -192,16 +244,27 @@ def _structure(model: nn.Module, example: torch.Tensor, names: set[str]) -> tupl
 
 
 def _refresh(copy_: nn.Module, model: nn.Module, bn_pairs: list[tuple[str, str]]) -> None:
-    """The copy's numbers from the model's current parameters and buffers, batch norms folded anew."""
-    src = dict(model.named_parameters())
-    src.update(model.named_buffers())
+    """Bring the copy's numbers up to date with the model (see the module's docstring): shared
+    tensors the model has replaced are shared anew; the folded pairs are folded again."""
     modules = dict(model.named_modules())
     mine = dict(copy_.named_modules())
     convs = {c for c, _ in bn_pairs}
+    memo: dict[int, nn.Parameter] = {}
+    for name, mod in mine.items():
+        src = modules.get(name)
+        if src is None or src is mod:
+            continue
+        for k, t in mod._parameters.items():
+            if name in convs and k in ("weight", "bias"):
+                continue
+            s_t = src._parameters.get(k) if k in src._parameters else getattr(src, k, None)
+            if isinstance(s_t, torch.Tensor) and (t is None or t.data_ptr() != s_t.data_ptr() or t.shape != s_t.shape):
+                mod._parameters[k] = _frozen(s_t, memo)
+        for k, t in mod._buffers.items():
+            s_t = src._buffers.get(k)
+            if s_t is not None and t is not s_t:
+                mod._buffers[k] = s_t
     with torch.no_grad():
-        for name, t in [*copy_.named_parameters(), *copy_.named_buffers()]:
-            if name.rpartition(".")[0] not in convs:
-                t.copy_(src[name])
         for conv_name, bn_name in bn_pairs:
             w, b = _folded_bn(modules[conv_name], modules[bn_name])
             mine[conv_name].weight.copy_(w)
@@ -234,9 +297,20 @@ def folded(model: nn.Module, example: torch.Tensor, keep: list[LayerInfo] = ()) 
 
 
 def _fold_afresh(model, example, names, keep) -> tuple[nn.Module, dict, list]:
+    if not keep and example.shape[-1] * example.shape[-2] > TRIAL_SIZE ** 2:
+        try:  # the wiring on a small crop (see the module's docstring); the full example if refused
+            return _fold_tried(model, _trial(example), names, keep)
+        except Exception:  # noqa: BLE001
+            pass
+    return _fold_tried(model, example, names, keep, catch=True)
+
+
+def _fold_tried(model, example, names, keep, catch: bool = False) -> tuple[nn.Module, dict, list]:
     try:
         copy_, info, pairs, reference = _copy_and_fold(model, example, names)
     except Exception as e:  # a model that cannot be copied or traced this way: run it as it is
+        if not catch:
+            raise
         return model, {"folded": False, "fold_reason": f"{type(e).__name__}: {e}"[:200]}, []
     if not info["folded_batch_norms"] and not info["folded_paddings"]:
         return model, {"folded": False, "fold_reason": "nothing to fold"}, []

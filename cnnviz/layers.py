@@ -8,8 +8,6 @@ the `with` block ends, also on error.
 
 from __future__ import annotations
 
-import re
-
 import contextlib
 import math
 import difflib
@@ -397,60 +395,5 @@ def format_layers(infos: list[LayerInfo]) -> str:
     return "\n".join(lines)
 
 
-_ACTIVATION_END = re.compile(r"(relu|swish|silu|gelu|sigmoid|tanh|mish|elu|softplus|softsign|activation)\d*$")
-
-
-def is_activation_type(kind: str | None) -> bool:
-    """Whether a module's type name (`LayerInfo.type`, its class name) is an activation function:
-    a class of torch.nn's activation module, or a name like Swish, MemoryEfficientSwish, QuickGELU."""
-    if not kind:
-        return False
-    kind = str(kind)
-    from torch.nn.modules import activation
-
-    if kind in getattr(activation, "__all__", ()) and kind not in ("MultiheadAttention", "Softmax", "Softmin",
-                                                                    "Softmax2d", "LogSoftmax"):
-        return True
-    return bool(_ACTIVATION_END.search(kind.lower()))
-
-
-def readable_name(address: str, kind: str | None = None) -> str:
-    """A layer address as a figure label: the block path, then the module's own name in
-    parentheses, leading underscores dropped and the call of a module that runs several times
-    spelt out. `_blocks.6._swish@1` -> `blocks.6 (swish, 2nd call)`, `_swish@1` -> `swish (2nd
-    call)`, `layer4.1.conv2` -> `layer4.1 (conv2)`, `features.12` -> `features.12`.
-    With the module's type `kind` (`LayerInfo.type`, e.g. "ReLU6"), an activation is named by its
-    type, not by the name the model's code gave it (EfficientNet-Lite keeps the name `_swish` for
-    its ReLU6): `_blocks.6._swish@1` with "ReLU6" -> `blocks.6 (ReLU6, 2nd call)`, `_swish@1` ->
-    `ReLU6 (2nd call)`, `features.1` with "ReLU" -> `features.1 (ReLU)`. Pass the address itself
-    to --layer; this is only for reading."""
-    name, sep, call = str(address).partition("@")
-    parts = [p.lstrip("_") or p for p in name.split(".")]
-    nth = ""
-    if sep and call.isdigit():
-        k = int(call) + 1
-        suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
-        nth = f"{k}{suffix} call"
-    if is_activation_type(kind):
-        if parts and not parts[-1].isdigit():
-            parts = parts[:-1]  # the module's own name goes: its type says what it is
-        if not parts:
-            return f"{kind} ({nth})" if nth else str(kind)
-        inner = ", ".join(x for x in (str(kind), nth) if x)
-        return f"{'.'.join(parts)} ({inner})"
-    if len(parts) > 1 and not parts[-1].isdigit():
-        inner = ", ".join(x for x in (parts[-1], nth) if x)
-        return f"{'.'.join(parts[:-1])} ({inner})"
-    base = ".".join(parts)
-    return f"{base} ({nth})" if nth else base
-
-
-def describe_layer(info: "LayerInfo") -> str:
-    """`readable_name` of a traced layer, with its type."""
-    return readable_name(info.address, info.type)
-
-
-def layer_name(address: str, kind: str | None = None) -> str:
-    """A layer as figures list it: its address (what --layer takes), except an activation, which is
-    named by its type (`readable_name`): Lite0's `_swish@1` is a ReLU6, "ReLU6 (2nd call)"."""
-    return readable_name(address, kind) if is_activation_type(kind) else str(address)
+# layer names for people: cnnviz.names (no torch needed), importable from here too
+from .names import describe_layer, is_activation_type, layer_name, readable_name  # noqa: E402,F401

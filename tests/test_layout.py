@@ -234,3 +234,43 @@ def test_redrawing_a_saved_featvis_result_needs_no_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "MPLBACKEND": "Agg"})
     assert out.stdout.strip() == "False" and (tmp_path / "f.png").stat().st_size > 1000, out.stderr
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.If, ast.Try)):
+            names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            names |= {(a.asname or a.name) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))
+                      for a in n.names}
+            names |= {n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    return names
+
+
+def test_every_relative_import_names_an_existing_module():
+    """A relative import inside a function runs only when called: one left at the wrong depth after a
+    move (`from ..layers` in cnnviz/render/attribution/) fails first at a user's call."""
+    mods = modules()
+    bad = []
+    for name, (path, is_pkg) in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = name.split(".") if is_pkg else name.split(".")[:-1]
+            base = base[: len(base) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if target not in mods:
+                bad.append(f"{where} from {'.' * node.level}{node.module or ''}: no such module")
+                continue
+            defined = _top_level_names(mods[target][0])
+            bad += [f"{where} {a.name} not in {target}" for a in node.names
+                    if f"{target}.{a.name}" not in mods and a.name not in defined and a.name != "*"]
+    assert not bad, bad

@@ -147,10 +147,13 @@ def register(cli) -> None:
 
 
 def _table(result) -> None:
-    w = max(len(str(s)) for s in result.steps)
+    from cnnviz.layers import readable_name
+
+    steps = [str(s) if str(s) == "original" else readable_name(str(s)) for s in result.steps]
+    w = max(len(s) for s in steps + ["randomized down to"])
     click.echo(f"{'randomized down to':<{w}}  " + "  ".join(f"{m:>9}" for m in result.methods))
-    for j, step in enumerate(result.steps):
-        click.echo(f"{str(step):<{w}}  " + "  ".join(f"{result.spearman[i, j]:>9.3f}"
+    for j, step in enumerate(steps):
+        click.echo(f"{step:<{w}}  " + "  ".join(f"{result.spearman[i, j]:>9.3f}"
                                                     for i in range(len(result.methods))))
     if len(result.class_targets):
         labels = [f"{n} ({int(c)})" for n, c in zip(result.class_names, result.class_targets)]

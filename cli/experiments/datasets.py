@@ -125,12 +125,14 @@ def register(cli):
         p = result.params
         labels = list(p["parts"]) + ["random"]
         w = max(len(x) for x in labels)
-        click.echo(f"{'Delta':<{w}}  " + "  ".join(f"{a:>22}" for a in p["layers"]))
+        heads = list(p.get("layer_labels") or p["layers"])  # each layer by what and where
+        cw = max([22] + [len(a) for a in heads])
+        click.echo(f"{'Delta':<{w}}  " + "  ".join(f"{a:>{cw}}" for a in heads))
         for k, name in enumerate(labels):
             cells = [f"{result.delta[k, li]:.4f} +- {result.spread[k, li]:.4f}"
                      + (f" p={result.p_value[k, li]:.2f}" if k < len(p["parts"]) else "")
                      for li in range(len(p["layers"]))]
-            click.echo(f"{name:<{w}}  " + "  ".join(f"{c:>22}" for c in cells))
+            click.echo(f"{name:<{w}}  " + "  ".join(f"{c:>{cw}}" for c in cells))
         click.echo(output.wrote(out, save))
 
     @cli.command(short_help="Each unit's strongest activation at each training checkpoint, projected (ZF Fig. 4).")

@@ -177,7 +177,9 @@ def register(cli):
 
         def finish(result):
             p = result.params
-            click.echo(f"{p['num_scanned']} of {p['num_files']} images of DATA at {p['layer']} "
+            from cnnviz.layers import readable_name
+
+            click.echo(f"{p['num_scanned']} of {p['num_files']} images of DATA at {readable_name(p['layer'], p.get('layer_type'))} "
                        f"({p['layer_shape'][0]} features, {p['metric']}) in {p['seconds']:.1f} s on "
                        f"{result.provenance['device']}")
             for q, name in enumerate(p["query_names"]):
@@ -253,7 +255,9 @@ def register(cli):
 
         def finish(result):
             p = result.params
-            click.echo(f"{p['num_scanned']} of {p['num_files']} images, {p['num_units']} units of {p['layer']}, "
+            from cnnviz.layers import readable_name
+
+            click.echo(f"{p['num_scanned']} of {p['num_files']} images, {p['num_units']} units of {readable_name(p['layer'], p.get('layer_type'))}, "
                        f"k={p['k']}, in {p['topk_seconds'] + p['seconds']:.1f} s on {result.provenance['device']}")
             click.echo(f"{p['num_group_units']} units whose top images share a {p['grouping']} (p < {p['alpha']:g}; "
                        f"{p['expected_by_chance']:.1f} expected by chance), {p['num_colour_units']} colour units; "

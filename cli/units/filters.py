@@ -33,7 +33,9 @@ def register(cli):
         result = first_layer_filters(lm)
         output.write(result, out, save, echo=False)
         p = result.params
-        click.echo(f"{p['layer']}: {p['out_channels']} filters of {p['in_channels']}x{p['kernel'][0]}x{p['kernel'][1]}")
+        from cnnviz.layers import readable_name
+
+        click.echo(f"{readable_name(p['layer'], p.get('layer_type'))}: {p['out_channels']} filters of {p['in_channels']}x{p['kernel'][0]}x{p['kernel'][1]}")
         click.echo(output.wrote(out, save))
 
     @cli.command(short_help="A layer's feature maps for one image, strongest first.")
@@ -68,7 +70,9 @@ def register(cli):
         output.write(result, out, save, echo=False, top=top)
         p = result.params
         chans = ", ".join(f"{int(c)} ({float(s):.3g})" for c, s in zip(result.channels[:5], result.strength[:5]))
-        click.echo(f"{p['layer']} ({'x'.join(map(str, p['layer_shape']))}): strongest channels {chans}")
+        from cnnviz.layers import readable_name
+
+        click.echo(f"{readable_name(p['layer'], p.get('layer_type'))} ({'x'.join(map(str, p['layer_shape']))}): strongest channels {chans}")
         click.echo(output.wrote(out, save))
 
     return cli

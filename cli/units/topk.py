@@ -97,9 +97,11 @@ def register(cli) -> None:
 
             from cnnviz.results import save_outputs
 
+            from cnnviz.layers import readable_name
+
             p = result.params
             resumed = f", resumed at batch {p['resumed_from_batch']}" if p["resumed_from_batch"] else ""
-            click.echo(f"{p['num_scanned']} of {p['num_files']} images scanned at {p['layer']} ({p['num_units']} "
+            click.echo(f"{p['num_scanned']} of {p['num_files']} images scanned at {readable_name(p['layer'], p.get('layer_type'))} ({p['num_units']} "
                        f"units, k={p['k']}) in {p['seconds']:.1f} s on {result.provenance['device']}"
                        f"{' by ' + str(p['world_size']) + ' processes' if p['world_size'] > 1 else ''}{resumed}")
             from cnnviz.batching import summary as batch_summary

@@ -11,7 +11,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import (CATEGORICAL, DEFAULT_WIDTH, RC, bare, check_width, grid_shape, line_in, model_label, short,
+from .style import (CATEGORICAL, DEFAULT_WIDTH, RC, bare, check_width, grid_shape, line_in, layer_label, model_label, short,
                     text_width, wrap)
 
 DPI = RC["savefig.dpi"]
@@ -271,7 +271,7 @@ def _grid_mode(result, mode: str, columns, history: bool, width: float, layout: 
     model = model_label(result.provenance, p)
     if mode == "units":
         kind = "activation at the map's centre" if p.get("unit_kind") == "neuron" else "mean of the feature map"
-        head = f"{model}, {p.get('layer', '?')}: images maximizing each unit ({kind}), {_steps(p)}"
+        head = f"{model}, {layer_label(p['layer'], p.get('layer_type')) if p.get('layer') else '?'}: images maximizing each unit ({kind}), {_steps(p)}"
         detail = _recipe(p)
         ylabel = label or "objective"
     elif mode == "class":
@@ -298,7 +298,7 @@ def _grid_mode(result, mode: str, columns, history: bool, width: float, layout: 
 def _dream(result, history: bool, width: float):
     p = result.params
     model = model_label(result.provenance, p)
-    layer = p.get("layer", "?")
+    layer = layer_label(p["layer"], p.get("layer_type")) if p.get("layer") else "?"
     octaves = p.get("octaves", "?")
     label = p.get("score_label")
     start = result.start
@@ -339,7 +339,9 @@ def _invert(result, columns, history: bool, width: float, layout: str):
     label = p.get("score_label")
     start = result.start
     has_start = start is not None and start.size > 0
-    labels = [str(s) for s in result.labels]
+    from ..names import readable_name
+
+    labels = [readable_name(str(s)) for s in result.labels]  # each layer by what and where; the addresses in params
     panels = ([start] if has_start else []) + list(result.images)
     titles = (["original"] if has_start else []) + labels
     feet = ([f"{start.shape[0]}×{start.shape[1]} input crop"] if has_start else []) + \

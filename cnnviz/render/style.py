@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import math
 from pathlib import Path
 
@@ -67,7 +69,31 @@ def write_figure(fig, file: Path, suffix: str) -> None:
 
 
 def short(name: str, n: int = 22) -> str:
-    return name if len(name) <= n else name[: n - 1] + "…"
+    """`name` for a label about `n` characters wide, never cut in the middle of a word: a name
+    with synonyms ("tench, Tinca tinca") keeps its leading ones that fit, anything else longer
+    goes onto further lines, broken after a space, dot, underscore, comma, hyphen or slash."""
+    name = str(name)
+    if len(name) <= n:
+        return name
+    if ", " in name:
+        kept = ""
+        for part in name.split(", "):
+            trial = f"{kept}, {part}" if kept else part
+            if len(trial) > n:
+                break
+            kept = trial
+        name = kept or name.split(", ")[0]
+        if len(name) <= n:
+            return name
+    lines, line = [], ""
+    for piece in re.findall(r"[^ ._,/-]*(?:[ ._,/-]+|$)", name):
+        if line and len(line + piece.rstrip()) > n:
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+    if line.strip():
+        lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def gray_background(image: np.ndarray) -> np.ndarray:
@@ -339,15 +365,18 @@ def class_label(result, index: int) -> str:
 
 
 def layer_name(address, kind: str | None = None) -> str:
-    """A layer as figures list it: the address, an activation by its type (`cnnviz.layers.layer_name`)."""
-    from ..layers import layer_name as name
+    """A layer as figures list it (tick labels, legends): what it is and where, no address
+    (`cnnviz.layers.readable_name`), as `layer_label` does."""
+    from ..names import layer_name as name
 
     return name(str(address), kind)
 
 
 def layer_label(address, kind: str | None = None) -> str:
-    """A layer address as people read it, an activation named by its type `kind` where the
-    result recorded it (params["layer_type"]; see `cnnviz.layers.readable_name`)."""
-    from ..layers import readable_name
+    """A layer as a title or caption names it: what it is and where (an activation by its type
+    `kind` where the result recorded it, params["layer_type"]; `cnnviz.layers.readable_name`):
+    "head, ReLU6 after the last conv" for Lite0's `_swish@1`. The address itself, what --layer
+    takes, stays in the result's params."""
+    from ..names import readable_name
 
     return readable_name(str(address), kind)

@@ -63,7 +63,8 @@ import torch.nn.functional as F
 from ...batching import Batches, memory_limit, model_work, pad, padder
 from ...errors import ParameterError
 from ...geometry import CropGeometry, params_of, stack_thumbnails
-from ...layers import LayerInfo, default_feature_layer, flattened_after, require_maps, resolve_layer, trace_layers
+from ...layers import (LayerInfo, default_feature_layer, flattened_after, readable_name, require_maps, resolve_layer,
+                       trace_layers)
 from ...models import LoadedModel
 from ...results import GradientResult, provenance
 from . import methods as M
@@ -396,7 +397,7 @@ def relevance_note(params: dict, i: int | None = None, detail: bool = True) -> s
     if low and rows:
         worst = max(rows, key=lambda r: r["lost"])
         text += (f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %: the layers' biases and stabilizers "
-                 f"took the rest; the largest loss at {worst['layer'] or 'the model'} ({worst['kind']}), "
+                 f"took the rest; the largest loss at {readable_name(worst['layer']) if worst['layer'] else 'the model'} ({worst['kind']}), "
                  f"{100 * worst['lost']:.3g} % of the score)")
     elif low:
         text += f" (below {100 * params.get('relevance_min_share', 0.5):.0f} %)"

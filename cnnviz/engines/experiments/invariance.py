@@ -156,9 +156,9 @@ def invariance(lm: LoadedModel, images, transforms=("translate", "scale", "rotat
         value_table[r, :len(vals[kind])] = vals[kind]
     names = [str(getattr(im, "name", im)) if not isinstance(im, np.ndarray) else f"image {i}"
              for i, im in enumerate(images)]
-    labels = [layer_name(i.address, i.type) for i in infos]
+    labels = [layer_name(i.address, i.type) for i in infos]  # what and where; the addresses are in "layers"
     if layers is None:
-        labels = [f"{labels[0]} (1st conv)", f"{labels[1]} (top features)"]
+        labels = [labels[0] if "stem" in labels[0] else "first conv", "top features"]  # the features entering the classifier
     params = {"transforms": transforms, "layers": [i.address for i in infos], "layer_labels": labels, "layer_shapes": [list(i.shape) for i in infos],
               "classes": classes, "class_names": [lm.class_name(c) for c in classes], "target_given": target is not None,
               "names": [n.rsplit("/", 1)[-1] for n in names], "distance": "relative: ||f(Tx) - f(x)|| / ||f(x)||"}

@@ -118,7 +118,7 @@ def _map_label(params: dict) -> str:
 def _where(params: dict) -> str:
     parts = []
     if params.get("layer"):
-        parts.append(f"layer {layer_label(params['layer'], params.get('layer_type'))}")
+        parts.append(layer_label(params['layer'], params.get('layer_type')))
     if params.get("unit"):
         parts.append(str(params["unit"]))
     return ", ".join(parts)
@@ -281,7 +281,7 @@ def _suptitle(result, shared_scale: bool, clip) -> str:
         worst = max(rows, key=lambda r: r["lost"]) if rows else None
         bits.append(f"relevance not conserved: under {100 * p.get('relevance_min_share', 0.5):.0f} % of the score "
                     "reaches the input, the layers' biases take the rest"
-                    + (f" (most at {worst['layer']})" if worst else ""))
+                    + (f" (most at {layer_label(worst['layer'])})" if worst and worst['layer'] else ""))
     if p.get("method") == "ig":
         bits.append(f"{p.get('ig_steps')} steps, {p.get('baseline')} baseline")
     if p.get("method") == "scorecam" and p.get("layer_channels"):

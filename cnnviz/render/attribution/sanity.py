@@ -48,7 +48,9 @@ def figure(result, clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layo
     check_layout(layout)
     p = result.params
     methods = [str(m) for m in result.methods]
-    steps = [short(str(s), 22) for s in result.steps]
+    from ...names import readable_name
+
+    steps = [str(s) if str(s) == "original" else short(readable_name(str(s)), 22) for s in result.steps]
     rho = np.asarray(result.spearman, dtype=np.float64)
     m_count, s_count = rho.shape
     k_count = _class_count(result)

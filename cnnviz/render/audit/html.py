@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..style import layer_label as _layer_label
 from . import figures as F
 
 MAX_CLASS_ROWS = 8  # classes drawn with their mean maps
@@ -391,7 +392,8 @@ def _units(result, figs) -> str:
             note = (f'<p class="note" id="units-note">{single} of the {classes} classes have one image: their class '
                     "mean is that image's activation, so a unit that answers to one photo looks as selective as one "
                     "that answers to a class. With one image per class the index measures image-selectivity.</p>")
-        body = (f"<p>Layer <code>{escape(str(p.get('layer')))}</code>: {len(si)} units, median selectivity "
+        body = (f"<p>Layer {escape(_layer_label(p.get('layer'), p.get('layer_type')))} "
+                f"(<code>{escape(str(p.get('layer')))}</code>): {len(si)} units, median selectivity "
                 f"{_num(float(np.nanmedian(si)) if np.isfinite(si).any() else None)}.</p>" + note
                 + _table(["unit", "selectivity index", "classes of its top images"], rows, {0, 1})
                 + figs.add("units", F.units_figure(result), "top patches of the most selective units",

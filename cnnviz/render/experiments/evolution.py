@@ -46,7 +46,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", patches: b
         why = "; guided backprop, not the deconvnet, whose projections do not depend on the image here"
     elif p.get("deconv_uninformative"):
         why = "; UNINFORMATIVE: the deconvnet's projections here do not depend on the image"
-    headline = wrap(f"layer {short(layer_label(p['layer'], p.get('layer_type')), 30)}: each unit's strongest "
+    headline = wrap(f"layer {layer_label(p['layer'], p.get('layer_type'))}: each unit's strongest "
                     f"activation over the data at each checkpoint ({what}, {where}; projections: mid-gray = 0, "
                     f"{_scale_note(contrast)}){why}", width - 0.16, 7)
     head = 0.3 + 7 * 1.22 / 72 * (headline.count("\n") + 1)

@@ -10,7 +10,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..style import CATEGORICAL, DEFAULT_WIDTH, RC, bare, grid_shape, short
+from ..style import CATEGORICAL, DEFAULT_WIDTH, RC, bare, grid_shape, short, wrap
 
 UNITS = {"translate": "vertical shift (px)", "scale": "scale", "rotate": "rotation (°)"}
 TITLES = {"translate": "vertical translation", "scale": "scale", "rotate": "rotation"}
@@ -62,7 +62,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                 ax = fig.add_subplot(slots[1 + li])
                 for n in range(n_img):
                     ax.plot(x, result.distance[n, r, li][keep], color=CATEGORICAL[n % 10], lw=1.1, marker="o", ms=1.8)
-                ax.set_title(f"distance at {short(layer, 22)}", fontsize=7)
+                ax.set_title(wrap(f"distance at {layer}", ax.get_position().width * width, 7), fontsize=7)
                 ax.set_ylabel("relative distance", fontsize=7)
                 ax.set_ylim(bottom=0)
                 axes.append(ax)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..style import (CATEGORICAL, DEFAULT_WIDTH, RC, SEQUENTIAL, SUPTITLE_PT, TEXT_PT, TITLE_PT, colorbar,
-                    grid_shape, plt, short, wrap)
+                    grid_shape, layer_label, plt, wrap)
 
 
 def _box(ax, lo_y, hi_y, lo_x, hi_x, **kw):
@@ -130,7 +130,7 @@ def compare_figure(theoretical, effective=None, empirical=None, title: str | Non
                                                  [h.get_label() for h in handles] + l2],
                    loc="outside lower center", ncol=ncol, frameon=False, fontsize=TEXT_PT)
         if title is None:
-            title = f"Receptive field of {short(theoretical.address, 28)}"
+            title = f"Receptive field of {layer_label(theoretical.address, getattr(theoretical, 'type', None))}"
             if empirical is not None:
                 title += (f", channel {empirical.channel} ({len(empirical.units)} image"
                           f"{'s' if len(empirical.units) != 1 else ''}, occluder {empirical.occluder} px, "

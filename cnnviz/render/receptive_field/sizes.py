@@ -11,8 +11,11 @@ from ..style import (CATEGORICAL, DEFAULT_WIDTH, MIN_FONT, RC, check_layout, che
 
 def figure(result, max_labels: int | None = None, width: float = DEFAULT_WIDTH, layout: str = "row", **_):
     """RF size per spatial layer in execution order, in a figure `width` inches wide. Every layer is
-    named on the axis when the labels fit side by side at 7 pt (or there are at most `max_labels`);
-    otherwise the labels are thinned evenly. `layout` has no effect: there is one panel."""
+    named on the axis, by what it is and where (`cnnviz.layers.readable_name`), when the labels fit
+    side by side at 7 pt (or there are at most `max_labels`); otherwise the axis is labelled by block
+    ("block 3", "layer2 block 1", "stem", "head": one tick at each block's first layer, thin lines
+    between blocks), and only where even the blocks do not fit are they thinned evenly. No name is
+    cut. `layout` has no effect: there is one panel."""
     width = check_width(width)
     check_layout(layout)
     keep = np.flatnonzero(result.rf[:, 0] >= 0)
@@ -37,10 +40,17 @@ def figure(result, max_labels: int | None = None, width: float = DEFAULT_WIDTH, 
         ax2.step(x, stride[:, 0], where="mid", color=CATEGORICAL[2], lw=0.9, alpha=0.8, label="effective stride")
         ax2.set_ylabel("effective stride", color=CATEGORICAL[2])
         ax2.tick_params(axis="y", colors=CATEGORICAL[2])
-        step = max(1, int(np.ceil(n / max_labels))) if n else 1
-        ticks = x[::step]
+        if n <= max_labels:
+            ticks, labels = list(x), names
+        else:
+            starts, labels = _blocks([str(result.layers[k]) for k in keep])
+            for s0 in starts[1:]:
+                ax.axvline(s0 - 0.5, color="0.85", lw=0.5, zorder=0)
+            step = max(1, int(np.ceil(len(starts) / max_labels)))
+            ticks, labels = starts[::step], labels[::step]
+            ax.set_xlabel(f"layers in execution order ({n}), by block", fontsize=MIN_FONT)
         ax.set_xticks(ticks)
-        ax.set_xticklabels([short(names[i], 24) for i in ticks], rotation=90, fontsize=MIN_FONT)
+        ax.set_xticklabels([short(t, 30) for t in labels], rotation=90, fontsize=MIN_FONT)
         ax.set_xlim(-0.5, max(n - 0.5, 0.5))
         ax.set_ylim(bottom=0)
         ax2.set_ylim(bottom=0)
@@ -55,10 +65,29 @@ def figure(result, max_labels: int | None = None, width: float = DEFAULT_WIDTH, 
     return fig
 
 
+def _blocks(addresses: list[str]) -> tuple[list[int], list[str]]:
+    """Where each block starts in a list of layer addresses (in execution order) and its name: the
+    leading container and index ("_blocks.3" -> "block 3", "layer2.1" -> "layer2 block 1",
+    "features.4" -> "features 4"); the layers before the first block are the "stem", those after
+    the last one the "head"."""
+    from ...names import readable_name
+
+    keys = []
+    for a in addresses:
+        parts = a.partition("@")[0].split(".")
+        keys.append(".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else None)
+    indexed = [i for i, k in enumerate(keys) if k is not None]
+    keys = [k if k is not None else ("stem" if not indexed or i < indexed[0] else "head") for i, k in enumerate(keys)]
+    starts = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
+    labels = [keys[i] if keys[i] in ("stem", "head") else readable_name(keys[i]) for i in starts]
+    return starts, labels
+
+
 def effective_figure(erfs, title: str | None = None):
     """One panel per EffectiveRF: the map, the theoretical region as a box, the effective size."""
     from matplotlib.patches import Rectangle
 
+    from ...names import readable_name
     from ..style import SEQUENTIAL, bare
 
     n = len(erfs)
@@ -74,7 +103,7 @@ def effective_figure(erfs, title: str | None = None):
             ax.set_ylim(m.shape[0] - 0.5, -0.5)
             bare(ax)
             th = (r1 - r0 + 1, c1 - c0 + 1)
-            ax.set_title(f"{short(e.address, 20)}\ntheory {th[0]}x{th[1]}, "
+            ax.set_title(f"{short(readable_name(e.address), 20)}\ntheory {th[0]}x{th[1]}, "
                          f"ERF{round(100 * e.mass)} {e.size[0]}x{e.size[1]}", fontsize=8)
         if title:
             fig.suptitle(title)

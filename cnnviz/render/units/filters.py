@@ -45,7 +45,7 @@ def filters_figure(result, max_cols: int | None = None, width: float = DEFAULT_W
     kh, kw = p["kernel"]
     cin = p["in_channels"]
     shown = "RGB" if rgb else f"input channel 0 of {cin}, gray"
-    head = (f"First-layer filters: {model_label(result.provenance, p)}, {p['layer']} ({n} filters, {cin}×{kh}×{kw}, "
+    head = (f"First-layer filters: {model_label(result.provenance, p)}, {layer_label(p['layer'], p.get('layer_type'))} ({n} filters, {cin}×{kh}×{kw}, "
             f"{shown}); each filter scaled to [0, 1] by its own min and max; label = output channel")
     with plt.rc_context(RC):
         lay = Panels(n, width, layout, titles=[str(k) for k in range(n)], head=head, min_panel=0.4, gap=0.06,
