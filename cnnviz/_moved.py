@@ -51,7 +51,6 @@ MOVED = {
     "cnnviz.render.neighbours": "cnnviz.render.experiments.neighbours",
     "cnnviz.render.patches": "cnnviz.render.units.patches",
     "cnnviz.render.probe": "cnnviz.render.experiments.probe",
-    "cnnviz.render.receptive_field": "cnnviz.render.receptive_field.sizes",
     "cnnviz.render.rf_compare": "cnnviz.render.receptive_field.compare",
     "cnnviz.render.sanity": "cnnviz.render.attribution.sanity",
     "cnnviz.render.scoremap": "cnnviz.render.experiments.scoremap",

@@ -97,8 +97,8 @@ def _assert_readable(fig, result, address):
 def test_lite0_figures_name_layers_by_what_and_where(lite0):
     import matplotlib.pyplot as plt
 
-    from cnnviz.engines.filters import feature_maps
-    from cnnviz.engines.gradients import attribute
+    from cnnviz.engines.units.filters import feature_maps
+    from cnnviz.engines.attribution.gradients import attribute
 
     photo = sample_image(4)
     r = attribute(lite0, [photo], "gradcam")  # default layer: the head's ReLU6, `_swish@1`
@@ -130,7 +130,7 @@ def test_rf_labels_lite0_by_block_and_cuts_no_name(lite0):
 def test_invariance_names_its_default_layers(lite0):
     import matplotlib.pyplot as plt
 
-    from cnnviz.engines.invariance import invariance
+    from cnnviz.engines.experiments.invariance import invariance
 
     r = invariance(lite0, [sample_image(0)], transforms="translate", values={"translate": [-10, 0, 10]})
     assert r.params["layers"] == ["_conv_stem", "_dropout"]
