@@ -22,6 +22,7 @@ TITLE_PT, FOOT_PT, HEAD_PT, DETAIL_PT, NOTE_PT = 8.0, 7.5, 8.5, 7.0, 7.5
 MARGIN, GAP_W, GAP_H = 0.06, 0.1, 0.1
 PLOT_H, PLOT_LEFT, PLOT_BOTTOM, PLOT_GAP = 1.55, 0.62, 0.42, 0.22
 PLOT_MIN_W, PLOT_MIN_H = 1.8, 1.0  # the objective plot beside the pictures (DeepDream): at least this
+DREAM_PLOT_H = 0.9  # DeepDream's plot where it goes under the pictures: a strip (the pictures are the figure)
 MAX_LEGEND = 8
 
 SCORE_WORDS = {"mean activation": "mean act", "centre activation": "centre act",
@@ -141,7 +142,7 @@ class _Layout:
     plot under the grid; placed in inches in a figure `width` wide so that text never overlaps."""
 
     def __init__(self, images, titles, feet, head, detail, cols, target_px, plot_note=None, legend=None,
-                 width: float = DEFAULT_WIDTH, plot_beside: bool = False):
+                 width: float = DEFAULT_WIDTH, plot_beside: bool = False, plot_h: float = PLOT_H):
         plot = plot_note is not None
         self.n = len(images)
         W = check_width(width)
@@ -175,7 +176,7 @@ class _Layout:
         # pictures' height, else under them (PLOT_H tall); taller than the page: smaller pictures
         beside = plot and plot_beside and W - 2 * MARGIN - grid_w - PLOT_LEFT - legend_w >= PLOT_MIN_W and \
             ph >= PLOT_MIN_H
-        under = PLOT_GAP + PLOT_H + PLOT_BOTTOM + line_in(NOTE_PT, 2) if plot and not beside else 0.0
+        under = PLOT_GAP + plot_h + PLOT_BOTTOM + line_in(NOTE_PT, 2) if plot and not beside else 0.0
         fixed = head_in + MARGIN + under
         if fixed + grid_height(ph) > limit:
             f = fit(lambda f_: fixed + grid_height(ph * f_), limit)
@@ -192,7 +193,7 @@ class _Layout:
         if beside:
             H = head_in + max(grid_h, note_in + PLOT_MIN_H + PLOT_BOTTOM - foot_in) + MARGIN
         else:
-            H = head_in + grid_h + MARGIN + (PLOT_GAP + note_in + PLOT_H + PLOT_BOTTOM if plot else 0.0)
+            H = head_in + grid_h + MARGIN + (PLOT_GAP + note_in + plot_h + PLOT_BOTTOM if plot else 0.0)
         self.fig = plt.figure(figsize=(W, H), dpi=DPI)  # saved at this resolution (see _panel_size)
         x0 = MARGIN if beside else (W - grid_w) / 2
         self.axes = []
@@ -208,7 +209,7 @@ class _Layout:
             h = head_in + title_in + ph + foot_in - top - PLOT_BOTTOM + foot_in
             self.plot_ax = self.fig.add_axes((left / W, 1 - (top + h) / H, plot_w / W, h / H))
         elif plot:
-            self.plot_ax = self.fig.add_axes((PLOT_LEFT / W, PLOT_BOTTOM / H, plot_w / W, PLOT_H / H))
+            self.plot_ax = self.fig.add_axes((PLOT_LEFT / W, PLOT_BOTTOM / H, plot_w / W, plot_h / H))
         self.fig.suptitle(self.head, fontsize=HEAD_PT, y=1 - 0.05 / H, va="top")
         if detail:
             self.fig.text(0.5, 1 - (0.09 + line_in(HEAD_PT, head_lines)) / H, self.detail, fontsize=DETAIL_PT,
@@ -350,7 +351,7 @@ def _dream(result, history: bool, width: float):
     with plt.rc_context(RC):
         cols = _columns(len(panels), None, width, "row")
         lay = _Layout(panels, titles, feet, head, detail, cols, BIG_PX, plot_note=note if history else None,
-                      width=width, plot_beside=True)
+                      width=width, plot_beside=True, plot_h=DREAM_PLOT_H)
         for k, im in enumerate(panels):
             lay.show(k, im)
         if history:
