@@ -73,7 +73,7 @@ def build(tmp: Path, lite0=None) -> dict:
         "occlusion": (cnnviz.occlusion(lm, rocket, window=64, stride=40, progress=False), {}),
         "gradients": (attribute(lm, [rocket, cat], "guided"), {}),
         "gradcam3": (attribute(lm, [rocket, cat, coffee], "gradcam"), {}),
-        "compare": (cnnviz.compare(lm, rocket, methods=["saliency", "guided", "gradcam", "ig"], ig_steps=4)[0], {}),
+        "compare": (cnnviz.compare(lm, rocket, methods=["saliency", "guided", "gradcam"])[0], {}),
         "sanity": (sanity(lm, rocket, methods=("saliency", "gradcam"), steps=2, classes=1), {}),
         "sanity_default": (sanity(lm, rocket, steps=2, classes=2), {}),
         "filters": (first_layer_filters(lm), {}),

