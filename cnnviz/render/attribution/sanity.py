@@ -123,7 +123,7 @@ def figure(result, clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layo
         half = (cell / 2) / (cell + GAP_C)
         ax.set_xlim(-half, s_count - 1 + half)  # step s over the centre of map column s
         ax.grid(axis="y", color="0.9", lw=0.6)
-        ax.legend(loc="upper right", frameon=False, ncol=1 if narrow else min(m_count, 3))
+        ax.legend(loc="upper right", frameon=False, ncol=1 if narrow or block_w < 2.6 else min(m_count, 3))
         ax.set_title(plot_title, fontsize=TEXT_PT)
 
         images = []
@@ -177,7 +177,7 @@ def _class_rows(box, result, methods, colors, label_w, cell, titles, top0, row_h
             if i == 0:
                 b.set_title(titles[j], fontsize=TEXT_PT, pad=2)
             if corr is None:
-                b.set_xlabel("reference", fontsize=TEXT_PT, labelpad=1.5)
+                b.set_xlabel("reference" if cell >= 0.6 else "ref.", fontsize=TEXT_PT, labelpad=1.5)
             else:
                 rho, r = (float(v) for v in corr)
                 text = "n/a" if not np.isfinite(rho) else f"ρ={rho:.2f}\nr={r:.2f}"

@@ -46,8 +46,8 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     chart_w = 0.27 * (width - 0.5 - 1.5 - 0.5 - 0.12) if side else width - 1.62
     if side and not has_groups:
         chart_w = 0.45 * (width - 0.5 - 0.5 - 0.5 - 0.12)
-    type_label = wrap("label type (dashed: chance" + (f"; hatched: weak colour, IoU < {weak:g})" if n_weak else ")"),
-                      chart_w + 0.3, 7.0, lines=2)
+    type_label = wrap("label type (dashed: chance" + (f"; hatched: {n_weak} weak, IoU < {weak:g})" if n_weak else ")"),
+                      chart_w + 0.3, 7.0)
     below += 0.13 * (lines_of(type_label) - 1)
     caption = wrap(f"example units: top {m} images, dimmed outside the unit's map thresholded at "
                    f"{p['threshold']:g} x its largest activation", width - 0.2, 7.0)
