@@ -196,6 +196,7 @@ def lines_of(text: str) -> int:
 
 MARGIN, GAP, ROW_GAP = 0.08, 0.18, 0.1
 BAR_IN = 0.07  # a colorbar's thickness (it lies under its picture)
+MIN_PICTURE = 0.8  # inches: Panels shrink pictures to fit the page's height down to this
 
 
 class Panels:
@@ -239,7 +240,9 @@ class Panels:
                 cols, rows_g, full = more, rows_more, w_more
                 H = self._plan(cols, rows_g, full)
         if H > limit:
-            scale = fit(lambda f: self._plan(cols, rows_g, full * f), limit)
+            # no picture under MIN_PICTURE in (its notes and colorbar labels need it): such a figure
+            # stays taller than the limit
+            scale = fit(lambda f: self._plan(cols, rows_g, full * f), limit, lo=min(1.0, MIN_PICTURE / full))
             H = self._plan(cols, rows_g, full * scale)
         pic_w, row_h, row_title, head_in = self.pic_w, self._row_h, self._row_title, self._head_in
         rows = self.rows
