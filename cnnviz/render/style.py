@@ -196,7 +196,7 @@ def lines_of(text: str) -> int:
 
 MARGIN, GAP, ROW_GAP = 0.08, 0.18, 0.1
 BAR_IN = 0.07  # a colorbar's thickness (it lies under its picture)
-MIN_PICTURE = 0.8  # inches: Panels shrink pictures to fit the page's height down to this
+MIN_PICTURE = 1.05  # inches: Panels shrink pictures to fit the page's height down to this (a 1.25 in panel less its gap)
 
 
 class Panels:
