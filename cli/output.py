@@ -23,8 +23,22 @@ def _width(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _max_height(ctx, param, value):
+    if value is None or str(value).strip().lower() == "page":
+        return "page"
+    if str(value).strip().lower() == "none":
+        return None
+    from cnnviz.errors import ParameterError
+    from cnnviz.render.style import check_max_height
+
+    try:
+        return check_max_height(value)
+    except ParameterError as e:
+        raise click.BadParameter(str(e).replace("max_height", "--max-height").replace("None", "none")) from None
+
+
 def figure_options(f):
-    """--width and --layout, for every command that draws a figure. They are render-time choices
+    """--width, --layout and --max-height, for every command that draws a figure. They are render-time choices
     (a saved result redraws at another width with `cnnviz render --width`): the command does not
     see them; `write` and `style()` hand them to the renderer."""
     @click.option("--width", default="7", show_default=True, metavar="INCHES", callback=_width,
@@ -33,10 +47,19 @@ def figure_options(f):
     @click.option("--layout", default="row", show_default=True, type=click.Choice(["row", "grid"]),
                   help="row: panels side by side, wrapped to more rows where the width runs out; grid: about "
                        "as many rows as columns.")
+    @click.option("--max-height", default="page", show_default=True, metavar="INCHES|page|none",
+                  callback=_max_height,
+                  help="The tallest the figure may be: page (a text block: 9 in at 7 in wide, 8 in in a 3.5 in "
+                       "column), a number of inches, or none; pictures shrink or take more columns to fit.")
     @functools.wraps(f)
-    def wrapper(*args, width, layout, **kw):
+    def wrapper(*args, width, layout, max_height, **kw):
         click.get_current_context().meta[STYLE_KEY] = {"width": width, "layout": layout}
-        return f(*args, **kw)
+        if max_height == "page":
+            return f(*args, **kw)
+        from cnnviz.render.style import height_limit
+
+        with height_limit(max_height):  # every figure the command draws
+            return f(*args, **kw)
 
     return wrapper
 

@@ -34,8 +34,6 @@ def _kinds(cell) -> set[str]:
     kinds = set()
     for out in cell.get("outputs", []):
         kinds |= set(out.get("data", {})) if "data" in out else {out.get("output_type")}
-    if "image/jpeg" in kinds:  # notebooks/execute.py stores large figures as JPEG
-        kinds = (kinds - {"image/jpeg"}) | {"image/png"}
     return kinds - {"text/plain"} if "image/png" in kinds else kinds
 
 
@@ -74,3 +72,55 @@ def test_notebook_runs_and_is_stored_with_its_outputs(path: Path, tmp_path: Path
         assert _kinds(b) == _kinds(a), f"{path.name}, code cell {i + 1}: stored outputs {sorted(_kinds(b))}, " \
                                        f"a fresh run shows {sorted(_kinds(a))}{redo}"
         assert "error" not in _kinds(b), f"{path.name}, code cell {i + 1}: stored with an error{redo}"
+
+
+STORED_AS_JPEG = {"01_occlusion.ipynb", "02_backprop.ipynb", "03_units.ipynb", "04_featvis.ipynb",
+                  "05_dataset_experiments.ipynb", "06_zf_experiments.ipynb"}  # not yet re-run (issue 29 item 4)
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
+    strict=True, reason="stored before execute.py kept PNG; run `python notebooks/execute.py` and empty STORED_AS_JPEG"))
+    if p.name in STORED_AS_JPEG else p for p in _notebooks()], ids=lambda p: p.name)
+def test_stored_figures_are_png_not_jpeg(path: Path):
+    """Figures are stored lossless (JPEG blurs 7 pt text): every stored image is a PNG that opens,
+    none is a JPEG (notebooks/execute.py wrote large figures as JPEG before)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    stored = nbformat.read(path, as_version=4)
+    outputs = [o for c in stored.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    jpeg = [i for i, o in enumerate(outputs) if "image/jpeg" in o.get("data", {})]
+    assert not jpeg, f"{path.name}: {len(jpeg)} figures stored as JPEG; run `python notebooks/execute.py {path.stem}`"
+    pngs = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    assert pngs, f"{path.name}: no stored figure"
+    for b64 in pngs:
+        im = Image.open(io.BytesIO(base64.b64decode(b64)))
+        assert im.format == "PNG" and min(im.size) > 50
+
+
+def test_the_stored_png_is_the_drawn_png_pixel_for_pixel():
+    """execute.py's re-encoding is lossless: a figure with text and a photo keeps every pixel."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from helpers import ASSETS
+
+    for photo in (False, True):
+        fig, ax = plt.subplots(figsize=(3, 2), dpi=100)
+        if photo:
+            ax.imshow(np.asarray(Image.open(ASSETS / "cat.jpg")))
+        ax.set_title("7 pt text, small", fontsize=7)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        before = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGBA"))
+        out = base64.b64decode(execute._smaller_png(base64.b64encode(buf.getvalue()).decode()))
+        after = Image.open(io.BytesIO(out))
+        assert after.format == "PNG"
+        assert np.array_equal(np.asarray(after.convert("RGBA")), before)

@@ -11,8 +11,8 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import (CATEGORICAL, DEFAULT_WIDTH, RC, bare, check_width, grid_shape, line_in, layer_label, model_label, short,
-                    text_width, wrap)
+from .style import (CATEGORICAL, DEFAULT_WIDTH, RC, bare, check_width, fit, grid_shape, layer_label, line_in,
+                    max_height, model_label, short, text_width, wrap)
 
 DPI = RC["savefig.dpi"]
 GRID_PX = 200  # grid panels: about this many saved pixels on the longer side (1 inch)
@@ -21,6 +21,8 @@ MAX_PANEL = 2.0  # inches
 TITLE_PT, FOOT_PT, HEAD_PT, DETAIL_PT, NOTE_PT = 8.0, 7.5, 8.5, 7.0, 7.5
 MARGIN, GAP_W, GAP_H = 0.06, 0.1, 0.1
 PLOT_H, PLOT_LEFT, PLOT_BOTTOM, PLOT_GAP = 1.55, 0.62, 0.42, 0.22
+PLOT_MIN_W, PLOT_MIN_H = 1.8, 1.0  # the objective plot beside the pictures (DeepDream): at least this
+DREAM_PLOT_H = 0.9  # DeepDream's plot where it goes under the pictures: a strip (the pictures are the figure)
 MAX_LEGEND = 8
 
 SCORE_WORDS = {"mean activation": "mean act", "centre activation": "centre act",
@@ -140,7 +142,7 @@ class _Layout:
     plot under the grid; placed in inches in a figure `width` wide so that text never overlaps."""
 
     def __init__(self, images, titles, feet, head, detail, cols, target_px, plot_note=None, legend=None,
-                 width: float = DEFAULT_WIDTH):
+                 width: float = DEFAULT_WIDTH, plot_beside: bool = False, plot_h: float = PLOT_H):
         plot = plot_note is not None
         self.n = len(images)
         W = check_width(width)
@@ -165,14 +167,35 @@ class _Layout:
         head_lines = self.head.count("\n") + 1
         detail_lines = self.detail.count("\n") + 1 if detail else 0
         head_in = 0.1 + line_in(HEAD_PT, head_lines) + (0.04 + line_in(DETAIL_PT, detail_lines) if detail else 0.0)
+        limit = max_height(W)
+
+        def grid_height(ph_):
+            return rows * (title_in + ph_ + foot_in) + (rows - 1) * GAP_H
+
+        # the plot as a strip beside the pictures where it gets at least PLOT_MIN_W in and the
+        # pictures' height, else under them (PLOT_H tall); taller than the page: smaller pictures
+        beside = plot and plot_beside and W - 2 * MARGIN - grid_w - PLOT_LEFT - legend_w >= PLOT_MIN_W and \
+            ph >= PLOT_MIN_H
+        under = PLOT_GAP + plot_h + PLOT_BOTTOM + line_in(NOTE_PT, 2) if plot and not beside else 0.0
+        fixed = head_in + MARGIN + under
+        if fixed + grid_height(ph) > limit:
+            f = fit(lambda f_: fixed + grid_height(ph * f_), limit)
+            pw, ph = pw * f, ph * f
+            grid_w = cols * pw + (cols - 1) * GAP_W
         cell_h = title_in + ph + foot_in
-        grid_h = rows * cell_h + (rows - 1) * GAP_H
-        plot_w = W - PLOT_LEFT - MARGIN - legend_w
+        grid_h = grid_height(ph)
+        if beside:
+            plot_w = W - 2 * MARGIN - grid_w - PLOT_LEFT - legend_w - 0.1
+        else:
+            plot_w = W - PLOT_LEFT - MARGIN - legend_w
         self.plot_note = wrap(plot_note, plot_w, NOTE_PT) if plot_note else ""
         note_in = line_in(NOTE_PT, self.plot_note.count("\n") + 1) if plot_note else 0.0
-        H = head_in + grid_h + MARGIN + (PLOT_GAP + note_in + PLOT_H + PLOT_BOTTOM if plot else 0.0)
+        if beside:
+            H = head_in + max(grid_h, title_in + ph + PLOT_BOTTOM - 0.02) + MARGIN  # the plot's ticks and label
+        else:
+            H = head_in + grid_h + MARGIN + (PLOT_GAP + note_in + plot_h + PLOT_BOTTOM if plot else 0.0)
         self.fig = plt.figure(figsize=(W, H), dpi=DPI)  # saved at this resolution (see _panel_size)
-        x0 = (W - grid_w) / 2
+        x0 = MARGIN if beside else (W - grid_w) / 2
         self.axes = []
         for k in range(self.n):
             i, j = divmod(k, cols)
@@ -180,8 +203,13 @@ class _Layout:
             top = head_in + i * (cell_h + GAP_H) + title_in
             self.axes.append(self.fig.add_axes((left / W, 1 - (top + ph) / H, pw / W, ph / H)))
         self.plot_ax = None
-        if plot:
-            self.plot_ax = self.fig.add_axes((PLOT_LEFT / W, PLOT_BOTTOM / H, plot_w / W, PLOT_H / H))
+        if beside:  # top with the pictures' (the note above it, in the titles' room), ticks in the feet's
+            left = x0 + grid_w + PLOT_LEFT
+            top = head_in + max(title_in, note_in + 0.04)
+            h = head_in + title_in + ph - top  # bottom with the pictures
+            self.plot_ax = self.fig.add_axes((left / W, 1 - (top + h) / H, plot_w / W, h / H))
+        elif plot:
+            self.plot_ax = self.fig.add_axes((PLOT_LEFT / W, PLOT_BOTTOM / H, plot_w / W, plot_h / H))
         self.fig.suptitle(self.head, fontsize=HEAD_PT, y=1 - 0.05 / H, va="top")
         if detail:
             self.fig.text(0.5, 1 - (0.09 + line_in(HEAD_PT, head_lines)) / H, self.detail, fontsize=DETAIL_PT,
@@ -323,7 +351,7 @@ def _dream(result, history: bool, width: float):
     with plt.rc_context(RC):
         cols = _columns(len(panels), None, width, "row")
         lay = _Layout(panels, titles, feet, head, detail, cols, BIG_PX, plot_note=note if history else None,
-                      width=width)
+                      width=width, plot_beside=True, plot_h=DREAM_PLOT_H)
         for k, im in enumerate(panels):
             lay.show(k, im)
         if history:

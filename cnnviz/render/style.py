@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 
 import math
@@ -125,6 +127,64 @@ def check_width(width) -> float:
     return w
 
 
+# The tallest a figure is by default: a page's text block (9 in at a page's 7 in width, 8 in in a
+# 3.5 in column, leaving room for the caption). Renderers shrink their pictures, use fewer rows or
+# more columns to stay under it; `render(..., max_height=H)` (or None for no limit) asks for another.
+PAGE_HEIGHT, COLUMN_HEIGHT = 9.0, 8.0
+_max_height = contextvars.ContextVar("cnnviz_max_height", default="page")
+
+
+def max_height(width: float) -> float:
+    """The tallest a figure `width` inches wide may be, in inches (infinite where the caller of
+    `render` asked for no limit)."""
+    asked = _max_height.get()
+    if asked is None:
+        return math.inf
+    if asked != "page":
+        return float(asked)
+    return PAGE_HEIGHT if float(width) > 3.5 + 1e-6 else COLUMN_HEIGHT
+
+
+def check_max_height(value):
+    """None (no limit), "page" (the text block's height) or a positive number of inches."""
+    from ..errors import ParameterError
+
+    if value is None or value == "page":
+        return value
+    try:
+        h = float(value)
+    except (TypeError, ValueError):
+        h = float("nan")
+    if not np.isfinite(h) or h < 1.0:
+        raise ParameterError(f"max_height {value!r} is not a height of at least 1 in; give e.g. 9 for a page, or "
+                             "None for no limit")
+    return h
+
+
+@contextlib.contextmanager
+def height_limit(value):
+    """Within the block, figures are laid out to at most `value` inches tall (see `max_height`)."""
+    token = _max_height.set(check_max_height(value))
+    try:
+        yield
+    finally:
+        _max_height.reset(token)
+
+
+def fit(height_of, limit: float, lo: float = 0.3) -> float:
+    """The largest scale s in [lo, 1] with height_of(s) <= limit (bisection; height_of grows with
+    s); 1 when height_of(1) already fits, `lo` when nothing does."""
+    if height_of(1.0) <= limit:
+        return 1.0
+    if height_of(lo) > limit:
+        return lo
+    a, b = lo, 1.0
+    for _ in range(30):
+        m = (a + b) / 2
+        a, b = (m, b) if height_of(m) <= limit else (a, m)
+    return a
+
+
 def check_layout(layout) -> str:
     from ..errors import ParameterError
 
@@ -162,6 +222,7 @@ def lines_of(text: str) -> int:
 
 MARGIN, GAP, ROW_GAP = 0.08, 0.18, 0.1
 BAR_IN = 0.07  # a colorbar's thickness (it lies under its picture)
+MIN_PICTURE = 1.05  # inches: Panels shrink pictures to fit the page's height down to this (a 1.25 in panel less its gap)
 
 
 class Panels:
@@ -184,29 +245,33 @@ class Panels:
         self.width, self.n = width, n
         group = groups or n
         rows_g, cols = grid_shape(group + extra_cells, width, layout, min_panel, max_cols)
-        self.cols = cols
         ngroups = math.ceil(n / group)
-        self.rows = rows_g * ngroups
-        self.slots = [((k // group) * rows_g + (k % group) // cols, (k % group) % cols) for k in range(n)]
-        pic_w = min((width - 2 * MARGIN - (cols - 1) * gap) / cols, max_picture)
-        self.pic_w, self.pic_h = pic_w, pic_w * aspect
-        cbars = list(colorbars) if isinstance(colorbars, (list, tuple)) else [bool(colorbars)] * n
         self.title_pt = title_pt
-        self.titles = [wrap(t, pic_w + 0.6 * gap, title_pt, lines=title_lines) if t else ""
-                       for t in (titles or [""] * n)]
-        self.feet = [wrap(t, pic_w + 0.6 * gap, TEXT_PT, lines=3) if t else "" for t in (feet or [""] * n)]
-        self.head = wrap(head, width - 2 * MARGIN, SUPTITLE_PT) if head else ""
-        row_title = [0] * self.rows
-        row_below = [0.0] * self.rows
-        for k, (r, _) in enumerate(self.slots):
-            row_title[r] = max(row_title[r], lines_of(self.titles[k]))
-            below = (BAR_IN + 0.05 + line_in(MIN_FONT) + 0.04 + line_in(RC["axes.labelsize"], 2)) if cbars[k] else 0.0
-            below += (0.04 + line_in(TEXT_PT, lines_of(self.feet[k]))) if self.feet[k] else 0.0
-            row_below[r] = max(row_below[r], below)
-        head_in = (0.06 + line_in(SUPTITLE_PT, lines_of(self.head))) if head else 0.0
-        row_h = [line_in(title_pt, t) + (0.05 if t else 0.0) + self.pic_h + b for t, b in zip(row_title, row_below)]
-        self.legend_in = legend_in
-        H = MARGIN + head_in + sum(row_h) + ROW_GAP * (self.rows - 1) + legend_in + MARGIN
+        cbars = list(colorbars) if isinstance(colorbars, (list, tuple)) else [bool(colorbars)] * n
+        self._args = (n, width, group, ngroups, titles, feet, head, aspect, cbars, legend_in, title_lines)
+        full = min((width - 2 * MARGIN - (cols - 1) * gap) / cols, max_picture)
+        limit = max_height(width)
+        H = self._plan(cols, rows_g, full)
+        # taller than the page: more columns where the panels still get most of min_panel (fewer
+        # rows), then smaller pictures
+        total = group + extra_cells
+        for more in range(cols + 1, total + 1):
+            if H <= limit:
+                break
+            rows_more = math.ceil(total / more)
+            w_more = min((width - 2 * MARGIN - (more - 1) * gap) / more, max_picture)
+            if w_more < 0.75 * (min_panel - gap):
+                break
+            if rows_more < rows_g:
+                cols, rows_g, full = more, rows_more, w_more
+                H = self._plan(cols, rows_g, full)
+        if H > limit:
+            # no picture under MIN_PICTURE in (its notes and colorbar labels need it): such a figure
+            # stays taller than the limit
+            scale = fit(lambda f: self._plan(cols, rows_g, full * f), limit, lo=min(1.0, MIN_PICTURE / full))
+            H = self._plan(cols, rows_g, full * scale)
+        pic_w, row_h, row_title, head_in = self.pic_w, self._row_h, self._row_title, self._head_in
+        rows = self.rows
         self.fig = plt.figure(figsize=(width, H))
         self.H = H
         x0 = (width - (cols * pic_w + (cols - 1) * gap)) / 2
@@ -226,6 +291,31 @@ class Panels:
         self._cbars = cbars
         if head:
             self.fig.suptitle(self.head, fontsize=SUPTITLE_PT, y=1 - MARGIN / H, va="top", linespacing=1.1)
+
+    def _plan(self, cols: int, rows_g: int, pic_w: float) -> float:
+        """Lay the panels out `cols` to a row, pictures `pic_w` wide; returns the figure's height."""
+        n, width, group, ngroups, titles, feet, head, aspect, cbars, legend_in, title_lines = self._args
+        gap, title_pt = self.gap, self.title_pt
+        self.cols = cols
+        self.rows = rows_g * ngroups
+        self.slots = [((k // group) * rows_g + (k % group) // cols, (k % group) % cols) for k in range(n)]
+        self.pic_w, self.pic_h = pic_w, pic_w * aspect
+        self.titles = [wrap(t, pic_w + 0.6 * gap, title_pt, lines=title_lines) if t else ""
+                       for t in (titles or [""] * n)]
+        self.feet = [wrap(t, pic_w + 0.6 * gap, TEXT_PT, lines=3) if t else "" for t in (feet or [""] * n)]
+        self.head = wrap(head, width - 2 * MARGIN, SUPTITLE_PT) if head else ""
+        row_title = [0] * self.rows
+        row_below = [0.0] * self.rows
+        for k, (r, _) in enumerate(self.slots):
+            row_title[r] = max(row_title[r], lines_of(self.titles[k]))
+            below = (BAR_IN + 0.05 + line_in(MIN_FONT) + 0.04 + line_in(RC["axes.labelsize"], 2)) if cbars[k] else 0.0
+            below += (0.04 + line_in(TEXT_PT, lines_of(self.feet[k]))) if self.feet[k] else 0.0
+            row_below[r] = max(row_below[r], below)
+        head_in = (0.06 + line_in(SUPTITLE_PT, lines_of(self.head))) if head else 0.0
+        row_h = [line_in(title_pt, t) + (0.05 if t else 0.0) + self.pic_h + b for t, b in zip(row_title, row_below)]
+        self.legend_in = legend_in
+        self._row_h, self._row_title, self._head_in = row_h, row_title, head_in
+        return MARGIN + head_in + sum(row_h) + ROW_GAP * (self.rows - 1) + legend_in + MARGIN
 
     def _rect(self, left: float, top: float, w: float, h: float):
         """Figure-fraction rectangle of a box `left`, `top` inches from the top-left corner."""

@@ -12,8 +12,8 @@ from matplotlib.colors import Normalize
 
 from .gradients import NAMES
 from ..style import (CATEGORICAL, DEFAULT_WIDTH, MIN_FONT, RC, SEQUENTIAL, SUPTITLE_PT, TEXT_PT, TITLE_PT,
-                    check_layout, check_width, layer_label, line_in, lines_of, model_label, short, text_width,
-                    wrap)
+                    check_layout, check_width, fit, layer_label, line_in, lines_of, model_label, short, text_width,
+                    max_height, wrap)
 
 
 GAP_C, MAX_CELL = 0.06, 1.1  # inches between map columns; the largest map
@@ -56,36 +56,46 @@ def figure(result, clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layo
     k_count = _class_count(result)
     label_w = min(1.0, 0.25 * W)  # the input and the method names
     right = 0.8  # the colorbar with its ticks and label; the plot's y axis
-    cell = min(MAX_CELL, (W - label_w - right - (s_count - 1) * GAP_C) / s_count)
-    narrow = cell < 0.5
-    cols = max(s_count, k_count + 1)
-    ccell = min(MAX_CELL, (W - label_w - right - (cols - 1) * GAP_C) / cols)
     title = wrap(f"Model-randomization sanity check (Adebayo et al. 2018): {model_label(result.provenance)}, "
                  f"{p.get('num_layers', '?')} layers with parameters in {s_count - 1} steps, seed {p.get('seed')}"
                  + (f"; Grad-CAM at {layer_label(p['layer'], p.get('layer_type'))}" if p.get("layer") else ""), W - 0.1, SUPTITLE_PT)
-    block_w = s_count * cell + (s_count - 1) * GAP_C
-    plot_title = wrap("cascading randomization from the top: each step also randomizes the layers down to the one "
-                      "named", block_w, TEXT_PT)
-    rot = 90 if narrow else 35
-    longest = max(text_width(s, MIN_FONT) for s in steps)
-    ticks_in = longest * (1.0 if rot == 90 else 0.6) + 0.15
-    head_in = 0.08 + line_in(SUPTITLE_PT, lines_of(title)) + 0.08
-    plot_top = head_in + line_in(TEXT_PT, lines_of(plot_title)) + 0.06
-    plot_h = 1.5
-    maps_top = plot_top + plot_h + ticks_in + 0.1
-    row_h = cell + (0.04 if narrow else 0.05 + line_in(TEXT_PT))
-    y = maps_top + m_count * row_h
-    class_note = wrap("class randomization (original model): the top-1 map against the maps for other classes (the "
-                      "runner-up, then random ones); ρ, r near 1 for every class = the map ignores the class",
-                      W - 0.1, TEXT_PT)
-    class_titles = [wrap(t, ccell + GAP_C, TEXT_PT, lines=2) for t in
-                    [f"top-1 '{p.get('target_name', '')}'"] + [f"'{n}'" for n in
-                                                                (result.class_names if k_count else [])]]
-    class_top = y + 0.2
-    title_in = line_in(TEXT_PT, max(lines_of(t) for t in class_titles)) + 0.05
-    crow_h = ccell + 0.05 + line_in(TEXT_PT, 3) + 0.06
-    bottom = class_top + line_in(TEXT_PT, lines_of(class_note)) + 0.06 + title_in + m_count * crow_h if k_count else y
-    H = bottom + 0.1
+
+    def plan(scale: float) -> dict:
+        cell = scale * min(MAX_CELL, (W - label_w - right - (s_count - 1) * GAP_C) / s_count)
+        narrow = cell < 0.5
+        cols = max(s_count, k_count + 1)
+        ccell = scale * min(MAX_CELL, (W - label_w - right - (cols - 1) * GAP_C) / cols)
+        block_w = s_count * cell + (s_count - 1) * GAP_C
+        plot_title = wrap("cascading randomization from the top: each step also randomizes the layers down to the one "
+                          "named", block_w, TEXT_PT)
+        rot = 90 if narrow else 35
+        longest = max(text_width(s, MIN_FONT) for s in steps)
+        ticks_in = longest * (1.0 if rot == 90 else 0.6) + 0.15
+        head_in = 0.08 + line_in(SUPTITLE_PT, lines_of(title)) + 0.08
+        plot_top = head_in + line_in(TEXT_PT, lines_of(plot_title)) + 0.06
+        plot_h = 1.5 if scale >= 1 else 1.2
+        maps_top = plot_top + plot_h + ticks_in + 0.1
+        row_h = cell + (0.04 if narrow else 0.05 + line_in(TEXT_PT))
+        y = maps_top + m_count * row_h
+        class_note = wrap("class randomization (original model): the top-1 map against the maps for other classes (the "
+                          "runner-up, then random ones); ρ, r near 1 for every class = the map ignores the class",
+                          W - 0.1, TEXT_PT)
+        class_titles = [wrap(t, ccell + GAP_C, TEXT_PT, lines=2) for t in
+                        [f"top-1 '{p.get('target_name', '')}'"] + [f"'{n}'" for n in
+                                                                    (result.class_names if k_count else [])]]
+        class_top = y + 0.2
+        title_in = line_in(TEXT_PT, max(lines_of(t) for t in class_titles)) + 0.05
+        crow_h = ccell + 0.05 + line_in(TEXT_PT, 3) + 0.06
+        bottom = class_top + line_in(TEXT_PT, lines_of(class_note)) + 0.06 + title_in + m_count * crow_h if k_count else y
+        H = bottom + 0.1
+        return locals()
+
+    # taller than the page (max_height): smaller maps, a lower plot
+    geo = plan(fit(lambda f: plan(f)["H"], max_height(W)))
+    (cell, narrow, ccell, block_w, plot_title, rot, ticks_in, plot_top, plot_h, maps_top, row_h, class_note,
+     class_titles, class_top, title_in, crow_h, H) = (geo[k] for k in (
+        "cell", "narrow", "ccell", "block_w", "plot_title", "rot", "ticks_in", "plot_top", "plot_h",
+        "maps_top", "row_h", "class_note", "class_titles", "class_top", "title_in", "crow_h", "H"))
     colors = [CATEGORICAL[i % len(CATEGORICAL)] for i in range(m_count)]
     with plt.rc_context(RC):
         fig = plt.figure(figsize=(W, H))
@@ -115,7 +125,7 @@ def figure(result, clip: float | None = 99.5, width: float = DEFAULT_WIDTH, layo
         half = (cell / 2) / (cell + GAP_C)
         ax.set_xlim(-half, s_count - 1 + half)  # step s over the centre of map column s
         ax.grid(axis="y", color="0.9", lw=0.6)
-        ax.legend(loc="upper right", frameon=False, ncol=1 if narrow else min(m_count, 3))
+        ax.legend(loc="upper right", frameon=False, ncol=1 if narrow or block_w < 2.6 else min(m_count, 3))
         ax.set_title(plot_title, fontsize=TEXT_PT)
 
         images = []
@@ -169,7 +179,7 @@ def _class_rows(box, result, methods, colors, label_w, cell, titles, top0, row_h
             if i == 0:
                 b.set_title(titles[j], fontsize=TEXT_PT, pad=2)
             if corr is None:
-                b.set_xlabel("reference", fontsize=TEXT_PT, labelpad=1.5)
+                b.set_xlabel("reference" if cell >= 0.6 else "ref.", fontsize=TEXT_PT, labelpad=1.5)
             else:
                 rho, r = (float(v) for v in corr)
                 text = "n/a" if not np.isfinite(rho) else f"ρ={rho:.2f}\nr={r:.2f}"

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..units.patches import _outside, _scale_note, stretch
-from ..style import DEFAULT_WIDTH, RC, bare, layer_label, short, wrap
+from ..style import DEFAULT_WIDTH, RC, bare, fit, layer_label, max_height, short, text_width, wrap
 
 LABEL_IN = 0.55  # the unit labels at the left
 VALUE_IN = 0.16  # the activation under each tile
@@ -50,10 +50,15 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", patches: b
                     f"activation over the data at each checkpoint ({what}, {where}; projections: mid-gray = 0, "
                     f"{_scale_note(contrast)}){why}", width - 0.16, 7)
     head = 0.3 + 7 * 1.22 / 72 * (headline.count("\n") + 1)
+    tile *= fit(lambda f: head + U * (tile * f + VALUE_IN + gap) + 0.15, max_height(width))  # at most a page
     height = head + U * (tile + VALUE_IN + gap) + 0.15
+    label_w = 0.16 + max(text_width(f"unit {int(u)}", 7) for u in result.units)
     with plt.rc_context(RC):
         fig = plt.figure(figsize=(width, height))
-        x0 = LABEL_IN + (width - LABEL_IN - 0.1 - (C * per * tile + (C * per - 1) * gap)) / 2
+        # the unit labels right beside the tiles, labels and tiles centred together (few
+        # checkpoints: no white quarter between the labels and the tiles)
+        block = C * per * tile + (C * per - 1) * gap
+        x0 = max(label_w, (width - label_w - block) / 2 + label_w)
         for c in range(C):
             left = x0 + c * per * (tile + gap)
             fig.text((left + per * tile / 2 + (per - 1) * gap / 2) / width, 1 - (head - 0.06) / height,
@@ -71,7 +76,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", patches: b
                          f"{result.values[c, u]:.3g}", ha="center", va="top", fontsize=7, color="0.3")
         for u in range(U):
             top = head + u * (tile + VALUE_IN + gap)
-            fig.text(0.08 / width, 1 - (top + tile / 2) / height, f"unit {int(result.units[u])}", ha="left",
-                     va="center", fontsize=7)
+            fig.text((x0 - 0.08) / width, 1 - (top + tile / 2) / height, f"unit {int(result.units[u])}", ha="right",
+                     va="center", fontsize=7).set_gid("unit-label")
         fig.text(0.08 / width, 1 - 0.08 / height, headline, fontsize=7, va="top", linespacing=1.1)
     return fig

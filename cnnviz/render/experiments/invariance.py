@@ -10,7 +10,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..style import CATEGORICAL, DEFAULT_WIDTH, RC, bare, grid_shape, short, wrap
+from ..style import CATEGORICAL, DEFAULT_WIDTH, RC, bare, fit, grid_shape, max_height, short, wrap
 
 UNITS = {"translate": "vertical shift (px)", "scale": "scale", "rotate": "rotation (°)"}
 TITLES = {"translate": "vertical translation", "scale": "scale", "rotate": "rotation"}
@@ -32,15 +32,20 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     per_block = n_layers + 2
     label_w = 0.22  # the transform's name, written sideways at the left
     rows, cols = grid_shape(per_block, width - label_w, layout, min_panel=MIN_PANEL)
+    if len(kinds) * rows * 1.1 + 2.5 > max_height(width) and cols < per_block:  # too tall: one more column
+        rows, cols = grid_shape(per_block, width - label_w, layout, min_panel=(width - label_w) / (cols + 1) - 0.01)
     left = label_w + (0.45 if rows > 1 else 0.0)  # wrapped rows start with a plot whose y label needs room
     legend_rows = math.ceil(n_img / max(1, int(width // 2.4)))
     gap = 0.7  # inches between transform blocks: x labels above, titles below
-    height = len(kinds) * rows * PANEL_H + gap * (len(kinds) - 1) + 0.2 + 0.2 * legend_rows + 0.45
+    fixed = gap * (len(kinds) - 1) + 0.2 + 0.2 * legend_rows + 0.45
+    # at most a page: lower panels (each keeps at least 1.1 in for its title, plot and x label)
+    panel_h = PANEL_H * fit(lambda f: len(kinds) * rows * PANEL_H * f + fixed, max_height(width), lo=1.1 / PANEL_H)
+    height = len(kinds) * rows * panel_h + fixed
     with plt.rc_context(RC):
         fig = plt.figure(figsize=(width, height))
         outer = fig.add_gridspec(len(kinds), 1, left=left / width, right=1 - 0.06 / width,
                                  top=1 - 0.2 / height, bottom=(0.2 * legend_rows + 0.45) / height,
-                                 hspace=gap / (rows * PANEL_H))
+                                 hspace=gap / (rows * panel_h))
         lines = []
         for r, kind in enumerate(kinds):
             values = result.values[r]

@@ -28,8 +28,8 @@ def figure(result, *, width: float = DEFAULT_WIDTH, layout: str = "row"):
     ys, xs = result.positions_y, result.positions_x
     by, bx = p["best_position"]
     name = p["target_name"]
-    head = (f"Class-score map: {model_label(result.provenance, p)}, P({name}) for each {ch}×{cw} crop of the photo "
-            f"at {H}×{W} px (scale {p['scale']:g}), every {p['stride'][0]} px; highest {p['best_prob']:.2f}")
+    head = (f"Class-score map: {model_label(result.provenance, p)}, P({name}) for each {cw}×{ch} crop of the photo "
+            f"at {W}×{H} px (scale {p['scale']:g}), every {p['stride'][0]} px; highest {p['best_prob']:.2f}")
     titles = ["photo, best crop dashed", f"P({name}) at each crop's centre"]
     with plt.rc_context(RC):
         lay = Panels(2, width, layout, titles=titles, head=head, aspect=H / W, colorbars=[False, True],

@@ -10,7 +10,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..style import CATEGORICAL, DEFAULT_WIDTH, RC, bare, short, wrap
+from ..style import CATEGORICAL, DEFAULT_WIDTH, RC, bare, fit, max_height, short, wrap
 
 MIN_COLUMN = 1.55  # inches one image column needs for its two-line titles at 7 pt
 
@@ -24,25 +24,33 @@ def _boundaries(segments: np.ndarray) -> np.ndarray:
 
 
 def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
-    """The figure `width` inches wide: images in columns (wrapped onto more rows of pairs where
-    they do not fit; "grid": about as many pair rows as columns), the curve panel below."""
+    """The figure `width` inches wide: where every image's pair fits in one row, each image beside
+    its minimal image, side by side; else images in columns, each above its minimal image (wrapped
+    onto more rows of pairs where they do not fit; "grid": about as many pair rows as columns); the
+    curve panel below. At most the page's height (`max_height`): the pictures shrink to fit."""
     p = result.params
     N = result.images.shape[0]
+    side = 2 * N <= int(width // MIN_COLUMN)  # one image (or two on a page): original | minimal in a row
     cols = max(1, min(N, int(width // MIN_COLUMN)))
     if layout == "grid":
         cols = min(cols, math.ceil(math.sqrt(N)))
-    pair_rows = math.ceil(N / cols)
-    pic = min((width - 0.3) / cols - 0.15, 2.2)
+    pair_rows = 1 if side else math.ceil(N / cols)
+    per_row = 2 * N if side else cols  # pictures in a row
     title_in = 0.08 + 3 * 7 * 1.22 / 72  # three lines of 7 pt
     curve_h = 1.9
-    height = pair_rows * 2 * (pic + title_in) + 0.15 * (pair_rows - 1) + curve_h + (0.9 if width >= 5 else 1.05)
+    bottom = 0.9 if width >= 5 else 1.05
+
+    def height_of(pic):
+        rows = 1 if side else 2 * pair_rows
+        return rows * (pic + title_in) + 0.15 * (pair_rows - 1) + curve_h + bottom
+
+    full = min((width - 0.3) / per_row - 0.15, 2.2)
+    pic = full * fit(lambda f: height_of(full * f), max_height(width))
+    height = height_of(pic)
     with plt.rc_context(RC):
         fig = plt.figure(figsize=(width, height))
-        x0 = (width - cols * pic - (cols - 1) * 0.15) / 2
+        x0 = (width - per_row * pic - (per_row - 1) * 0.15) / 2
         for n in range(N):
-            r, c = divmod(n, cols)
-            left = x0 + c * (pic + 0.15)
-            top = 0.1 + r * (2 * (pic + title_in) + 0.15)
             k = int(p["removed"][n])
             color = CATEGORICAL[n % 10]
             shown = result.images[n].astype(np.float32) / 255
@@ -52,7 +60,12 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                             f"P = {result.prob[n, 0]:.2f}"),
                     (result.minimal[n], f"minimal: {100 * result.fraction[n, k]:.0f} % removed\n"
                                         f"P = {result.prob[n, k]:.2f}, {k}/{p['num_segments'][n]} superpixels"))):
-                y = top + row * (pic + title_in) + title_in
+                if side:
+                    left, y = x0 + (2 * n + row) * (pic + 0.15), 0.1 + title_in
+                else:
+                    r, c = divmod(n, cols)
+                    left = x0 + c * (pic + 0.15)
+                    y = 0.1 + r * (2 * (pic + title_in) + 0.15) + row * (pic + title_in) + title_in
                 ax = fig.add_axes([left / width, 1 - (y + pic) / height, pic / width, pic / height])
                 ax.imshow(img)
                 bare(ax)
