@@ -76,6 +76,11 @@ def note_uninformative(ax, params: dict, width_in: float | None = None) -> None:
     if width_in is not None:  # bold: about 10 % wider than `wrap` measures
         first, _, rest = text.partition(")" if r else "image")
         text = wrap((first + _).replace("\n", " ") + rest.replace("\n", "; "), width_in * 0.8 - 0.1, TEXT_PT)
+        # a panel shrunk to fit the page: the whole note would climb over the panel's title; the short
+        # form keeps the flag (the figure's headline and the result's params say why)
+        panel_in = ax.figure.get_size_inches()[1] * ax.get_position().height
+        if (text.count("\n") + 1) * 7 * 1.3 / 72 > 0.75 * panel_in:
+            text = "UNINFORMATIVE" + (f"\nr = {min(r):.3f}" if r else "")
     ax.text(0.5, 0.03, text, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="white",
             fontweight="bold", bbox=dict(boxstyle="round,pad=0.3", fc="#b2182b", ec="none", alpha=0.9),
             gid="uninformative-note")
