@@ -96,7 +96,7 @@ def test_featvis_units(out, cached_model):
     assert p["lr"] == 0.1 and p["seed"] == 3 and p["transforms"] == "none" and p["unit_kind"] == "channel"
     assert p["batch_size"] == 1 and p["seeds"] == [3, 4]
     assert r.images.shape == (2, 64, 64, 3) and list(r.labels) == ["unit 0", "unit 1"]
-    assert res.stdout.startswith("_blocks.4, units 0-1: mean activation ")
+    assert res.stdout.startswith("block 4, units 0-1: mean activation ")
     with Image.open(out / "units.png") as im:  # two 64 px panels enlarged x3, the objective plot below
         assert im.size[0] >= 2 * 192 and im.size[1] >= 192 + 300
 
@@ -122,7 +122,7 @@ def test_dream_default_output_name(out, cached_model):
     assert p["jitter"] == 8 and p["seed"] == 1 and p["image_file"] == str(ROCKET)
     assert min(r.images.shape[1:3]) == 64 and r.start.shape == r.images[0].shape
     assert r.history.shape == (5, 1) and list(r.history_steps) == [0, 1, 2, 3, 4]  # 2 x 2 steps and the final image
-    assert res.stdout.startswith("dream at _blocks.4: mean squared activation ")
+    assert res.stdout.startswith("dream at block 4: mean squared activation ")
 
 
 def test_invert_layers_repeated_and_comma_separated(out, cached_model):

@@ -192,7 +192,7 @@ VALUE = {
     "--param": "fft", "--transforms": "none", "--priors": "none", "--blur-every": "4", "--blur-sigma": "0.5",
     "--clip-percentile": "0", "--l2-decay": "0.001", "--octaves": "2", "--octave-scale": "1.3", "--jitter": "8",
     "--step-size": "0.01", "--tv": "0.1", "--beta": "2", "--alpha": "6", "--alpha-weight": "0.001",
-    "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid",
+    "--transform": "translate,scale", "--layers": "conv1,layer4", "--width": "3.5", "--layout": "grid", "--max-height": "8",
     "--mode": "incremental", "--tau": "0.6", "--limit": "4", "--boxes": "boxes.json", "--show": "2",
     "--sanity-images": "1", "--num-units": "3", "--scale": "1.5",
     "--parts": "parts.json", "--draws": "3", "--checkpoints": "ckpt_*.pt", "--segments": "20", "--compactness": "5",

@@ -181,7 +181,7 @@ def test_cli_filters(cli, tmp_path):
     out, save = tmp_path / "f.png", tmp_path / "f.npz"
     res = invoke(cli, "filters", "--model", "efficientnet_lite0", "--out", out, "--save", save)
     assert res.exit_code == 0, res.output
-    assert "_conv_stem: 32 filters of 3x3x3" in res.output
+    assert "stem conv: 32 filters of 3x3x3" in res.output
     assert out.stat().st_size > 5000 and save.is_file()
     assert json.loads(save.with_suffix(".json").read_text())["kind"] == "filters"
     res = invoke(cli, "render", save, "--out", tmp_path / "again.svg")

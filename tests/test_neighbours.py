@@ -110,7 +110,7 @@ def test_the_command_writes_figure_and_result_and_refuses_bad_input(tmp_path, mo
     res = runner.invoke(cli, ["neighbours", QUERIES[1], str(data), "-k", "3", "--image-labels",
                               str(SAMPLE / "labels.csv"), "--save", "r.npz", "-q"])
     assert res.exit_code == 0, res.output
-    assert "leave-one-out over DATA" in res.stdout and "classifier.5" in res.stdout  # the default layer
+    assert "leave-one-out over DATA" in res.stdout and "classifier 5" in res.stdout  # the default layer
     stem = QUERIES[1].rsplit("/", 1)[-1].rsplit(".", 1)[0]
     assert {p.name for p in out.iterdir()} == {f"{stem}_neighbours.png", "r.npz", "r.json"}
     again = cnnviz.load_result(out / "r.npz")

@@ -107,18 +107,18 @@ def test_titles_name_each_panel_and_its_score(results, mode):
     if mode == "units":
         assert titles == ["unit 0", "unit 1", "unit 2"]
         assert feet == [f"mean act {sig(v)}" for v in r.score]
-        assert "_blocks.4" in head and "4 steps" in head and "priors full" in head and "Fourier" in head
+        assert "block 4" in head and "4 steps" in head and "priors full" in head and "Fourier" in head
     elif mode == "class":
         assert titles == ["goldfinch", "goldfish"]
         assert all(f.startswith("p=") for f in feet)
         assert [float(f[2:]) for f in feet] == pytest.approx([float(v) for v in r.score], rel=0.06, abs=0.006)
         assert "logit" in head
     elif mode == "dream":
-        assert titles == ["original", "DeepDream: _blocks.4, 2 octaves"]
+        assert titles == ["original", "DeepDream: block 4, 2 octaves"]
         assert feet == [f"mean sq. act {sig(r.params['start_objective'])}", f"mean sq. act {sig(r.score[0])}"]
-        assert "_blocks.4" in head and "2 octaves × 2 steps" in head
+        assert "block 4" in head and "2 octaves × 2 steps" in head
     elif mode == "invert":
-        assert titles == ["original", "_blocks.1", "_blocks.4"]
+        assert titles == ["original", "block 1", "block 4"]
         assert feet[1:] == [f"rel. dist {sig(v)}" for v in r.score]
         assert "priors full" in head and "TV × 2" in head and "2 steps" in head
     else:
@@ -159,7 +159,7 @@ def test_history_plot_per_image_with_legend(results):
 def test_history_legend_keeps_layer_names_starting_with_underscore(results):
     fig = figure(results["invert"], history=True)
     (ax,) = plot_axes(fig)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["_blocks.1", "_blocks.4"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["block 1", "block 4"]
 
 
 def test_history_without_legend_beyond_eight_images(results):

@@ -222,11 +222,10 @@ def test_compare_defaults_leave_out_what_the_result_flags(lite0, cached_model, t
 
 
 def test_an_activation_is_named_by_its_type():
-    assert readable_name("_swish@1", "ReLU6") == "ReLU6 (2nd call)"
-    assert readable_name("_blocks.6._swish@1", "ReLU6") == "blocks.6 (ReLU6, 2nd call)"
-    assert readable_name("features.1", "ReLU") == "features.1 (ReLU)"
-    assert readable_name("layer4.1.conv2", "Conv2d") == "layer4.1 (conv2)"  # not an activation: its name
-    assert readable_name("features.3", "PixelUnshuffle") == "features.3"
+    assert readable_name("_swish@1", "ReLU6") == "head, ReLU6 after the last conv"
+    assert readable_name("_blocks.6._swish@1", "ReLU6") == "block 6, ReLU6 after the depthwise conv"
+    assert readable_name("features.1", "ReLU") == "features 1, ReLU"
+    assert readable_name("layer4.1.conv2", "Conv2d") == "layer4 block 1, conv2"  # not an activation: its name
 
 
 def test_lite0_figures_name_the_head_relu6_by_its_type(lite0, top, patches):

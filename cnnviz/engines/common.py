@@ -126,6 +126,12 @@ def _delay() -> float:
     return value if value >= 0 else PROGRESS_DELAY
 
 
+def _in_notebook() -> bool:
+    """Running inside a Jupyter kernel (not merely with ipykernel imported, as a test runner may)."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def in_command() -> bool:
     """Whether a `cnnviz` command is running in this process (its group sets the flag for the
     command's duration)."""
@@ -154,7 +160,7 @@ def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "pos")
             from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, delay=delay, leave=False, dynamic_ncols=True)
-    if enabled or in_command() or "ipykernel" in sys.modules:
+    if enabled or in_command() or _in_notebook():
         return _ProgressLines(total, desc, unit, delay, stream)
     return plain(total=total, disable=True)
 

@@ -131,7 +131,7 @@ def image_dependence(model, x, targets, layer, unit, fill, batch, pad=pad) -> tu
                         t = Target.at_positions(t.channel, pad(t.where[i:i + batch]))
                     s = make_seed(act[:m], t)
                 else:
-                    s = seed(act[:m], Target.of_unit(unit))
+                    s = make_seed(act[:m], Target.of_unit(unit))
                 (g,) = torch.autograd.grad(act, both, grad_outputs=torch.cat([s, s]))
         switches = max(switches, mode.switches)
         maps = _deconv_map(g.detach())
