@@ -118,7 +118,7 @@ def test_no_module_over_500_lines():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-FAMILIES = ["attribution", "occlusion", "receptive_field", "units", "featvis", "experiments", "audit"]
+FAMILIES = ["attribution", "occlusion", "receptive_field", "units", "featvis", "experiments", "concepts", "audit"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -12,6 +12,8 @@ One sub-package per family of analysis:
   featvis/          feature visualization, class models, DeepDream and inversion (gradient ascent)
   experiments/      the papers' data-set experiments: invariance, correspondence, evolution,
                     linear probes, simplification, nearest neighbours, score maps
+  concepts/         what a model relies on: strategy clusters (SpRAy), concept tests (TCAV),
+                    planted shortcuts
   audit/            the one-command report over a data set
 
 What each may import: the core modules of `cnnviz` (models, layers, images, batching, results, ...)

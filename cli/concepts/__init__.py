@@ -1,0 +1,1 @@
+"""Commands that find what a model relies on: `strategies` (strategies.py), `tcav` (tcav.py)."""

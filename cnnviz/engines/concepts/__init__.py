@@ -1,0 +1,14 @@
+"""What a model relies on, found over a data set: its strategies, the concepts it uses, the slices
+where it fails.
+
+  strategies.py  Spectral Relevance Analysis (SpRAy, Lapuschkin et al. 2019): each class's maps
+                 clustered spectrally (eigengap), embedded in 2-D, clusters that look like a
+                 shortcut flagged
+  tcav.py        Testing with Concept Activation Vectors (Kim et al. 2018): does a user-named
+                 concept, given as a folder of examples, move a class's score; significance over
+                 random concepts
+  shortcuts.py   planted shortcuts: marks pasted on images, for the proof that the audit finds them
+
+Imports the core modules of cnnviz, `engines.common`, `engines.attribution` (the maps) and
+`engines.audit` (its data reading and progress files); never the renderers or the command line.
+"""
