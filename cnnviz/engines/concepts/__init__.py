@@ -7,6 +7,8 @@ where it fails.
   tcav.py        Testing with Concept Activation Vectors (Kim et al. 2018): does a user-named
                  concept, given as a folder of examples, move a class's score; significance over
                  random concepts
+  slices.py      failure slices: the images the model gets wrong or is unsure of, grouped by
+                 their features (or maps) and described by what they share
   shortcuts.py   planted shortcuts: marks pasted on images, for the proof that the audit finds them
 
 Imports the core modules of cnnviz, `engines.common`, `engines.attribution` (the maps) and
