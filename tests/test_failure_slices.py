@@ -104,47 +104,63 @@ def test_bad_input_is_one_line(kw, match):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.slow
-def test_darkened_photos_form_the_slice_and_are_called_darker(lite0):
-    """60 photos of different classes, 20 of them darkened to a quarter and blurred: Lite0 fails on
-    most of those. Grouped by Lite0's penultimate features, the failures give a slice made of the
-    darkened photos, whose neighbourhood accuracy is below every random set's, described as darker;
-    no slice of the intact photos is a finding."""
+def _darkened_data(folder, count=48, dark_count=16):
+    """`count` photos of different classes with their labels in a CSV; `dark_count` of them darkened
+    to a quarter and blurred (Lite0 fails on most of those)."""
+    import csv
+
     from PIL import Image, ImageFilter
 
-    from cnnviz.engines.concepts.slices import colour_stats, failure_slices
-    from cnnviz.taxonomy import families, family_index
+    folder.mkdir()
+    rows = sample_rows()[::8][:count]
+    dark = set(np.random.default_rng(0).choice(count, dark_count, replace=False).tolist())
+    with open(folder / "data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "class_index"])
+        for i, r in enumerate(rows):
+            im = Image.open(SAMPLE / "images" / r["file"]).convert("RGB")
+            name = r["file"]
+            if i in dark:
+                im = Image.fromarray((np.asarray(im) * 0.25).astype(np.uint8)).filter(ImageFilter.GaussianBlur(4))
+                name = "dark_" + name
+            im.save(folder / name)
+            w.writerow([name, r["class_index"]])
+    return folder / "data.csv"
 
-    rows = sample_rows()[::8][:60]
-    dark = set(np.random.default_rng(0).choice(60, 20, replace=False).tolist())
-    xs, pixels, labels = [], [], []
-    for i, r in enumerate(rows):
-        im = Image.open(SAMPLE / "images" / r["file"]).convert("RGB")
-        if i in dark:
-            im = Image.fromarray((np.asarray(im) * 0.25).astype(np.uint8)).filter(ImageFilter.GaussianBlur(4))
-        p, x = lite0.prepare(im)
-        xs.append(x)
-        pixels.append(p)
-        labels.append(int(r["class_index"]))
-    feats = []
-    handle = lite0.model._fc.register_forward_pre_hook(lambda m, a: feats.append(a[0].detach()))
-    try:
-        with torch.no_grad():
-            prob = lite0.model(torch.cat(xs)).softmax(1)
-    finally:
-        handle.remove()
-    conf, pred = prob.max(1)
-    correct = (pred.numpy() == np.array(labels)).astype(float)
-    intact = [i for i in range(60) if i not in dark]
-    assert correct[intact].mean() > 0.75 and correct[sorted(dark)].mean() < 0.35  # the premise
-    fam = np.array([family_index(c) for c in labels])
-    slices = failure_slices(feats[0].numpy(), correct, conf.numpy(), colours=colour_stats(np.stack(pixels)),
-                            families=fam, family_names=families())
-    found = [s for s in slices if s.finding]
-    assert found, [(s.size, s.neighbour_accuracy, s.random_accuracy_low) for s in slices]
-    top = found[0]
-    share_dark = np.mean([m in dark for m in top.members])
-    assert share_dark >= 0.9 and top.size >= 12, (share_dark, top.size)
-    assert any(t.startswith("darker") for t in top.shares), top.shares
-    for s in found[1:]:
-        assert np.mean([m in dark for m in s.members]) >= 0.5  # no finding among the intact photos
+
+@pytest.mark.slow
+def test_the_audit_finds_the_darkened_photos_as_a_failure_slice(lite0, tmp_path):
+    """48 photos of different classes, 16 darkened and blurred. Through the audit (its own hook on
+    Lite0's last linear layer, the projection of the features, the colours it gathers): the slices
+    grouped by features that are findings are made of darkened photos only, at least 10 of them in
+    all, each described as darker; no intact photo is in a finding; the report shows the section, its
+    figure and the finding; the model keeps no hook."""
+    import cnnviz
+
+    data = _darkened_data(tmp_path / "data")
+    r = cnnviz.audit(lite0, str(data), "gradcam", steps=1, sanity_images=0, show=0, wrong=0, progress=False)
+    files = [str(f) for f in r.files]
+    dark = np.array([f.startswith("dark_") for f in files])
+    right = r.top5[:, 0] == r.labels
+    assert right[~dark].mean() > 0.75 and right[dark].mean() < 0.35  # the premise
+    found = [(j, s) for j, s in enumerate(r.params["slices_by_features"]) if s["finding"]]
+    assert found, r.params["slices_by_features"]
+    members = np.concatenate([np.flatnonzero(r.slice_by_features == j) for j, _ in found])
+    assert dark[members].all() and len(members) >= 10, (dark[members], len(members))
+    assert all(any(t.startswith("darker") for t in s["shares"]) for _, s in found)
+    # the thumbnails are the members' input crops, the least confident first
+    j, s = found[0]
+    shown = r.slice_thumb_index[j][r.slice_thumb_index[j] >= 0]
+    assert set(shown) <= set(np.flatnonzero(r.slice_by_features == j))
+    conf = r.top5_prob[shown, 0]
+    assert np.all(np.diff(conf) >= 0)
+    pixels, _ = lite0.prepare(data.parent / files[shown[0]])
+    thumb = r.slice_thumbs[j, 0].astype(float)
+    small = torch.nn.functional.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None].float(), size=64,
+                                            mode="area")[0].permute(1, 2, 0).numpy()
+    assert np.abs(thumb - small).max() <= 1.0
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in lite0.model.modules())
+    r.write_html(tmp_path / "report")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert 'id="reliance"' in page and 'id="slices"' in page and "figures/slices-features.png" in page
+    assert "Failure slice 1 (grouped by features)" in page.split('id="predictions"')[0]  # among the findings

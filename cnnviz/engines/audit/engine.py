@@ -41,6 +41,7 @@ from ...models import LoadedModel
 from ...results import provenance
 from ..common import check_finite_outputs, check_method_list, model_on_device, progress_bar, resolve_device
 from . import metrics as M
+from . import reliance as R
 from . import state as S
 from . import units as U
 from .data import read_dataset
@@ -49,7 +50,7 @@ from .result import AuditResult
 __api__ = ("audit",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
 
 DEFAULT_METHODS = ("gradcam", "saliency")  # occlusion on request: 169 forward passes per image
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the per-image maps, features and colours of the reliance sections
 CURVE_BITS = 40   # fixed-point resolution of the summed curves (probabilities <= 1) and class maps (sum 1)
 IMAGE_BITS = 32   # of the summed mean crops (pixel values <= 255)
 
@@ -230,6 +231,8 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     params_key.update(rank=rank, world=world)
     key = hashlib.sha256(json.dumps(params_key, sort_keys=True, default=str).encode()).hexdigest()
     empty = S.empty_state(n, m, steps, C, s, show, wrong, h, w)
+    options["penultimate"] = R.penultimate(lm.model)
+    empty.update(R.empty(n, m, R.feature_width(lm, options["penultimate"])))
     if unit_info is not None:
         empty.update(U.empty(C, unit_info.shape[0], k))
     state = empty
@@ -314,7 +317,8 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
            seconds, tick, t0):
     info = options["unit_info"]
     with model_on_device(lm.model, dev) as model, torch.inference_mode():
-        with capture(model, info, reduce=U.reduce) if info is not None else contextlib.nullcontext() as cap:
+        with capture(model, info, reduce=U.reduce) if info is not None else contextlib.nullcontext() as cap, \
+                R.features_of(model, options["penultimate"]) as feats:
             logits = model(pad(x).to(dev))[: len(x)].float()
     check_finite_outputs(logits, [ds.files[f] for f in good])
     prob = F.softmax(logits, dim=1).cpu()
@@ -333,6 +337,7 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
     for j, meth in enumerate(methods):
         maps[:, j] = _maps(lm, meth, x, pixels, None, dev, options)
         t0 = tick(f"maps:{meth}", t0)
+    R.update(state, good_a, maps, feats, pixels)
     state["centre_share"][good_a] = np.stack([M.centre_share(maps[:, j]) for j in range(len(methods))], 1)
     small = M.downsample(M.normalized(maps.reshape(-1, *x.shape[2:])), s).reshape(len(good), len(methods), s, s)
     img_small = M.downsample(pixels.transpose(0, 3, 1, 2).reshape(-1, *x.shape[2:]).astype(np.float32), s)
@@ -420,6 +425,11 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
                                dev, crop=options.get("unit_crop_asked", "auto"))
         seconds["units"] = seconds.get("units", 0.0) + time.perf_counter() - t0
     unit_crop = (unit_arrays.pop("crop", None), unit_arrays.pop("crop_kind", None))
+    t0 = time.perf_counter()
+    faithful = R.most_faithful(state, idx, methods)
+    rel = R.slices(state, idx, correct, known, state["top5_prob"][idx, 0], cls, faithful, R.families(lm),
+                   read=lambda r: R.pixels(lm, ds.root / ds.files[idx[r]]))
+    seconds["failure slices"] = seconds.get("failure slices", 0.0) + time.perf_counter() - t0
     params = {
         "data": str(data) if not isinstance(data, (list, tuple)) else "list", "root": str(ds.root.resolve()),
         "label_source": ds.label_source, "has_labels": bool(known.any()), "num_files": len(ds.files),
@@ -440,6 +450,7 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         "explained_class": "each image's top-1 predicted class",
         **M.report_intervals(state, idx, methods, known, correct, top5, labels, count, counts, class_correct, info),
         "skipped_reasons": [why for _, why in skipped], "ignored": ds.ignored[:100],
+        "most_faithful_method": methods[faithful], **rel["params"],
         "seconds": {k: round(v, 3) for k, v in seconds.items()}, **options}
     return AuditResult(
         params=params, provenance=provenance(lm.identity(), str(dev)),
@@ -465,7 +476,8 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         wrong_pred_maps=state["wrong_pred_maps"], wrong_true_maps=state["wrong_true_maps"],
         sanity_files=np.asarray(sanity["files"], dtype=str), sanity_methods=np.asarray(sanity["methods"], dtype=str),
         sanity_steps=np.asarray(sanity["steps"], dtype=str), sanity_spearman=sanity["spearman"].astype(np.float32),
-        skipped=np.asarray([f for f, _ in skipped], dtype=str), **unit_arrays)
+        skipped=np.asarray([f for f, _ in skipped], dtype=str), strategy_maps=state["strategy_maps"][idx],
+        features=state["features"][idx], colours=state["colours"][idx], **rel["arrays"], **unit_arrays)
 
 
 def _nanmean(v) -> float | None:

@@ -38,6 +38,12 @@ class AuditResult(Result):
     into files, -1 empty), unit_top_values, unit_top_classes (true or predicted class of each top
     image) and unit_patches (uint8 V x k x r x r x 3, the receptive field at the maximum).
     skipped: unreadable files (reasons in params["skipped_reasons"]).
+    What the model relies on (`reliance`; absent in audits saved before them): strategy_maps (float16
+    N x M x z x z, each method's map downsized), features (float16 N x D, the projected penultimate
+    features), colours (N x 4, `slices.colour_stats`), slice_by_features and slice_by_maps (int64 N:
+    the failure slice of each image, -1 none; the slices in params["slices_by_features"] and
+    params["slices_by_maps"]); slice_thumb_index (L x 8, index into files, -1 empty; the slices by
+    features, then by maps) and slice_thumbs (uint8 L x 8 x 64 x 64 x 3, their input crops).
     """
 
     kind: ClassVar[str] = "audit"
@@ -82,7 +88,10 @@ class AuditResult(Result):
         "sanity_spearman": S.Arr("f", ("I", "Q", "S")), "unit_index": S.Arr("iu", ("V",)),
         "unit_selectivity": S.Arr("f", ("C",)), "unit_top_files": S.Arr("iu", ("V", "k")),
         "unit_top_values": S.Arr("f", ("V", "k")), "unit_top_classes": S.Arr("iu", ("V", "k")),
-        "unit_patches": S.Arr("u", ("V", "k", None, None, 3))}
+        "unit_patches": S.Arr("u", ("V", "k", None, None, 3)),
+        "strategy_maps": S.Arr("f", ("N", "M", "z", "z")), "features": S.Arr("f", ("N", None)),
+        "colours": S.Arr("f", ("N", 4)), "slice_by_features": S.Arr("i", ("N",)), "slice_by_maps": S.Arr("i", ("N",)),
+        "slice_thumb_index": S.Arr("i", ("L", None)), "slice_thumbs": S.Arr("u", ("L", None, None, None, 3))}
 
     files: np.ndarray = None
     labels: np.ndarray = None
@@ -127,6 +136,13 @@ class AuditResult(Result):
     unit_top_classes: np.ndarray = None
     unit_patches: np.ndarray = None
     skipped: np.ndarray = None
+    strategy_maps: np.ndarray = None
+    features: np.ndarray = None
+    colours: np.ndarray = None
+    slice_by_features: np.ndarray = None
+    slice_by_maps: np.ndarray = None
+    slice_thumb_index: np.ndarray = None
+    slice_thumbs: np.ndarray = None
 
     @property
     def predicted(self) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""The audit report's section on what the model relies on: failure slices (and the strategy
+clusters and concept tests when the audit has them), with the sentences they add to the findings."""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+from . import figures as F
+
+ANCHOR = "reliance"
+
+
+def _overlay_thumb(ax, image: np.ndarray, amap: np.ndarray | None) -> None:
+    """The image, with the map on top as colour whose opacity grows with the map's value (the low
+    values leave the photo visible, even a dark one)."""
+    import matplotlib
+
+    ax.imshow(image)
+    if amap is not None and np.isfinite(amap).any() and np.nanmax(amap) > 0:
+        m = np.clip(np.nan_to_num(amap.astype(np.float32)), 0, None)
+        m = m / m.max()
+        rgba = matplotlib.colormaps["inferno"](m)
+        rgba[..., 3] = 0.75 * m
+        ax.imshow(rgba, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5), interpolation="bilinear")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def slices_figure(result, rows: list[int], labels: list[str], width: float = 7.0):
+    """One row per slice: its least confident images with the map of the method the slices use."""
+    import matplotlib.pyplot as plt
+
+    thumbs, index = result.slice_thumbs, result.slice_thumb_index
+    cols = index.shape[1]
+    cell, title = width / (cols + 1.6), 0.14  # inches: an image, and its title above it
+    height = len(rows) * (cell + title) + 0.05
+    fig, axes = plt.subplots(len(rows), cols, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"left": 1.6 / (cols + 1.6), "right": 0.995, "top": 1 - title / height,
+                                          "bottom": 0.02 / height, "wspace": 0.04, "hspace": title / cell})
+    method = int(result.params.get("slices_method", 0))
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        for c in range(cols):
+            ax = axes[r, c]
+            i = int(index[row, c])
+            if i < 0:
+                ax.axis("off")
+                continue
+            amap = result.strategy_maps[i, method] if result.strategy_maps is not None else None
+            _overlay_thumb(ax, thumbs[row, c], amap)
+            ax.set_title(_short(F.class_name(result, int(result.top5[i, 0]))), fontsize=6, pad=1.5)
+        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7)
+    return fig
+
+
+def _short(name: str, limit: int = 16) -> str:
+    """A class name that fits over a thumbnail: whole words up to `limit` characters."""
+    if len(name) <= limit:
+        return name
+    words, out = name.replace(",", " ").split(), ""
+    for w in words:
+        if len(out) + len(w) + (1 if out else 0) > limit:
+            break
+        out = f"{out} {w}".strip()
+    return out or name[:limit]
+
+
+def _acc(v) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def _slice_rows(result, by: str) -> tuple[list, list]:
+    found = result.params.get(f"slices_by_{by}") or []
+    offset = 0 if by == "features" else len(result.params.get("slices_by_features") or [])
+    return found, list(range(offset, offset + len(found)))
+
+
+def section(result, figs, number: int) -> str:
+    """The HTML section (an empty string for an audit saved before it existed)."""
+    p = result.params
+    if "slices_by_features" not in p or result.slice_thumbs is None:
+        return ""
+    explain = ("Where the model fails, and whether its failures have something in common. The failures are the "
+               "labelled images it gets wrong and every image whose top-1 probability is below "
+               f"{p.get('slices_low_confidence', 0.5):.0%}. They are grouped by the model's own penultimate features "
+               "(what it saw), and separately by the map of the most faithful method (where it looked). A group is a "
+               "finding when the model's accuracy on the 10 images of the whole data set nearest to it is below what "
+               "95 % of random groups of as many images reach: images like these fail, not only these. What a group's "
+               "images share is stated only where it stands out from the data set (brightness, saturation, hue, "
+               "where the map sits, class family).")
+    method = F.method_name(str(result.methods[int(p.get("slices_method", 0))]))
+    body = []
+    for by, title in (("features", "Grouped by the penultimate features"), ("maps", f"Grouped by the {method} maps")):
+        found, rows = _slice_rows(result, by)
+        body.append(f"<h3 id='slices-{by}'>{escape(title)}</h3>")
+        if by == "features" and not p.get("slices_features"):
+            body.append("<p>The model has no final linear layer whose input could be read: no grouping by features."
+                        "</p>")
+            continue
+        if not found:
+            body.append("<p>No group of three or more failures (fewer failures, or none alike).</p>")
+            continue
+        table = []
+        for k, s in enumerate(found):
+            verdict = "finding" if s["finding"] else "no worse than random groups"
+            table.append([k + 1, s["size"], s["wrong"], s["unsure"], _acc(s["neighbour_accuracy"]),
+                          f"{_acc(s['random_accuracy'])} (5th pct. {_acc(s['random_accuracy_low'])})", verdict,
+                          "; ".join(s["shares"]) or "nothing that stands out"])
+        head = ["slice", "images", "wrong", "unsure", "accuracy near it", "random groups", "verdict", "its images share"]
+        body.append(_table(head, table))
+        labels = [f"slice {k + 1}\n{s['size']} images" for k, s in enumerate(found)]
+        body.append(figs.add(f"slices-{by}", slices_figure(result, rows, labels),
+                             f"failure slices grouped by {by}",
+                             f"Each row: a slice's least confident images (title: the predicted class) with the "
+                             f"{method} map of the predicted class."))
+    return (f'<section id="{ANCHOR}">\n<h2>{number}. What the model relies on</h2>\n'
+            f'<h3 id="slices">Failure slices</h3>\n<p class="explain">{escape(explain)}</p>\n' + "\n".join(body)
+            + "\n</section>")
+
+
+def _table(head, rows) -> str:
+    h = "".join(f"<th>{escape(str(x))}</th>" for x in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def findings(result) -> list[tuple[str, str]]:
+    """The findings sentences of this section: each failure slice that is a finding."""
+    out = []
+    for by in ("features", "maps"):
+        for k, s in enumerate(result.params.get(f"slices_by_{by}") or []):
+            if s.get("finding"):
+                share = f"; its images share: {'; '.join(s['shares'])}" if s["shares"] else ""
+                out.append((f"Failure slice {k + 1} (grouped by {by}): {s['size']} images; the model gets "
+                            f"{_acc(s['neighbour_accuracy'])} of the images nearest to it right, against "
+                            f"{_acc(s['random_accuracy'])} near random groups{share}.", "slices"))
+    return out
