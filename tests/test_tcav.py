@@ -155,3 +155,97 @@ def test_scores_equal_captums_on_lite0(lite0, tmp_path):
     assert np.abs(ours - theirs).max() <= 0.05, (ours, theirs)
     assert ours.std() > 0.05  # the scores vary: a constant on both sides would agree trivially
     print(f"max |score - captum's| = {np.abs(ours - theirs).max():.4f}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# the command: bad input in one line before the model loads, resume, redraw
+
+@pytest.fixture
+def command(monkeypatch, tmp_path, red_lm):
+    """(run(args) -> click result, world folders, loads): the command gets the red-square model;
+    `loads` lists each model load with weights (structure-only loads, for the class names and
+    layers, are not counted)."""
+    from click.testing import CliRunner
+
+    import cnnviz_cli.main as climain
+
+    loads = []
+
+    def load(spec, structure_only=False):
+        if not structure_only:
+            loads.append(spec["name"])
+        return red_lm
+
+    monkeypatch.setattr(climain, "_load", load)
+    world = red_square_world(tmp_path / "w")
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    runner = CliRunner()
+    return (lambda args: runner.invoke(climain.cli, ["tcav", *map(str, args)])), world, loads, out
+
+
+def test_bad_input_is_one_line_before_the_model_loads(command, tmp_path):
+    run, w, loads, out = command
+    few = _write(tmp_path / "few", [_noise(np.random.default_rng(0)) for _ in range(3)])
+    base = [w["data"], "--random-from", w["random"], "--layers", "3"]
+    cases = [
+        ([*base, "--concept", "square"], ["'square' is not NAME=FOLDER"]),
+        ([*base, "--concept", f"=={w['square']}"], ["is not NAME=FOLDER"]),
+        ([*base, "--concept", f"sq={tmp_path / 'nowhere'}"], ["'sq'", "not found"]),
+        ([*base, "--concept", f"few={few}"], ["'few'", "holds 3 image(s)", "at least 5"]),
+        ([*base, "--concept", f"sq={w['square']}", "--classes", "zebra"], ["unknown class 'zebra'"]),
+        ([w["red"], "--random-from", w["random"], "--concept", f"sq={w['square']}"], ["no labels", "--classes"]),
+        ([*base[:3], "--layers", "nolayer", "--concept", f"sq={w['square']}"], ["unknown layer 'nolayer'"]),
+        ([w["data"], "--random-from", few, "--concept", f"sq={w['square']}"], ["random pool", "holds 3 image(s)"]),
+        ([*base, "--concept", f"sq={w['square']}", "--random-runs", "5"], ["--random-runs"]),
+    ]
+    for args, fragments in cases:
+        res = run([*args, "--save", "r.npz"])
+        one_line_error(res, *fragments)
+        assert loads == [], f"the model was loaded before {fragments} was refused"
+        assert sorted(p.name for p in out.iterdir()) == [], f"{fragments}: files written"
+
+
+def test_resumed_run_equals_an_uninterrupted_one_and_leaves_the_model_untouched(red_lm, tmp_path):
+    import cnnviz
+
+    w = red_square_world(tmp_path)
+    args = dict(classes=None, layers=["1", "3"], random_from=w["random"], random_runs=10, random_size=8, batch_size=8)
+    x = torch.zeros(1, 3, S, S)
+    before = snapshot(red_lm.model, x)
+    whole = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, **args)
+    ckpt = tmp_path / "progress.npz"
+
+    for at in (4, 11):  # stopped after 4 of the 10 runs of CAVs, then after the first of 3 chunks of class images
+        def stop(done, total, at=at):
+            if done == at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, checkpoint=ckpt, on_step=stop, **args)
+        assert_untouched(red_lm.model, x, before)  # also after a call that stopped midway
+        assert ckpt.is_file()
+    resumed = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, checkpoint=ckpt, **args)
+    assert resumed.params["resumed_from"] == {"runs": 10, "chunks": 1}
+    assert not ckpt.exists()
+    for name, a in whole.arrays().items():
+        assert np.array_equal(a, getattr(resumed, name), equal_nan=a.dtype.kind == "f"), name
+    assert_untouched(red_lm.model, x, before)
+
+
+def test_command_saves_and_render_redraws_without_the_model(command):
+    from helpers import assert_redraws
+
+    import cnnviz_cli.main as climain
+    from click.testing import CliRunner
+    from cnnviz.results import load_result
+
+    run, w, loads, out = command
+    res = run([w["data"], "--concept", f"square={w['square']}", "--random-from", w["random"], "--layers", "1,3",
+               "--random-size", "8", "--save", "r.npz", "--out", "t.png", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "square -> red @ 3:" in res.output and (out / "t.png").is_file() and not (out / "r.npz.partial").exists()
+    result = load_result(out / "r.npz")
+    assert result.kind == "tcav" and result.scores.shape == (2, 2, 2, 10)
+    assert_redraws(CliRunner(), climain.cli, result, "r.npz", "again.png")
