@@ -249,3 +249,108 @@ def test_command_saves_and_render_redraws_without_the_model(command):
     result = load_result(out / "r.npz")
     assert result.kind == "tcav" and result.scores.shape == (2, 2, 2, 10)
     assert_redraws(CliRunner(), climain.cli, result, "r.npz", "again.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# significance where the truth is known
+
+def test_the_planted_red_square_is_significant_for_its_class(red_lm, tmp_path):
+    """The network can only use the red square: the square's CAV raises "red" and lowers "plain"
+    in every run, significantly against the random runs. Fails if the CAV points away from the
+    concept, the gradient is another class's, or the test or the correction is miscounted."""
+    import cnnviz
+    from scipy.stats import ttest_ind
+
+    w = red_square_world(tmp_path)
+    r = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, layers=["1"], random_from=w["random"],
+                    random_runs=10, random_size=10)
+    red, plain = r.params["class_names"].index("red"), r.params["class_names"].index("plain")
+    assert r.score_mean[0, red, 0] >= 0.9 and r.significant[0, red, 0], r.table()
+    assert r.score_mean[0, plain, 0] <= 0.1 and r.significant[0, plain, 0], r.table()
+    assert {row["direction"] for row in r.table() if row["class"] == "red"} == {"above"}
+    # the p values are the t-test of the run scores, times the 2 tests (1 concept x 2 classes x 1 layer)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning, match="nearly identical"):  # the square's runs: all 1
+        p = ttest_ind(r.scores[0, red, 0].astype(np.float64), r.scores[1, red, 0].astype(np.float64)).pvalue
+    assert r.p_value[0, red, 0] == pytest.approx(p, rel=1e-5)
+    assert r.p_corrected[0, red, 0] == pytest.approx(min(1.0, 2 * p), rel=1e-5) and r.params["tests"] == 2
+    assert r.cav_accuracy[0].mean() > 0.8  # the square is easy to tell from noise at this layer
+
+
+@pytest.mark.slow
+def test_on_lite0_crops_of_a_class_are_significant_and_fungi_are_not(lite0, tmp_path):
+    """Lite0 at its default TCAV layer (_blocks.15) on 12 bird photos scored for "brambling": a
+    concept of 10 crops of the sample's brambling photo raises the brambling logit in nearly every
+    image (significant, above random); 10 photos of fungi and vegetables do not (not significant)."""
+    import cnnviz
+    from PIL import Image
+
+    from helpers import sample_image
+
+    rows = sample_rows()
+
+    def photos(lo, hi, n, step=1):
+        return [SAMPLE / "images" / r["file"] for r in rows if lo <= int(r["class_index"]) <= hi][::step][:n]
+
+    bird = Image.open(sample_image(10)).convert("RGB")  # brambling
+    rng = np.random.default_rng(0)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    w, h = bird.size
+    for i in range(10):
+        s = rng.uniform(0.5, 0.8)
+        cw, ch = int(w * s), int(h * s)
+        x, y = rng.integers(0, w - cw), rng.integers(0, h - ch)
+        im = bird.crop((x, y, x + cw, y + ch))
+        (im.transpose(Image.FLIP_LEFT_RIGHT) if i % 2 else im).save(crops / f"{i}.png")
+    data = _link(tmp_path / "data", photos(12, 24, 7) + photos(80, 100, 5))
+    r = cnnviz.tcav(lite0, data, {"brambling": crops, "fungi": _link(tmp_path / "fungi", photos(947, 999, 10))},
+                    classes=["brambling"], random_from=_link(tmp_path / "random", photos(400, 900, 40, 12)),
+                    random_runs=10, random_size=10)
+    assert r.params["layers"] == ["_blocks.15"]
+    rows = {row["concept"]: row for row in r.table()}
+    assert rows["brambling"]["significant"] and rows["brambling"]["direction"] == "above", rows
+    assert not rows["fungi"]["significant"], rows
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_equal_one(red_lm, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import textwrap
+
+    import cnnviz
+    from cnnviz.results import load_result
+
+    w = red_square_world(tmp_path / "w")
+    torch.save(red_lm.model.state_dict(), tmp_path / "net.pt")
+    args = dict(layers=["1", "3"], random_from=str(w["random"]), random_runs=10, random_size=8, batch_size=8)
+    one = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, **args)
+    out = tmp_path / "two.npz"
+    script = tmp_path / "two.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        torch.set_num_threads({torch.get_num_threads()})
+        import cnnviz
+        from test_tcav import red_square_model
+        lm = red_square_model(steps=0)
+        lm.model.load_state_dict(torch.load({str(tmp_path / 'net.pt')!r}))
+        r = cnnviz.tcav(lm, {str(w['data'])!r}, {{"square": {str(w['square'])!r}}}, checkpoint={str(tmp_path / 'p.npz')!r},
+                        **{args!r})
+        assert r.params["world_size"] == 2
+        if int(os.environ["RANK"]) == 0:
+            r.save({str(out)!r})
+    """))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                           str(port), str(script)], env={**os.environ, "MASTER_ADDR": "127.0.0.1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = load_result(out)
+    for name, a in one.arrays().items():
+        assert np.array_equal(a, getattr(two, name), equal_nan=a.dtype.kind == "f"), name
+    assert not list(tmp_path.glob("p.npz*"))

@@ -110,6 +110,8 @@ def register(cli):
                 mark = f"significant ({row['direction']} random)" if row["significant"] else "not significant"
                 click.echo(f"  {row['concept']} -> {row['class']} @ {row['layer']}: {row['score']:.2f} ± {row['std']:.2f} "
                            f"(random {row['random']:.2f}), p {row['p']:.2g}, corrected {row['p_corrected']:.2g}: {mark}")
+            for note in p.get("notes") or []:
+                click.echo(f"note: {note}")
             if p["skipped"]:
                 click.echo(f"skipped {len(p['skipped'])} unreadable file(s): {', '.join(p['skipped'][:5])}")
             _write(result, out, save)

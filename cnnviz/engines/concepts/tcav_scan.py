@@ -119,9 +119,33 @@ def read_inputs(data, concepts, classes, lm, *, random_runs: int = T.MIN_RUNS, r
                data=str(data) if not isinstance(data, (list, tuple)) else "list")
 
 
+def default_layer(lm):
+    """The last block before the network's last convolution: Lite0's _blocks.15, ResNet's layer3.
+    (Where the network is one Sequential, the last map before that convolution: VGG16's
+    features.27.) Not the last convolutional block itself (Grad-CAM's layer), after which most CNNs only pool
+    and apply a linear layer: there the class logit's gradient is the same for every image, so every
+    image agrees in sign and each run's score is 0 or 1."""
+    from ...layers import trace_layers
+
+    infos = trace_layers(lm.model, torch.zeros(1, 3, *lm.input_size))
+    maps = [i for i in infos if i.shape is not None and len(i.shape) == 3]
+    convs = [i for i in infos if i.is_conv]
+    if not convs or not maps:
+        from ...layers import default_feature_layer
+
+        return default_feature_layer(lm.model, torch.zeros(1, 3, *lm.input_size))
+    last = convs[-1]
+    names = {i.name for i in maps}
+    outer = [i for i in maps if not any(i.name.startswith(n + ".") for n in names)]
+    def done_before(i):
+        return i.order < last.order and not last.name.startswith(i.name + ".")
+
+    before = [i for i in outer if done_before(i)] or [i for i in maps if done_before(i)]  # nested: VGG's features.N
+    return max(before, key=lambda i: i.order)
+
+
 def plan(lm, data, concepts, classes, layers, *, random_runs, random_from, random_size, seed, settings, alpha,
          batch_size) -> Job:
-    from ...layers import default_feature_layer
     from ..units.features import resolve_layers
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -129,10 +153,7 @@ def plan(lm, data, concepts, classes, layers, *, random_runs, random_from, rando
     job = read_inputs(data, concepts, classes, lm, random_runs=random_runs, random_from=random_from,
                       random_size=random_size, seed=seed)
     names = _as_list(layers)
-    if names:
-        job.layers = resolve_layers(lm, names)
-    else:
-        job.layers = resolve_layers(lm, [default_feature_layer(lm.model, torch.zeros(1, 3, *lm.input_size)).address])
+    job.layers = resolve_layers(lm, names or [default_layer(lm).address])
     job.settings, job.alpha, job.batch_size = settings, alpha, int(batch_size)
     return job
 
@@ -380,6 +401,14 @@ def _result(lm, job, names, cavs, accuracy, signs, seeds, skipped, dev, world, r
         if not len(rows):
             raise ImageError(f"no image of class {lm.class_name(job.classes[k])!r} could be read; check the files")
         scores[:, k] = rows.mean(0)
+    uniform = []  # per layer: every class's images agree in sign in every run (a gradient the same for all images)
+    for li in range(L):
+        agree = [bool((r.min(0) == r.max(0)).all()) for k in range(K)
+                 if len(r := signs[(item_class == k) & readable][:, :, li]) >= 2]
+        uniform.append(bool(agree) and all(agree))
+    notes = [f"at {job.layers[li].address} every image of a class agrees in sign in every run, so each run's score is "
+             "0 or 1: the class logit's gradient there hardly depends on the image (a pooling and linear head may "
+             "follow the layer); choose an earlier layer" for li in range(L) if uniform[li]]
     stats = T.significance(scores, job.alpha)
     tests = stats.pop("tests")
     skipped_files = {f for f, _ in skipped}
@@ -403,7 +432,7 @@ def _result(lm, job, names, cavs, accuracy, signs, seeds, skipped, dev, world, r
                  "dot product with the CAV", "test": "two-sided Student t-test (scipy.stats.ttest_ind) of the "
                  "concept's run scores against the random runs'", "correction": "Bonferroni", "tests": int(tests),
         "alpha": float(job.alpha), "seed": int(job.seed), "batch_size": job.batch_size, "world_size": world,
-        "resumed_from": {"runs": resumed[0], "chunks": resumed[1]},
+        "resumed_from": {"runs": resumed[0], "chunks": resumed[1]}, "uniform_signs": uniform, "notes": notes,
         "skipped": [f for f, _ in skipped], "skipped_reasons": [w for _, w in skipped]}
     concept_counts = np.asarray([len(f) - sum(str(r / x) in skipped_files for x in f)
                                  for r, f in job.concepts.values()], np.int64)

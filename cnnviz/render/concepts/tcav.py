@@ -37,14 +37,19 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     labels = [f"{short(c, 20)}" + (f" (CAV acc. {acc[i]:.2f})" if acc is not None else "") for i, c in enumerate(concepts)]
     legend_cols = max(1, min(C + 1, int(width // 2.2)))
     legend_h = 0.2 * math.ceil((C + 1) / legend_cols) + 0.1
+    uniform = list(p.get("uniform_signs") or [False] * L)
+    note = wrap("every image agrees in sign in every run (scores 0 or 1): the gradient hardly depends on the image "
+                "here; use an earlier layer", width / cols - 0.7, 7)
     tick_h = 0.45
+    title_h = 0.3 + (0.14 * lines_of(note) if any(uniform) else 0)
     limit = max_height(width)
-    panel_h = min(2.4, max(1.2, (limit - head - legend_h - 0.1) / rows - tick_h - 0.3)) if math.isfinite(limit) else 2.4
-    height = head + rows * (panel_h + tick_h + 0.3) + legend_h
+    panel_h = min(2.4, max(1.2, (limit - head - legend_h - 0.1) / rows - tick_h - title_h)) if math.isfinite(limit) \
+        else 2.4
+    height = head + rows * (panel_h + tick_h + title_h) + legend_h
     with plt.rc_context(RC):
         fig = plt.figure(figsize=(width, height))
-        gs = fig.add_gridspec(rows, cols, left=0.75 / width, right=1 - 0.1 / width, top=1 - (head + 0.25) / height,
-                              bottom=(legend_h + tick_h) / height, hspace=(tick_h + 0.3) / panel_h,
+        gs = fig.add_gridspec(rows, cols, left=0.75 / width, right=1 - 0.1 / width, top=1 - (head + title_h) / height,
+                              bottom=(legend_h + tick_h) / height, hspace=(tick_h + title_h) / panel_h,
                               wspace=0.6 / max(1.0, (width - 1) / cols))
         group = C + 1.6
         for li in range(L):
@@ -60,7 +65,8 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                         runs_c, mean, sd = result.scores[C, k, li], result.random_mean[k, li], result.random_std[k, li]
                         colour = RANDOM
                     ax.bar(x, mean, 0.8, color=colour, alpha=0.45 if c < C else 0.35, edgecolor=colour, lw=0.8)
-                    ax.errorbar(x, mean, yerr=sd, color="0.15", lw=0.9, capsize=2)
+                    spread = [[min(sd, mean)], [min(sd, 1 - mean)]]  # ±1 sd, inside the scores' range [0, 1]
+                    ax.errorbar(x, mean, yerr=spread, color="0.15", lw=0.9, capsize=2)
                     jitter = (np.arange(len(runs_c)) / max(1, len(runs_c) - 1) - 0.5) * 0.5
                     ax.scatter(x + jitter, runs_c, s=5, color=colour if c < C else "0.35", zorder=3, lw=0)
                     if c < C and bool(result.significant[c, k, li]):
@@ -74,7 +80,11 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
             ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
             ax.set_ylabel("TCAV score", fontsize=7)
             ax.grid(axis="y", alpha=0.3)
-            ax.set_title(wrap(f"{layer_label(layers[li], types[li])} ({layers[li]})", width / cols - 0.6, 8), fontsize=8)
+            if uniform[li]:
+                ax.annotate(note, xy=(0.5, 1), xycoords="axes fraction", xytext=(0, 3), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7, color="C3")
+            ax.set_title(wrap(f"{layer_label(layers[li], types[li])} ({layers[li]})", width / cols - 0.6, 8), fontsize=8,
+                         pad=4 + (9 * lines_of(note) if uniform[li] else 0))
         handles = [Patch(facecolor=f"C{c % 10}", alpha=0.6, label=labels[c]) for c in range(C)]
         handles.append(Patch(facecolor=RANDOM, alpha=0.5, label="random (random-vs-random runs)"))
         handles.append(Line2D([], [], ls="none", marker="$*$", color="k", ms=7, label="significant"))
