@@ -61,7 +61,7 @@ def register(cli):
                   help="Where the random images come from: a folder or CSV list [default: DATA].")
     @click.option("--random-size", default=None, type=click.IntRange(min=5), metavar="N",
                   help="Images per random set [default: the largest concept's count, at most half the pool].")
-    @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    @click.option("--significance", "alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
                   help="Significance level, Bonferroni-corrected for concepts x classes x layers tests.")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
                   help="Seed of the random sets, the CAVs' splits and their SGD.")

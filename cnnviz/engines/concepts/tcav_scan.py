@@ -31,7 +31,7 @@ from ...errors import ImageError, ParameterError, TargetError
 from ...layers import StopForward, record
 from ...results import provenance
 from ..common import model_on_device, progress_bar, resolve_device
-from . import tcav as T
+from . import tcav_core as T
 
 PROGRESS_VERSION = 1
 
