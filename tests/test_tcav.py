@@ -277,10 +277,10 @@ def test_the_planted_red_square_is_significant_for_its_class(red_lm, tmp_path):
 
 
 @pytest.mark.slow
-def test_on_lite0_crops_of_a_class_are_significant_and_fungi_are_not(lite0, tmp_path):
+def test_on_lite0_crops_of_a_class_are_significant_for_it(lite0, tmp_path):
     """Lite0 at its default TCAV layer (_blocks.15) on 12 bird photos scored for "brambling": a
-    concept of 10 crops of the sample's brambling photo raises the brambling logit in nearly every
-    image (significant, above random); 10 photos of fungi and vegetables do not (not significant)."""
+    concept of 10 crops of the sample's brambling photo raises the brambling logit in most images
+    (0.88 over 30 runs, random 0.52: significant, above random); 10 photos of fungi do not."""
     import cnnviz
     from PIL import Image
 
@@ -305,11 +305,13 @@ def test_on_lite0_crops_of_a_class_are_significant_and_fungi_are_not(lite0, tmp_
     data = _link(tmp_path / "data", photos(12, 24, 7) + photos(80, 100, 5))
     r = cnnviz.tcav(lite0, data, {"brambling": crops, "fungi": _link(tmp_path / "fungi", photos(947, 999, 10))},
                     classes=["brambling"], random_from=_link(tmp_path / "random", photos(400, 900, 40, 12)),
-                    random_runs=10, random_size=10)
+                    random_runs=30, random_size=10)
     assert r.params["layers"] == ["_blocks.15"]
     rows = {row["concept"]: row for row in r.table()}
     assert rows["brambling"]["significant"] and rows["brambling"]["direction"] == "above", rows
-    assert not rows["fungi"]["significant"], rows
+    assert rows["brambling"]["score"] > 0.8 > rows["fungi"]["score"] + 0.3, rows
+    # (fungi score below random for brambling, 0.25 vs 0.52, significantly at 30 runs: a concept that pulls
+    # away from the class, not one unrelated to it; see the README on what TCAV's test can tell.)
 
 
 @pytest.mark.slow
@@ -354,3 +356,34 @@ def test_two_processes_under_torchrun_equal_one(red_lm, tmp_path):
     for name, a in one.arrays().items():
         assert np.array_equal(a, getattr(two, name), equal_nan=a.dtype.kind == "f"), name
     assert not list(tmp_path.glob("p.npz*"))
+
+
+def test_scores_from_arrays_equal_the_whole_run(red_lm, tmp_path):
+    """`tcav_scores` (for a caller such as the audit that has the activations and gradients) gives
+    the whole run's scores and p values from the same arrays."""
+    import cnnviz
+    from cnnviz.engines.concepts.tcav import tcav_scores
+    from cnnviz.engines.concepts.tcav_scan import activations, gradients
+
+    w = red_square_world(tmp_path)
+    r = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, layers=["1", "3"], random_from=w["random"],
+                    random_runs=10, random_size=8)
+    infos = cnnviz.engines.units.features.resolve_layers(red_lm, ["1", "3"])
+
+    def x(files):
+        return torch.cat([red_lm.prepare(f)[1] for f in files])
+
+    def acts(files):
+        return dict(zip(["1", "3"], activations(red_lm.model, infos, x(files), torch.device("cpu"))))
+
+    grads = {}
+    for name in ("plain", "red"):
+        files = sorted((w["data"] / name).iterdir())
+        k = red_lm.class_index(name)
+        grads[name] = {a: g.numpy() for a, g in zip(["1", "3"], gradients(red_lm.model, infos, x(files),
+                                                                            torch.full((len(files),), k),
+                                                                            torch.device("cpu")))}
+    out = tcav_scores({"square": acts(sorted(w["square"].iterdir()))},
+                      acts([w["random"] / f for f in r.random_files]), grads, r.random_sets)
+    assert np.array_equal(out["scores"], r.scores)
+    assert np.array_equal(out["p_value"], r.p_value) and np.array_equal(out["significant"], r.significant)
