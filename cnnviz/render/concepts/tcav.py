@@ -35,15 +35,15 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
                width - 0.1, 7)
     head = 0.2 + 0.15 * lines_of(title) + 0.13 * lines_of(sub)
     labels = [f"{short(c, 20)}" + (f" (CAV acc. {acc[i]:.2f})" if acc is not None else "") for i, c in enumerate(concepts)]
-    legend_cols = max(1, min(C + 1, int(width // 2.2)))
-    legend_h = 0.2 * math.ceil((C + 1) / legend_cols) + 0.1
+    legend_cols = max(1, min(C + 2, int(width // 2.2)))
+    legend_h = 0.2 * math.ceil((C + 2) / legend_cols) + 0.1
     uniform = list(p.get("uniform_signs") or [False] * L)
     note = wrap("every image agrees in sign in every run (scores 0 or 1): the gradient hardly depends on the image "
                 "here; use an earlier layer", width / cols - 0.7, 7)
     tick_h = 0.45
     title_h = 0.3 + (0.14 * lines_of(note) if any(uniform) else 0)
     limit = max_height(width)
-    panel_h = min(2.4, max(1.2, (limit - head - legend_h - 0.1) / rows - tick_h - title_h)) if math.isfinite(limit) \
+    panel_h = min(2.4, max(0.8, (limit - head - legend_h - 0.1) / rows - tick_h - title_h)) if math.isfinite(limit) \
         else 2.4
     height = head + rows * (panel_h + tick_h + title_h) + legend_h
     with plt.rc_context(RC):
