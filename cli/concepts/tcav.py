@@ -52,7 +52,8 @@ def register(cli):
                   help="Classes tested (names or indices) [default: every labelled class of DATA, at most 8; "
                        "required for DATA without labels, whose every image then counts for each class].")
     @click.option("--layers", default=None, metavar="L1,L2",
-                  help="Layers whose activations the CAVs live in [default: the last convolutional block]. See "
+                  help="Layers whose activations the CAVs live in [default: the last block before the last convolution, "
+                       "e.g. _blocks.15 of EfficientNet-Lite0, layer3 of a ResNet]. See "
                        "`cnnviz layers`.")
     @click.option("--random-runs", default=10, show_default=True, type=click.IntRange(min=10, max=1000),
                   help="CAVs per concept, each against another random set, and as many random-vs-random runs: "

@@ -77,7 +77,8 @@ def tcav(lm, data, concepts, classes=None, layers=None, *, random_runs: int = MI
     data: the class images: a folder, class folders, a CSV (see `cnnviz.engines.audit.data`) or a
       list of paths. With labels, a class's images are those labelled with it (classes=None: every
       labelled class, at most 8); without, every image counts for each of `classes` (then required).
-    layers: addresses (`cnnviz layers`); default the last convolutional block (Grad-CAM's layer).
+    layers: addresses (`cnnviz layers`); default the last block before the last convolution
+      (`tcav_scan.default_layer`: Lite0 _blocks.15, ResNet layer3).
     random_runs: N >= 10 CAVs per concept against random sets R_1..R_N, and N random-vs-random ones
       (Q_n against R_n).
     random_from: the pool random sets are drawn from (a folder, CSV or list; default DATA).
