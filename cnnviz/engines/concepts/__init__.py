@@ -6,7 +6,8 @@ where it fails.
                  shortcut flagged
   tcav.py        Testing with Concept Activation Vectors (Kim et al. 2018): does a user-named
                  concept, given as a folder of examples, move a class's score; significance over
-                 random concepts
+                 random concepts (the API and its definition; `tcav_core`: result type, checks, one CAV,
+                 the scores and the t-test; `tcav_scan`: the passes over the images, progress, torchrun)
   slices.py      failure slices: the images the model gets wrong or is unsure of, grouped by
                  their features (or maps) and described by what they share
   shortcuts.py   planted shortcuts: marks pasted on images, for the proof that the audit finds them
