@@ -200,6 +200,7 @@ VALUE = {
     "--rule": "alphabeta", "--image-labels": "labels.csv", "--group": "family", "--folds": "3", "--penalty-c": "0.5",
     "--metric": "cosine", "--threshold": "0.4", "--significance": "0.05", "--colour-iou": "0.3",
     "--concept": "striped=stripes", "--random-runs": "12", "--random-from": "photos", "--random-size": "6",
+    "--concept-classes": "2",
 }
 POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"], "probe": ["photos"],
               "semantics": ["photos"], "neighbours": ["photo.jpg", "photos"], "tcav": ["photos"]}

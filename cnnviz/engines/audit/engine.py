@@ -167,7 +167,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
           occlusion_stride: int = 16, layer: str | None = None, units: int = 6, k: int = 4,
           crop: str = "auto", device: str = "auto", progress: bool | None = None,
           checkpoint: str | os.PathLike | None = None, resume: bool = True, on_chunk=None,
-          finish=None) -> AuditResult:
+          finish=None, concepts: dict | None = None, concept_classes=None) -> AuditResult:
     """Audit `lm` on `data` (a folder, class folders, a CSV with a file column and optionally a
     label column, or a list of paths; see `data.read_dataset`): predictions and calibration, where
     the model looks (maps of `methods`), how faithful each map is (deletion and insertion, and the
@@ -189,6 +189,9 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     on_chunk(done, total): called after every chunk of this process (tests use it to stop a run).
     finish(result): called (on rank 0 only) before the progress file is removed: write the report
       there, so that a kill before it is written leaves the progress to resume from.
+    concepts: {name: folder of examples}: TCAV of each for the data set's classes (`concept_classes`,
+      default the most frequent, at most 8) after the main pass (`reliance.concepts`); the result is
+      `result.concepts` and its summary params["concepts_tested"].
     Under torchrun each rank audits every W-th chunk; the states are merged exactly and every rank
     returns the merged result (see the module's docstring).
     """
@@ -209,6 +212,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     if not (isinstance(fill, str) and fill.strip().lower() == "blur"):
         lm.preprocessing.fill_value(fill)  # a bad fill fails before any work
     ds = read_dataset(data, lm, limit)
+    concepts = R.check_concepts(concepts)  # a missing or too small concept folder: before any work
     box_map = read_boxes(boxes, ds.files)
     dev = resolve_device(device)
     h, w = lm.input_size
@@ -300,13 +304,16 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
                              f"({reasons}); check the files or point to another folder")
         t0 = time.perf_counter()
         sanity = _sanity(lm, ds, readable, methods, sanity_images, sanity_steps, dev)
-        tick("sanity", t0)
+        t0 = tick("sanity", t0)
+        tested = R.concepts(lm, ds, readable, state, concepts, concept_classes, ckpt, dev, progress) if concepts else None
+        tick("concepts", t0)
         result = _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, dict(
             limit=limit, steps=steps, fill=fill, show=show, wrong=wrong, class_map_size=s, chunk=chunk,
             sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map),
             boxes_unmatched=sorted(k for k in box_map if k not in set(ds.files)), **options,
             random_baseline={"cell": M.RANDOM_CELL, "seed": M.RANDOM_SEED}, world_size=world, unit_crop_asked=crop,
             resumed_from_chunk=resumed_from))
+        R.attach(result, tested)
     except BaseException:
         release_group(world, owns_group)
         raise

@@ -185,3 +185,78 @@ def families(lm):
 
 def _f(v) -> float | None:
     return float(v) if np.isfinite(v) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Concepts (TCAV) in the audit
+
+MAX_CONCEPT_CLASSES = 8
+
+
+def check_concepts(concepts) -> dict | None:
+    """The concept folders, checked before any work (None: no concept section)."""
+    if not concepts:
+        return None
+    from ..concepts.tcav_core import check_concepts as check
+
+    check(concepts)
+    return dict(concepts)
+
+
+def concept_classes(state: dict, idx: np.ndarray, labels: np.ndarray, asked, lm) -> list[int]:
+    """The classes TCAV tests: those asked (names or indices), else the most frequent classes of the
+    audited images (the true class where labelled, the predicted one elsewhere) with at least 5
+    images, at most MAX_CONCEPT_CLASSES."""
+    if asked:
+        asked = asked.split(",") if isinstance(asked, str) else list(asked)
+        return [lm.class_index(str(c).strip()) for c in asked]
+    cls = np.where(labels[idx] >= 0, labels[idx], state["top5"][idx, 0])
+    values, counts = np.unique(cls, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return [int(values[i]) for i in order if counts[i] >= 5][:MAX_CONCEPT_CLASSES]
+
+
+def concepts(lm, ds, readable: np.ndarray, state: dict, folders: dict, asked, ckpt, dev, progress):
+    """TCAV (`cnnviz.engines.concepts.tcav`) of the concept folders for the audit's classes, on the
+    audited images: each counts for its true class where labelled, else for its predicted class;
+    the random sets are drawn from the same images. Resumable: its progress goes beside the audit's
+    (PATH.tcav). Returns the TcavResult, or None when no class has 5 images."""
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    from ..concepts.tcav import tcav
+
+    idx = np.flatnonzero(readable)
+    classes = concept_classes(state, idx, ds.labels, asked, lm)
+    if not classes:
+        return None
+    cls = np.where(ds.labels[idx] >= 0, ds.labels[idx], state["top5"][idx, 0])
+    with tempfile.TemporaryDirectory(prefix="cnnviz-audit-tcav-") as tmp:
+        listing = Path(tmp) / "audited.csv"
+        with open(listing, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "class_index"])
+            for i, c in zip(idx, cls):
+                w.writerow([str((Path(ds.root) / ds.files[i]).resolve()), int(c)])
+        return tcav(lm, str(listing), folders, classes=[str(c) for c in classes], device=str(dev),
+                    checkpoint=None if ckpt is None else Path(f"{ckpt}.tcav"), progress=progress)
+
+
+def attach(result, tested) -> None:
+    """The TCAV result on the audit result (`result.concepts`, drawn in the report and saved beside
+    it as concepts.npz), and its summary in params["concepts_tested"]."""
+    result.concepts = tested
+    if tested is None:
+        return
+    rows = []
+    for c, name in enumerate(tested.concepts):
+        for k, cls in enumerate(tested.classes):
+            for li, layer in enumerate(tested.layers):
+                mean, rand = float(tested.score_mean[c, k, li]), float(tested.random_mean[k, li])
+                rows.append({"concept": str(name), "class": int(cls), "layer": str(layer), "score": mean,
+                             "random": rand, "p_corrected": float(tested.p_corrected[c, k, li]),
+                             "significant": bool(tested.significant[c, k, li]),
+                             "direction": "above" if mean > rand else "below"})
+    result.params["concepts_tested"] = rows
+    result.params["concepts_runs"] = int(tested.params.get("random_runs", 0))

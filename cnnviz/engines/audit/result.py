@@ -180,6 +180,8 @@ class AuditResult(Result):
             if missing:
                 raise ResultError(f"{where}: params.{key} lacks the method(s) {missing} of the {m} audited")
 
+    concepts = None  # the TCAV result of an audit run with concepts (saved beside the report, not in audit.npz)
+
     def write_html(self, folder, **options):
         """Write the static report (index.html and its figures) into `folder`; see
         `cnnviz.render.audit.html.write_report`."""

@@ -158,6 +158,10 @@ def write_report(result, folder: str | os.PathLike, *, dpi: int = 110, save: boo
         for target, write in result.writers(folder / "audit.npz").items():
             write(Path(target))
             written.append(Path(target))
+        if getattr(result, "concepts", None) is not None:  # the TCAV result, redrawn by `cnnviz render`
+            for target, write in result.concepts.writers(folder / "concepts.npz").items():
+                write(Path(target))
+                written.append(Path(target))
     return written
 
 
@@ -481,4 +485,5 @@ def _findings(result) -> str:
 
 
 SECTION_NAMES = {"accuracy": "predictions", "perclass": "per class", "faithfulness": "faithfulness",
-                 "sanity": "sanity check", "units": "units", "slices": "failure slices"}
+                 "sanity": "sanity check", "units": "units", "slices": "failure slices",
+                 "concepts": "concepts"}

@@ -115,8 +115,38 @@ def section(result, figs, number: int) -> str:
                              f"Each row: a slice's least confident images (title: the predicted class) with the "
                              f"{method} map of the predicted class."))
     return (f'<section id="{ANCHOR}">\n<h2>{number}. What the model relies on</h2>\n'
-            f'<h3 id="slices">Failure slices</h3>\n<p class="explain">{escape(explain)}</p>\n' + "\n".join(body)
+            + _concepts(result, figs)
+            + f'<h3 id="slices">Failure slices</h3>\n<p class="explain">{escape(explain)}</p>\n' + "\n".join(body)
             + "\n</section>")
+
+
+def _concepts(result, figs) -> str:
+    """The concept tests (TCAV) of an audit run with --concept: a table, and the TCAV figure when the
+    result is at hand (a redraw from audit.npz alone has the table; concepts.npz beside it redraws
+    the figure with `cnnviz render`)."""
+    rows = result.params.get("concepts_tested")
+    if not rows:
+        return ""
+    runs = result.params.get("concepts_runs")
+    explain = ("Does a concept, given as a folder of example images, move a class's score? For each concept a "
+               "linear classifier separates the layer's activations of its examples from those of random sets of "
+               f"the audited images; the TCAV score is the share of the class's images whose score rises along that "
+               f"direction (Kim et al. 2018). Over {runs} runs against different random sets, compared by a two-sided "
+               "t-test with the same number of runs of random sets against each other, Bonferroni-corrected for the "
+               "number of tests. A significant concept above random is one the class's score relies on.")
+    table = [[r["concept"], F.class_name(result, int(r["class"])), r["layer"], f"{r['score']:.2f}", f"{r['random']:.2f}",
+              f"{r['p_corrected']:.3g}", ("yes, " + r["direction"] + " random") if r["significant"] else "no"]
+             for r in rows]
+    body = _table(["concept", "class", "layer", "TCAV score", "random runs", "p (corrected)", "significant"], table)
+    tested = getattr(result, "concepts", None)
+    if tested is not None:
+        from ..concepts.tcav import figure
+
+        body += figs.add("concepts", figure(tested), "TCAV scores of the concepts",
+                         "Each bar: a concept's mean TCAV score for a class (dots: the runs); gray: the random runs; "
+                         "a star where the difference is significant.")
+    return f'<h3 id="concepts">Concepts (TCAV)</h3>\n<p class="explain">{escape(explain)}</p>\n{body}\n'
+
 
 
 def _table(head, rows) -> str:
@@ -126,8 +156,14 @@ def _table(head, rows) -> str:
 
 
 def findings(result) -> list[tuple[str, str]]:
-    """The findings sentences of this section: each failure slice that is a finding."""
+    """The findings sentences of this section: each concept significantly above random, each failure
+    slice that is a finding."""
     out = []
+    for r in result.params.get("concepts_tested") or []:
+        if r["significant"] and r["direction"] == "above":
+            out.append((f"Concept '{r['concept']}' drives class {F.class_name(result, int(r['class']))} at "
+                        f"{r['layer']}: TCAV score {r['score']:.2f} against {r['random']:.2f} for random sets "
+                        f"(corrected p {r['p_corrected']:.3g}).", "concepts"))
     for by in ("features", "maps"):
         for k, s in enumerate(result.params.get(f"slices_by_{by}") or []):
             if s.get("finding"):
