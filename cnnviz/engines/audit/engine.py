@@ -436,7 +436,10 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
     faithful = R.most_faithful(state, idx, methods)
     rel = R.slices(state, idx, correct, known, state["top5_prob"][idx, 0], cls, faithful, R.families(lm),
                    read=lambda r: R.pixels(lm, ds.root / ds.files[idx[r]]))
-    seconds["failure slices"] = seconds.get("failure slices", 0.0) + time.perf_counter() - t0
+    strat = R.strategies(state, idx, cls, correct, known, faithful, read=lambda r: R.pixels(lm, ds.root / ds.files[idx[r]]))
+    rel["arrays"].update(strat["arrays"])
+    rel["params"].update(strat["params"])
+    seconds["slices and strategies"] = seconds.get("slices and strategies", 0.0) + time.perf_counter() - t0
     params = {
         "data": str(data) if not isinstance(data, (list, tuple)) else "list", "root": str(ds.root.resolve()),
         "label_source": ds.label_source, "has_labels": bool(known.any()), "num_files": len(ds.files),

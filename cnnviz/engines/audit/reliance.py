@@ -260,3 +260,56 @@ def attach(result, tested) -> None:
                              "direction": "above" if mean > rand else "below"})
     result.params["concepts_tested"] = rows
     result.params["concepts_runs"] = int(tested.params.get("random_runs", 0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Strategies (SpRAy) in the audit
+
+MAX_STRATEGY_CLASSES = 20  # the classes with the most images are clustered
+
+
+def strategies(state: dict, idx: np.ndarray, cls: np.ndarray, correct: np.ndarray, known: np.ndarray, method: int,
+               read=None) -> dict:
+    """SpRAy (`concepts.strategies_spray.spray`) on each class's maps of method `method` (index),
+    for the classes with at least its minimum of images (the true class where labelled, else the
+    predicted one), the most frequent MAX_STRATEGY_CLASSES. Arrays: strategy_cluster (N: cluster of
+    each image within its class, -1 not clustered), strategy_mean_maps (Z x S x S, every cluster's
+    mean map, in the order of params["strategies"]), strategy_thumbs (Z x THUMBS x 64 x 64 x 3, the
+    members nearest the mean map first) and strategy_thumb_index."""
+    from ..concepts.strategies_spray import MIN_IMAGES, spray
+
+    maps = state["strategy_maps"][idx, method].astype(np.float32)
+    values, counts = np.unique(cls, return_counts=True)
+    order = [int(values[i]) for i in np.argsort(-counts, kind="stable") if counts[i] >= MIN_IMAGES]
+    member = -np.ones(len(idx), np.int64)
+    summary, means, shown = [], [], []
+    for k in order[:MAX_STRATEGY_CLASSES]:
+        rows = np.flatnonzero(cls == k)
+        sp = spray(maps[rows], size=STRATEGY_SIZE, tsne=False)
+        member[rows] = sp.labels
+        clusters = []
+        for c in sp.clusters:
+            mine = rows[c.members]
+            right = correct[mine][known[mine]]
+            near = np.argsort(((sp.small[c.members] - c.mean_map[None] / max(c.mean_map.sum(), 1e-12)) ** 2)
+                              .sum((1, 2)), kind="stable")[:THUMBS]
+            pick = mine[near]
+            shown.append(np.concatenate([pick, -np.ones(THUMBS - len(pick), np.int64)]))
+            means.append(c.mean_map.astype(np.float32))
+            clusters.append({"size": c.size, "accuracy": float(right.mean()) if right.size else None,
+                             "concentration": float(c.concentration), "area": float(c.area),
+                             "overlap": float(c.overlap), "peak_spread": float(c.peak_spread),
+                             "peak": [float(v) for v in c.peak], "flag": bool(c.flag), "reason": c.reason})
+        summary.append({"class": k, "images": int(len(rows)), "n_clusters": int(sp.n_clusters),
+                        "chosen_by": sp.chosen_by, "clusters": clusters})
+    index = np.stack(shown) if shown else np.zeros((0, THUMBS), np.int64)
+    flat = [int(v) for v in index.ravel() if v >= 0]
+    thumbs = thumbnails(read, flat) if read is not None else np.zeros((len(flat), THUMB_SIZE, THUMB_SIZE, 3), np.uint8)
+    full = np.zeros((*index.shape, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)
+    full[index >= 0] = thumbs
+    return {"arrays": {"strategy_cluster": member, "strategy_thumb_index": index, "strategy_thumbs": full,
+                       "strategy_mean_maps": np.stack(means) if means else
+                       np.zeros((0, STRATEGY_SIZE, STRATEGY_SIZE), np.float32)},
+            "params": {"strategies": summary, "strategies_method": method,
+                       "strategies_rule": "SpRAy (Lapuschkin et al. 2019) on each class's maps at "
+                                          f"{STRATEGY_SIZE}x{STRATEGY_SIZE}: kNN graph, eigengap, k-means"}}

@@ -43,7 +43,10 @@ class AuditResult(Result):
     features), colours (N x 4, `slices.colour_stats`), slice_by_features and slice_by_maps (int64 N:
     the failure slice of each image, -1 none; the slices in params["slices_by_features"] and
     params["slices_by_maps"]); slice_thumb_index (L x 8, index into files, -1 empty; the slices by
-    features, then by maps) and slice_thumbs (uint8 L x 8 x 64 x 64 x 3, their input crops).
+    features, then by maps) and slice_thumbs (uint8 L x 8 x 64 x 64 x 3, their input crops); the strategy
+    clusters (SpRAy per class, params["strategies"]): strategy_cluster (N, -1 not clustered),
+    strategy_mean_maps (Z x 32 x 32), strategy_thumb_index and strategy_thumbs (Z x 8 members, the most
+    typical first).
     """
 
     kind: ClassVar[str] = "audit"
@@ -91,7 +94,9 @@ class AuditResult(Result):
         "unit_patches": S.Arr("u", ("V", "k", None, None, 3)),
         "strategy_maps": S.Arr("f", ("N", "M", "z", "z")), "features": S.Arr("f", ("N", None)),
         "colours": S.Arr("f", ("N", 4)), "slice_by_features": S.Arr("i", ("N",)), "slice_by_maps": S.Arr("i", ("N",)),
-        "slice_thumb_index": S.Arr("i", ("L", None)), "slice_thumbs": S.Arr("u", ("L", None, None, None, 3))}
+        "slice_thumb_index": S.Arr("i", ("L", None)), "slice_thumbs": S.Arr("u", ("L", None, None, None, 3)),
+        "strategy_cluster": S.Arr("i", ("N",)), "strategy_mean_maps": S.Arr("f", ("Z", None, None)),
+        "strategy_thumb_index": S.Arr("i", ("Z", None)), "strategy_thumbs": S.Arr("u", ("Z", None, None, None, 3))}
 
     files: np.ndarray = None
     labels: np.ndarray = None
@@ -143,6 +148,10 @@ class AuditResult(Result):
     slice_by_maps: np.ndarray = None
     slice_thumb_index: np.ndarray = None
     slice_thumbs: np.ndarray = None
+    strategy_cluster: np.ndarray = None
+    strategy_mean_maps: np.ndarray = None
+    strategy_thumb_index: np.ndarray = None
+    strategy_thumbs: np.ndarray = None
 
     @property
     def predicted(self) -> np.ndarray:

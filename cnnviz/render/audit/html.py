@@ -475,7 +475,7 @@ def findings(result) -> list[tuple[str, str]]:
             text += (f" {p['unit_single_image_classes']} of {p.get('unit_classes')} classes have one image: "
                      "a high index may be one photo's.")
         out.append((text, "units"))
-    return out + R.findings(result)
+    return R.shortcut_findings(result) + out + R.findings(result)
 
 
 def _findings(result) -> str:
@@ -486,4 +486,4 @@ def _findings(result) -> str:
 
 SECTION_NAMES = {"accuracy": "predictions", "perclass": "per class", "faithfulness": "faithfulness",
                  "sanity": "sanity check", "units": "units", "slices": "failure slices",
-                 "concepts": "concepts"}
+                 "concepts": "concepts", "strategies": "strategies"}

@@ -15,7 +15,8 @@ PARAM_LABELS = {  # the parameters whose name alone misleads
 RESULT_KEYS = {"class_names", "confused", "skipped_reasons", "class_accuracy_interval", "top1_interval",
                "top5_interval", "ece_sparse_bins", "deletion_auc_interval", "insertion_auc_interval",
                "baseline_deletion_auc_interval", "baseline_insertion_auc_interval", "deletion_beats_random",
-               "insertion_beats_random", "slices_by_features", "slices_by_maps"}  # numbers shown in the sections, not settings
+               "insertion_beats_random", "slices_by_features", "slices_by_maps",
+               "strategies", "concepts_tested"}  # numbers shown in the sections, not settings
 
 
 

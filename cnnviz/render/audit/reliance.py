@@ -115,9 +115,82 @@ def section(result, figs, number: int) -> str:
                              f"Each row: a slice's least confident images (title: the predicted class) with the "
                              f"{method} map of the predicted class."))
     return (f'<section id="{ANCHOR}">\n<h2>{number}. What the model relies on</h2>\n'
-            + _concepts(result, figs)
+            + _strategies(result, figs) + _concepts(result, figs)
             + f'<h3 id="slices">Failure slices</h3>\n<p class="explain">{escape(explain)}</p>\n' + "\n".join(body)
             + "\n</section>")
+
+
+MAX_STRATEGY_ROWS = 6
+
+
+def _strategy_rows(result) -> list[tuple[int, dict, dict]]:
+    """(row in strategy_mean_maps, class summary, cluster) of every cluster, in order."""
+    out, z = [], 0
+    for c in result.params.get("strategies") or []:
+        for cl in c["clusters"]:
+            out.append((z, c, cl))
+            z += 1
+    return out
+
+
+def strategies_figure(result, rows, width: float = 7.0):
+    """One row per cluster: its mean map, then its most typical members with their maps."""
+    import matplotlib.pyplot as plt
+
+    cols = result.strategy_thumb_index.shape[1] + 1
+    cell, title = width / (cols + 1.4), 0.14
+    height = len(rows) * (cell + title) + 0.05
+    fig, axes = plt.subplots(len(rows), cols, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"left": 1.4 / (cols + 1.4), "right": 0.995, "top": 1 - title / height,
+                                          "bottom": 0.02 / height, "wspace": 0.04, "hspace": title / cell})
+    method = int(result.params.get("strategies_method", 0))
+    for r, (z, c, cl) in enumerate(rows):
+        ax = axes[r, 0]
+        ax.imshow(result.strategy_mean_maps[z], cmap="inferno", interpolation="bilinear")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("mean map" + (" (flagged)" if cl["flag"] else ""), fontsize=6, pad=1.5,
+                     color="#b00000" if cl["flag"] else "black")
+        for j in range(cols - 1):
+            i = int(result.strategy_thumb_index[z, j])
+            if i < 0:
+                axes[r, j + 1].axis("off")
+                continue
+            _overlay_thumb(axes[r, j + 1], result.strategy_thumbs[z, j], result.strategy_maps[i, method])
+        label = f"{_short(F.class_name(result, int(c['class'])))}\ncluster of {cl['size']}/{c['images']}"
+        ax.text(-0.08, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=7)
+    return fig
+
+
+def _strategies(result, figs) -> str:
+    p = result.params
+    summary = p.get("strategies")
+    if summary is None:
+        return ""
+    method = F.method_name(str(result.methods[int(p.get("strategies_method", 0))]))
+    explain = ("Does the model decide a class in more than one way? Spectral Relevance Analysis (SpRAy, Lapuschkin "
+               f"et al. 2019) clusters each class's {method} maps (the true class where labelled, else the predicted "
+               "one; classes of 6 images or more): a k-nearest-neighbour graph of the maps at 32 x 32, its "
+               "Laplacian's eigengap for the number of clusters, k-means on the spectral embedding. A cluster is "
+               "flagged as a possible shortcut when it holds a share of the class and its maps put their mass on a "
+               "small region in the same place across its images (a watermark, a frame, a corner).")
+    if not summary:
+        return (f'<h3 id="strategies">Strategies (SpRAy)</h3>\n<p class="explain">{escape(explain)}</p>\n'
+                "<p>No class has 6 images or more: nothing to cluster.</p>\n")
+    table = [[F.class_name(result, int(c["class"])), c["images"], c["n_clusters"],
+              "; ".join(f"{cl['size']}" + (f" ({cl['accuracy']:.0%} right)" if cl["accuracy"] is not None else "")
+                        for cl in c["clusters"]),
+              "; ".join(cl["reason"] for cl in c["clusters"] if cl["flag"]) or "none"] for c in summary]
+    body = _table(["class", "images", "clusters", "cluster sizes", "flagged"], table)
+    rows = _strategy_rows(result)
+    flagged = [r for r in rows if r[2]["flag"]]
+    pick = (flagged or [r for r in rows if r[1] is summary[0]] or rows)[:MAX_STRATEGY_ROWS]
+    if pick and result.strategy_thumbs is not None:
+        what = "the flagged clusters" if flagged else f"the clusters of {F.class_name(result, int(summary[0]['class']))}"
+        body += figs.add("strategies", strategies_figure(result, pick), "strategy clusters",
+                         f"{what[0].upper()}{what[1:]}: each row a cluster's mean {method} map (32 x 32) and its most "
+                         "typical images with their maps.")
+    return f'<h3 id="strategies">Strategies (SpRAy)</h3>\n<p class="explain">{escape(explain)}</p>\n{body}\n'
 
 
 def _concepts(result, figs) -> str:
@@ -153,6 +226,17 @@ def _table(head, rows) -> str:
     h = "".join(f"<th>{escape(str(x))}</th>" for x in head)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
     return f"<table><tr>{h}</tr>{body}</table>"
+
+
+def shortcut_findings(result) -> list[tuple[str, str]]:
+    """The flagged strategy clusters, for the top of the findings: possible shortcuts, with the reason."""
+    out = []
+    for c in result.params.get("strategies") or []:
+        for cl in c["clusters"]:
+            if cl["flag"]:
+                out.append((f"Possible shortcut in class {F.class_name(result, int(c['class']))}: {cl['reason']}.",
+                            "strategies"))
+    return out
 
 
 def findings(result) -> list[tuple[str, str]]:
