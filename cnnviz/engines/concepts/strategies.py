@@ -5,7 +5,8 @@ like a shortcut are flagged with the reason.
 The images are read in chunks of `chunk`; each chunk goes through a forward pass (top-1 class and
 probability) and, per class present, one call of `cnnviz.attribute` for that class's maps (the
 class is the image's label where the data set gives labels, else its predicted class). Only each
-map downsized to KEEP x KEEP (area averaging) is kept. With `checkpoint` the state is written
+map downsized to KEEP x KEEP (area averaging; for the clusters' mean maps) and its positive part
+downsized to `size` x `size` (SpRAy's input, from the full map) are kept. With `checkpoint` the state is written
 atomically after every chunk and a rerun with the same arguments continues from it; on a CPU every
 pass is padded to full batch groups, so a resumed run equals an uninterrupted one. Under torchrun
 (or with torch.distributed initialized) rank r takes chunks r, r + W, ..., keeps its own progress
@@ -196,7 +197,7 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
     dev = resolve_device(device)
     n = len(sel)
     key_src = {"v": CHECKPOINT_VERSION, "model": lm.fingerprint() if checkpoint is not None else lm.identity(),
-               "method": method, "chunk": chunk, "keep": KEEP,
+               "method": method, "chunk": chunk, "keep": KEEP, "size": size,
                "files": hashlib.sha256("\n".join(ds.files[i] for i in sel).encode()).hexdigest(),
                "labels": hashlib.sha256(ds.labels[sel].tobytes()).hexdigest()}
     from ..units.topk import _dist_setup, drop_progress, finish_and_release, release_group, remove_stale_temporaries
@@ -208,7 +209,7 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()
     chunks = [range(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
     mine = list(range(rank, len(chunks), world))
-    state = _empty(n)
+    state = _empty(n, size)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and world > 1:
         ckpt = ckpt.with_name(f"{ckpt.name}.rank{rank}")
@@ -228,7 +229,7 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
             bar.update(sum(len(chunks[c]) for c in mine[:resumed_from]))
             for done in range(resumed_from, len(mine)):
                 rows = chunks[mine[done]]
-                skipped.extend(_chunk(lm, ds, sel, rows, method, labelled, state, dev))
+                skipped.extend(_chunk(lm, ds, sel, rows, method, labelled, state, dev, size))
                 state["done"] = np.int64(done + 1)
                 state["skipped"] = np.array(json.dumps(skipped))
                 state["seconds"] = np.float64(float(state["seconds"]) + time.perf_counter() - t_start)
@@ -271,13 +272,14 @@ def _label(method: str) -> str:
     return M.get(method).label
 
 
-def _empty(n: int) -> dict:
+def _empty(n: int, size: int) -> dict:
     return {"done": np.int64(0), "readable": np.zeros(n, bool), "predicted": np.full(n, -1, np.int64),
             "prob": np.zeros(n, np.float32), "maps": np.zeros((n, KEEP, KEEP), np.float32),
+            "small": np.zeros((n, size, size), np.float32),
             "skipped": np.array(json.dumps([])), "seconds": np.float64(0.0)}
 
 
-def _chunk(lm, ds, sel, rows, method, labelled, state, dev) -> list:
+def _chunk(lm, ds, sel, rows, method, labelled, state, dev, size) -> list:
     from ..attribution.gradients import attribute
     from .strategies_spray import downsize
 
@@ -306,14 +308,15 @@ def _chunk(lm, ds, sel, rows, method, labelled, state, dev) -> list:
     targets = ds.labels[sel[good_a]] if labelled else i1.numpy()
     for t in sorted(set(int(v) for v in targets)):  # attribute takes one target: one call per class
         idx = np.flatnonzero(targets == t)
-        maps = attribute(lm, x[idx], method, target=t, device=str(dev)).map
-        state["maps"][good_a[idx]] = downsize(np.nan_to_num(np.asarray(maps, np.float64)), KEEP).astype(np.float32)
+        maps = np.nan_to_num(np.asarray(attribute(lm, x[idx], method, target=t, device=str(dev)).map, np.float64))
+        state["maps"][good_a[idx]] = downsize(maps, KEEP).astype(np.float32)
+        state["small"][good_a[idx]] = downsize(np.clip(maps, 0, None), size).astype(np.float32)
     return skipped
 
 
 def _merge(states: list[dict], owner: np.ndarray) -> dict:
     out = dict(states[0])
-    for name in ("readable", "predicted", "prob", "maps"):
+    for name in ("readable", "predicted", "prob", "maps", "small"):
         out[name] = states[0][name].copy()
         for r, st in enumerate(states):
             out[name][owner == r] = st[name][owner == r]

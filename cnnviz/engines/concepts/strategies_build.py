@@ -34,7 +34,11 @@ def build(lm, ds, data, sel, state, skipped, asked, labelled, opts, prov) -> Str
     labels = ds.labels[files_idx]
     predicted = state["predicted"][rows]
     image_class = labels if labelled else predicted
-    maps = state["maps"][rows]
+    maps = state["maps"][rows]  # KEEP x KEEP, for the mean maps
+    pos = np.clip(maps.astype(np.float64), 0, None)
+    tot = pos.sum(axis=(1, 2), keepdims=True)
+    pos = pos / np.where(tot > 0, tot, 1)
+    pooled = state["small"][rows]  # positive part at size x size: SpRAy's input
     h, w = lm.input_size
     classes = asked or sorted(set(int(c) for c in image_class))
     R, T = opts["representatives"], opts["thumb"]
@@ -57,7 +61,7 @@ def build(lm, ds, data, sel, state, skipped, asked, labelled, opts, prov) -> Str
                                      f"maps needs at least {MIN_IMAGES}: add images or leave it out")
             skipped_classes.append({"class": int(c), "name": name, "images": int(len(members))})
             continue
-        sp = spray(maps[members], size=opts["size"], n_clusters=opts["n_clusters"], max_clusters=opts["max_clusters"],
+        sp = spray(pooled[members], size=opts["size"], n_clusters=opts["n_clusters"], max_clusters=opts["max_clusters"],
                    k_neighbours=opts["k_neighbours"], seed=opts["seed"])
         kept_classes.append(int(c))
         class_k.append(sp.n_clusters)
@@ -76,7 +80,7 @@ def build(lm, ds, data, sel, state, skipped, asked, labelled, opts, prov) -> Str
             rep = np.full(R, -1, np.int64)
             rep[: len(near)] = members[near]
             for key, v in (("cls", int(c)), ("size", cl.size), ("correct", correct),
-                           ("map", _to_crop(cl.mean_map, h, w)), ("conc", cl.concentration), ("area", cl.area),
+                           ("map", _to_crop(pos[idx].mean(0), h, w)), ("conc", cl.concentration), ("area", cl.area),
                            ("overlap", cl.overlap), ("spread", cl.peak_spread),
                            ("outside", np.nan if cl.outside is None else cl.outside), ("flag", cl.flag),
                            ("reason", cl.reason), ("rep", rep)):

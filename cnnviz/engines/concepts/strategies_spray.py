@@ -19,7 +19,10 @@ as the paper lists them and CoRelAy (the authors' implementation, `corelay`) run
    of the smallest ones, each row scaled to unit length (Ng, Jordan & Weiss 2002);
 4. the number of clusters k by the eigengap (von Luxburg 2007, Sec. 8.3; the paper's "eigengap
    analysis"): the k in 1..`max_clusters` with the largest gap l(k+1) - l(k); k = 1 means the maps
-   form one connected group: one strategy;
+   form one connected group: one strategy. A large homogeneous class is a continuum in the kNN
+   graph (its eigenvalues rise with no clear gap) and may be split into several clusters that are
+   the same strategy; that is why a cluster is flagged by where its maps look (below), never by
+   the number of clusters;
 5. k-means (scikit-learn, `n_init` 10, seeded) on the rows of the first k eigenvectors; clusters
    are numbered by size, the largest first;
 6. a 2-D embedding of the preprocessed maps by t-SNE (scikit-learn; perplexity min(30, (N - 1) / 3),
@@ -314,7 +317,7 @@ def _judge(cl: Cluster, n: int, min_share: float, small_area: float, min_overlap
             and cl.overlap >= min_overlap and np.isfinite(cl.peak_spread) and cl.peak_spread <= max_spread):
         cl.flag = True
         cl.reason = (f"{who} put half their mean mass on {100 * cl.area:.1f} % of the crop, at the {where}; their "
-                     f"peaks lie within {100 * cl.peak_spread:.0f} % of the side and their maps overlap "
+                     f"peaks spread by {100 * cl.peak_spread:.0f} % of the side (rms) and their maps overlap "
                      f"{100 * cl.overlap:.0f} %: a small region in the same place across many images")
     elif many and cl.outside is not None and cl.outside > max_outside:
         cl.flag = True
