@@ -107,7 +107,8 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", classes=No
             if t.get_text().startswith("SHORTCUT?"):
                 t.set_color(FLAG)
         if im is not None:
-            lay.strip_colorbar(im, "cluster's mean map, share of its peak (each member's map scaled to sum 1)")
+            lay.strip_colorbar(im, "cluster's mean map, share of its peak" if width < 5 else
+                               "cluster's mean map, share of its peak (each member's map scaled to sum 1)")
     return lay.fig
 
 
