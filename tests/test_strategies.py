@@ -6,6 +6,7 @@ was), bad input refused in one line before the model loads, and the saved result
 from __future__ import annotations
 
 import csv
+import sys
 
 import numpy as np
 import pytest
@@ -297,3 +298,52 @@ def test_command_writes_the_figure_and_the_result_and_render_redraws_it(monkeypa
     figure_checks.check(saved.render(width=3.5), 3.5)
     assert saved.clusters_of("k1")[0]["map"].shape == small_net.input_size
 
+
+
+# --------------------------------------------------------------------------------------------------
+# torchrun: two processes on CPU (gloo) give the single-process result
+
+LAUNCH = """
+import sys, torchvision
+sys.path.insert(0, {tests!r})
+from helpers import random_model
+from cnnviz.engines.concepts.strategies import strategies
+lm = random_model(torchvision.models.resnet18, 7, crop=64, resize=73)
+strategies(lm, {data!r}, device="cpu", progress=False, chunk=4, checkpoint={ckpt!r},
+           finish=lambda r: r.save({out!r}))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(small_net, tmp_path):
+    """17 images in chunks of 4 under torchrun (2 processes, gloo): rank 0 maps chunks 0, 2, 4, rank 1
+    chunks 1 and 3, each with its own progress file; the merged result rank 0 saves equals one
+    process's at the same thread count, array for array, and no progress file is left."""
+    import os
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    from cnnviz import load_result
+    from cnnviz.engines.concepts.strategies import strategies
+
+    data = _csv(tmp_path)
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCH.format(tests=str(Path(__file__).parent), data=data, ckpt=str(tmp_path / "p.npz"),
+                                    out=str(tmp_path / "r.npz")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MPLBACKEND": "Agg"}
+    proc = subprocess.Popen([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                             str(port), str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    reference = strategies(small_net, data, device="cpu", progress=False, chunk=4)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    merged = load_result(tmp_path / "r.npz")
+    assert merged.params["world_size"] == 2 and reference.params["world_size"] == 1
+    for name, a in reference.arrays().items():
+        np.testing.assert_array_equal(getattr(merged, name), a, err_msg=name)
+    assert not list(tmp_path.glob("p.npz*"))
