@@ -189,6 +189,7 @@ def _csv(folder, n_per=(8, 9), names=("k1", "k2")) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_engine_clusters_each_class_on_its_own_maps_and_leaves_the_model(small_net, tmp_path):
     """Every image's map is of its label's class (checked against `cnnviz.attribute` per image),
     each class is clustered by `spray` on exactly those maps, each cluster's map in crop pixels sums
@@ -236,8 +237,11 @@ def test_resume_equals_an_uninterrupted_run(small_net, tmp_path):
             raise Stop
 
     ckpt = tmp_path / "p.npz"
+    x = small_net.prepare(SAMPLE / "images" / sample_rows()[0]["file"])[1]
+    before = snapshot(small_net.model, x)
     with pytest.raises(Stop):
         strategies(small_net, data, device="cpu", progress=False, chunk=4, checkpoint=ckpt, on_chunk=stop)
+    assert_untouched(small_net.model, x, before)  # also after a call that raised
     assert ckpt.exists()
     resumed = strategies(small_net, data, device="cpu", progress=False, chunk=4, checkpoint=ckpt)
     assert resumed.params["resumed_from_chunk"] == 2 and not ckpt.exists()
@@ -347,3 +351,53 @@ def test_torchrun_two_processes_equal_one(small_net, tmp_path):
     for name, a in reference.arrays().items():
         np.testing.assert_array_equal(getattr(merged, name), a, err_msg=name)
     assert not list(tmp_path.glob("p.npz*"))
+
+
+def test_without_labels_classes_are_the_predictions(small_net, tmp_path):
+    """A flat folder (no labels): each image is analysed for its predicted class; classes predicted
+    for fewer than MIN_IMAGES images are listed as not analysed, with their counts."""
+    from cnnviz.engines.concepts.strategies import strategies
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for r in sample_rows()[::25][:17]:
+        (folder / r["file"]).symlink_to(SAMPLE / "images" / r["file"])
+    pred = {}
+    for f in sorted(folder.iterdir()):
+        pred[f.name] = int(small_net.model(small_net.prepare(f)[1]).argmax())  # the oracle: one image at a time
+    counts = np.bincount(list(pred.values()), minlength=7)
+    if counts.max() < MIN_IMAGES:
+        pytest.skip(f"the random net spreads its predictions too thin here: {counts.tolist()}")
+    r = strategies(small_net, str(folder), device="cpu", progress=False)
+    assert not r.params["has_labels"] and (r.labels == -1).all() and (r.cluster_correct == -1).all()
+    np.testing.assert_array_equal(r.image_class, [pred[str(f)] for f in r.files])
+    assert sorted(r.classes.tolist()) == [c for c in range(7) if counts[c] >= MIN_IMAGES]
+    assert {s["class"]: s["images"] for s in r.params["skipped_classes"]} == \
+        {c: int(counts[c]) for c in range(7) if 0 < counts[c] < MIN_IMAGES}
+
+
+def test_the_audit_chooses_the_most_faithful_method_for_this_model():
+    """With a saved audit, the default method is the one with the largest insertion minus deletion
+    AUC among those `attribute` computes (occlusion passed over); an audit of another model is
+    refused in one line."""
+    from cnnviz.engines.audit.result import AuditResult
+    from cnnviz.engines.concepts.strategies import method_from_audit
+    from cnnviz.errors import ParameterError
+
+    class Lm:
+        def identity(self):
+            return {"model": "resnet18", "weights": "random"}
+
+    def audit(ins, dele):
+        return AuditResult(params={"methods": list(ins), "mean_insertion_auc": ins, "mean_deletion_auc": dele},
+                           provenance={"model": "resnet18", "weights": "random"})
+
+    best, why = method_from_audit(audit({"gradcam": 0.6, "saliency": 0.5}, {"gradcam": 0.3, "saliency": 0.1}), Lm())
+    assert best == "saliency" and "0.400" in why
+    best, why = method_from_audit(audit({"occlusion": 0.9, "saliency": 0.5, "gradcam": 0.6},
+                                        {"occlusion": 0.1, "saliency": 0.3, "gradcam": 0.3}), Lm())
+    assert best == "gradcam" and "occlusion scored higher" in why
+    other = audit({"gradcam": 0.6}, {"gradcam": 0.3})
+    other.provenance = {"model": "vgg11", "weights": "DEFAULT"}
+    with pytest.raises(ParameterError, match="the audit is of vgg11"):
+        method_from_audit(other, Lm())
