@@ -401,3 +401,45 @@ def test_the_audit_chooses_the_most_faithful_method_for_this_model():
     other.provenance = {"model": "vgg11", "weights": "DEFAULT"}
     with pytest.raises(ParameterError, match="the audit is of vgg11"):
         method_from_audit(other, Lm())
+
+
+@pytest.mark.slow
+def test_a_model_that_reads_a_corner_patch_is_flagged_and_the_clean_model_is_not(lite0, tmp_path):
+    """Lite0 with a planted shortcut: its goldfinch logit gains 2e4 x relu(mean of the crop's
+    top-left 32 x 32 input pixels - 0.5), i.e. it fires where that corner is white. 24 sample photos,
+    every third with a white square there, all labelled goldfinch, saliency maps: SpRAy puts the
+    marked photos in a cluster of their own, flagged at the top left, whose every member the
+    shortcut made a goldfinch; Lite0 itself on the same photos raises no flag."""
+    import dataclasses
+
+    from PIL import Image
+
+    from cnnviz.engines.concepts.strategies import strategies
+
+    class Corner(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x):
+            out = self.base(x)
+            bonus = 2e4 * torch.relu(x[:, :, 4:36, 4:36].mean((1, 2, 3)) - 0.5)
+            return out + bonus[:, None] * torch.nn.functional.one_hot(torch.tensor(11), out.shape[1]).to(out)
+
+    folder = tmp_path / "data" / "goldfinch"
+    folder.mkdir(parents=True)
+    for i, r in enumerate(sample_rows()[3::20][:24]):
+        px = lite0.prepare(SAMPLE / "images" / r["file"])[0].copy()
+        if i % 3 == 0:  # crop pixels 12..52 land on 4..36 after the model's resize (256) and centre crop (224)
+            px[12:52, 12:52] = 255
+        Image.fromarray(px).save(folder / f"{i:02d}.png")
+    cheat = dataclasses.replace(lite0, model=Corner(lite0.model).eval())
+    r = strategies(cheat, str(tmp_path / "data"), method="saliency", device="cpu", progress=False)
+    flagged = np.flatnonzero(r.cluster_flag)
+    assert len(flagged) == 1 and "top left" in r.params["cluster_reasons"][flagged[0]]
+    members = r.cluster == flagged[0]
+    marked = np.array([int(str(f).split("/")[-1][:2]) % 3 == 0 for f in r.files])
+    assert marked[members].sum() == marked.sum() == 8
+    assert (r.predicted[members] == 11).all()
+    clean = strategies(lite0, str(tmp_path / "data"), method="saliency", device="cpu", progress=False)
+    assert not clean.cluster_flag.any()
