@@ -443,3 +443,36 @@ def test_a_model_that_reads_a_corner_patch_is_flagged_and_the_clean_model_is_not
     assert (r.predicted[members] == 11).all()
     clean = strategies(lite0, str(tmp_path / "data"), method="saliency", device="cpu", progress=False)
     assert not clean.cluster_flag.any()
+
+
+@pytest.mark.slow
+def test_a_broken_saved_result_is_one_line_naming_what_is_wrong(monkeypatch, tmp_path, small_net):
+    """Each array the figure reads, of the wrong shape or type, and indices that point nowhere:
+    `cnnviz render` says so in one line naming it and writes nothing."""
+    import json
+    import shutil
+
+    from cnnviz.engines.concepts.strategies import strategies
+    from cnnviz.engines.concepts.strategies_result import StrategiesResult
+
+    good = strategies(small_net, _csv(tmp_path), device="cpu", progress=False)
+    runner, cli, out = _run(monkeypatch, tmp_path, small_net)
+    src = tmp_path / "good"
+    src.mkdir()
+    good.save(src / "r.npz")
+    arrays = dict(np.load(src / "r.npz"))
+    cases = [(name, np.zeros(5, np.float32) if arrays[name].ndim != 1 or arrays[name].dtype.kind == "U"
+              else np.zeros((5, 5), np.float32), f"'{name}'") for name in StrategiesResult.array_schema]
+    cases.append(("cluster", arrays["cluster"] + 100, "'cluster' points outside"))
+    cases.append(("rep_index", arrays["rep_index"] + 1000, "'rep_index' points outside"))
+    for name, bad, fragment in cases:
+        shutil.copy(src / "r.json", tmp_path / "r.json")
+        np.savez_compressed(tmp_path / "r.npz", **{**arrays, name: bad})
+        one_line_error(runner.invoke(cli, ["render", str(tmp_path / "r.npz"), "-o", "f.png"]), fragment)
+        assert_empty(out)
+    meta = json.loads((src / "r.json").read_text())
+    for key in StrategiesResult.param_schema:
+        (tmp_path / "r.json").write_text(json.dumps({**meta, "params": {**meta["params"], key: None}}))
+        shutil.copy(src / "r.npz", tmp_path / "r.npz")
+        one_line_error(runner.invoke(cli, ["render", str(tmp_path / "r.npz"), "-o", "f.png"]), f"params.{key}")
+        assert_empty(out)

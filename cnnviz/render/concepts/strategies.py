@@ -37,9 +37,27 @@ def _classes(result, classes, limit: int) -> list[int]:
     return (flagged + [c for c in all_ if c not in flagged])[:limit]
 
 
+def _check(result) -> None:
+    """Indices that pass the arrays' schema but point nowhere: one line naming the array."""
+    from ...errors import ResultError
+
+    Q, K = len(result.cluster_class), len(result.classes)
+    problems = [("cluster", result.cluster.size and (result.cluster.min() < 0 or result.cluster.max() >= Q)),
+                ("cluster_class", not set(result.cluster_class.tolist()) <= set(result.classes.tolist())),
+                ("classes", K == 0 or not set(result.classes.tolist()) <= set(result.image_class.tolist())),
+                ("rep_index", result.rep_index.size and (result.rep_index.min() < -1
+                                                         or result.rep_index.max() >= len(result.files))),
+                ("cluster_reasons", len(result.params["cluster_reasons"]) != Q)]
+    for name, bad in problems:
+        if bad:
+            raise ResultError(f"the saved strategies result is inconsistent: {name!r} points outside the clusters, "
+                              "classes or files it holds; compute it again with cnnviz strategies")
+
+
 def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row", classes=None, max_classes: int = 4):
     """`classes`: which to draw (names or indices; default the classes with a flagged cluster first,
     then the others, at most `max_classes`)."""
+    _check(result)
     p = result.params
     shown = _classes(result, classes, max_classes)
     per = 1 + max(len(_drawn(result, c)) for c in shown)
