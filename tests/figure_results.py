@@ -128,6 +128,12 @@ def build(tmp: Path, lite0=None) -> dict:
                                       device="cpu", progress=False), {})
         out["probe"] = (probe(res, files, layers=["layer1", "layer2"], labels=labels, folds=2, device="cpu",
                               progress=False), {})
+        from cnnviz.engines.concepts.strategies import strategies
+
+        table = tmp / "strategies.csv"  # two classes of 6 photos each, named by label (SpRAy's minimum)
+        table.write_text("file,label\n" + "".join(f"{f},{'goldfinch' if i < 6 else 'daisy'}\n"
+                                                   for i, f in enumerate(files)))
+        out["strategies"] = (strategies(lm, str(table), device="cpu", progress=False), {})
     return out
 
 
