@@ -62,3 +62,71 @@ def test_a_bad_concept_folder_is_one_line_before_the_model_loads(tmp_path, monke
                                            "--concept-classes", "red"])
     assert out.exit_code == 1 and "need --concept" in out.output
     assert not loaded and not (tmp_path / "rep").exists()
+
+
+def _corner_model(fixed: bool, seed: int = 0, steps: int = 80):
+    """A two-convolution network trained to tell noise ("plain") from noise with a red square
+    ("red"), the square always in the top-left corner (`fixed`) or anywhere."""
+    import torch
+    from torch import nn
+
+    from cnnviz.models import LoadedModel, Preprocessing
+    from test_tcav import S, _noise
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+    lm = LoadedModel(net, "corner" if fixed else "anywhere", "trained here", Preprocessing(crop=(S, S), resize=None),
+                     ["plain", "red"])
+    rng = np.random.default_rng(seed + 7)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(steps):
+        imgs = [_noise(rng) for _ in range(32)]
+        imgs = [_mark(im, rng, fixed) if i % 2 else im for i, im in enumerate(imgs)]
+        x = torch.cat([lm.preprocessing.normalize(im) for im in imgs])
+        loss = nn.functional.cross_entropy(net(x), torch.arange(32) % 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    for p in net.parameters():
+        p.grad = None
+    return lm
+
+
+def _mark(img, rng, fixed: bool, size: int = 6):
+    from test_tcav import S
+
+    y, x = (1, 1) if fixed else rng.integers(0, S - size, 2)
+    img = img.copy()
+    img[y:y + size, x:x + size] = (230, 20, 20)
+    return img
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_the_audit_flags_a_corner_shortcut_and_not_a_square_anywhere(fixed, tmp_path):
+    """SpRAy in the audit: when the red square always sits in the top-left corner, the class "red"
+    has a flagged cluster of most of its images whose mean map peaks in the top-left, and the
+    findings open with it; when the square is anywhere, nothing is flagged (the maps follow the
+    square around)."""
+    import cnnviz
+    from test_tcav import _noise, _write
+
+    lm = _corner_model(fixed)
+    rng = np.random.default_rng(3)
+    _write(tmp_path / "data" / "plain", [_noise(rng) for _ in range(12)])
+    _write(tmp_path / "data" / "red", [_mark(_noise(rng), rng, fixed) for _ in range(12)])
+    r = cnnviz.audit(lm, str(tmp_path / "data"), "gradcam", steps=1, sanity_images=0, show=0, wrong=0, progress=False)
+    assert r.accuracy() >= 0.9  # the premise: the network uses the square
+    red = [c for c in r.params["strategies"] if lm.class_name(c["class"]) == "red"][0]
+    flagged = [cl for cl in red["clusters"] if cl["flag"]]
+    if fixed:
+        assert flagged and max(cl["size"] for cl in flagged) >= 8, red
+        cl = max(flagged, key=lambda c: c["size"])
+        assert cl["peak"][0] < 0.3 and cl["peak"][1] < 0.3, cl["peak"]  # (y, x) as shares: the top-left
+        r.write_html(tmp_path / "report")
+        page = (tmp_path / "report" / "index.html").read_text()
+        first = page.split('<ul class="findings">')[1].split("</li>")[0]
+        assert "Possible shortcut in class red" in first and "figures/strategies.png" in page
+    else:
+        assert not flagged, red
