@@ -476,3 +476,40 @@ def test_a_broken_saved_result_is_one_line_naming_what_is_wrong(monkeypatch, tmp
         shutil.copy(src / "r.npz", tmp_path / "r.npz")
         one_line_error(runner.invoke(cli, ["render", str(tmp_path / "r.npz"), "-o", "f.png"]), f"params.{key}")
         assert_empty(out)
+
+
+@pytest.mark.slow
+def test_boxes_away_from_where_the_maps_look_are_flagged(monkeypatch, tmp_path, small_net):
+    """--boxes: each photo's object box is the crop's top-left tenth (given in photo pixels, through
+    the photo's crop geometry). Each cluster's `outside` is the median share of its members' maps
+    outside that box, recomputed here from the saved maps, and the clusters are flagged as looking
+    beside the object; with boxes covering the whole crop nothing is outside and nothing flagged so."""
+    import json
+
+    from cnnviz import load_result
+
+    data = _csv(tmp_path)
+    files = [row.split(",")[0] for row in open(data).read().splitlines()[1:]]
+    h, w = small_net.input_size
+    runner, cli, out = _run(monkeypatch, tmp_path, small_net)
+    for name, frac in (("corner", 0.1), ("whole", 1.0)):
+        boxes = {f: small_net.prepare(f, geometry=True)[2].to_original(
+            np.array([[0, 0, frac * w, frac * h]], np.float64)).tolist() for f in files}
+        (tmp_path / f"{name}.json").write_text(json.dumps(boxes))
+        res = runner.invoke(cli, ["strategies", data, "--boxes", str(tmp_path / f"{name}.json"), "--save",
+                                  f"{name}.npz", "--out", f"{name}.png", "--quiet", "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        r = load_result(out / f"{name}.npz")
+        s = r.small_maps.shape[-1]
+        centres = (np.arange(s) + 0.5) / s
+        inside = (centres[:, None] < frac) & (centres[None, :] < frac)
+        share = (r.small_maps * ~inside).sum((1, 2)) / r.small_maps.sum((1, 2))
+        for q in range(len(r.cluster_class)):
+            np.testing.assert_allclose(r.cluster_outside[q], np.median(share[r.cluster == q]), atol=1e-4)
+        outside_flags = ["outside the object" in why for why in r.params["cluster_reasons"]]
+        if name == "corner":
+            assert (r.cluster_outside > 0.5).all() and all(outside_flags)
+        else:
+            assert (r.cluster_outside < 1e-6).all() and not any(outside_flags)
+    res = runner.invoke(cli, ["strategies", data, "--boxes", str(tmp_path / "nope.json"), "--quiet"])
+    one_line_error(res, "boxes file not found")

@@ -27,6 +27,9 @@ def register(cli) -> None:
     @click.option("--audit", "audit_file", default=None, type=click.Path(dir_okay=False), metavar="AUDIT.npz",
                   help="A saved audit of this model (report/audit.npz): its most faithful method is the default "
                        "--method.")
+    @click.option("--boxes", default=None, type=click.Path(dir_okay=False), metavar="BOXES.json",
+                  help="Object boxes per file, {file: [[x0, y0, x1, y1], ...]} in photo pixels (as the audit's): "
+                       "clusters whose mass lies mostly outside the objects are flagged too.")
     @click.option("--limit", default=None, type=click.IntRange(min=1), metavar="N", help="Read the first N files only.")
     @click.option("--size", default=32, show_default=True, type=click.IntRange(min=2, max=256),
                   help="Side the maps are downsized to (area averaging) before clustering.")
@@ -42,7 +45,7 @@ def register(cli) -> None:
                                                  "resumes from it.")
     @use("quiet")
     @figure_options
-    def strategies(data, model_spec, classes, method, audit_file, limit, size, clusters, max_clusters, neighbours,
+    def strategies(data, model_spec, classes, method, audit_file, boxes, limit, size, clusters, max_clusters, neighbours,
                    seed, device, out, save, resume, quiet):
         """Spectral Relevance Analysis (Lapuschkin et al. 2019): for each class of DATA (a folder, a
         folder of class folders, or a CSV with a `file` column and optionally a `label` column), the
@@ -74,13 +77,20 @@ def register(cli) -> None:
         if audit_file is not None and not Path(audit_file).is_file():
             raise ParameterError(f"audit file not found: {audit_file!r}; give the audit.npz of `cnnviz audit`")
         check_request(data, classes, method, limit)  # bad method, data or class: before the model loads
+        if boxes is not None:
+            from cnnviz.engines.audit.data import read_dataset
+            from cnnviz.engines.audit.engine import read_boxes
+
+            if not Path(boxes).is_file():
+                raise ParameterError(f"boxes file not found: {boxes!r}")
+            read_boxes(boxes, read_dataset(data, None, limit).files)  # bad boxes: one line before the model loads
         lm = _main._load(model_spec)
 
         def write(result):
             output.write(result, out, save, echo=False)
 
         result = run(lm, data, classes, method, limit=limit, size=size, n_clusters=clusters, max_clusters=max_clusters,
-                     k_neighbours=neighbours, audit=audit_file, seed=seed, device=device,
+                     k_neighbours=neighbours, audit=audit_file, boxes=boxes, seed=seed, device=device,
                      progress=False if quiet else None, checkpoint=f"{save}.partial" if save else None, resume=resume,
                      finish=write)
         p = result.params

@@ -148,7 +148,8 @@ def _as_list(classes) -> list:
 
 
 def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 32, n_clusters=None,
-               max_clusters: int = 8, k_neighbours: int = 10, audit=None, representatives: int = 3, chunk: int = 8,
+               max_clusters: int = 8, k_neighbours: int = 10, audit=None, boxes=None, representatives: int = 3,
+               chunk: int = 8,
                seed: int = 0, device: str = "auto", progress=None, checkpoint=None, resume: bool = True,
                on_chunk=None, finish=None) -> StrategiesResult:
     """The strategies of `lm` for the classes of `data` (a folder, class folders, a CSV with a file
@@ -162,6 +163,9 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
       images (by label where the data set has labels, else by prediction).
     method: any method of `cnnviz.attribute` by name; default the audit's most faithful method on
       this model when `audit` (a saved audit.npz or AuditResult) is given, else Grad-CAM.
+    boxes: {file: [[x0, y0, x1, y1], ...]} in photo pixels, or a JSON file of it (as the audit's
+      --boxes): a cluster whose members' mass lies mostly outside their objects' boxes (their
+      bounding box, in the crop) is flagged too.
     checkpoint, resume, on_chunk, finish: as `cnnviz.audit` (progress file after every chunk;
       `finish(result)` on rank 0 before the progress file goes).
     """
@@ -179,6 +183,9 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
             raise ParameterError(f"{name} must be a whole number >= {lo}, got {v!r}")
     check_request(data, None, None, limit)
     ds = read_dataset(data, lm, limit)
+    from ..audit.engine import read_boxes
+
+    box_map = read_boxes(boxes, ds.files)
     asked = [lm.class_index(c) for c in _as_list(classes)]
     labelled = ds.has_labels
     if labelled:
@@ -198,7 +205,7 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
     n = len(sel)
     key_src = {"v": CHECKPOINT_VERSION, "model": lm.fingerprint() if checkpoint is not None else lm.identity(),
                "method": method, "chunk": chunk, "keep": KEEP, "size": size,
-               "files": hashlib.sha256("\n".join(ds.files[i] for i in sel).encode()).hexdigest(),
+               "boxes": box_map, "files": hashlib.sha256("\n".join(ds.files[i] for i in sel).encode()).hexdigest(),
                "labels": hashlib.sha256(ds.labels[sel].tobytes()).hexdigest()}
     from ..units.topk import _dist_setup, drop_progress, finish_and_release, release_group, remove_stale_temporaries
 
@@ -229,7 +236,7 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
             bar.update(sum(len(chunks[c]) for c in mine[:resumed_from]))
             for done in range(resumed_from, len(mine)):
                 rows = chunks[mine[done]]
-                skipped.extend(_chunk(lm, ds, sel, rows, method, labelled, state, dev, size))
+                skipped.extend(_chunk(lm, ds, sel, rows, method, labelled, state, dev, size, box_map))
                 state["done"] = np.int64(done + 1)
                 state["skipped"] = np.array(json.dumps(skipped))
                 state["seconds"] = np.float64(float(state["seconds"]) + time.perf_counter() - t_start)
@@ -256,7 +263,8 @@ def strategies(lm, data, classes=None, method=None, *, limit=None, size: int = 3
 
         result = build(lm, ds, data, sel, state, skipped, asked, labelled, dict(
             method=method, method_label=_label(method), method_choice=why, size=size, n_clusters=n_clusters, max_clusters=max_clusters,
-            k_neighbours=k_neighbours, representatives=representatives, seed=seed, chunk=chunk, limit=limit,
+            k_neighbours=k_neighbours, boxes=bool(box_map), representatives=representatives, seed=seed, chunk=chunk,
+            limit=limit,
             keep_size=KEEP, thumb=THUMB, world_size=world, resumed_from_chunk=resumed_from,
             seconds_maps=round(float(state["seconds"]), 3)), provenance(lm.identity(), str(dev)))
         result.params["seconds_clustering"] = round(time.perf_counter() - t0, 3)
@@ -275,20 +283,25 @@ def _label(method: str) -> str:
 def _empty(n: int, size: int) -> dict:
     return {"done": np.int64(0), "readable": np.zeros(n, bool), "predicted": np.full(n, -1, np.int64),
             "prob": np.zeros(n, np.float32), "maps": np.zeros((n, KEEP, KEEP), np.float32),
-            "small": np.zeros((n, size, size), np.float32),
+            "small": np.zeros((n, size, size), np.float32), "box": np.full((n, 4), np.nan, np.float32),
             "skipped": np.array(json.dumps([])), "seconds": np.float64(0.0)}
 
 
-def _chunk(lm, ds, sel, rows, method, labelled, state, dev, size) -> list:
+def _chunk(lm, ds, sel, rows, method, labelled, state, dev, size, box_map) -> list:
     from ..attribution.gradients import attribute
     from .strategies_spray import downsize
 
     good, tensors, skipped = [], [], []
+    h, w = lm.input_size
     for r in rows:
         f = ds.files[sel[r]]
         try:
-            tensors.append(lm.prepare(ds.root / f)[1])
+            _, t, geo = lm.prepare(ds.root / f, geometry=True)
+            tensors.append(t)
             good.append(r)
+            if f in box_map:  # the objects' bounding box in the crop, as shares of its width and height
+                b = geo.to_crop(np.asarray(box_map[f], dtype=np.float64))
+                state["box"][r] = [b[:, 0].min() / w, b[:, 1].min() / h, b[:, 2].max() / w, b[:, 3].max() / h]
         except ImageError as e:
             skipped.append((f, str(e)))
         except Exception as e:  # noqa: BLE001 - any decoder failure: skip and report
@@ -316,7 +329,7 @@ def _chunk(lm, ds, sel, rows, method, labelled, state, dev, size) -> list:
 
 def _merge(states: list[dict], owner: np.ndarray) -> dict:
     out = dict(states[0])
-    for name in ("readable", "predicted", "prob", "maps", "small"):
+    for name in ("readable", "predicted", "prob", "maps", "small", "box"):
         out[name] = states[0][name].copy()
         for r, st in enumerate(states):
             out[name][owner == r] = st[name][owner == r]

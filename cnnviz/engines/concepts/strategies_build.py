@@ -39,6 +39,7 @@ def build(lm, ds, data, sel, state, skipped, asked, labelled, opts, prov) -> Str
     tot = pos.sum(axis=(1, 2), keepdims=True)
     pos = pos / np.where(tot > 0, tot, 1)
     pooled = state["small"][rows]  # positive part at size x size: SpRAy's input
+    box = state["box"][rows] if opts.get("boxes") else None
     h, w = lm.input_size
     classes = asked or sorted(set(int(c) for c in image_class))
     R, T = opts["representatives"], opts["thumb"]
@@ -62,7 +63,8 @@ def build(lm, ds, data, sel, state, skipped, asked, labelled, opts, prov) -> Str
             skipped_classes.append({"class": int(c), "name": name, "images": int(len(members))})
             continue
         sp = spray(pooled[members], size=opts["size"], n_clusters=opts["n_clusters"], max_clusters=opts["max_clusters"],
-                   k_neighbours=opts["k_neighbours"], seed=opts["seed"])
+                   k_neighbours=opts["k_neighbours"], seed=opts["seed"],
+                   boxes=box[members] if box is not None else None)
         kept_classes.append(int(c))
         class_k.append(sp.n_clusters)
         ev = np.full(E, np.nan, np.float32)
