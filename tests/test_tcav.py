@@ -387,3 +387,26 @@ def test_scores_from_arrays_equal_the_whole_run(red_lm, tmp_path):
                       acts([w["random"] / f for f in r.random_files]), grads, r.random_sets)
     assert np.array_equal(out["scores"], r.scores)
     assert np.array_equal(out["p_value"], r.p_value) and np.array_equal(out["significant"], r.significant)
+
+
+def test_concept_size_draws_each_runs_own_subset_of_the_examples(red_lm, tmp_path):
+    """concept_size: each run's CAV is fitted on its own seeded subset of the concept's examples
+    (the same in a rerun); the default keeps every example in every run (Kim et al., captum)."""
+    import cnnviz
+    from cnnviz.engines.concepts.tcav_scan import concept_subset
+
+    rows = np.arange(40)[:, None].astype(float)
+    subsets = [concept_subset(rows, 10, 0, 0, n)[:, 0] for n in range(10)]
+    assert all(len(set(s)) == 10 for s in subsets) and len({tuple(s) for s in subsets}) == 10
+    np.testing.assert_array_equal(concept_subset(rows, 10, 0, 0, 3), concept_subset(rows, 10, 0, 0, 3))
+    assert concept_subset(rows, None, 0, 0, 3) is rows and concept_subset(rows, 50, 0, 0, 3) is rows
+    w = red_square_world(tmp_path)
+    kw = dict(layers=["1"], random_from=w["random"], random_runs=10, random_size=5, progress=False)
+    a = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, concept_size=5, **kw)
+    b = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, concept_size=5, **kw)
+    full = cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, **kw)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert a.params["concept_size"] == 5 and full.params["concept_size"] is None
+    assert not np.array_equal(a.cav_accuracy[0], full.cav_accuracy[0])  # other examples, other CAVs
+    with pytest.raises(Exception, match="concept_size"):
+        cnnviz.tcav(red_lm, w["data"], {"square": w["square"]}, concept_size=2, **kw)

@@ -68,7 +68,8 @@ def tcav_scores(concept_acts: dict, random_acts: dict, class_grads: dict, sets: 
 
 
 def tcav(lm, data, concepts, classes=None, layers=None, *, random_runs: int = MIN_RUNS, random_from=None,
-         random_size: int | None = None, classifier: dict | None = None, alpha: float = 0.05, seed: int = 0,
+         random_size: int | None = None, concept_size: int | None = None, classifier: dict | None = None,
+         alpha: float = 0.05, seed: int = 0,
          batch_size: int = 16, device: str = "auto", checkpoint: str | os.PathLike | None = None,
          resume: bool = True, progress: bool | None = None, on_step=None, finish=None) -> TcavResult:
     """TCAV (Kim et al. 2018) of `concepts` ({name: folder of examples}) for `classes` of `lm` at
@@ -83,6 +84,10 @@ def tcav(lm, data, concepts, classes=None, layers=None, *, random_runs: int = MI
       (Q_n against R_n).
     random_from: the pool random sets are drawn from (a folder, CSV or list; default DATA).
     random_size: images per random set (default: the largest concept's count, at most half the pool).
+    concept_size: None (Kim et al.'s and captum's way): every run's CAV uses all of a concept's
+      examples. A number: each run draws its own subset of that many (seeded by seed, concept and
+      run), so that the concept's runs vary as the random runs do; a fixed folder then no longer
+      looks significant merely by being fixed (the false alarms of the t-test on a fixed set).
     classifier: overrides of CLASSIFIER's alpha, max_iter, tol, test_split.
     alpha: significance level, Bonferroni-corrected for concepts x classes x layers tests.
     checkpoint: progress file (written atomically after every run of CAVs and every chunk of class
@@ -95,5 +100,11 @@ def tcav(lm, data, concepts, classes=None, layers=None, *, random_runs: int = MI
     settings = check_settings(random_runs, alpha, classifier, seed, random_size)
     job = plan(lm, data, concepts, classes, layers, random_runs=random_runs, random_from=random_from,
                random_size=random_size, seed=seed, settings=settings, alpha=alpha, batch_size=batch_size)
+    if concept_size is not None:
+        if isinstance(concept_size, bool) or not isinstance(concept_size, (int, np.integer)) or concept_size < MIN_IMAGES:
+            from ...errors import ParameterError
+
+            raise ParameterError(f"concept_size must be a whole number >= {MIN_IMAGES}, got {concept_size!r}")
+        job.concept_size = int(concept_size)
     return run(lm, job, device=device, checkpoint=checkpoint, resume=resume, progress=progress, on_step=on_step,
                finish=finish)

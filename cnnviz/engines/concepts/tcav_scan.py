@@ -57,6 +57,7 @@ class Job:
     seed: int = 0
     batch_size: int = 16
     data: str = ""
+    concept_size: int | None = None  # each run's subset of a concept's examples (None: all of them)
 
 
 def _as_list(value) -> list[str]:
@@ -117,6 +118,16 @@ def read_inputs(data, concepts, classes, lm, *, random_runs: int = T.MIN_RUNS, r
                sets=np.vectorize(remap.get)(sets).astype(np.int64), pool_size=len(pool),
                random_from="DATA" if random_from is None else str(random_from), seed=seed,
                data=str(data) if not isinstance(data, (list, tuple)) else "list")
+
+
+def concept_subset(rows: np.ndarray, size: int | None, seed: int, concept: int, run: int) -> np.ndarray:
+    """Run `run`'s examples of concept `concept`: all of them (size None, or as many as there are),
+    else `size` drawn without replacement, seeded by (seed, concept, run): the same at every layer,
+    in every process and on a resume."""
+    if size is None or size >= len(rows):
+        return rows
+    pick = np.random.default_rng([int(seed), int(concept), int(run)]).choice(len(rows), size, replace=False)
+    return rows[np.sort(pick)]
 
 
 def default_layer(lm):
@@ -242,7 +253,8 @@ def run(lm, job: Job, *, device="auto", checkpoint=None, resume=True, progress=N
                "concepts": {n: [str(r), f] for n, (r, f) in job.concepts.items()}, "data": job.data_files,
                "items": job.items, "classes": job.classes, "random": [str(job.random_root), job.random_files],
                "sets": job.sets.tolist(), "layers": [i.address for i in job.layers], "settings": job.settings,
-               "seed": job.seed, "batch": job.batch_size, "rank": rank, "world": world}
+               "seed": job.seed, "batch": job.batch_size, "rank": rank, "world": world,
+               "concept_size": job.concept_size}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()
     seeds = T.fit_seeds(C, N, job.seed)
     state = {"runs_done": np.int64(0), "chunks_done": np.int64(0),
@@ -279,7 +291,8 @@ def run(lm, job: Job, *, device="auto", checkpoint=None, resume=True, progress=N
                 for li in range(L):
                     negative = _stack(rows[1], li, f"random set R_{n + 1}", T.MIN_IMAGES)
                     for c in range(C + 1):
-                        positive = (_stack(concept_rows[names[c]], li, f"concept {names[c]!r}", T.MIN_IMAGES)
+                        positive = (concept_subset(_stack(concept_rows[names[c]], li, f"concept {names[c]!r}",
+                                                          T.MIN_IMAGES), job.concept_size, job.seed, c, n)
                                     if c < C else _stack(rows[0], li, f"random set Q_{n + 1}", T.MIN_IMAGES))
                         state[f"cav{li}"][c, n], state["accuracy"][c, li, n] = T.fit_cav(
                             positive, negative, seeds[c, n], job.settings)
@@ -423,6 +436,7 @@ def _result(lm, job, names, cavs, accuracy, signs, seeds, skipped, dev, world, r
         "layer_shapes": [list(i.shape) for i in job.layers], "data": job.data, "root": str(job.data_root),
         "label_source": job.label_source, "random_from": job.random_from, "random_root": str(job.random_root),
         "random_pool": job.pool_size, "random_size": int(job.sets.shape[1]), "random_runs": N,
+        "concept_size": job.concept_size,
         "random_design": "R_1..R_N and Q_1..Q_N drawn without replacement from the pool (sets may overlap); "
                          "concept runs: concept vs R_n; random runs: Q_n vs R_n (n = 1..N)",
         "classifier": {**job.settings, "features": "the layer's output flattened (C x H x W)",
