@@ -270,23 +270,27 @@ MAX_STRATEGY_CLASSES = 20  # the classes with the most images are clustered
 
 def strategies(state: dict, idx: np.ndarray, cls: np.ndarray, correct: np.ndarray, known: np.ndarray, method: int,
                read=None) -> dict:
-    """SpRAy (`concepts.strategies_spray.spray`) on each class's maps of method `method` (index),
-    for the classes with at least its minimum of images (the true class where labelled, else the
-    predicted one), the most frequent MAX_STRATEGY_CLASSES. Arrays: strategy_cluster (N: cluster of
-    each image within its class, -1 not clustered), strategy_mean_maps (Z x S x S, every cluster's
+    """SpRAy (`concepts.strategies_spray.spray`) on each class's maps of every method, the most
+    faithful one (`method`, an index) first, for the classes with at least its minimum of images
+    (the true class where labelled, else the predicted one), the most frequent MAX_STRATEGY_CLASSES.
+    Arrays: strategy_cluster (N: cluster of each image within its class in the most faithful
+    method's maps, -1 not clustered), strategy_mean_maps (Z x S x S, every cluster's
     mean map, in the order of params["strategies"]), strategy_thumbs (Z x THUMBS x 64 x 64 x 3, the
     members nearest the mean map first) and strategy_thumb_index."""
     from ..concepts.strategies_spray import MIN_IMAGES, spray
 
-    maps = state["strategy_maps"][idx, method].astype(np.float32)
     values, counts = np.unique(cls, return_counts=True)
     order = [int(values[i]) for i in np.argsort(-counts, kind="stable") if counts[i] >= MIN_IMAGES]
     member = -np.ones(len(idx), np.int64)
     summary, means, shown = [], [], []
-    for k in order[:MAX_STRATEGY_CLASSES]:
+    m = state["strategy_maps"].shape[1]
+    # the most faithful method first (its clusters are the table and strategy_cluster); every other
+    # method's maps are clustered too, so that a shortcut one method's maps show is not missed
+    for j, k in [(j, k) for j in [method] + [v for v in range(m) if v != method] for k in order[:MAX_STRATEGY_CLASSES]]:
         rows = np.flatnonzero(cls == k)
-        sp = spray(maps[rows], size=STRATEGY_SIZE, tsne=False)
-        member[rows] = sp.labels
+        sp = spray(state["strategy_maps"][idx[rows], j].astype(np.float32), size=STRATEGY_SIZE, tsne=False)
+        if j == method:
+            member[rows] = sp.labels
         clusters = []
         for c in sp.clusters:
             mine = rows[c.members]
@@ -300,7 +304,7 @@ def strategies(state: dict, idx: np.ndarray, cls: np.ndarray, correct: np.ndarra
                              "concentration": float(c.concentration), "area": float(c.area),
                              "overlap": float(c.overlap), "peak_spread": float(c.peak_spread),
                              "peak": [float(v) for v in c.peak], "flag": bool(c.flag), "reason": c.reason})
-        summary.append({"class": k, "images": int(len(rows)), "n_clusters": int(sp.n_clusters),
+        summary.append({"class": k, "method": j, "images": int(len(rows)), "n_clusters": int(sp.n_clusters),
                         "chosen_by": sp.chosen_by, "clusters": clusters})
     index = np.stack(shown) if shown else np.zeros((0, THUMBS), np.int64)
     flat = [int(v) for v in index.ravel() if v >= 0]

@@ -143,8 +143,8 @@ def strategies_figure(result, rows, width: float = 7.0):
     fig, axes = plt.subplots(len(rows), cols, figsize=(width, height), squeeze=False,
                              gridspec_kw={"left": 1.4 / (cols + 1.4), "right": 0.995, "top": 1 - title / height,
                                           "bottom": 0.02 / height, "wspace": 0.04, "hspace": title / cell})
-    method = int(result.params.get("strategies_method", 0))
     for r, (z, c, cl) in enumerate(rows):
+        method = int(c.get("method", result.params.get("strategies_method", 0)))
         ax = axes[r, 0]
         ax.imshow(result.strategy_mean_maps[z], cmap="inferno", interpolation="bilinear")
         ax.set_xticks([])
@@ -157,7 +157,8 @@ def strategies_figure(result, rows, width: float = 7.0):
                 axes[r, j + 1].axis("off")
                 continue
             _overlay_thumb(axes[r, j + 1], result.strategy_thumbs[z, j], result.strategy_maps[i, method])
-        label = f"{_short(F.class_name(result, int(c['class'])))}\ncluster of {cl['size']}/{c['images']}"
+        label = (f"{_short(F.class_name(result, int(c['class'])))}\ncluster of {cl['size']}/{c['images']}\n"
+                 f"{F.method_name(str(result.methods[method]))}")
         ax.text(-0.08, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=7)
     return fig
 
@@ -177,19 +178,26 @@ def _strategies(result, figs) -> str:
     if not summary:
         return (f'<h3 id="strategies">Strategies (SpRAy)</h3>\n<p class="explain">{escape(explain)}</p>\n'
                 "<p>No class has 6 images or more: nothing to cluster.</p>\n")
+    primary = int(p.get("strategies_method", 0))
+    mine = [c for c in summary if c.get("method", primary) == primary]
     table = [[F.class_name(result, int(c["class"])), c["images"], c["n_clusters"],
               "; ".join(f"{cl['size']}" + (f" ({cl['accuracy']:.0%} right)" if cl["accuracy"] is not None else "")
                         for cl in c["clusters"]),
-              "; ".join(cl["reason"] for cl in c["clusters"] if cl["flag"]) or "none"] for c in summary]
+              "; ".join(cl["reason"] for cl in c["clusters"] if cl["flag"]) or "none"] for c in mine]
     body = _table(["class", "images", "clusters", "cluster sizes", "flagged"], table)
+    others = [(c, cl) for c in summary if c.get("method", primary) != primary for cl in c["clusters"] if cl["flag"]]
+    if others:
+        body += "<p class='note'>Flagged in the maps of another method: " + escape("; ".join(
+            f"{F.method_name(str(result.methods[c['method']]))}, {F.class_name(result, int(c['class']))}: {cl['reason']}"
+            for c, cl in others)) + ".</p>"
     rows = _strategy_rows(result)
     flagged = [r for r in rows if r[2]["flag"]]
-    pick = (flagged or [r for r in rows if r[1] is summary[0]] or rows)[:MAX_STRATEGY_ROWS]
+    pick = (flagged or [r for r in rows if r[1] is mine[0]] or rows)[:MAX_STRATEGY_ROWS]
     if pick and result.strategy_thumbs is not None:
-        what = "the flagged clusters" if flagged else f"the clusters of {F.class_name(result, int(summary[0]['class']))}"
+        what = "the flagged clusters" if flagged else f"the clusters of {F.class_name(result, int(mine[0]['class']))}"
         body += figs.add("strategies", strategies_figure(result, pick), "strategy clusters",
-                         f"{what[0].upper()}{what[1:]}: each row a cluster's mean {method} map (32 x 32) and its most "
-                         "typical images with their maps.")
+                         f"{what[0].upper()}{what[1:]}: each row a cluster's mean map (32 x 32; the method is named at "
+                         "the left) and its most typical images with their maps.")
     return f'<h3 id="strategies">Strategies (SpRAy)</h3>\n<p class="explain">{escape(explain)}</p>\n{body}\n'
 
 
@@ -234,8 +242,9 @@ def shortcut_findings(result) -> list[tuple[str, str]]:
     for c in result.params.get("strategies") or []:
         for cl in c["clusters"]:
             if cl["flag"]:
-                out.append((f"Possible shortcut in class {F.class_name(result, int(c['class']))}: {cl['reason']}.",
-                            "strategies"))
+                seen = F.method_name(str(result.methods[int(c.get("method", 0))]))
+                out.append((f"Possible shortcut in class {F.class_name(result, int(c['class']))} (in the {seen} "
+                            f"maps): {cl['reason']}.", "strategies"))
     return out
 
 
