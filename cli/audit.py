@@ -191,11 +191,16 @@ def register(cli) -> None:
     @click.option("--single-file", "single_file", is_flag=True,
                   help="Write index.html with its figures inside (data: URIs): one file to mail or attach; "
                        "audit.npz and audit.json are still written beside it.")
+    @click.option("--concept", "concept_specs", multiple=True, metavar="NAME=FOLDER",
+                  help="Test a concept (a folder of at least 5 example images) with TCAV for the data's most "
+                       "frequent classes (repeat for more concepts); see `cnnviz tcav`.")
+    @click.option("--concept-classes", "concept_classes", default=None, metavar="C1,C2",
+                  help="The classes the concepts are tested for [default: the most frequent, at most 8].")
     @click.option("--resume", is_flag=True, help="Continue a stopped audit from its progress file.")
     @click.option("--force", is_flag=True, help="Replace an existing report folder (and any progress).")
     @use("device", "quiet")
     def audit(data, model_spec, out, methods, limit, steps, fill, boxes, show, sanity_images, layer, num_units, k,
-              crop, single_file, resume, force, device, quiet):
+              crop, single_file, concept_specs, concept_classes, resume, force, device, quiet):
         """Audit a model on DATA (a folder of images, a folder of class folders, or a CSV with a `file`
         column and optionally a `label` column) and write a static report to --out: accuracy and
         calibration, where the model looks, how faithful each map is, and provenance. The page opens
@@ -215,6 +220,16 @@ def register(cli) -> None:
         from cnnviz.models import Preprocessing
 
         methods_t = check_methods(methods)
+        concepts = None
+        if concept_specs:
+            from cnnviz.engines.concepts.tcav_core import check_concepts
+            from cnnviz_cli.concepts.tcav import parse_concepts
+
+            concepts = parse_concepts(concept_specs)
+            check_concepts(concepts)  # a missing or too small folder: one line before the model loads
+        elif concept_classes:
+            raise ParameterError("--concept-classes chooses the classes of the concept tests, which need --concept "
+                                 "NAME=FOLDER; add one or drop it")
         unused = [{"num_units": "--num-units", "k": "-k", "crop": "--crop"}[n]
                   for n in _main._given("num_units", "k", "crop")]
         if layer is None and unused:
@@ -226,7 +241,7 @@ def register(cli) -> None:
             except ParameterError as e:
                 raise ParameterError(f"--fill: {e}") from None
         out_p = Path(out)
-        inputs = [data, boxes, model_spec.get("weights_file"), model_spec.get("labels")]
+        inputs = [data, boxes, model_spec.get("weights_file"), model_spec.get("labels"), *(concepts or {}).values()]
         spec_file = str(model_spec.get("name") or "").partition(":")[0]
         if spec_file.endswith(".py"):
             inputs.append(spec_file)  # --model ./net.py:build
@@ -255,7 +270,8 @@ def register(cli) -> None:
             result = run_audit(lm, data, methods_t, limit=limit, steps=steps, fill=fill, show=show, boxes=boxes,
                                sanity_images=sanity_images, layer=layer, units=num_units, k=k, crop=crop,
                                device=device,
-                               progress=False if quiet else None, checkpoint=progress, resume=resume, finish=write)
+                               progress=False if quiet else None, checkpoint=progress, resume=resume, finish=write,
+                               concepts=concepts, concept_classes=concept_classes)
         if not written:  # under torchrun: rank 0 wrote the report and says so
             return
         p = result.params
@@ -273,5 +289,6 @@ def register(cli) -> None:
             click.echo(f"skipped {len(result.skipped)} unreadable file(s):")
             for why in p["skipped_reasons"]:
                 click.echo(f"  {why}")
-        figures = "figures inside" if single_file else f"{len(written) - 3} figures"
-        click.echo(f"wrote {out_p / 'index.html'} ({figures}, audit.npz, audit.json)")
+        figures = "figures inside" if single_file else f"{sum(Path(w).suffix == '.png' for w in written)} figures"
+        saved = ", ".join(Path(w).name for w in written if Path(w).suffix in (".npz", ".json"))
+        click.echo(f"wrote {out_p / 'index.html'} ({figures}, {saved})")

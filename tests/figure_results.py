@@ -39,6 +39,25 @@ def _tiny_ckpts(folder: Path):
     return lm, str(folder / "ckpt_*.pt"), data
 
 
+def _tcav(lm, folder: Path):
+    """TCAV of two concepts (6 random 16 x 16 images each) for two classes of the toy net at three
+    layers, random sets of 6 from 14 images: a figure of three panels."""
+    from PIL import Image
+
+    from cnnviz.engines.concepts.tcav import tcav
+
+    rng = np.random.default_rng(1)
+    for name, n in (("red", 6), ("noise", 6), ("pool", 14), ("data", 8)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            px = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            if name == "red":
+                px[4:10, 4:10] = (230, 20, 20)
+            Image.fromarray(px).save(folder / name / f"{i}.png")
+    return tcav(lm, folder / "data", {"red square": folder / "red", "noise": folder / "noise"}, classes=["a", "b"],
+                layers=["1", "3", "4"], random_from=folder / "pool", random_runs=10, random_size=6, device="cpu")
+
+
 def build(tmp: Path, lite0=None) -> dict:
     """{name: (result, render options)} for every renderer cnnviz has (the audit's figures are
     the HTML report's, drawn by its own module)."""
@@ -99,6 +118,7 @@ def build(tmp: Path, lite0=None) -> dict:
     lm_ev, ckpts, data = _tiny_ckpts(tmp / "evolution")
     out["evolution"] = (evolution(lm_ev, ckpts, data, "4", units="0:4", device="cpu", show_progress=False),
                         {"patches": True})
+    out["tcav"] = (_tcav(lm_ev, tmp / "tcav"), {})
     if (SAMPLE / "labels.csv").is_file():
         _, files, labels = twelve_photos()
         alex = random_model(torchvision.models.alexnet, 5, crop=80, resize=90)
@@ -108,6 +128,12 @@ def build(tmp: Path, lite0=None) -> dict:
                                       device="cpu", progress=False), {})
         out["probe"] = (probe(res, files, layers=["layer1", "layer2"], labels=labels, folds=2, device="cpu",
                               progress=False), {})
+        from cnnviz.engines.concepts.strategies import strategies
+
+        table = tmp / "strategies.csv"  # two classes of 6 photos each, named by label (SpRAy's minimum)
+        table.write_text("file,label\n" + "".join(f"{f},{'goldfinch' if i < 6 else 'daisy'}\n"
+                                                   for i, f in enumerate(files)))
+        out["strategies"] = (strategies(lm, str(table), device="cpu", progress=False), {})
     return out
 
 

@@ -22,7 +22,7 @@ import make_audit_screenshot as screenshot  # noqa: E402  (the README screenshot
 
 CLASSES = [0, 2, 4]
 SECTIONS = ["Findings", "1. Predictions", "2. Where the model looks", "3. Faithfulness of each method on this model", "4. Units",
-            "5. Provenance"]
+            "5. What the model relies on", "6. Provenance"]
 ODD_NAME = 'odd <i>name<b> & "quote\'.jpg'
 
 

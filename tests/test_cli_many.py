@@ -199,9 +199,12 @@ VALUE = {
     "--random-within": "head", "--projection": "guided", "--crop": "activation", "--masks": "8", "--max-channels": "4",
     "--rule": "alphabeta", "--image-labels": "labels.csv", "--group": "family", "--folds": "3", "--penalty-c": "0.5",
     "--metric": "cosine", "--threshold": "0.4", "--significance": "0.05", "--colour-iou": "0.3",
+    "--concept": "striped=stripes", "--random-runs": "12", "--random-from": "photos", "--random-size": "6",
+    "--concept-classes": "2",
+    "--method": "gradcam", "--audit": "audit.npz", "--clusters": "2", "--max-clusters": "4", "--neighbours": "5",
 }
 POSITIONAL = {"render": ["r.npz"], "topk": ["photos"], "audit": ["photos"], "probe": ["photos"],
-              "semantics": ["photos"], "neighbours": ["photo.jpg", "photos"]}
+              "semantics": ["photos"], "neighbours": ["photo.jpg", "photos"], "tcav": ["photos"], "strategies": ["photos"]}
 REQUIRED = {"render": ["--out", "f.png"], "topk": ["--layer", "layer4"], "audit": ["--out", "report"],
             "correspondence": ["--parts", "parts.json"], "evolution": ["--layer", "layer4"],
             "semantics": ["--layer", "layer4"]}

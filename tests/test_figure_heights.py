@@ -35,7 +35,7 @@ def results(tmp_path_factory):
 
 NAMES = ["occlusion", "gradients", "gradcam3", "compare", "sanity", "sanity_default", "filters", "activations",
          "receptive_field", "patches", "featvis", "dream", "simplify", "scoremap", "correspondence", "invariance",
-         "evolution", "neighbours", "semantics", "probe"]
+         "evolution", "neighbours", "semantics", "probe", "tcav", "strategies"]
 
 
 @pytest.mark.parametrize("layout", ["row", "grid"])

@@ -41,6 +41,7 @@ from ...models import LoadedModel
 from ...results import provenance
 from ..common import check_finite_outputs, check_method_list, model_on_device, progress_bar, resolve_device
 from . import metrics as M
+from . import reliance as R
 from . import state as S
 from . import units as U
 from .data import read_dataset
@@ -49,7 +50,7 @@ from .result import AuditResult
 __api__ = ("audit",)  # cnnviz.<name> (a literal: see cnnviz/__init__)
 
 DEFAULT_METHODS = ("gradcam", "saliency")  # occlusion on request: 169 forward passes per image
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the per-image maps, features and colours of the reliance sections
 CURVE_BITS = 40   # fixed-point resolution of the summed curves (probabilities <= 1) and class maps (sum 1)
 IMAGE_BITS = 32   # of the summed mean crops (pixel values <= 255)
 
@@ -166,7 +167,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
           occlusion_stride: int = 16, layer: str | None = None, units: int = 6, k: int = 4,
           crop: str = "auto", device: str = "auto", progress: bool | None = None,
           checkpoint: str | os.PathLike | None = None, resume: bool = True, on_chunk=None,
-          finish=None) -> AuditResult:
+          finish=None, concepts: dict | None = None, concept_classes=None) -> AuditResult:
     """Audit `lm` on `data` (a folder, class folders, a CSV with a file column and optionally a
     label column, or a list of paths; see `data.read_dataset`): predictions and calibration, where
     the model looks (maps of `methods`), how faithful each map is (deletion and insertion, and the
@@ -188,6 +189,9 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     on_chunk(done, total): called after every chunk of this process (tests use it to stop a run).
     finish(result): called (on rank 0 only) before the progress file is removed: write the report
       there, so that a kill before it is written leaves the progress to resume from.
+    concepts: {name: folder of examples}: TCAV of each for the data set's classes (`concept_classes`,
+      default the most frequent, at most 8) after the main pass (`reliance.concepts`); the result is
+      `result.concepts` and its summary params["concepts_tested"].
     Under torchrun each rank audits every W-th chunk; the states are merged exactly and every rank
     returns the merged result (see the module's docstring).
     """
@@ -208,6 +212,7 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     if not (isinstance(fill, str) and fill.strip().lower() == "blur"):
         lm.preprocessing.fill_value(fill)  # a bad fill fails before any work
     ds = read_dataset(data, lm, limit)
+    concepts = R.check_concepts(concepts)  # a missing or too small concept folder: before any work
     box_map = read_boxes(boxes, ds.files)
     dev = resolve_device(device)
     h, w = lm.input_size
@@ -230,6 +235,8 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     params_key.update(rank=rank, world=world)
     key = hashlib.sha256(json.dumps(params_key, sort_keys=True, default=str).encode()).hexdigest()
     empty = S.empty_state(n, m, steps, C, s, show, wrong, h, w)
+    options["penultimate"] = R.penultimate(lm.model)
+    empty.update(R.empty(n, m, R.feature_width(lm, options["penultimate"])))
     if unit_info is not None:
         empty.update(U.empty(C, unit_info.shape[0], k))
     state = empty
@@ -297,13 +304,16 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
                              f"({reasons}); check the files or point to another folder")
         t0 = time.perf_counter()
         sanity = _sanity(lm, ds, readable, methods, sanity_images, sanity_steps, dev)
-        tick("sanity", t0)
+        t0 = tick("sanity", t0)
+        tested = R.concepts(lm, ds, readable, state, concepts, concept_classes, ckpt, dev, progress) if concepts else None
+        tick("concepts", t0)
         result = _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, dict(
             limit=limit, steps=steps, fill=fill, show=show, wrong=wrong, class_map_size=s, chunk=chunk,
             sanity_images=sanity_images, sanity_steps=sanity_steps, boxes=bool(box_map),
             boxes_unmatched=sorted(k for k in box_map if k not in set(ds.files)), **options,
             random_baseline={"cell": M.RANDOM_CELL, "seed": M.RANDOM_SEED}, world_size=world, unit_crop_asked=crop,
             resumed_from_chunk=resumed_from))
+        R.attach(result, tested)
     except BaseException:
         release_group(world, owns_group)
         raise
@@ -314,7 +324,8 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
            seconds, tick, t0):
     info = options["unit_info"]
     with model_on_device(lm.model, dev) as model, torch.inference_mode():
-        with capture(model, info, reduce=U.reduce) if info is not None else contextlib.nullcontext() as cap:
+        with capture(model, info, reduce=U.reduce) if info is not None else contextlib.nullcontext() as cap, \
+                R.features_of(model, options["penultimate"]) as feats:
             logits = model(pad(x).to(dev))[: len(x)].float()
     check_finite_outputs(logits, [ds.files[f] for f in good])
     prob = F.softmax(logits, dim=1).cpu()
@@ -333,6 +344,7 @@ def _chunk(lm, ds, methods, good, pixels, x, geos, state, box_map, dev, steps, f
     for j, meth in enumerate(methods):
         maps[:, j] = _maps(lm, meth, x, pixels, None, dev, options)
         t0 = tick(f"maps:{meth}", t0)
+    R.update(state, good_a, maps, feats, pixels)
     state["centre_share"][good_a] = np.stack([M.centre_share(maps[:, j]) for j in range(len(methods))], 1)
     small = M.downsample(M.normalized(maps.reshape(-1, *x.shape[2:])), s).reshape(len(good), len(methods), s, s)
     img_small = M.downsample(pixels.transpose(0, 3, 1, 2).reshape(-1, *x.shape[2:]).astype(np.float32), s)
@@ -420,6 +432,14 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
                                dev, crop=options.get("unit_crop_asked", "auto"))
         seconds["units"] = seconds.get("units", 0.0) + time.perf_counter() - t0
     unit_crop = (unit_arrays.pop("crop", None), unit_arrays.pop("crop_kind", None))
+    t0 = time.perf_counter()
+    faithful = R.most_faithful(state, idx, methods)
+    rel = R.slices(state, idx, correct, known, state["top5_prob"][idx, 0], cls, faithful, R.families(lm),
+                   read=lambda r: R.pixels(lm, ds.root / ds.files[idx[r]]))
+    strat = R.strategies(state, idx, cls, correct, known, faithful, read=lambda r: R.pixels(lm, ds.root / ds.files[idx[r]]))
+    rel["arrays"].update(strat["arrays"])
+    rel["params"].update(strat["params"])
+    seconds["slices and strategies"] = seconds.get("slices and strategies", 0.0) + time.perf_counter() - t0
     params = {
         "data": str(data) if not isinstance(data, (list, tuple)) else "list", "root": str(ds.root.resolve()),
         "label_source": ds.label_source, "has_labels": bool(known.any()), "num_files": len(ds.files),
@@ -440,6 +460,7 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         "explained_class": "each image's top-1 predicted class",
         **M.report_intervals(state, idx, methods, known, correct, top5, labels, count, counts, class_correct, info),
         "skipped_reasons": [why for _, why in skipped], "ignored": ds.ignored[:100],
+        "most_faithful_method": methods[faithful], **rel["params"],
         "seconds": {k: round(v, 3) for k, v in seconds.items()}, **options}
     return AuditResult(
         params=params, provenance=provenance(lm.identity(), str(dev)),
@@ -465,7 +486,8 @@ def _finish(lm, ds, data, methods, state, skipped, sanity, seconds, dev, options
         wrong_pred_maps=state["wrong_pred_maps"], wrong_true_maps=state["wrong_true_maps"],
         sanity_files=np.asarray(sanity["files"], dtype=str), sanity_methods=np.asarray(sanity["methods"], dtype=str),
         sanity_steps=np.asarray(sanity["steps"], dtype=str), sanity_spearman=sanity["spearman"].astype(np.float32),
-        skipped=np.asarray([f for f, _ in skipped], dtype=str), **unit_arrays)
+        skipped=np.asarray([f for f, _ in skipped], dtype=str), strategy_maps=state["strategy_maps"][idx],
+        features=state["features"][idx], colours=state["colours"][idx], **rel["arrays"], **unit_arrays)
 
 
 def _nanmean(v) -> float | None:

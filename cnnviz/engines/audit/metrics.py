@@ -113,6 +113,9 @@ def blur_fill(x: torch.Tensor) -> torch.Tensor:
     from torchvision.transforms.functional import gaussian_blur
 
     k = 2 * int(3 * BLUR_SIGMA) + 1
+    # an input smaller than the kernel (a 24 px model): the kernel cut to the image (reflect padding
+    # needs fewer pixels of pad than the side), the same Gaussian truncated
+    k = min(k, 2 * min(x.shape[-2:]) - 1)
     return gaussian_blur(x, [k, k], [BLUR_SIGMA, BLUR_SIGMA])
 
 

@@ -38,6 +38,15 @@ class AuditResult(Result):
     into files, -1 empty), unit_top_values, unit_top_classes (true or predicted class of each top
     image) and unit_patches (uint8 V x k x r x r x 3, the receptive field at the maximum).
     skipped: unreadable files (reasons in params["skipped_reasons"]).
+    What the model relies on (`reliance`; absent in audits saved before them): strategy_maps (float16
+    N x M x z x z, each method's map downsized), features (float16 N x D, the projected penultimate
+    features), colours (N x 4, `slices.colour_stats`), slice_by_features and slice_by_maps (int64 N:
+    the failure slice of each image, -1 none; the slices in params["slices_by_features"] and
+    params["slices_by_maps"]); slice_thumb_index (L x 8, index into files, -1 empty; the slices by
+    features, then by maps) and slice_thumbs (uint8 L x 8 x 64 x 64 x 3, their input crops); the strategy
+    clusters (SpRAy per class, params["strategies"]): strategy_cluster (N, -1 not clustered),
+    strategy_mean_maps (Z x 32 x 32), strategy_thumb_index and strategy_thumbs (Z x 8 members, the most
+    typical first).
     """
 
     kind: ClassVar[str] = "audit"
@@ -82,7 +91,12 @@ class AuditResult(Result):
         "sanity_spearman": S.Arr("f", ("I", "Q", "S")), "unit_index": S.Arr("iu", ("V",)),
         "unit_selectivity": S.Arr("f", ("C",)), "unit_top_files": S.Arr("iu", ("V", "k")),
         "unit_top_values": S.Arr("f", ("V", "k")), "unit_top_classes": S.Arr("iu", ("V", "k")),
-        "unit_patches": S.Arr("u", ("V", "k", None, None, 3))}
+        "unit_patches": S.Arr("u", ("V", "k", None, None, 3)),
+        "strategy_maps": S.Arr("f", ("N", "M", "z", "z")), "features": S.Arr("f", ("N", None)),
+        "colours": S.Arr("f", ("N", 4)), "slice_by_features": S.Arr("i", ("N",)), "slice_by_maps": S.Arr("i", ("N",)),
+        "slice_thumb_index": S.Arr("i", ("L", None)), "slice_thumbs": S.Arr("u", ("L", None, None, None, 3)),
+        "strategy_cluster": S.Arr("i", ("N",)), "strategy_mean_maps": S.Arr("f", ("Z", None, None)),
+        "strategy_thumb_index": S.Arr("i", ("Z", None)), "strategy_thumbs": S.Arr("u", ("Z", None, None, None, 3))}
 
     files: np.ndarray = None
     labels: np.ndarray = None
@@ -127,6 +141,17 @@ class AuditResult(Result):
     unit_top_classes: np.ndarray = None
     unit_patches: np.ndarray = None
     skipped: np.ndarray = None
+    strategy_maps: np.ndarray = None
+    features: np.ndarray = None
+    colours: np.ndarray = None
+    slice_by_features: np.ndarray = None
+    slice_by_maps: np.ndarray = None
+    slice_thumb_index: np.ndarray = None
+    slice_thumbs: np.ndarray = None
+    strategy_cluster: np.ndarray = None
+    strategy_mean_maps: np.ndarray = None
+    strategy_thumb_index: np.ndarray = None
+    strategy_thumbs: np.ndarray = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -163,6 +188,8 @@ class AuditResult(Result):
             missing = [str(x) for x in self.methods if str(x) not in p[key]]
             if missing:
                 raise ResultError(f"{where}: params.{key} lacks the method(s) {missing} of the {m} audited")
+
+    concepts = None  # the TCAV result of an audit run with concepts (saved beside the report, not in audit.npz)
 
     def write_html(self, folder, **options):
         """Write the static report (index.html and its figures) into `folder`; see

@@ -12,7 +12,7 @@ import numpy as np
 from ...files import atomic_path
 
 PER_IMAGE = ("readable", "top5", "top5_prob", "centre_share", "deletion_auc", "insertion_auc", "baseline_deletion_auc",
-             "baseline_insertion_auc", "pointing_hit", "box_energy")
+             "baseline_insertion_auc", "pointing_hit", "box_energy", "strategy_maps", "features", "colours")
 SUMS = ("deletion_sum", "insertion_sum", "class_count", "class_map_sum", "class_image_sum", "unit_class_sum")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 from html import escape
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..style import layer_label as _layer_label
 from . import figures as F
+from . import reliance as R
 
 MAX_CLASS_ROWS = 8  # classes drawn with their mean maps
 MAX_TABLE_ROWS = 30  # rows of the per-class accuracy table
@@ -132,13 +132,14 @@ def write_report(result, folder: str | os.PathLike, *, dpi: int = 110, save: boo
     figs = _Figures(folder, dpi, embed=single_file)
     p, prov = result.params, result.provenance or {}
     model = prov.get("model", "?")
+    rel = R.section(result, figs, 5)
     parts = [_predictions(result, figs), _where(result, figs), _faithfulness(result, figs), _units(result, figs),
-             _provenance(result)]
+             rel, _provenance(result, 6 if rel else 5)]
     parts.insert(0, _findings(result))
     title = f"cnnviz audit: {model} on {p.get('num_images')} images"
     nav = " ".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in (
         ("findings", "Findings"), ("predictions", "Predictions"), ("where", "Where the model looks"), ("faithfulness", "Faithfulness"),
-        ("units", "Units"), ("provenance", "Provenance")))
+        ("units", "Units"), *([(R.ANCHOR, "What it relies on")] if rel else []), ("provenance", "Provenance")))
     skipped = ""
     if len(result.skipped):
         skipped = (f"<p>{len(result.skipped)} file(s) could not be read and were left out: "
@@ -157,6 +158,10 @@ def write_report(result, folder: str | os.PathLike, *, dpi: int = 110, save: boo
         for target, write in result.writers(folder / "audit.npz").items():
             write(Path(target))
             written.append(Path(target))
+        if getattr(result, "concepts", None) is not None:  # the TCAV result, redrawn by `cnnviz render`
+            for target, write in result.concepts.writers(folder / "concepts.npz").items():
+                write(Path(target))
+                written.append(Path(target))
     return written
 
 
@@ -405,31 +410,15 @@ def _units(result, figs) -> str:
     return _section("units", "4. Units", explain, body)
 
 
-PARAM_LABELS = {  # the parameters whose name alone misleads
-    "show": "show (images drawn with their maps, at most)",
-    "wrong": "wrong (misclassified images drawn, at most)",
-    "units": "units (most selective units drawn)",
-    "k": "k (top images per unit)",
-    "chunk": "chunk (images per batch of work)",
-    "class_map_size": "class_map_size (px of the class mean maps)",
-}
-RESULT_KEYS = {"class_names", "confused", "skipped_reasons", "class_accuracy_interval", "top1_interval",
-               "top5_interval", "ece_sparse_bins", "deletion_auc_interval", "insertion_auc_interval",
-               "baseline_deletion_auc_interval", "baseline_insertion_auc_interval", "deletion_beats_random",
-               "insertion_beats_random"}  # numbers shown in the sections, not settings
+def _provenance(result, number: int = 5) -> str:
+    from .provenance import rows as provenance_rows
 
-
-def _provenance(result) -> str:
-    prov = dict(result.provenance or {})
-    p = {k: v for k, v in result.params.items() if k not in RESULT_KEYS}
-    rows = [[k, json.dumps(v, default=str) if not isinstance(v, str) else v] for k, v in sorted(prov.items())]
-    prow = [[PARAM_LABELS.get(k, k), json.dumps(v, default=str) if not isinstance(v, str) else v]
-            for k, v in sorted(p.items())]
+    rows, prow = provenance_rows(result)
     body = ("<h3>Model, weights, preprocessing, versions, time</h3>" + _table(["", ""], rows)
             + "<h3>Parameters</h3>" + _table(["", ""], prow)
             + "<p>Every number of this page is in <code>audit.npz</code> and <code>audit.json</code>; "
               "<code>cnnviz render audit.npz --out summary.png</code> redraws the summary figure.</p>")
-    return _section("provenance", "5. Provenance", "What was run, on what, with which settings, so that the page can "
+    return _section("provenance", f"{number}. Provenance", "What was run, on what, with which settings, so that the page can "
                     "be reproduced.", body)
 
 
@@ -486,7 +475,7 @@ def findings(result) -> list[tuple[str, str]]:
             text += (f" {p['unit_single_image_classes']} of {p.get('unit_classes')} classes have one image: "
                      "a high index may be one photo's.")
         out.append((text, "units"))
-    return out
+    return R.shortcut_findings(result) + out + R.findings(result)
 
 
 def _findings(result) -> str:
@@ -496,4 +485,5 @@ def _findings(result) -> str:
 
 
 SECTION_NAMES = {"accuracy": "predictions", "perclass": "per class", "faithfulness": "faithfulness",
-                 "sanity": "sanity check", "units": "units"}
+                 "sanity": "sanity check", "units": "units", "slices": "failure slices",
+                 "concepts": "concepts", "strategies": "strategies"}
