@@ -16,7 +16,7 @@ with the same mark and class.
 Step 2, detection (`detect`, with --detect): the audit's detectors on each model, over the data
 set a user would audit (every photo of both classes, the marked class's photos marked at the
 training share, the same files for the clean twin):
-  SpRAy (`cnnviz.strategies`, Grad-CAM): the marked class's clusters; a cluster is *on the mark*
+  SpRAy (`cnnviz.strategies`, Grad-CAM or --method): the marked class's clusters; a cluster is *on the mark*
     when its mean map holds at least twice as much of its mass inside the mark's region as the
     region's share of the crop; found = a flagged cluster on the mark;
   TCAV (`cnnviz.tcav`): a concept folder of the mark pasted on sample photos of other classes,
@@ -145,7 +145,7 @@ def mark_share(cluster_map: np.ndarray, mask: np.ndarray) -> float:
     return float(m[mask].sum() / total) if total > 0 else 0.0
 
 
-def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=print) -> dict:
+def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=print, method: str = "gradcam") -> dict:
     """SpRAy and TCAV on `lm` for `marked_class` over the audit data of `settings` (see the module
     docstring). Returns per detector whether it found the mark, and what it saw."""
     import cnnviz
@@ -163,7 +163,7 @@ def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=prin
         out["spray"] = {"skipped": "cnnviz.strategies is missing (the spray branch is not merged here)"}
     if strategies is not None:
         t0 = time.perf_counter()
-        res = strategies(lm, str(data), classes=[k], method="gradcam", progress=False)
+        res = strategies(lm, str(data), classes=[k], method=method, progress=False)
         clusters = []
         for cl in res.clusters_of(k):
             share = mark_share(cl["map"], mask)
@@ -190,12 +190,12 @@ def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=prin
     return out
 
 
-def detection_rows(rows, workdir: Path, log=print) -> list[dict]:
+def detection_rows(rows, workdir: Path, log=print, method: str = "gradcam") -> list[dict]:
     out = []
     for r in rows:
         s = r["settings"]
-        found = detect(sm.load(r["folder"]), s, s.marked, workdir, log)
-        twin = detect(sm.load(r["clean_folder"]), s, s.marked, workdir, log)
+        found = detect(sm.load(r["folder"]), s, s.marked, workdir, log, method)
+        twin = detect(sm.load(r["clean_folder"]), s, s.marked, workdir, log, method)
         out.append({"mark": s.mark, "class": s.marked, "seed": s.seed, "marked": found, "clean": twin})
     return out
 
@@ -230,6 +230,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--classes", default="all", help="the marked classes: all, or names separated by ';'")
     ap.add_argument("--detect", action="store_true", help="also run SpRAy and TCAV (step 2)")
+    ap.add_argument("--no-reliance", action="store_true", help="skip step 1's measures (the models are still trained)")
+    ap.add_argument("--method", default="gradcam", help="the maps SpRAy clusters (any method of cnnviz.attribute)")
     ap.add_argument("--workdir", default=None, help="where the audit data and concept folders go (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="write every number to this file")
     args = ap.parse_args()
@@ -242,13 +244,15 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = train_all(marks, classes, seeds)
     print(f"trained (or found) {len(rows)} marked models and {len(seeds)} clean twins in {time.perf_counter() - t0:.0f} s")
-    rel = reliance_rows(rows, log=lambda *_: None)
-    print("\n" + reliance_table(rel) + "\n")
-    record = {"reliance": rel}
+    record = {}
+    if not args.no_reliance:
+        rel = reliance_rows(rows, log=lambda *_: None)
+        print("\n" + reliance_table(rel) + "\n")
+        record["reliance"] = rel
     if args.detect:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.workdir) if args.workdir else Path(tmp)
-            det = detection_rows(rows, work)
+            det = detection_rows(rows, work, method=args.method)
         print("\n" + detection_table(det) + "\n")
         record["detection"] = det
     if args.json:
