@@ -145,7 +145,8 @@ def mark_share(cluster_map: np.ndarray, mask: np.ndarray) -> float:
     return float(m[mask].sum() / total) if total > 0 else 0.0
 
 
-def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=print, method: str = "gradcam") -> dict:
+def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=print, method: str = "gradcam",
+           detectors=("spray", "tcav")) -> dict:
     """SpRAy and TCAV on `lm` for `marked_class` over the audit data of `settings` (see the module
     docstring). Returns per detector whether it found the mark, and what it saw."""
     import cnnviz
@@ -157,7 +158,7 @@ def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=prin
     k = lm.categories.index(marked_class)
     out: dict = {"mark_area": area}
     try:
-        strategies = cnnviz.strategies
+        strategies = cnnviz.strategies if "spray" in detectors else None
     except AttributeError:
         strategies = None
         out["spray"] = {"skipped": "cnnviz.strategies is missing (the spray branch is not merged here)"}
@@ -173,7 +174,7 @@ def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=prin
                         "any_on_mark": any(c["on_mark"] for c in clusters), "clusters": clusters,
                         "seconds": round(time.perf_counter() - t0, 1)}
     try:
-        tcav = cnnviz.tcav
+        tcav = cnnviz.tcav if "tcav" in detectors else None
     except AttributeError:
         tcav = None
         out["tcav"] = {"skipped": "cnnviz.tcav is missing (the tcav branch is not merged here)"}
@@ -190,19 +191,21 @@ def detect(lm, settings: sm.Settings, marked_class: str, workdir: Path, log=prin
     return out
 
 
-def detection_rows(rows, workdir: Path, log=print, method: str = "gradcam") -> list[dict]:
+def detection_rows(rows, workdir: Path, log=print, method: str = "gradcam", detectors=("spray", "tcav")) -> list[dict]:
     out = []
     for r in rows:
         s = r["settings"]
-        found = detect(sm.load(r["folder"]), s, s.marked, workdir, log, method)
-        twin = detect(sm.load(r["clean_folder"]), s, s.marked, workdir, log, method)
+        found = detect(sm.load(r["folder"]), s, s.marked, workdir, log, method, detectors)
+        twin = detect(sm.load(r["clean_folder"]), s, s.marked, workdir, log, method, detectors)
         out.append({"mark": s.mark, "class": s.marked, "seed": s.seed, "marked": found, "clean": twin})
     return out
 
 
 def detection_table(det: list[dict]) -> str:
     def cell(d: dict, key: str) -> str:
-        part = d.get(key, {})
+        part = d.get(key)
+        if part is None:
+            return "not run"
         if "skipped" in part:
             return "skipped"
         if key == "spray":
@@ -231,6 +234,7 @@ def main() -> None:
     ap.add_argument("--classes", default="all", help="the marked classes: all, or names separated by ';'")
     ap.add_argument("--detect", action="store_true", help="also run SpRAy and TCAV (step 2)")
     ap.add_argument("--no-reliance", action="store_true", help="skip step 1's measures (the models are still trained)")
+    ap.add_argument("--detectors", default="spray,tcav", help="which detectors step 2 runs")
     ap.add_argument("--method", default="gradcam", help="the maps SpRAy clusters (any method of cnnviz.attribute)")
     ap.add_argument("--workdir", default=None, help="where the audit data and concept folders go (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="write every number to this file")
@@ -252,7 +256,7 @@ def main() -> None:
     if args.detect:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.workdir) if args.workdir else Path(tmp)
-            det = detection_rows(rows, work, method=args.method)
+            det = detection_rows(rows, work, method=args.method, detectors=args.detectors.split(","))
         print("\n" + detection_table(det) + "\n")
         record["detection"] = det
     if args.json:
