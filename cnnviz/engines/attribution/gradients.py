@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...bare import takes_model
 from ...batching import Batches, memory_limit, model_work, pad, padder
 from ...errors import ParameterError
 from ...geometry import CropGeometry, params_of, stack_thumbnails
@@ -115,6 +116,7 @@ def backprop_item_bytes(model, example: torch.Tensor) -> int:
     return max(1, 8 * (elems + example[:1].numel()))
 
 
+@takes_model
 def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> GradientResult:
     """Attribution maps of `lm` for `images` (a path, a PIL image, or a list of them).
 
@@ -285,7 +287,8 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
               "smooth": smooth, "noise": noise if smooth else None, "seed": seed if smooth else None,
               "smooth_mode": smooth_mode if smooth else None,
               "ig_steps": ig_steps if method == "ig" else None, "baseline": baseline if method == "ig" else None,
-              "signed": m.signed, "geometry": params_of(geos)}
+              "signed": m.signed, "geometry": params_of(geos),
+              "class_names": {str(i): lm.class_name(i) for i in sorted({int(t) for t in top1.tolist()})}}
     if rule_map is not None:
         params["rules"] = {k: v.name for k, v in rule_map.items()}
     params.update(prep)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...bare import takes_model
 from ...batching import pad
 from ...errors import ImageError, ParameterError
 from ...layers import capture
@@ -161,6 +162,7 @@ def _read_chunk(lm, root: Path, files: list[str], ids: range):
     return good, pixels, tensors, geos, skipped
 
 
+@takes_model
 def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None = None, steps: int = 16,
           fill: str = "blur", show: int = 8, wrong: int = 6, class_map_size: int = 28, boxes=None,
           sanity_images: int = 2, sanity_steps: int = 4, chunk: int = 8, occlusion_window: int = 32,
