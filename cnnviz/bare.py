@@ -120,6 +120,7 @@ def takes_model(fn):
             kwargs["lm"], note = as_loaded(kwargs["lm"])
         else:
             note = None
+        _captum_names(fn, kwargs)
         from .layers import layer_address
 
         if layer_args:  # layers given as module objects of the model: their names
@@ -136,6 +137,30 @@ def takes_model(fn):
         return result
 
     return call
+
+
+# captum's names for cnnviz's parameters: the same meaning (taken as cnnviz's), or another meaning (refused)
+CAPTUM_SAME = {"n_steps": "ig_steps", "nt_samples": "smooth"}
+CAPTUM_OTHER = {"baselines": "baseline= (\"black\", \"mean\", \"white\", \"blur\", a gray level or R,G,B in [0, 1])",
+                "sliding_window_shapes": "window= (the occluder's side in pixels, or (height, width))",
+                "strides": "stride= (pixels, or (height, width))"}
+
+
+def _captum_names(fn, kwargs: dict) -> None:
+    """captum's spelling of a parameter: renamed in place where it means the same as cnnviz's
+    (n_steps, nt_samples), else a one-line ParameterError naming cnnviz's spelling."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for theirs in [k for k in kwargs if k in CAPTUM_SAME or k in CAPTUM_OTHER]:
+        ours = CAPTUM_SAME.get(theirs)
+        if ours is not None and (ours in params or open_ended):
+            if ours in kwargs:
+                raise ParameterError(f"{theirs}= and {ours}= both given; give {ours}= (cnnviz's name) only")
+            kwargs[ours] = kwargs.pop(theirs)
+        elif ours is None and theirs in CAPTUM_OTHER and theirs not in params:
+            raise ParameterError(f"{theirs}= is captum's name; cnnviz's {fn.__name__} takes {CAPTUM_OTHER[theirs]}")
 
 
 def declared_preprocessing(model: torch.nn.Module) -> tuple[Preprocessing | None, str]:

@@ -165,3 +165,115 @@ def test_a_layer_module_not_of_the_model_is_a_one_line_error(resnet, photo, bad,
     with pytest.raises(LayerError) as e:
         cnnviz.gradcam(resnet, photo, layer=layer)
     assert "\n" not in str(e.value) and fragment in str(e.value)
+
+
+# ---- inputs (item 2): one rule, cnnviz.inputs ----
+
+def _lm():
+    torch.manual_seed(0)
+    return cnnviz.wrap(torchvision.models.resnet18(num_classes=4), input_size=64)  # resize 73
+
+
+def test_a_numpy_photo_of_any_size_is_read_as_the_same_pil_image():
+    from PIL import Image
+
+    lm = _lm()
+    photo = Image.open(sample_image(2)).convert("RGB").resize((150, 97))
+    arr = np.array(photo)
+    px_pil, x_pil = lm.prepare(photo)
+    px_arr, x_arr = lm.prepare(arr)
+    assert x_arr.shape == (1, 3, 64, 64)
+    np.testing.assert_array_equal(px_arr, px_pil)
+    assert torch.equal(x_arr, x_pil)
+    # floats in [0, 1] and a channels-first tensor of the same pixels: the same input
+    assert torch.equal(lm.prepare(arr / 255.0)[1], x_pil)
+    assert torch.equal(lm.prepare(torch.from_numpy(arr).permute(2, 0, 1).float() / 255)[1], x_pil)
+    # at the input size: taken as it is (a float tensor without rounding to 8 bits)
+    t = torch.rand(3, 64, 64)
+    mean, std = torch.tensor(lm.preprocessing.mean).view(3, 1, 1), torch.tensor(lm.preprocessing.std).view(3, 1, 1)
+    torch.testing.assert_close(lm.prepare(t)[1][0], (t - mean) / std, rtol=0, atol=1e-6)
+
+
+def test_a_batch_of_pixels_and_a_normalized_batch_give_the_same_maps():
+    lm = _lm()
+    torch.manual_seed(3)
+    pixels = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor(lm.preprocessing.mean).view(1, 3, 1, 1), torch.tensor(lm.preprocessing.std).view(1, 3, 1, 1)
+    a = cnnviz.saliency(lm, pixels, target=1)
+    b = cnnviz.saliency(lm, (pixels - mean) / std, target=1, normalized=True)
+    c = cnnviz.saliency(lm, [pixels[0], pixels[1].numpy().transpose(1, 2, 0)], target=1)
+    np.testing.assert_allclose(a.map, b.map, rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(a.map, c.map)
+    big = cnnviz.saliency(lm, torch.rand(1, 3, 100, 90), target=1)  # not at the input size: a photo
+    assert big.map.shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (np.zeros((64, 64, 4), np.uint8), "HxWx3"),
+    (np.zeros((64, 64), np.uint8), "HxWx3"),
+    (torch.zeros(4, 64, 64), "3xHxW"),
+    (torch.full((3, 64, 64), 2.0), "[0, 1]"),
+    (np.full((64, 64, 3), -0.5), "[0, 1]"),
+    (np.zeros((64, 64, 3), np.int64), "int64"),
+    (42, "type int"),
+])
+def test_a_bad_image_is_a_one_line_error_naming_the_rule(bad, fragment):
+    lm = _lm()
+    with pytest.raises(ParameterError) as e:
+        cnnviz.saliency(lm, bad)
+    msg = str(e.value)
+    assert "\n" not in msg and fragment in msg and "normalized=True" in msg, msg
+
+
+def test_a_normalized_batch_outside_0_1_needs_normalized_true():
+    lm = _lm()
+    with pytest.raises(ParameterError, match=r"\[0, 1\].*normalized=True"):
+        cnnviz.saliency(lm, torch.randn(2, 3, 64, 64) * 3)
+    with pytest.raises(ParameterError, match="normalized=True takes an Nx3xHxW tensor"):
+        cnnviz.saliency(lm, [sample_image(0)], normalized=True)
+
+
+# ---- one spelling (item 5 of the issue): methods, captum's parameter names, 0-d tensor targets ----
+
+def test_method_names_take_either_separator_and_store_one():
+    lm = _lm()
+    x = torch.rand(1, 3, 64, 64)
+    for given, stored in [("lrp_epsilon", "lrp-epsilon"), ("lrp-epsilon", "lrp-epsilon"),
+                          ("guided-gradcam", "guided_gradcam"), ("Guided_GradCAM", "guided_gradcam")]:
+        r = cnnviz.attribute(lm, x, given, target=1)
+        assert r.params["method"] == stored
+    ref = cnnviz.attribute(lm, x, "lrp-epsilon", target=1).map
+    np.testing.assert_array_equal(cnnviz.attribute(lm, x, "lrp_epsilon", target=1).map, ref)
+    assert [p["method"] for p in cnnviz.compare(lm, x, ["lrp_epsilon", "guided-gradcam"])[0].params["method_params"]] \
+        == ["lrp-epsilon", "guided_gradcam"]
+
+
+def test_captum_parameter_names_are_taken_or_refused_in_one_line():
+    lm = _lm()
+    x = torch.rand(1, 3, 64, 64)
+    a = cnnviz.attribute(lm, x, "ig", target=2, n_steps=8)
+    b = cnnviz.attribute(lm, x, "ig", target=2, ig_steps=8)
+    assert a.params["ig_steps"] == 8
+    np.testing.assert_array_equal(a.map, b.map)
+    s = cnnviz.saliency(lm, x, target=2, nt_samples=3)
+    assert s.params["smooth"] == 3
+    for call, fragment in [(lambda: cnnviz.ig(lm, x, baselines=torch.zeros(1, 3, 64, 64)), "baseline="),
+                           (lambda: cnnviz.occlusion(lm, x[0], sliding_window_shapes=(3, 8, 8)), "window="),
+                           (lambda: cnnviz.occlusion(lm, x[0], strides=(3, 4, 4)), "stride="),
+                           (lambda: cnnviz.ig(lm, x, n_steps=4, ig_steps=4), "both given"),
+                           (lambda: cnnviz.gradcam(lm, x, relu_attributions=True), "relu_attributions")]:
+        with pytest.raises(ParameterError) as e:
+            call()
+        assert "\n" not in str(e.value) and fragment in str(e.value), str(e.value)
+
+
+def test_a_0d_tensor_target_is_its_class_and_an_unknown_name_gives_no_command_line_hint():
+    lm = _lm()
+    x = torch.rand(1, 3, 64, 64)
+    np.testing.assert_array_equal(cnnviz.gradcam(lm, x, target=torch.tensor(3)).map,
+                                  cnnviz.gradcam(lm, x, target=3).map)
+    from cnnviz.errors import TargetError
+
+    with pytest.raises(TargetError) as e:
+        cnnviz.gradcam(lm, x, target="zebra")
+    assert "cnnviz predict" not in str(e.value) and "0..3" in str(e.value)

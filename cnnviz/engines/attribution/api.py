@@ -66,7 +66,8 @@ def compare(lm, images, methods=None, *, shared_scale: bool = False, target=None
     from ...results import CompareResult
 
     asked = methods is not None
-    names = list(DEFAULT_COMPARE if methods is None else ([methods] if isinstance(methods, str) else methods))
+    names = [M.canonical(m) for m in (DEFAULT_COMPARE if methods is None else
+                                      ([methods] if isinstance(methods, str) else methods))]
     known = M.names()
     bad = [m for m in names if m not in known]
     if bad or not names:

@@ -121,12 +121,12 @@ def _maps(lm, method: str, x: torch.Tensor, pixels: np.ndarray, targets, dev, op
     from ..attribution.gradients import attribute
 
     if targets is None:
-        return attribute(lm, x, method, device=str(dev)).map.astype(np.float32)
+        return attribute(lm, x, method, normalized=True, device=str(dev)).map.astype(np.float32)
     # attribute takes one target for all its images: one call per distinct class
     out = np.zeros((len(x), *x.shape[2:]), np.float32)
     for t in sorted(set(int(v) for v in targets)):
         idx = [i for i in range(len(x)) if int(targets[i]) == t]
-        out[idx] = attribute(lm, x[idx], method, target=t, device=str(dev)).map
+        out[idx] = attribute(lm, x[idx], method, target=t, normalized=True, device=str(dev)).map
     return out
 
 
