@@ -277,3 +277,11 @@ def test_a_0d_tensor_target_is_its_class_and_an_unknown_name_gives_no_command_li
     with pytest.raises(TargetError) as e:
         cnnviz.gradcam(lm, x, target="zebra")
     assert "cnnviz predict" not in str(e.value) and "0..3" in str(e.value)
+
+
+def test_the_command_line_and_the_audit_take_method_names_with_either_separator():
+    from cnnviz.engines.audit.engine import check_methods
+    from cnnviz_cli.attribution.compare import _methods
+
+    assert check_methods("guided-gradcam,saliency") == ("guided_gradcam", "saliency")
+    assert _methods("lrp_epsilon, guided-gradcam") == ["lrp-epsilon", "guided_gradcam"]

@@ -62,8 +62,11 @@ MAX_STEPS = 1024  # deletion/insertion steps: each is a forward pass per image a
 def check_methods(methods) -> tuple[str, ...]:
     from ..attribution.gradients import METHODS
 
+    from ..attribution.methods import canonical
+
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = [canonical(m) for m in methods]  # either separator: "guided-gradcam" is "guided_gradcam"
     allowed = tuple(m for m in METHODS if m != "ig") + ("occlusion",)
     return check_method_list(methods, allowed, "audit method", "; e.g. --methods gradcam,saliency")
 
