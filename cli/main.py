@@ -37,7 +37,16 @@ EXIT_INTERNAL = 3
 
 
 class CnnvizGroup(click.Group):
-    """Turns library errors into `Error: ...` on one line, never a traceback."""
+    """Turns library errors into `Error: ...` on one line, never a traceback; takes a command's
+    name with either separator (`lrp_epsilon` is `lrp-epsilon`, `guided-gradcam` is `guided_gradcam`)."""
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and isinstance(cmd_name, str):
+            for other in (cmd_name.replace("_", "-"), cmd_name.replace("-", "_")):
+                if other != cmd_name and (cmd := super().get_command(ctx, other)) is not None:
+                    break
+        return cmd
 
     def invoke(self, ctx):
         try:

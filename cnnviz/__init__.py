@@ -23,7 +23,7 @@ _api_index: dict[str, str] | None = None
 
 
 def _api() -> dict[str, str]:
-    """name -> module, from the `__api__` literals of the engine modules (and cnnviz.wrap)."""
+    """name -> module, from the `__api__` literals of the engine modules (and cnnviz.bare: wrap)."""
     global _api_index
     if _api_index is None:
         import ast
@@ -33,7 +33,7 @@ def _api() -> dict[str, str]:
         root = Path(__file__).resolve().parent
         found: dict[str, str] = {}
         pattern = re.compile(r"^__api__ = (\(.*?\))", re.M | re.S)
-        for path in sorted([root / "wrap.py", *(root / "engines").rglob("*.py")]):
+        for path in sorted([root / "bare.py", *(root / "engines").rglob("*.py")]):
             m = pattern.search(path.read_text(encoding="utf-8"))
             if m is None:
                 continue

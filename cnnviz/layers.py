@@ -139,9 +139,28 @@ def parse_address(address: str) -> tuple[str, int | None]:
     return name, int(call)
 
 
+def layer_address(model: nn.Module, layer):
+    """A layer as cnnviz names it: a name as it is, a module object of `model` (grad-cam's
+    `model.layer4[-1]`) as its name in `model.named_modules()`, a list or tuple of either as a list
+    of names. A module that is not part of the model is a one-line LayerError."""
+    if isinstance(layer, (list, tuple)):
+        return [layer_address(model, one) for one in layer]
+    if not isinstance(layer, nn.Module):
+        return layer
+    if layer is model:
+        raise LayerError(f"the layer given is the whole model ({type(model).__name__}); give one of its modules "
+                         "(e.g. model.layer4[-1]) or a layer name")
+    for name, module in model.named_modules():
+        if module is layer and name:
+            return name
+    raise LayerError(f"the layer given, a {type(layer).__name__} module, is not part of the model; give a module "
+                     "of the model itself (e.g. model.layer4[-1]) or a layer name (cnnviz.trace_layers lists them)")
+
+
 def resolve_layer(model: nn.Module, address: str, example: torch.Tensor) -> LayerInfo:
-    """Check `address` against the model's modules and calls; errors list the closest names."""
-    name, call = parse_address(address)
+    """Check `address` (a name, or a module object of the model) against the model's modules and
+    calls; errors list the closest names."""
+    name, call = parse_address(layer_address(model, address))
     modules = dict(model.named_modules())
     modules.pop("", None)
     if name not in modules:

@@ -147,21 +147,32 @@ class LoadedModel:
     def input_size(self) -> tuple[int, int]:
         return self.preprocessing.crop
 
-    def prepare(self, img: Image.Image | str | os.PathLike | np.ndarray, geometry: bool = False):
-        """An image (PIL, path, or uint8 HxWx3 pixels already of the input size) to its uint8 input
-        crop HxWx3 and the normalized 1x3xHxW tensor. With `geometry`, a third item: the
-        `CropGeometry` from the photo to the crop (identity for pixel arrays), carrying a
-        downscaled copy of the photo (longest side <= 512) when it came from a file or PIL image."""
+    def prepare(self, img, geometry: bool = False):
+        """An image to its uint8 input crop HxWx3 and the normalized 1x3xHxW tensor, by the rule of
+        `cnnviz.inputs` (a path, a PIL image, an HxWx3 numpy array or a 3xHxW tensor of pixels: at
+        the input size as it is, at any other size a photo, resized and centre-cropped as a PIL
+        image). With `geometry`, a third item: the `CropGeometry` from the photo to the crop
+        (identity for pixels at the input size), carrying a downscaled copy of the photo (longest
+        side <= 512) when it was resized."""
         from .geometry import CropGeometry, thumbnail
 
-        if isinstance(img, np.ndarray):
-            h, w = self.input_size
-            if img.dtype != np.uint8 or img.ndim != 3 or tuple(img.shape) != (h, w, 3):
-                raise ParameterError(f"pixel array must be uint8 {h}x{w}x3, got {img.dtype} "
-                                     f"{'x'.join(map(str, img.shape))}")
-            out = img, self.preprocessing.normalize(img)
-            return (*out, CropGeometry.identity(h, w)) if geometry else out
-        source = "pil" if isinstance(img, Image.Image) else "file"
+        if isinstance(img, (np.ndarray, torch.Tensor)):
+            from .inputs import read_array
+
+            got = read_array(img, self.input_size)
+            if isinstance(got, tuple):  # already the model's input
+                pixels, exact = got
+                x = self.preprocessing.normalize(pixels) if exact is None else (
+                    (exact - self.preprocessing._vec(self.preprocessing.mean))
+                    / self.preprocessing._vec(self.preprocessing.std)).contiguous()
+                out = pixels, x
+                return (*out, CropGeometry.identity(*self.input_size)) if geometry else out
+            img = got  # a photo of another size: as a PIL image
+        source = "pil" if isinstance(img, Image.Image) else ("file" if isinstance(img, (str, os.PathLike)) else None)
+        if source is None:
+            from .inputs import INPUT_RULE
+
+            raise ParameterError(f"an image of type {type(img).__name__} is not taken; {INPUT_RULE}")
         if not isinstance(img, Image.Image):
             from .images import load_image
             img = load_image(img)
@@ -183,6 +194,11 @@ class LoadedModel:
     def class_index(self, target: int | str) -> int:
         """A class given by index (int or digits) or by name (case-insensitive) to its index."""
         n = len(self.categories)
+        if isinstance(target, (torch.Tensor, np.ndarray)):  # captum's way: a 0-d tensor is its number
+            if target.ndim != 0 and tuple(target.shape) != (1,):
+                raise TargetError(f"target must be one class (an int, a name or a 0-d tensor), got a tensor of shape "
+                                  f"{tuple(target.shape)}")
+            target = int(target.item())
         if isinstance(target, (int, np.integer)) or (isinstance(target, str) and target.strip().lstrip("-").isdigit()):
             idx = int(target)
             if not 0 <= idx < n:
@@ -195,7 +211,8 @@ class LoadedModel:
         close = difflib.get_close_matches(wanted, lowered, n=4, cutoff=0.6)
         close += [c for c in lowered if wanted in c and c not in close][: 4 - len(close)]
         hint = ("; did you mean " + ", ".join(repr(self.categories[lowered.index(c)]) for c in close) + "?") if close else \
-            "; run `cnnviz predict IMAGE` to see class names, or give the class index"
+            ("; give the class index (0..{}) or a name of its .categories".format(n - 1) if self.weights == "in memory"
+             else "; run `cnnviz predict IMAGE` to see class names, or give the class index")
         raise TargetError(f"unknown class {target!r} for {self.name}{hint}")
 
     def identity(self) -> dict:

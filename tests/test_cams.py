@@ -162,7 +162,7 @@ def test_attribute_serves_each_method_as_the_engine_computes_it(method, direct, 
                      list("abcde"))
     x = torch.randn(2, 3, size, size)
     before = snapshot(model, x[:1])
-    r = cnnviz.attribute(lm, x, method, target="c", batch_size=2, device="cpu")
+    r = cnnviz.attribute(lm, x, method, target="c", batch_size=2, normalized=True, device="cpu")
     assert r.params["method"] == method and list(r.targets) == [2, 2] and r.map.shape == (2, size, size)
     if direct is None:
         expected, _ = rise(model, x, torch.tensor([2, 2]))
@@ -240,7 +240,7 @@ def test_attribute_takes_max_channels_and_masks_and_records_them():
     model = _wide(4)
     lm = LoadedModel(model, "wide", "random", Preprocessing(crop=(16, 16), resize=18), list("abcde"))
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    r = cnnviz.attribute(lm, x, "scorecam", layer="2", max_channels=5, target=1, progress=False)
+    r = cnnviz.attribute(lm, x, "scorecam", layer="2", max_channels=5, target=1, normalized=True, progress=False)
     assert (r.params["max_channels"], r.params["channels_used"], r.params["layer_channels"],
             r.params["channel_measure"]) == (5, 5, 12, "spatial mean")
     for i in range(2):
@@ -249,12 +249,12 @@ def test_attribute_takes_max_channels_and_masks_and_records_them():
         up = torch.nn.functional.interpolate(cam[None, None], size=(16, 16), mode="bilinear", align_corners=False)
         torch.testing.assert_close(torch.from_numpy(r.map[i]), up[0, 0], rtol=1e-4, atol=1e-6)
     assert "5 of 12 channels" in r.render()._suptitle.get_text()
-    full = cnnviz.attribute(lm, x, "scorecam", layer="2", target=1, progress=False)
+    full = cnnviz.attribute(lm, x, "scorecam", layer="2", target=1, normalized=True, progress=False)
     assert full.params["channels_used"] == 12 and full.params["channel_measure"] is None
-    r50 = cnnviz.attribute(lm, x[:1], "rise", masks=50, target=1, progress=False)
+    r50 = cnnviz.attribute(lm, x[:1], "rise", masks=50, target=1, normalized=True, progress=False)
     expected, _ = rise(model, x[:1], torch.tensor([1]), masks=50)
     torch.testing.assert_close(torch.from_numpy(r50.map), expected, rtol=1e-5, atol=1e-7)
-    r80 = cnnviz.attribute(lm, x[:1], "rise", masks=80, target=1, progress=False)
+    r80 = cnnviz.attribute(lm, x[:1], "rise", masks=80, target=1, normalized=True, progress=False)
     assert r50.params["masks"] == 50 and r80.params["masks"] == 80
     assert not np.allclose(r50.map, r80.map)
     assert "50 random masks" in r50.render()._suptitle.get_text()

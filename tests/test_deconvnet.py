@@ -196,7 +196,7 @@ def test_max_pool_switches_make_the_deconvnet_depend_on_the_image_and_it_is_not_
         assert _pearson(m, gray) < 0.95 and _pearson(m, noise) < 0.95
     # the correlation stored per image is the one with the map of the dataset-mean image
     mean = lm.preprocessing.fill_value("mean").expand(1, 3, size, size).clone()
-    exact_gray = attribute(lm, mean, "deconv", target=7).map[0]
+    exact_gray = attribute(lm, mean, "deconv", target=7, normalized=True).map[0]
     np.testing.assert_allclose(r.params["gray_image_r"], [_pearson(m, exact_gray) for m in r.map], atol=1e-4)
     u = attribute(lm, photos, "deconv", layer=layer, unit="3:map")
     assert u.params["uninformative"] is False

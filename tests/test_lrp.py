@@ -94,7 +94,7 @@ def test_lrp_equals_zennit(arch, canonizer, method):
     lm = _lm(model, arch)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     before = snapshot(model, x)
-    r = attribute(lm, x, method, target=7)
+    r = attribute(lm, x, method, normalized=True, target=7)
     expected = _zennit(model, x, torch.tensor([7, 7]), method, canonizer)
     scale = np.abs(expected).max()
     assert scale > 0
@@ -114,7 +114,7 @@ def test_lrp_equals_zennit(arch, canonizer, method):
     np.testing.assert_allclose(r.map, r.attribution.sum(1), rtol=1e-6, atol=1e-6 * scale)
     # a second oracle: in a ReLU network LRP-epsilon with epsilon -> 0 is gradient x input (Ancona et
     # al. 2018), with the relevance sent back the score, and its gradient 1; the other rules differ
-    plain = attribute(lm, x, "saliency", target=7)
+    plain = attribute(lm, x, "saliency", normalized=True, target=7)
     gxi = (plain.attribution * x.numpy()).sum(1)
     if method == "lrp-epsilon":
         assert np.linalg.norm(gxi - r.map) < 5e-3 * np.linalg.norm(r.map)
@@ -169,11 +169,11 @@ def test_lrp_rules_follow_their_definitions(first_rule):
     first = Epsilon() if first_rule == "epsilon" else AlphaBeta(*first_rule)
     # rules per layer: the first linear layer's rule by its name, epsilon on the rest
     rules = {"": LRP("top", Epsilon(), Epsilon()), "1": LRP("first", first, first)}
-    r = attribute(lm, x, "lrp-epsilon", target=2, rules=rules)
+    r = attribute(lm, x, "lrp-epsilon", normalized=True, target=2, rules=rules)
     expected = _by_hand(model, x[0], 2, first_rule)
     np.testing.assert_allclose(r.attribution[0], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     if first_rule == "epsilon":  # no bias would mean conservation; with biases, the score minus their share
-        plain = attribute(lm, x, "lrp-epsilon", target=2)
+        plain = attribute(lm, x, "lrp-epsilon", normalized=True, target=2)
         np.testing.assert_allclose(plain.attribution, r.attribution, rtol=1e-5, atol=1e-7)
 
 
@@ -188,7 +188,7 @@ def test_relevance_is_conserved_without_biases():
     with torch.no_grad():
         out = model(x)
     for method in ("lrp-epsilon", "lrp-zplus", "lrp-alpha1beta0"):
-        r = attribute(lm, x, method, target=1)
+        r = attribute(lm, x, method, normalized=True, target=1)
         np.testing.assert_allclose(r.attribution.reshape(3, -1).sum(1), out[:, 1].numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -229,7 +229,7 @@ def test_relevance_share_is_one_without_biases(method):
         lm = _lm(model, classes=list("abcde"))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            r = attribute(lm, x, method, target=3)
+            r = attribute(lm, x, method, normalized=True, target=3)
         with torch.no_grad():
             score = model(x)[:, 3].double().numpy()
         share = np.asarray(r.params["relevance_share"])
@@ -362,7 +362,7 @@ def test_resnet18_alphabeta_equals_zennit_on_real_photos():
     model = _model("resnet18")
     lm = _lm(model, "resnet18")  # ImageNet preprocessing, 224 crop
     x = torch.cat([lm.prepare(f, geometry=True)[1] for f in files])
-    r = attribute(lm, x, "lrp-alphabeta", target=7)
+    r = attribute(lm, x, "lrp-alphabeta", normalized=True, target=7)
     expected = _zennit(model, x, torch.tensor([7, 7]), "lrp-alphabeta", ResNetCanonizer)
     for i in range(len(files)):
         assert _spearman(r.map[i], expected[i].sum(0)) >= 0.99
@@ -412,9 +412,9 @@ def test_model_is_untouched_after_lrp_even_after_a_failure(failure):
     try:
         if failure:
             with pytest.raises(RuntimeError, match="simulated failure"):
-                attribute(lm, x, "lrp-zplus", target=1)
+                attribute(lm, x, "lrp-zplus", normalized=True, target=1)
         else:
-            r = attribute(lm, x, "lrp-zplus", target=1)
+            r = attribute(lm, x, "lrp-zplus", normalized=True, target=1)
             assert r.params["folded"] and np.abs(r.attribution).max() > 0
     finally:
         _Fail.when = None
@@ -433,7 +433,7 @@ def test_bad_lrp_input_is_one_line_naming_the_value():
                              ({"rules": {"": "lrp-nope"}}, "'lrp-nope'"),
                              ({"layer": "1"}, "--layer '1'")):
         with pytest.raises(ParameterError) as e:
-            attribute(lm, x, "lrp-epsilon", **kwargs)
+            attribute(lm, x, "lrp-epsilon", normalized=True, **kwargs)
         assert fragment in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ParameterError, match=r"alpha 3.*alpha - beta = 1"):
         AlphaBeta(3.0, 1.0)
@@ -444,7 +444,7 @@ def test_a_gate_without_an_lrp_rule_is_named_in_a_warning():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     lm = _lm(model, classes=["a", "b", "c"])
     with pytest.warns(UserWarning, match="sigmoid has no lrp-epsilon rule"):
-        attribute(lm, torch.randn(1, 3, 8, 8), "lrp-epsilon", target=0)
+        attribute(lm, torch.randn(1, 3, 8, 8), "lrp-epsilon", normalized=True, target=0)
 
 
 def test_cli_lrp_draws_a_signed_figure(tmp_path):

@@ -62,13 +62,13 @@ def test_a_registered_method_works_end_to_end():
     try:
         lm = _lm()
         x = torch.randn(2, 3, 12, 12)
-        r = attribute(lm, x, "gxi", target=4)
+        r = attribute(lm, x, "gxi", normalized=True, target=4)
         xx = x.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(lm.model(xx)[:, 4].sum(), xx)
         np.testing.assert_allclose(r.attribution, (g * x).numpy(), rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(r.map, (g * x).sum(1).numpy(), rtol=1e-5, atol=1e-7)
         assert r.params["signed"] and NAMES["gxi"] == "Gradient × input"
-        ig = attribute(lm, x, "ig", target=4, ig_steps=2)
+        ig = attribute(lm, x, "ig", normalized=True, target=4, ig_steps=2)
         assert scale_groups([r, ig]) == [0, 0]  # the same unit: one scale
         figure(r)
     finally:
@@ -98,13 +98,13 @@ def test_seeds_of_every_target_kind():
 def test_smoothgrad_by_name_equals_the_smooth_option():
     lm = _lm()
     x = torch.randn(2, 3, 12, 12)
-    a = attribute(lm, x, "smoothgrad", base="guided", smooth=3, noise=0.2, seed=2)
-    b = attribute(lm, x, "guided", smooth=3, noise=0.2, seed=2)
+    a = attribute(lm, x, "smoothgrad", normalized=True, base="guided", smooth=3, noise=0.2, seed=2)
+    b = attribute(lm, x, "guided", normalized=True, smooth=3, noise=0.2, seed=2)
     np.testing.assert_array_equal(a.attribution, b.attribution)
     assert a.params["method"] == "guided" and a.params["smooth"] == 3
-    assert attribute(lm, x[:1], "smoothgrad").params["smooth"] == 25  # the default number of copies
+    assert attribute(lm, x[:1], "smoothgrad", normalized=True).params["smooth"] == 25  # the default number of copies
     with pytest.raises(Exception, match="base='guided' is used only with method='smoothgrad'"):
-        attribute(lm, x, "saliency", base="guided")
+        attribute(lm, x, "saliency", normalized=True, base="guided")
 
 
 def test_smoothgrad_wraps_a_cam_too():
@@ -150,5 +150,5 @@ def test_patches_projection_uses_the_same_seed_as_attribute():
     pos = torch.tensor([[1, 2], [3, 0]])
     ours = deconv_projections(lm, x, "act", 4, pos, "cpu")
     for i in range(2):
-        ref = attribute(lm, x[i:i + 1], "deconv", layer="act", unit=f"4:{pos[i, 0]},{pos[i, 1]}").attribution[0]
+        ref = attribute(lm, x[i:i + 1], "deconv", normalized=True, layer="act", unit=f"4:{pos[i, 0]},{pos[i, 1]}").attribution[0]
         np.testing.assert_allclose(ours[i], ref, rtol=1e-5, atol=1e-7)

@@ -108,7 +108,7 @@ def test_projections_match_attribute_and_stay_inside(lm, result, topk):
     c, (y, x) = int(r.units[u]), r.position[u, j]
     x_in = lm.prepare(topk.params["root"] + "/" + str(r.files[r.image_index[u, j]]))[1]
     ours = deconv_projections(lm, x_in, LAYER, c, torch.tensor([[y, x]]), "cpu")[0]
-    ref = attribute(lm, x_in, "deconv", layer=LAYER, unit=f"{c}:{y},{x}", device="cpu").attribution[0]
+    ref = attribute(lm, x_in, "deconv", normalized=True, layer=LAYER, unit=f"{c}:{y},{x}", device="cpu").attribution[0]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     energy = np.abs(ours).sum(0)
     y0, y1, x0, x1 = r.boxes[u, j]

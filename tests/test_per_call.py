@@ -126,7 +126,7 @@ def test_deconv_on_a_model_whose_backward_reads_nothing_of_the_forward_is_proved
                                     PRE.fill_value("mean"), 4)
     assert min(rs) > 0.99999 and switches == 0
     gray = PRE.fill_value("mean").expand(1, 3, SIZE, SIZE).clone()
-    g = attribute(lm, gray, "deconv", target=4).attribution[0]
+    g = attribute(lm, gray, "deconv", target=4, normalized=True).attribution[0]
     np.testing.assert_allclose(r.attribution[0], g, atol=1e-6 * np.abs(g).max())
 
 

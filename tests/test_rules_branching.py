@@ -57,9 +57,9 @@ def _reference(model, x, target, monkeypatch):
 
 def test_guided_backprop_reaches_functional_relus_across_concatenations(setup, monkeypatch):
     lm, paths, x = setup
-    ours = torch.from_numpy(attribute(lm, x, "guided", target=7, device="cpu").attribution)
+    ours = torch.from_numpy(attribute(lm, x, "guided", normalized=True, target=7, device="cpu").attribution)
     ref = _reference(lm.model, x, 7, monkeypatch)
-    plain = torch.from_numpy(attribute(lm, x, "saliency", target=7, device="cpu").attribution)
+    plain = torch.from_numpy(attribute(lm, x, "saliency", normalized=True, target=7, device="cpu").attribution)
     scale = ref.abs().max()
     torch.testing.assert_close(ours, ref, atol=1e-5 * float(scale), rtol=1e-4)
     assert (ours - plain).abs().max() > 0.1 * scale, "guided should differ from the plain gradient"
@@ -70,5 +70,5 @@ def test_captum_guided_backprop_misses_them(setup):
 
     lm, _, x = setup
     theirs = GuidedBackprop(lm.model).attribute(x.clone().requires_grad_(True), target=7).detach()
-    plain = torch.from_numpy(attribute(lm, x, "saliency", target=7, device="cpu").attribution)
+    plain = torch.from_numpy(attribute(lm, x, "saliency", normalized=True, target=7, device="cpu").attribution)
     torch.testing.assert_close(theirs, plain)  # captum silently computes the plain gradient here

@@ -96,14 +96,14 @@ def test_composed_rules_equal_hooks_written_out(rules, guided, deconv):
     lm = _lm()
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     before = snapshot(lm.model, x)
-    r = attribute(lm, x, "saliency", target=3, rules=rules)
+    r = attribute(lm, x, "saliency", normalized=True, target=3, rules=rules)
     expected = _by_hooks(lm.model, x, 3, guided, deconv)
     scale = np.abs(expected).max()
     np.testing.assert_allclose(r.attribution, expected, rtol=0, atol=1e-5 * scale)
     assert r.params["rule"] == "per-layer" and set(r.params["rules"]) == set(rules)
     # and it is not the plain gradient, nor guided everywhere: the rules act where asked, only there
-    plain = attribute(lm, x, "saliency", target=3).attribution
-    everywhere = attribute(lm, x, "guided", target=3).attribution
+    plain = attribute(lm, x, "saliency", normalized=True, target=3).attribution
+    everywhere = attribute(lm, x, "guided", normalized=True, target=3).attribution
     assert np.abs(plain - r.attribution).max() > 1e-3 * scale
     assert np.abs(everywhere - r.attribution).max() > 1e-3 * scale
     assert_untouched(lm.model, x, before)
@@ -112,8 +112,8 @@ def test_composed_rules_equal_hooks_written_out(rules, guided, deconv):
 def test_guided_everywhere_by_rules_equals_the_guided_method():
     lm = _lm()
     x = torch.randn(2, 3, 16, 16)
-    a = attribute(lm, x, "saliency", target=5, rules={"": "guided"}).attribution
-    b = attribute(lm, x, "guided", target=5).attribution
+    a = attribute(lm, x, "saliency", normalized=True, target=5, rules={"": "guided"}).attribution
+    b = attribute(lm, x, "guided", normalized=True, target=5).attribution
     np.testing.assert_array_equal(a, b)
 
 
@@ -147,7 +147,7 @@ def test_bad_rules_are_one_line_errors():
             ({"rules": ["guided"]}, ["rules=", "dict"]),
             ({"rules": {"": "guided"}, "method": "gradcam"}, ["rules=", "gradcam"])):
         with pytest.raises(ParameterError) as e:
-            attribute(lm, x, **{"method": "saliency", **kwargs})
+            attribute(lm, x, normalized=True, **{"method": "saliency", **kwargs})
         msg = str(e.value)
         assert "\n" not in msg and all(f in msg for f in fragments), msg
     with pytest.raises(ValueError, match="need the model"):

@@ -85,7 +85,7 @@ def test_the_topk_figure_projects_with_guided_backprop_and_says_so(lite0, top, p
     c, (y, x) = int(patches.units[u]), patches.position[u, j]
     x_in = lite0.prepare(top.params["root"] + "/" + str(patches.files[patches.image_index[u, j]]))[1]
     side = patches.projections.shape[2]
-    tiles = {m: _tile(attribute(lite0, x_in, m, layer=LAYER, unit=f"{c}:{y},{x}", device="cpu").attribution[0],
+    tiles = {m: _tile(attribute(lite0, x_in, m, normalized=True, layer=LAYER, unit=f"{c}:{y},{x}", device="cpu").attribution[0],
                       patches.boxes[u, j], side) for m in ("guided", "deconv")}
     stored = patches.projections[u, j].astype(int)
     assert np.abs(stored - tiles["guided"]).mean() <= 1.0
@@ -182,7 +182,7 @@ def test_evolution_on_lite0_projects_with_guided_backprop_and_says_so(lite0, pho
     for u in range(2):
         i, (y, x) = int(back.image_index[0, u]), back.position[0, u]
         x_in = lite0.prepare(str(photos / str(back.files[i])))[1]
-        tiles = {m: _tile(attribute(lite0, x_in, m, layer=LAYER, unit=f"{int(back.units[u])}:{y},{x}",
+        tiles = {m: _tile(attribute(lite0, x_in, m, normalized=True, layer=LAYER, unit=f"{int(back.units[u])}:{y},{x}",
                                     device="cpu").attribution[0], back.boxes[0, u], side) for m in ("guided", "deconv")}
         stored = back.projections[0, u].astype(int)
         assert np.abs(stored - tiles["guided"]).mean() <= 1.0

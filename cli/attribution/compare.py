@@ -17,8 +17,9 @@ DEFAULT_METHODS = "saliency,guided,deconv,gradcam,ig"  # = cnnviz.engines.attrib
 
 def _methods(text: str) -> list[str]:
     from cnnviz.engines.attribution.gradients import METHODS
+    from cnnviz.engines.attribution.methods import canonical
 
-    names = [m.strip() for m in text.split(",") if m.strip()]
+    names = [canonical(m.strip()) for m in text.split(",") if m.strip()]  # either separator
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
         raise click.BadParameter(f"{', '.join(bad) or text!r} not known; choose from {', '.join(METHODS)}",

@@ -437,14 +437,16 @@ def model_label(provenance: dict, params: dict | None = None) -> str:
 
 def class_label(result, index: int) -> str:
     """The name of class `index` for a result that stores no class list: `params["class_names"]`
-    where the command stored them, else the ImageNet name for a 1000-class torchvision or
-    EfficientNet-Lite model, else "class N"."""
+    where the engine stored them, else (results saved before they did) the ImageNet name for a
+    1000-class torchvision or EfficientNet-Lite model loaded by name, else "class N". A model given
+    in memory (`cnnviz.wrap`, a bare module) never gets ImageNet names it did not declare."""
     index = int(index)
     names = (result.params or {}).get("class_names") or {}
     if str(index) in names:
         return str(names[str(index)])
     prov = result.provenance or {}
-    if prov.get("num_classes") == 1000 and ":" not in str(prov.get("model", ":")):
+    if (prov.get("num_classes") == 1000 and ":" not in str(prov.get("model", ":"))
+            and prov.get("weights") != "in memory"):
         try:
             from ..sources.torchvision import imagenet_categories
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..checkpoints import file_id, load_state, read_checkpoint, state_dict_of
 from ..errors import ModelError, WeightsUnavailable
-from ..loaded import LoadedModel, Preprocessing
+from ..loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, Preprocessing
 from .base import ModelSource
 
 PREFIX = "timm:"
@@ -79,14 +79,23 @@ def _cached_file(cfg) -> str | None:
 
 
 def _preprocessing(cfg) -> Preprocessing:
-    _, h, w = cfg.input_size
-    crop_pct = cfg.crop_pct or 0.875
-    if (cfg.crop_mode or "center") != "center":
-        warnings.warn(f"{cfg.architecture}: timm's crop mode {cfg.crop_mode!r} is done here as a centre crop",
-                      stacklevel=3)
-    interpolation = cfg.interpolation if cfg.interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
-    return Preprocessing(crop=(h, w), resize=math.floor(min(h, w) / crop_pct), mean=tuple(cfg.mean),
-                         std=tuple(cfg.std), interpolation=interpolation)
+    return preprocessing_from_cfg(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
+
+
+def preprocessing_from_cfg(cfg: dict) -> Preprocessing:
+    """timm's evaluation transform from a pretrained config (the dict a timm model carries as
+    `model.pretrained_cfg`): input size, mean, std, interpolation and the centre crop of `crop_pct`
+    of the resized image (resize = floor(size / crop_pct))."""
+    _, h, w = cfg.get("input_size") or (3, 224, 224)
+    crop_pct = cfg.get("crop_pct") or 0.875
+    if (cfg.get("crop_mode") or "center") != "center":
+        warnings.warn(f"{cfg.get('architecture')}: timm's crop mode {cfg.get('crop_mode')!r} is done here as a "
+                      "centre crop", stacklevel=3)
+    interpolation = cfg.get("interpolation")
+    interpolation = interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
+    return Preprocessing(crop=(h, w), resize=math.floor(min(h, w) / crop_pct),
+                         mean=tuple(cfg.get("mean") or IMAGENET_MEAN), std=tuple(cfg.get("std") or IMAGENET_STD),
+                         interpolation=interpolation)
 
 
 def _categories(num_classes: int) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...bare import takes_model
 from . import methods as M
 from .gradients import CAM, attribute
 
@@ -47,12 +48,14 @@ for _method in M.names():
     globals()[python_name(_method)] = _method_function(_method)
 
 
+@takes_model
 def smoothgrad(lm, images, base: str = "saliency", **options) -> "GradientResult":
     """SmoothGrad (Smilkov et al. 2017) over `base` (default saliency): `cnnviz.attribute(lm, images,
     "smoothgrad", base=base, ...)`; `smooth` noisy copies (default 25)."""
     return attribute(lm, images, "smoothgrad", base=base, **options)
 
 
+@takes_model
 def compare(lm, images, methods=None, *, shared_scale: bool = False, target=None, layer=None,
             **options) -> "list[CompareResult]":
     """Several attribution maps of each image, for the same class: one `CompareResult` per image
@@ -63,7 +66,8 @@ def compare(lm, images, methods=None, *, shared_scale: bool = False, target=None
     from ...results import CompareResult
 
     asked = methods is not None
-    names = list(DEFAULT_COMPARE if methods is None else ([methods] if isinstance(methods, str) else methods))
+    names = [M.canonical(m) for m in (DEFAULT_COMPARE if methods is None else
+                                      ([methods] if isinstance(methods, str) else methods))]
     known = M.names()
     bad = [m for m in names if m not in known]
     if bad or not names:

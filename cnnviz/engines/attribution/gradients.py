@@ -56,13 +56,17 @@ from __future__ import annotations
 
 import math
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...bare import takes_model
 from ...batching import Batches, memory_limit, model_work, pad, padder
 from ...errors import ParameterError
 from ...geometry import CropGeometry, params_of, stack_thumbnails
+from ...inputs import read_batch
 from ...layers import (LayerInfo, default_feature_layer, flattened_after, readable_name, require_maps, resolve_layer,
                        trace_layers)
 from ...models import LoadedModel
@@ -115,8 +119,15 @@ def backprop_item_bytes(model, example: torch.Tensor) -> int:
     return max(1, 8 * (elems + example[:1].numel()))
 
 
+@takes_model
 def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> GradientResult:
-    """Attribution maps of `lm` for `images` (a path, a PIL image, or a list of them).
+    """Attribution maps of `lm` (a LoadedModel, or any nn.Module) for `images`.
+
+    images: one image or several, by the rule of `cnnviz.inputs`: a path, a PIL image, an HxWx3
+      numpy array (uint8, or floats in [0, 1]), a 3xHxW tensor of pixels in [0, 1], a list of these,
+      or an Nx3xHxW tensor of pixels in [0, 1]. Arrays and tensors at the model's input size are its
+      input as they are; any other size is a photo, resized and centre-cropped as a PIL image is.
+    normalized: True for an Nx3xHxW tensor already normalized by the model's mean and std.
 
     method: a name of the registry (`cnnviz.engines.attribution.methods.REGISTRY`): saliency, guided, deconv,
       gradcam, guided_gradcam, ig, gradcampp, layercam, scorecam, rise, lrp-epsilon, lrp-zplus,
@@ -152,6 +163,10 @@ def attribute(lm: LoadedModel, images, method: str = "saliency", **options) -> G
     a frozen model (no parameter requiring grad), which is left frozen with no `.grad` written.
     A deconvnet result carries params["uninformative"] (see the module's docstring).
     """
+    unknown = sorted(set(options) - set(inspect.signature(_attribute).parameters))
+    if unknown:
+        raise ParameterError(f"attribute takes no {', '.join(map(repr, unknown))}; its options are "
+                             f"{', '.join(k for k in inspect.signature(_attribute).parameters if k not in ('lm', 'images', 'method'))}")
     with torch.inference_mode(False), torch.enable_grad():
         return _attribute(lm, images, method, **options)
 
@@ -161,7 +176,8 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
                seed: int | None = None, smooth_mode: str | None = None, ig_steps: int | None = None,
                baseline: str | None = None, batch_size: int | None = None, ig_internal_batch: int | None = None,
                base: str | None = None, rules=None, masks: int | None = None, max_channels: int | None = None,
-               progress: bool | None = None, device: str = "auto") -> GradientResult:
+               progress: bool | None = None, normalized: bool = False, device: str = "auto") -> GradientResult:
+    method, base = M.canonical(method), M.canonical(base)  # either separator: "lrp_epsilon" is "lrp-epsilon"
     if method == "smoothgrad":  # SmoothGrad over the method `base`
         method, smooth = base or "saliency", DEFAULT_SAMPLES if smooth in (0, None) else smooth
     elif base is not None:
@@ -178,17 +194,12 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
     smooth_mode = smooth_mode or "mean"
     ig_steps = DEFAULT_IG_STEPS if ig_steps is None else ig_steps
     baseline = baseline or "black"
-    if isinstance(images, torch.Tensor):  # an already normalized batch N x 3 x H x W
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ParameterError(f"a tensor of images must be N x 3 x H x W, got {tuple(images.shape)}")
-        x = images.detach().float().cpu()
+    images = read_batch(images, normalized)  # the rule of cnnviz.inputs
+    if isinstance(images, torch.Tensor):  # a batch already normalized, N x 3 x H x W
+        x = images
         pixels = lm.preprocessing.denormalize(x)
         geos = [CropGeometry.identity(*x.shape[2:], source="tensor")] * len(x)
     else:
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise ParameterError("no images given")
         prepared = [lm.prepare(im, geometry=True) for im in images]
         pixels = np.stack([p for p, _, _ in prepared])
         x = torch.cat([t for _, t, _ in prepared])
@@ -285,7 +296,8 @@ def _attribute(lm: LoadedModel, images, method: str = "saliency", *, target=None
               "smooth": smooth, "noise": noise if smooth else None, "seed": seed if smooth else None,
               "smooth_mode": smooth_mode if smooth else None,
               "ig_steps": ig_steps if method == "ig" else None, "baseline": baseline if method == "ig" else None,
-              "signed": m.signed, "geometry": params_of(geos)}
+              "signed": m.signed, "geometry": params_of(geos),
+              "class_names": {str(i): lm.class_name(i) for i in sorted({int(t) for t in top1.tolist()})}}
     if rule_map is not None:
         params["rules"] = {k: v.name for k, v in rule_map.items()}
     params.update(prep)

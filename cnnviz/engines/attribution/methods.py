@@ -60,7 +60,17 @@ def register(method: Method) -> Method:
     return method
 
 
+def canonical(name: str) -> str:
+    """A method's name as the registry spells it, given with either separator ("lrp_epsilon" and
+    "guided-gradcam" are "lrp-epsilon" and "guided_gradcam"), any case; unknown names as they are."""
+    if not isinstance(name, str):
+        return name
+    key = name.strip().lower().replace("_", "-")
+    return next((n for n in REGISTRY if n.replace("_", "-") == key), name)
+
+
 def get(name: str) -> Method:
+    name = canonical(name)
     if name not in REGISTRY:
         raise ParameterError(f"unknown method {name!r}; one of {', '.join(REGISTRY)}")
     return REGISTRY[name]

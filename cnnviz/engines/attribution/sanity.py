@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...bare import takes_model
 from ...errors import ParameterError
 from ...geometry import params_of, stack_thumbnails
 from ...layers import default_feature_layer, resolve_layer, trace_layers
@@ -169,6 +170,7 @@ def other_classes(logits: np.ndarray, top1: int, k: int, seed: int) -> list[int]
     return chosen
 
 
+@takes_model
 def sanity(lm: LoadedModel, image, methods=("saliency", "guided", "gradcam"), seed: int = 0,
            device: str = "auto", steps: int | None = None, layer: str | None = None,
            classes: int = DEFAULT_CLASSES, **options) -> SanityResult:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...bare import takes_model
 from ...batching import pad
 from ...errors import ImageError, ParameterError
 from ...layers import capture
@@ -61,8 +62,11 @@ MAX_STEPS = 1024  # deletion/insertion steps: each is a forward pass per image a
 def check_methods(methods) -> tuple[str, ...]:
     from ..attribution.gradients import METHODS
 
+    from ..attribution.methods import canonical
+
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = [canonical(m) for m in methods]  # either separator: "guided-gradcam" is "guided_gradcam"
     allowed = tuple(m for m in METHODS if m != "ig") + ("occlusion",)
     return check_method_list(methods, allowed, "audit method", "; e.g. --methods gradcam,saliency")
 
@@ -120,12 +124,12 @@ def _maps(lm, method: str, x: torch.Tensor, pixels: np.ndarray, targets, dev, op
     from ..attribution.gradients import attribute
 
     if targets is None:
-        return attribute(lm, x, method, device=str(dev)).map.astype(np.float32)
+        return attribute(lm, x, method, normalized=True, device=str(dev)).map.astype(np.float32)
     # attribute takes one target for all its images: one call per distinct class
     out = np.zeros((len(x), *x.shape[2:]), np.float32)
     for t in sorted(set(int(v) for v in targets)):
         idx = [i for i in range(len(x)) if int(targets[i]) == t]
-        out[idx] = attribute(lm, x[idx], method, target=t, device=str(dev)).map
+        out[idx] = attribute(lm, x[idx], method, target=t, normalized=True, device=str(dev)).map
     return out
 
 
@@ -161,6 +165,7 @@ def _read_chunk(lm, root: Path, files: list[str], ids: range):
     return good, pixels, tensors, geos, skipped
 
 
+@takes_model
 def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None = None, steps: int = 16,
           fill: str = "blur", show: int = 8, wrong: int = 6, class_map_size: int = 28, boxes=None,
           sanity_images: int = 2, sanity_steps: int = 4, chunk: int = 8, occlusion_window: int = 32,

@@ -34,6 +34,7 @@ import os
 
 import numpy as np
 
+from ...bare import takes_model
 from .tcav_core import (CLASSIFIER, CLASSIFIER_KEYS, MAX_DEFAULT_CLASSES, MIN_IMAGES, MIN_RUNS,  # noqa: F401
                         TcavResult, check_concepts, check_settings, fit_cav, fit_seeds, random_sets, sign_scores,
                         significance)
@@ -67,6 +68,7 @@ def tcav_scores(concept_acts: dict, random_acts: dict, class_grads: dict, sets: 
     return {"scores": scores, "cav_accuracy": accuracy, "fit_seeds": seeds, **significance(scores, alpha)}
 
 
+@takes_model
 def tcav(lm, data, concepts, classes=None, layers=None, *, random_runs: int = MIN_RUNS, random_from=None,
          random_size: int | None = None, concept_size: int | None = None, classifier: dict | None = None,
          alpha: float = 0.05, seed: int = 0,

@@ -39,6 +39,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ... import schema as S
 from ...errors import LayerError, ParameterError
 from ...layers import capture, default_feature_layer, layer_name, resolve_layer
@@ -247,6 +248,7 @@ def default_layers(model, example: torch.Tensor):
     return [spatial, top] if spatial.address != top.address else [spatial]
 
 
+@takes_model
 def correspondence(lm: LoadedModel, images, parts, layers=None, draws: int = DEFAULT_DRAWS, seed: int = 0,
                    fill="mean", random_within: str | None = None, device: str = "auto") -> CorrespondenceResult:
     """Sign-change consistency Delta of occluding each part of `parts` in every image of `images`

@@ -31,6 +31,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from ...bare import takes_model
 from ... import schema as S
 from ...checkpoints import file_id, load_state, read_checkpoint, state_dict_of
 from ...errors import ParameterError
@@ -121,6 +122,7 @@ def load_checkpoint_into(lm: LoadedModel, path: Path, trust: bool = False) -> Lo
     return LoadedModel(model, lm.name, file_id(Path(path)), lm.preprocessing, list(lm.categories))
 
 
+@takes_model
 def evolution(lm: LoadedModel, checkpoints, data, layer: str, units=None, batch_size: int | None = None,
               device: str = "auto", progress: str | os.PathLike | None = None, show_progress: bool | None = None,
               trust_checkpoint: bool = False, on_checkpoint: Callable[[int, int, dict], None] | None = None,

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ... import schema as S
 from ...errors import LayerError, ParameterError
 from ...layers import LayerInfo, capture, layer_name, resolve_layer, trace_layers
@@ -108,6 +109,7 @@ def _check_values(kind: str, values) -> list[float]:
     return vals
 
 
+@takes_model
 def invariance(lm: LoadedModel, images, transforms=("translate", "scale", "rotate"), layers=None, target=None,
                values: dict | None = None, device: str = "auto") -> InvarianceResult:
     """Invariance curves of `lm` for `images` (paths, PIL images or uint8 crops).

@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ... import schema as S
 from ...errors import ImageError, ParameterError
 from ...images import load_image
@@ -105,6 +106,7 @@ def _thumb(lm: LoadedModel, x: torch.Tensor) -> np.ndarray:
     return lm.preprocessing.denormalize(t)
 
 
+@takes_model
 def neighbours(lm: LoadedModel, queries, source, layer: str | None = None, k: int = 6, metric: str = "euclidean", labels=None,
                grouping: str = "auto", batch_size: int | None = None, device: str = "auto", checkpoint=None,
                checkpoint_every: int = 10, resume: bool = True, progress: bool | None = None,

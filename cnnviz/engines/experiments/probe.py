@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...bare import takes_model
 from ... import schema as S
 from ...errors import ParameterError
 from ...models import LoadedModel
@@ -95,6 +96,7 @@ def check_probe_args(folds: int, C: float) -> None:
         raise ParameterError(f"C (inverse regularization strength) must be positive, got {C!r}")
 
 
+@takes_model
 def probe(lm: LoadedModel, source, layers=None, labels=None, grouping: str = "auto", folds: int = 5, C: float = 1.0,
           seed: int = 0, batch_size: int | None = None, device: str = "auto", checkpoint=None,
           checkpoint_every: int = 10, resume: bool = True, progress: bool | None = None, finish=None) -> ProbeResult:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ...bare import takes_model
 from ... import schema as S
 from ...batching import Batches, check_batch_size, model_work, pad
 from ...errors import ParameterError
@@ -57,6 +58,7 @@ def _grid(size: int, crop: int, stride: int) -> np.ndarray:
     return np.array(sorted(offsets), dtype=np.int32)
 
 
+@takes_model
 def scoremap(lm: LoadedModel, image, *, target=None, scale: float = 2.0, stride: int | None = None,
              batch_size: int | None = None, device: str = "auto", progress: bool | None = None) -> ScoremapResult:
     """The target class's probability at every position of the model's input crop over `image` (a

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ... import schema as S
 from ...batching import Batches, check_batch_size, model_work, pad
 from ...errors import ParameterError
@@ -116,6 +117,7 @@ def greedy_step(model, x0, fill, segments: np.ndarray, removed: np.ndarray, cls:
     return int(remaining[best]), float(p[best]), int(top[best]), remaining, p
 
 
+@takes_model
 def simplify(lm: LoadedModel, images, n_segments: int = DEFAULT_SEGMENTS, compactness: float = DEFAULT_COMPACTNESS,
              fill="mean", target=None, segments=None, batch_size: int | None = None, device: str = "auto",
              progress: bool | None = None) -> SimplifyResult:

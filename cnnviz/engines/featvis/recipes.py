@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...bare import takes_model
 from ...errors import LayerError, ParameterError
 from ...geometry import CropGeometry, params_of, stack_thumbnails, thumbnail
 from ...layers import LayerInfo, StopForward, map_view, record, require_maps, resolve_layer
@@ -73,6 +74,7 @@ def _unit_layer(lm: LoadedModel, layer: str, size) -> LayerInfo:
     return info
 
 
+@takes_model
 def visualize(lm: LoadedModel, objective: Objective, *, batch: int = 1, size=None, steps: int = 256,
               priors: str = "full", param=None, decorrelate: bool | None = None,
               transforms: str | Transforms | None = None, lr: float = 0.05, l2_decay: float = 0.0,
@@ -151,6 +153,7 @@ def _in_batches(n: int, batch_size: int | None, seed: int, run, default: int | N
     return res
 
 
+@takes_model
 def visualize_units(lm: LoadedModel, layer: str, units="0:8", *, neuron_centre: bool = False,
                     batch_size: int | None = None, **options) -> FeatvisResult:
     """One image per unit of `layer`, optimized together in one batch (or in batches of at most
@@ -177,6 +180,7 @@ def visualize_units(lm: LoadedModel, layer: str, units="0:8", *, neuron_centre: 
     return res
 
 
+@takes_model
 def visualize_classes(lm: LoadedModel, targets, *, prob: bool = False, batch_size: int | None = None,
                       **options) -> FeatvisResult:
     """Class models (Simonyan et al. 2014): one image per class maximizing its logit (or, with
@@ -241,6 +245,7 @@ def _load_pixels(lm: LoadedModel, image, size: int | None, geometry: bool = Fals
     return pixels, CropGeometry((h, w), size_hw, (0, 0), size_hw, source, thumbnail(img))
 
 
+@takes_model
 def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, octaves: int = 4,
                octave_scale: float = 1.4, steps: int = 10, step_size: float = 0.01, jitter: int = 32,
                seed: int = 0, device: str = "auto", amp: bool | None = None, progress: bool | None = None) -> FeatvisResult:
@@ -309,6 +314,7 @@ def deep_dream(lm: LoadedModel, image, layer: str, *, size: int | None = None, o
                          history_steps=np.array(logged, np.int32), start=pixels, original=stack_thumbnails([geo]))
 
 
+@takes_model
 def invert(lm: LoadedModel, image, layers: str | Sequence[str], *, steps: int = 300, priors: str = "full",
            param: str | None = None, decorrelate: bool | None = None, transforms: str | Transforms | None = None,
            lr: float | None = None, tv: float = 2.0, beta: float = 2.0, alpha: float = 6.0, alpha_weight: float = 0.1,

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ...batching import Batches, check_batch_size, model_work, pad
 from ...errors import LayerError, ParameterError
 from ...fold import folded
@@ -61,6 +62,7 @@ def item_bytes(model, example: torch.Tensor) -> float:
     return float(sum(4 * int(np.prod(i.shape)) for i in trace_layers(model, example) if i.shape))
 
 
+@takes_model
 def occlusion(lm: LoadedModel, image, *, window=32, stride=8, fill="mean", target=None, layer: str | None = None,
               channel: int | None = None, batch_size: int | None = None, device: str = "auto", amp: bool | None = None,
               fold: bool = True, progress: bool | None = None, mode: str = "full",

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ...errors import ImageError, LayerError, ParameterError
 from ...layers import capture, require_maps, resolve_layer
 from ..common import default_batch_size, model_on_device, resolve_device
@@ -166,6 +167,7 @@ def default_occluder(rf: int) -> tuple[int, int]:
     return k, max(1, k // 3)
 
 
+@takes_model
 def empirical_receptive_field(lm, layer: str, channel: int | None, images, occluder: int | None = None,
                               stride: int | None = None, batch_size: int | None = None, device: str = "auto",
                               fill="mean", threshold: float = 0.1, margin: int | None = None,

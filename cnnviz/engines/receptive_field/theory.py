@@ -26,6 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from ...bare import takes_model
 from ...errors import ModelError
 from ...layers import eval_mode, module_calls
 from ... import schema as S
@@ -433,6 +434,7 @@ class ReceptiveFieldResult(Result):
         return out
 
 
+@takes_model
 def receptive_field(lm, input_size: tuple[int, int] | None = None) -> ReceptiveFieldResult:
     """Receptive fields of a LoadedModel (`cnnviz.models.load_model(..., weights='none')` is enough)."""
     size = tuple(input_size) if input_size is not None else tuple(lm.input_size)

@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ...errors import LayerError, ParameterError
 from ...geometry import params_of, stack_thumbnails
 from ...layers import capture, default_feature_layer, require_maps, resolve_layer, trace_layers
@@ -75,6 +76,7 @@ def _example(lm: LoadedModel) -> torch.Tensor:
                        dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
 
 
+@takes_model
 def first_layer_filters(lm: LoadedModel) -> FiltersResult:
     """The weights of the first Conv2d in execution order (C_out x C_in x kh x kw)."""
     infos = trace_layers(lm.model, _example(lm))
@@ -92,6 +94,7 @@ def first_layer_filters(lm: LoadedModel) -> FiltersResult:
     return FiltersResult(params=params, provenance=provenance(lm.identity(), "cpu"), weights=w, bias=b)
 
 
+@takes_model
 def feature_maps(lm: LoadedModel, image, layer: str | None = None, top: int | None = None,
                  device: str = "auto") -> ActivationsResult:
     """The feature maps of `layer` (default: the last convolutional block) for `image` (a path, a

@@ -41,6 +41,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ...errors import LayerError, ParameterError
 from ...images import load_image
 from ...models import LoadedModel
@@ -246,6 +247,7 @@ def _check_choice(name: str, value, choices) -> str:
     return value
 
 
+@takes_model
 def unit_patches(lm: LoadedModel, topk_result: TopkResult, units=None, project: bool = True, device: str = "auto",
                  fill: Sequence[int] = DEFAULT_FILL, projection: str = "auto", crop: str = "auto") -> PatchesResult:
     """Patches (and with `project` projections) of the top-k activations of `units` (None: every

@@ -38,6 +38,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ...bare import takes_model
 from ... import schema as S
 from ...errors import ParameterError
 from ...images import load_image
@@ -166,6 +167,7 @@ def _features_path(checkpoint):
     return p.with_name(p.stem + ".features" + p.suffix)
 
 
+@takes_model
 def semantics(lm: LoadedModel, source, layer: str, units=None, k: int = 10, labels=None, grouping: str = "auto",
               threshold: float = 0.5, alpha: float = 0.01, colour_iou: float = 0.2, batch_size: int | None = None,
               device: str = "auto", checkpoint=None, checkpoint_every: int = 10, resume: bool = True,

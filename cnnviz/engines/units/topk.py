@@ -44,7 +44,7 @@ from ...batching import Batches, check_batch_size, model_work, pad
 from ...errors import CnnvizError, ImageError, LayerError, ParameterError
 from ...files import atomic_path, check_output
 from ...layers import capture, require_maps, resolve_layer
-from ...models import LoadedModel
+from ...bare import LoadedModel, takes_model
 from ...results import Result, provenance
 from ..experiments.datasets import ImageListDataset, list_files  # noqa: F401  (importable from here too)
 from ..common import autocast, batch_memory_format, model_on_device, progress_bar, resolve_device
@@ -253,8 +253,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     between leaves it behind for good. A run that is about to write `path` calls this first, so
     they do not pile up. (Two runs writing the same file at once would already clobber each other.)
     """
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
+    parent = (p := Path(path)).parent  # Path("x").parent is Path(".")
     pattern = re.compile(rf"\.{re.escape(p.stem)}\.[a-z0-9_]{{8}}{re.escape(p.suffix)}")
     removed = []
     if parent.is_dir():
@@ -341,6 +340,7 @@ def _load_checkpoint(path: Path, key: str, num_units: int, k: int):
 FIXED_BATCH = 32  # where the batch size cannot be chosen by measuring (resumable or distributed scans)
 
 
+@takes_model
 def scan(lm: LoadedModel, source, layer: str, units=None, k: int = 9, batch_size: int | None = None,
          num_workers: int = 0,
          device: str = "auto", checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 10,
