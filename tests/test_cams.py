@@ -276,7 +276,7 @@ def test_bad_masks_and_max_channels_are_one_line_errors(method, kwargs, fragment
     lm = LoadedModel(_wide(), "wide", "random", Preprocessing(crop=(16, 16), resize=18), list("abcde"))
     layer = {"layer": "2"} if method != "rise" else {}
     with pytest.raises(ParameterError) as e:
-        cnnviz.attribute(lm, torch.randn(1, 3, 16, 16), method, progress=False, **layer, **kwargs)
+        cnnviz.attribute(lm, torch.randn(1, 3, 16, 16), method, progress=False, normalized=True, **layer, **kwargs)
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 

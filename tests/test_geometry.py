@@ -161,7 +161,7 @@ def test_pixel_arrays_and_tensors_get_the_identity_mapping(tiny_results):
     geo = r.geometry()
     assert geo.is_identity and r.original is None
     np.testing.assert_allclose(r.to_original([[3.5, 7.25, 100, 200]]), [[3.5, 7.25, 100, 200]])
-    t = attribute(lm, lm.preprocessing.normalize(occ.image), "saliency")
+    t = attribute(lm, lm.preprocessing.normalize(occ.image), "saliency", normalized=True)
     assert t.geometry().is_identity
 
 

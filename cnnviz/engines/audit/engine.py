@@ -194,9 +194,8 @@ def audit(lm: LoadedModel, data, methods=DEFAULT_METHODS, *, limit: int | None =
     on_chunk(done, total): called after every chunk of this process (tests use it to stop a run).
     finish(result): called (on rank 0 only) before the progress file is removed: write the report
       there, so that a kill before it is written leaves the progress to resume from.
-    concepts: {name: folder of examples}: TCAV of each for the data set's classes (`concept_classes`,
-      default the most frequent, at most 8) after the main pass (`reliance.concepts`); the result is
-      `result.concepts` and its summary params["concepts_tested"].
+    concepts: {name: folder}: TCAV for `concept_classes` (default the most frequent, at most 8) after
+      the main pass (`reliance.concepts`): `result.concepts`, its summary params["concepts_tested"].
     Under torchrun each rank audits every W-th chunk; the states are merged exactly and every rank
     returns the merged result (see the module's docstring).
     """
@@ -499,5 +498,3 @@ def _nanmean(v) -> float | None:
     v = np.asarray(v, dtype=np.float64)
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else None
-
-
