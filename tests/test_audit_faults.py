@@ -76,7 +76,7 @@ LAUNCH = textwrap.dedent(f"""
     from test_audit_faults import tiny_model
     import cnnviz_cli.main as climain
     import cnnviz.engines.audit.engine as engine
-    engine.audit.__kwdefaults__["chunk"] = {CHUNK}  # the command has no option for it: many small chunks here
+    import inspect; inspect.unwrap(engine.audit).__kwdefaults__["chunk"] = {CHUNK}  # the command has no option for it: many small chunks here
     lm = tiny_model()
     climain._load = lambda spec, structure_only=False: lm
     climain.main()

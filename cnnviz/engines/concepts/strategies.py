@@ -321,7 +321,7 @@ def _chunk(lm, ds, sel, rows, method, labelled, state, dev, size, box_map) -> li
     targets = ds.labels[sel[good_a]] if labelled else i1.numpy()
     for t in sorted(set(int(v) for v in targets)):  # attribute takes one target: one call per class
         idx = np.flatnonzero(targets == t)
-        maps = np.nan_to_num(np.asarray(attribute(lm, x[idx], method, target=t, device=str(dev)).map, np.float64))
+        maps = np.nan_to_num(np.asarray(attribute(lm, x[idx], method, target=t, normalized=True, device=str(dev)).map, np.float64))
         state["maps"][good_a[idx]] = downsize(maps, KEEP).astype(np.float32)
         state["small"][good_a[idx]] = downsize(np.clip(maps, 0, None), size).astype(np.float32)
     return skipped
