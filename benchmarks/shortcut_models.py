@@ -255,7 +255,7 @@ class Features:
         base = f"trunk-v{TRUNK_VERSION}-c{s.crop}-b{s.train_from}-n{s.variants}"
         look = hashlib.sha256(repr(s.the_mark()).encode()).hexdigest()[:8]  # the mark's box, colour, text
         self.files = {False: cache_root() / f"{base}-clean.pt", True: cache_root() / f"{base}-{s.mark}-{look}.pt"}
-        self.store = {m: (torch.load(f) if f.is_file() else {}) for m, f in self.files.items()}
+        self.store = {m: (torch.load(f, weights_only=True) if f.is_file() else {}) for m, f in self.files.items()}
         self.dirty = {False: False, True: False}
 
     def get(self, photos: list[Path], marked: list[bool]) -> torch.Tensor:
@@ -382,7 +382,7 @@ def load_wrapped(folder: Path, crop: int = 224):
     """The same model as an in-Python `cnnviz.wrap` of the module (same preprocessing)."""
     meta = json.loads((folder / "meta.json").read_text())
     net = _net_module(folder).build()
-    net.load_state_dict(torch.load(folder / "weights.pt"))
+    net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
     return cnnviz.wrap(net.eval(), meta["classes"], input_size=crop, name=folder.name, weights=str(folder / "weights.pt"))
 
 

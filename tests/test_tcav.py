@@ -337,7 +337,7 @@ def test_two_processes_under_torchrun_equal_one(red_lm, tmp_path):
         import cnnviz
         from test_tcav import red_square_model
         lm = red_square_model(steps=0)
-        lm.model.load_state_dict(torch.load({str(tmp_path / 'net.pt')!r}))
+        lm.model.load_state_dict(torch.load({str(tmp_path / 'net.pt')!r}, weights_only=True))
         r = cnnviz.tcav(lm, {str(w['data'])!r}, {{"square": {str(w['square'])!r}}}, checkpoint={str(tmp_path / 'p.npz')!r},
                         **{args!r})
         assert r.params["world_size"] == 2
