@@ -32,7 +32,7 @@ def figure(result, width: float = DEFAULT_WIDTH, layout: str = "row"):
     acc = result.cav_accuracy.mean(axis=(1, 2)) if result.cav_accuracy is not None else None
     sub = wrap(f"{runs} runs, each a CAV against {p['random_size']} random images (random: a random set's CAV); "
                f"bar ±1 sd, a dot per run; * significant, Bonferroni p < {p['alpha']:g} over {p['tests']} tests",
-               width - 0.1, 7)
+               0.85 * width, 7)  # wrap's width per character is an estimate: a margin so no line runs off
     head = 0.2 + 0.15 * lines_of(title) + 0.13 * lines_of(sub)
     labels = [f"{short(c, 20)}" + (f" (CAV acc. {acc[i]:.2f})" if acc is not None else "") for i, c in enumerate(concepts)]
     legend_cols = max(1, min(C + 2, int(width // 2.2)))
